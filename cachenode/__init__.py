@@ -1,0 +1,1 @@
+"""The cache node: block store, eviction, HTTP server, read-through and membership."""

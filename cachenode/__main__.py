@@ -1,0 +1,114 @@
+"""``cachenode``: start a cache node (a thin shell over the cachenode modules).
+
+Start-up order matters: open the store (rebuild the index) before joining the ring, so
+the first request routed here already sees the blocks on disk. Shutdown on SIGTERM/SIGINT
+is the reverse: leave the ring (state ``draining``), give clients ``drain_grace`` seconds
+to notice, stop accepting, let in-flight requests finish, then revoke the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import uvloop
+from aiohttp import web
+from cachenode.store import BlockStore
+
+from cachenode.config import NodeConfig, load_config
+from cachenode.membership import Membership, stable_node_id
+from cachenode.metrics import CACHE_CAPACITY, EVICTIONS
+from cachenode.readthrough import ReadThrough
+from cachenode.server import NodeState, make_app
+from clientlib.cluster import NodeInfo
+from clientlib.errors import RingcacheError
+from clientlib.origin import Origins
+
+log = logging.getLogger("cachenode")
+
+
+async def run(config: NodeConfig) -> None:
+    """Run one node until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    node_id = stable_node_id(config.cache_dirs[0].path, config.node_id)
+    store = BlockStore(
+        config.cache_dirs,
+        free_space_ratio=config.free_space_ratio,
+        policy=config.eviction,
+        on_evict=lambda _nbytes: EVICTIONS.inc(),
+    )
+    started = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:
+        await loop.run_in_executor(pool, store.open)
+    log.info(
+        "node %s: store open with %d blocks, %d of %d bytes, in %.2fs",
+        node_id,
+        store.block_count,
+        store.used_bytes,
+        store.capacity_bytes,
+        time.monotonic() - started,
+    )
+    CACHE_CAPACITY.set(store.capacity_bytes)
+    origins = Origins(file_roots=config.file_roots, max_inflight=config.origin_max_inflight)
+    state = NodeState(node_id)
+    app = make_app(store, ReadThrough(store, origins, config.origin_max_inflight), state)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, config.listen[0], config.listen[1], backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise RingcacheError(f"cannot listen on {config.listen[0]}:{config.listen[1]}: {exc}") from None
+    weight = config.weight or max(store.capacity_bytes / 2**30, 0.001)
+    info = NodeInfo(node_id, config.advertise, weight, store.capacity_bytes, "active", time.time())
+    membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)
+    try:
+        await membership.join()
+    except RingcacheError:
+        await runner.cleanup()
+        raise
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("node %s serving on %s:%d", node_id, *config.listen)
+    await stop.wait()
+
+    log.info("node %s draining: leaving the ring", node_id)
+    state.draining = True
+    await membership.set_state("draining")
+    await asyncio.sleep(config.drain_grace)
+    await runner.cleanup()
+    await membership.leave()
+    origins.close()
+    store.close()
+    log.info("node %s stopped", node_id)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: a user mistake is one line on stderr and exit status 2."""
+    try:
+        config = load_config(argv)
+    except RingcacheError as exc:
+        print(f"cachenode: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        uvloop.run(run(config))
+    except RingcacheError as exc:
+        print(f"cachenode: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The node's membership in etcd: a record under ``nodes/<id>`` kept alive by a lease.
+
+A crashed node drops out of every client's ring when its lease expires. While etcd is
+unreachable the node keeps serving (clients keep their last ring); when etcd returns and
+the lease has expired meanwhile, the node registers again under a new lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import aetcd
+
+from clientlib.blocks import DEFAULT_BLOCK_SIZE
+from clientlib.cluster import (
+    ClusterConfig,
+    NodeInfo,
+    check_node_id,
+    config_key,
+    node_key,
+    parse_etcd_url,
+)
+from clientlib.errors import ConfigError
+
+__all__ = ["Membership", "connect_etcd", "stable_node_id"]
+
+log = logging.getLogger(__name__)
+
+ETCD_ERRORS = (aetcd.ClientError, OSError, asyncio.TimeoutError)
+
+
+def connect_etcd(url: str, timeout: float = 3.0) -> aetcd.Client:
+    """An aetcd client whose every call times out (so a dead etcd never hangs us)."""
+    host, port = parse_etcd_url(url)
+    return aetcd.Client(host=host, port=port, timeout=timeout)
+
+
+class Membership:
+    """Registers one node and keeps its lease alive until :meth:`leave`."""
+
+    def __init__(self, etcd_url: str, cluster: str, info: NodeInfo, ttl: int = 10) -> None:
+        self._url = etcd_url
+        self._cluster = cluster
+        self.info = info
+        self._ttl = ttl
+        self._etcd = connect_etcd(etcd_url)
+        self._lease: aetcd.Lease | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.cluster_config = ClusterConfig(DEFAULT_BLOCK_SIZE)
+
+    async def join(self) -> None:
+        """Register, creating the cluster config if this is the cluster's first node.
+
+        Raises :class:`ConfigError` if etcd cannot be reached: a node that cannot join
+        should say so at start, not serve blocks no client will route to it.
+        """
+        try:
+            await asyncio.wait_for(self._ensure_config(), timeout=10)
+            await asyncio.wait_for(self._register(), timeout=10)
+        except ETCD_ERRORS as exc:
+            raise ConfigError(f"etcd at {self._url} is unreachable: {exc or type(exc).__name__}") from None
+        self._task = asyncio.create_task(self._keepalive(), name="lease-keepalive")
+        log.info("node %s joined cluster %s as %s", self.info.id, self._cluster, self.info.addr)
+
+    async def _ensure_config(self) -> None:
+        key = config_key(self._cluster)
+        tx = self._etcd.transactions
+        await self._etcd.transaction(
+            compare=[tx.version(key) == 0],
+            success=[tx.put(key, ClusterConfig().to_json())],
+            failure=[],
+        )
+        got = await self._etcd.get(key)
+        if got is not None:
+            self.cluster_config = ClusterConfig.from_json(got.value)
+
+    async def _register(self) -> None:
+        self._lease = await self._etcd.lease(self._ttl)
+        await self._etcd.put(
+            node_key(self._cluster, self.info.id), self.info.to_json(), lease=self._lease
+        )
+
+    async def _keepalive(self) -> None:
+        period = max(1.0, self._ttl / 3)
+        healthy = True
+        while True:
+            await asyncio.sleep(period)
+            try:
+                reply = None if self._lease is None else await self._lease.refresh()
+                if reply is None or reply.TTL <= 0:
+                    log.warning("node %s: lease expired, registering again", self.info.id)
+                    await self._register()
+                if not healthy:
+                    log.info("node %s: etcd reachable again", self.info.id)
+                healthy = True
+            except ETCD_ERRORS as exc:
+                if healthy:
+                    log.warning("node %s: etcd unreachable, still serving: %s", self.info.id, exc)
+                healthy = False
+
+    async def set_state(self, state: str) -> None:
+        """Publish a new state (``draining`` takes the node out of every client's ring)."""
+        self.info = dataclasses.replace(self.info, state=state)  # type: ignore[arg-type]
+        try:
+            await self._etcd.put(
+                node_key(self._cluster, self.info.id), self.info.to_json(), lease=self._lease
+            )
+        except ETCD_ERRORS as exc:
+            log.warning("node %s: could not publish state %s: %s", self.info.id, state, exc)
+
+    async def leave(self) -> None:
+        """Stop the keepalive and revoke the lease, removing the record at once."""
+        if self._task is not None:
+            self._task.cancel()
+        try:
+            if self._lease is not None:
+                await self._lease.revoke()
+        except ETCD_ERRORS as exc:
+            log.warning("node %s: could not revoke lease (it will expire): %s", self.info.id, exc)
+        await self._etcd.close()
+
+
+def stable_node_id(cache_dir: Path, requested: str | None) -> str:
+    """The node's id, kept in ``<first cache dir>/node-id`` so it survives restarts.
+
+    A restarted node must come back under the same id: the ring then gives it the same
+    blocks, and the blocks already on its disk are hits again.
+    """
+    path = cache_dir / "node-id"
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = ""
+    node_id = requested or kept or f"{socket.gethostname().split('.')[0]}-{uuid.uuid4().hex[:8]}"
+    check_node_id(node_id)
+    if node_id != kept:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(node_id + "\n")
+        os.replace(tmp, path)
+    return node_id

@@ -1,0 +1,82 @@
+"""Read-through on a miss: one origin fetch per block, however many ask at once.
+
+Concurrent misses of one block share a single origin request (single-flight), and the
+number of origin requests in flight is bounded so a burst of misses queues here instead
+of tripping the object store's throttling. The fetch runs as its own task: a client that
+hangs up does not cancel the fetch the other waiters (and the cache) still want.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from cachenode.store import BlockStore
+
+from cachenode.metrics import BLOCK_HITS, BLOCK_MISSES
+from clientlib.blocks import BlockRef
+from clientlib.errors import OriginError
+from clientlib.origin import Origins
+
+__all__ = ["ReadThrough"]
+
+log = logging.getLogger(__name__)
+
+
+class ReadThrough:
+    """Serves blocks from the store, filling it from the origin on a miss."""
+
+    def __init__(self, store: BlockStore, origins: Origins, max_inflight: int) -> None:
+        self._store = store
+        self._origins = origins
+        self._inflight: dict[str, asyncio.Task[bytes]] = {}
+        self._origin_slots = asyncio.Semaphore(max_inflight)
+        self.hits = 0
+        self.misses = 0
+
+    async def cached(self, block_id: str) -> bytes | None:
+        """The verified block if the store has it (counted as a hit), else ``None``."""
+        data = await self._store.get(block_id)
+        if data is not None:
+            self.hits += 1
+            BLOCK_HITS.inc()
+        return data
+
+    async def get(self, ref: BlockRef, block_id: str) -> tuple[bytes, bool]:
+        """Return ``(data, was_hit)`` for the block ``ref`` (whose id is ``block_id``)."""
+        data = await self.cached(block_id)
+        if data is not None:
+            return data, True
+        self.misses += 1
+        BLOCK_MISSES.inc()
+        task = self._inflight.get(block_id)
+        if task is None:
+            task = asyncio.create_task(self._fetch(ref, block_id), name=f"fetch-{block_id}")
+            self._inflight[block_id] = task
+            task.add_done_callback(self._forget)
+        return await asyncio.shield(task), False
+
+    def _forget(self, task: asyncio.Task[bytes]) -> None:
+        self._inflight.pop(task.get_name().removeprefix("fetch-"), None)
+        if not task.cancelled() and task.exception() is not None:
+            # Waiters got the error already; retrieving it here keeps asyncio quiet when
+            # every waiter had hung up.
+            log.debug("fetch %s failed: %s", task.get_name(), task.exception())
+
+    async def _fetch(self, ref: BlockRef, block_id: str) -> bytes:
+        async with self._origin_slots:
+            data = await self._origins.for_url(ref.url).read(
+                ref.url, ref.offset, ref.length, ref.version
+            )
+        if len(data) != ref.length:
+            raise OriginError(
+                f"origin returned {len(data)} bytes for block {block_id} of {ref.url}, "
+                f"expected {ref.length}"
+            )
+        if not await self._store.put(block_id, data):
+            log.warning("block %s of %s served without caching it", block_id, ref.url)
+        return data
+
+    async def fill(self, block_id: str, data: bytes) -> bool:
+        """Store a block pushed by a client (fill-on-write); never blocks on the origin."""
+        return await self._store.put(block_id, data)

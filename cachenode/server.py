@@ -1,0 +1,208 @@
+"""cachenode's HTTP routes (aiohttp). The API is documented in docs/http-api.md.
+
+Routes only: they validate input, call :class:`ReadThrough` / :class:`BlockStore`, and turn
+:class:`RingcacheError` into a 4xx/5xx with a JSON ``{"error": ...}`` body. Every input is
+bounded: block ids and query values are checked before use, bodies are capped at the
+largest block, batch requests at :data:`MAX_BATCH` ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+from aiohttp import web
+from cachenode.store import BlockStore
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cachenode.metrics import (
+    CACHE_CAPACITY,
+    CACHE_USED,
+    REQUEST_SECONDS,
+    REQUESTS_REFUSED,
+    SERVED_BYTES,
+)
+from cachenode.readthrough import ReadThrough
+from clientlib.blocks import MAX_BLOCK_SIZE, BlockRef, check_block_id, check_block_size
+from clientlib.errors import BadRequest, RingcacheError
+from clientlib.urls import split_url
+
+__all__ = ["MAX_BATCH", "NodeState", "make_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 10_000
+MAX_QUERY_VALUE = 2048
+MAX_OBJECT_SIZE = 1 << 50
+
+
+class NodeState:
+    """What the routes need to know about the node beyond its store."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.draining = False
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _refused(reason: str) -> None:
+    REQUESTS_REFUSED.labels(reason).inc()
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn the project's errors and aiohttp's own 4xx into JSON with a clear message."""
+    try:
+        return await handler(request)
+    except RingcacheError as exc:
+        if exc.http_status < 500:
+            _refused(type(exc).__name__.lower())
+            log.info("refused %s %s: %s", request.method, request.path_qs[:200], exc)
+        else:
+            log.warning("failed %s %s: %s", request.method, request.path_qs[:200], exc)
+        return web.json_response({"error": str(exc)}, status=exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            _refused("not_found" if exc.status == 404 else f"http_{exc.status}")
+            return web.json_response({"error": exc.reason}, status=exc.status)
+        raise
+
+
+def _int(query: Any, name: str, lo: int, hi: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        raise BadRequest(f"query parameter {name!r} is required")
+    if not raw.isdigit() or len(raw) > 20:
+        raise BadRequest(f"query parameter {name!r} must be a non-negative integer")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise BadRequest(f"query parameter {name!r}={value} is outside [{lo}, {hi}]")
+    return value
+
+
+def block_ref_from_query(block_id: str, query: Any) -> BlockRef:
+    """Rebuild the :class:`BlockRef` a request names and check it hashes to ``block_id``.
+
+    The check means a client cannot make a node store one object's bytes under another
+    block's id: the id is derived from the source, never trusted on its own.
+    """
+    url = query.get("src", "")
+    version = query.get("ver", "")
+    if not url or not version:
+        raise BadRequest("query parameters 'src' and 'ver' are required on a miss")
+    if len(url) > MAX_QUERY_VALUE or len(version) > MAX_QUERY_VALUE:
+        raise BadRequest("query parameter too long")
+    origin, key = split_url(url)
+    size = _int(query, "size", 1, MAX_OBJECT_SIZE)
+    block_size = check_block_size(_int(query, "bs", 1, MAX_BLOCK_SIZE))
+    index = _int(query, "i", 0, size // block_size)
+    ref = BlockRef(url, origin, key, version, size, block_size, index)
+    if ref.offset >= size:
+        raise BadRequest(f"block {index} is past the end of a {size}-byte object")
+    if ref.id != block_id:
+        raise BadRequest(f"block id {block_id} does not match its source parameters")
+    return ref
+
+
+async def _ids_from_body(request: web.Request) -> list[str]:
+    if request.content_type != "application/msgpack":
+        raise BadRequest("body must be application/msgpack")
+    raw = await request.read()
+    try:
+        doc = msgpack.unpackb(raw, max_array_len=MAX_BATCH, max_str_len=64, max_map_len=4)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise BadRequest(f"malformed msgpack body: {exc}") from None
+    ids = doc.get("ids") if isinstance(doc, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise BadRequest("body must be a map {'ids': [block id, ...]}")
+    return [check_block_id(i) for i in ids]
+
+
+def _msgpack(doc: Any) -> web.Response:
+    return web.Response(body=msgpack.packb(doc), content_type="application/msgpack")
+
+
+def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> web.Application:
+    """Build the node's aiohttp application."""
+
+    async def get_block(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        block_id = check_block_id(request.match_info["id"])
+        if "src" in request.query:
+            ref = block_ref_from_query(block_id, request.query)
+            data, hit = await readthrough.get(ref, block_id)
+        else:
+            cached = await readthrough.cached(block_id)
+            if cached is None:
+                return web.json_response({"error": "block not cached"}, status=404)
+            data, hit = cached, True
+        result = "hit" if hit else "miss"
+        SERVED_BYTES.labels(result).inc(len(data))
+        REQUEST_SECONDS.labels(f"get_{result}").observe(time.perf_counter() - started)
+        return web.Response(body=data, headers={"X-Ringcache-Result": result})
+
+    async def put_block(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        block_id = check_block_id(request.match_info["id"])
+        ref = block_ref_from_query(block_id, request.query)
+        if request.content_length is None:
+            raise BadRequest("Content-Length is required")
+        if request.content_length != ref.length:
+            raise BadRequest(f"body must be the block's {ref.length} bytes")
+        try:
+            data = await request.read()
+        except ConnectionError as exc:
+            raise BadRequest(f"truncated body: {exc}") from None
+        if len(data) != ref.length:
+            raise BadRequest(f"body has {len(data)} bytes, the block has {ref.length}")
+        stored = await readthrough.fill(block_id, data)
+        REQUEST_SECONDS.labels("put").observe(time.perf_counter() - started)
+        return web.json_response({"stored": stored}, status=201 if stored else 507)
+
+    async def query_blocks(request: web.Request) -> web.Response:
+        ids = await _ids_from_body(request)
+        return _msgpack({"present": [i in store for i in ids]})
+
+    async def evict_blocks(request: web.Request) -> web.Response:
+        ids = await _ids_from_body(request)
+        return _msgpack({"evicted": await store.evict(ids)})
+
+    async def stats(_: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "id": state.node_id,
+                "state": "draining" if state.draining else "active",
+                "used_bytes": store.used_bytes,
+                "capacity_bytes": store.capacity_bytes,
+                "blocks": store.block_count,
+                "hits": readthrough.hits,
+                "misses": readthrough.misses,
+            }
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        CACHE_USED.set(store.used_bytes)
+        CACHE_CAPACITY.set(store.capacity_bytes)
+        return web.Response(
+            body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def healthz(_: web.Request) -> web.Response:
+        if state.draining:
+            return web.json_response({"status": "draining"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BLOCK_SIZE + 1)
+    app.router.add_get("/v1/blocks/{id}", get_block)
+    app.router.add_put("/v1/blocks/{id}", put_block)
+    app.router.add_post("/v1/blocks/query", query_blocks)
+    app.router.add_post("/v1/blocks/evict", evict_blocks)
+    app.router.add_get("/v1/stats", stats)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app

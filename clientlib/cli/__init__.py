@@ -1,0 +1,1 @@
+"""cachectl: the operator's command line, one module per command over library calls."""

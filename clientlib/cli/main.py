@@ -1,0 +1,55 @@
+"""Entry point of ``cachectl``: global flags, sub-command dispatch, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from clientlib.cli import cat, status
+from clientlib.cluster import check_cluster_name, parse_etcd_url
+from clientlib.config import OneLineParser
+from clientlib.errors import RingcacheError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="cachectl", description="Operate a ringcache cluster.")
+    p.add_argument(
+        "--etcd",
+        default=os.environ.get("RINGCACHE_ETCD", "http://127.0.0.1:2379"),
+        metavar="URL",
+        help="etcd endpoint (default: $RINGCACHE_ETCD or http://127.0.0.1:2379)",
+    )
+    p.add_argument(
+        "--cluster",
+        default=os.environ.get("RINGCACHE_CLUSTER", "default"),
+        metavar="NAME",
+        help="cluster name (default: $RINGCACHE_CLUSTER or 'default')",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (status, cat):
+        module.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        parse_etcd_url(args.etcd)
+        check_cluster_name(args.cluster)
+        code = asyncio.run(args.run(args))
+    except RingcacheError as exc:
+        print(f"cachectl: error: {exc}", file=sys.stderr)
+        code = 1
+    except BrokenPipeError:
+        code = 0
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

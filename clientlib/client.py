@@ -1,0 +1,241 @@
+"""CacheClient: the read path every client shares (mountd, cachectl, users' jobs).
+
+A read becomes block reads; each block is looked up in the local memory tier, then asked
+of its owners on the ring in preference order, then read straight from the origin. A slow
+or dead owner costs at most its timeout and is counted in
+``ringcache_client_fallbacks_total{reason}``: a job never fails because a cache node did.
+Concurrent reads of one block inside a client share one fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+from urllib.parse import urlencode
+
+import aiohttp
+import cachetools
+
+from clientlib.blocks import DEFAULT_BLOCK_SIZE, BlockRef, slices_for_range
+from clientlib.errors import OriginError, VersionMismatch
+from clientlib.metrics import CLIENT_BLOCK_READS, CLIENT_FALLBACKS
+from clientlib.origin import ObjectInfo, Origins
+from clientlib.ring import Ring, RingWatcher
+
+__all__ = ["CacheClient"]
+
+log = logging.getLogger(__name__)
+
+
+class CacheClient:
+    """Reads objects through the cache cluster ``cluster`` registered in ``etcd``.
+
+    ``etcd=None`` gives a client with no cluster (every block from the origin), which is
+    what a job falls back to when it has no cache at all. Use as an async context manager.
+    """
+
+    def __init__(
+        self,
+        etcd: str | None = None,
+        cluster: str = "default",
+        *,
+        memory_cache_bytes: int = 128 * 1024 * 1024,
+        peer_timeout: float = 10.0,
+        peer_read_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+        owners_to_try: int = 2,
+        parallelism: int = 16,
+        stat_ttl: float = 1.0,
+        origins: Origins | None = None,
+    ) -> None:
+        self._watcher = RingWatcher(etcd, cluster) if etcd else None
+        self._origins = origins or Origins()
+        self._owners_to_try = owners_to_try
+        self._timeout = aiohttp.ClientTimeout(
+            total=peer_timeout, sock_connect=connect_timeout, sock_read=peer_read_timeout
+        )
+        self._memory: cachetools.LRUCache[str, bytes] = cachetools.LRUCache(
+            maxsize=memory_cache_bytes, getsizeof=len
+        )
+        self._stats: cachetools.TTLCache[str, ObjectInfo] = cachetools.TTLCache(
+            maxsize=65536, ttl=stat_ttl
+        )
+        self._inflight: dict[str, asyncio.Task[bytes]] = {}
+        self._parallel = asyncio.Semaphore(parallelism)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> CacheClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300),
+            timeout=self._timeout,
+            auto_decompress=False,
+        )
+        if self._watcher is not None:
+            await self._watcher.start()
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        if self._watcher is not None:
+            await self._watcher.close()
+        if self._session is not None:
+            await self._session.close()
+        self._origins.close()
+
+    @property
+    def ring(self) -> Ring:
+        return self._watcher.ring if self._watcher else Ring()
+
+    @property
+    def watcher(self) -> RingWatcher | None:
+        return self._watcher
+
+    @property
+    def block_size(self) -> int:
+        return self._watcher.config.block_size if self._watcher else DEFAULT_BLOCK_SIZE
+
+    async def stat(self, url: str) -> ObjectInfo:
+        """Size and version of ``url`` (cached for ``stat_ttl`` seconds)."""
+        info = self._stats.get(url)
+        if info is None:
+            info = await self._origins.for_url(url).stat(url)
+            self._stats[url] = info
+        return info
+
+    def forget(self, url: str) -> None:
+        """Drop the cached stat of ``url`` (after a write, or a version mismatch)."""
+        self._stats.pop(url, None)
+
+    async def read(self, url: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes ``[offset, offset+length)`` of ``url`` (to the end if ``length`` is None).
+
+        If the object changes during the read, the read restarts once on the new version
+        so the bytes returned always come from one version.
+        """
+        for attempt in (1, 2):
+            info = await self.stat(url)
+            want = info.size - offset if length is None else length
+            try:
+                return await self.read_version(info, offset, max(0, want))
+            except VersionMismatch:
+                self.forget(url)
+                if attempt == 2:
+                    raise
+                log.info("%s changed during a read, retrying on the new version", url)
+        raise AssertionError("unreachable")
+
+    async def read_version(self, info: ObjectInfo, offset: int, length: int) -> bytes:
+        """Bytes of one pinned object version; raises :class:`VersionMismatch` if gone."""
+        slices = slices_for_range(info.size, self.block_size, offset, length)
+        if len(slices) == 1:
+            s = slices[0]
+            return (await self.read_block(info, s.index))[s.start : s.stop]
+
+        async def part(index: int, start: int, stop: int) -> bytes:
+            async with self._parallel:
+                data = await self.read_block(info, index)
+            return data[start:stop]
+
+        parts = await asyncio.gather(*(part(s.index, s.start, s.stop) for s in slices))
+        return b"".join(parts)
+
+    def block_ref(self, info: ObjectInfo, index: int) -> BlockRef:
+        return BlockRef(
+            info.url, info.origin, info.key, info.version, info.size, self.block_size, index
+        )
+
+    async def read_block(self, info: ObjectInfo, index: int) -> bytes:
+        """One whole block: memory tier, then owners, then the origin."""
+        ref = self.block_ref(info, index)
+        block_id = ref.id
+        data = self._memory.get(block_id)
+        if data is not None:
+            CLIENT_BLOCK_READS.labels("local").inc()
+            return data
+        task = self._inflight.get(block_id)
+        if task is None:
+            task = asyncio.create_task(self._fetch(ref, block_id))
+            self._inflight[block_id] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(block_id, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, ref: BlockRef, block_id: str) -> bytes:
+        data = await self._from_peers(ref, block_id)
+        if data is None:
+            data = await self._from_origin(ref)
+        if len(data) <= self._memory.maxsize:
+            self._memory[block_id] = data
+        return data
+
+    async def _from_peers(self, ref: BlockRef, block_id: str) -> bytes | None:
+        owners = self.ring.owners(block_id, self._owners_to_try)
+        if not owners:
+            CLIENT_FALLBACKS.labels("no_nodes").inc()
+            return None
+        assert self._session is not None, "CacheClient used before start()"
+        query = urlencode(
+            {
+                "src": ref.url,
+                "ver": ref.version,
+                "size": ref.size,
+                "bs": ref.block_size,
+                "i": ref.index,
+            }
+        )
+        for node in owners:
+            url = f"{node.url}/v1/blocks/{block_id}?{query}"
+            try:
+                async with self._session.get(url) as resp:
+                    if resp.status == 200:
+                        data = await resp.read()
+                        if len(data) == ref.length:
+                            CLIENT_BLOCK_READS.labels("peer").inc()
+                            return data
+                        reason = "short_body"
+                    elif resp.status == 409:
+                        raise VersionMismatch(f"{ref.url} changed (node {node.id})")
+                    else:
+                        reason = f"status_{resp.status}"
+                        body = await resp.text()
+                        log.warning(
+                            "node %s answered %d for block %s of %s: %s",
+                            node.id,
+                            resp.status,
+                            block_id,
+                            ref.url,
+                            body[:200],
+                        )
+            except TimeoutError:
+                reason = "timeout"
+                log.warning("node %s timed out on block %s of %s", node.id, block_id, ref.url)
+            except aiohttp.ClientError as exc:
+                reason = "error"
+                log.warning("node %s failed block %s of %s: %r", node.id, block_id, ref.url, exc)
+            CLIENT_FALLBACKS.labels(reason).inc()
+        return None
+
+    async def _from_origin(self, ref: BlockRef) -> bytes:
+        data = await self._origins.for_url(ref.url).read(
+            ref.url, ref.offset, ref.length, ref.version
+        )
+        if len(data) != ref.length:
+            raise OriginError(f"origin returned {len(data)} of {ref.length} bytes for {ref.url}")
+        CLIENT_BLOCK_READS.labels("origin").inc()
+        return data
+
+    def clear_local(self) -> None:
+        """Empty the memory tier (benchmarks of the warm-peer path use this)."""
+        self._memory.clear()

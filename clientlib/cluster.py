@@ -1,0 +1,132 @@
+"""The cluster's layout in etcd: node records, cluster settings and their keys.
+
+Nodes write these records and clients read them, so the JSON shapes here are the
+contract of ``shared/DESIGN.md`` ("Membership in etcd") and must not drift.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from clientlib.blocks import DEFAULT_BLOCK_SIZE, check_block_size
+from clientlib.errors import BadRequest, ConfigError
+
+__all__ = [
+    "ClusterConfig",
+    "NodeInfo",
+    "check_cluster_name",
+    "config_key",
+    "node_key",
+    "nodes_prefix",
+    "parse_etcd_url",
+]
+
+CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+NodeState = Literal["active", "draining"]
+
+
+def check_cluster_name(name: str) -> str:
+    if not CLUSTER_RE.fullmatch(name):
+        raise ConfigError(f"bad cluster name {name!r}: use letters, digits, '.', '_', '-'")
+    return name
+
+
+def check_node_id(node_id: str) -> str:
+    if not NODE_ID_RE.fullmatch(node_id):
+        raise ConfigError(f"bad node id {node_id!r}: use letters, digits, '.', '_', '-'")
+    return node_id
+
+
+def parse_etcd_url(url: str) -> tuple[str, int]:
+    """``http://host:port`` -> ``(host, port)``; anything else is a :class:`ConfigError`."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parts.port or 2379
+    except ValueError as exc:
+        raise ConfigError(f"bad etcd URL {url!r}: {exc}") from None
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"bad etcd URL {url!r}: want http://HOST:PORT")
+    return parts.hostname, port
+
+
+def nodes_prefix(cluster: str) -> bytes:
+    return f"/ringcache/{cluster}/nodes/".encode()
+
+
+def node_key(cluster: str, node_id: str) -> bytes:
+    return nodes_prefix(cluster) + node_id.encode()
+
+
+def config_key(cluster: str) -> bytes:
+    return f"/ringcache/{cluster}/config".encode()
+
+
+def cluster_prefix(cluster: str) -> bytes:
+    return f"/ringcache/{cluster}/".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node's record under ``nodes/<id>``, kept alive by the node's lease."""
+
+    id: str
+    addr: str
+    weight: float
+    capacity_bytes: int
+    state: NodeState = "active"
+    started_at: float = 0.0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> NodeInfo:
+        """Parse a record; a malformed one is a :class:`BadRequest` (callers skip it)."""
+        try:
+            doc = json.loads(raw)
+            info = cls(
+                id=str(doc["id"]),
+                addr=str(doc["addr"]),
+                weight=float(doc.get("weight") or 0),
+                capacity_bytes=int(doc.get("capacity_bytes") or 0),
+                state=doc.get("state", "active"),
+                started_at=float(doc.get("started_at") or 0),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadRequest(f"malformed node record: {exc}") from None
+        if info.state not in ("active", "draining"):
+            raise BadRequest(f"node {info.id}: unknown state {info.state!r}")
+        return info
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """The settings under ``/ringcache/<cluster>/config`` every client must agree on.
+
+    Unknown keys are kept in ``extra`` so an older node never drops a newer setting.
+    """
+
+    block_size: int = DEFAULT_BLOCK_SIZE
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps({**self.extra, "block_size": self.block_size}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ClusterConfig:
+        try:
+            doc = dict(json.loads(raw))
+            block_size = check_block_size(int(doc.pop("block_size", DEFAULT_BLOCK_SIZE)))
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(f"malformed cluster config: {exc}") from None
+        return cls(block_size=block_size, extra=doc)

@@ -1,0 +1,82 @@
+"""What every daemon's configuration shares: layering and value parsing.
+
+Settings are filled from a TOML file, then the environment (``RINGCACHE_<NAME>``), then
+command-line flags, in that order, and validated once at start: a bad value is a
+:class:`ConfigError` whose message names the setting, printed as one line by the CLIs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import humanfriendly
+
+from clientlib.errors import ConfigError
+
+__all__ = ["OneLineParser", "layered_settings", "parse_hostport", "parse_size"]
+
+
+def parse_size(value: str | int, what: str) -> int:
+    """``"4GiB"``, ``"500M"`` or ``4096`` -> bytes (``K``/``M``/``G`` are binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        try:
+            size = humanfriendly.parse_size(str(value), binary=True)
+        except humanfriendly.InvalidSize:
+            raise ConfigError(f"{what}: {value!r} is not a size (try 4GiB or 500MiB)") from None
+    if size < 0:
+        raise ConfigError(f"{what}: size must not be negative")
+    return int(size)
+
+
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``."""
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: {value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def layered_settings(
+    args: argparse.Namespace, names: list[str], config_file: str | None
+) -> dict[str, Any]:
+    """Merge TOML file, ``RINGCACHE_*`` environment and flags (later wins) for ``names``.
+
+    Flags left at ``None`` (or empty lists) do not override. List-valued settings given
+    in the environment are comma-separated.
+    """
+    merged: dict[str, Any] = {}
+    if config_file:
+        try:
+            with Path(config_file).open("rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file} does not exist") from None
+        except (tomllib.TOMLDecodeError, OSError) as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from None
+        unknown = sorted(set(doc) - set(names))
+        if unknown:
+            raise ConfigError(f"config file {config_file}: unknown setting {unknown[0]!r}")
+        merged.update(doc)
+    for name in names:
+        env = os.environ.get(f"RINGCACHE_{name.upper()}")
+        if env is not None:
+            current = getattr(args, name, None)
+            merged[name] = env.split(",") if isinstance(current, list) else env
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value != []:
+            merged[name] = value
+    return merged
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the usage text is one ``--help`` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

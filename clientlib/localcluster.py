@@ -1,0 +1,215 @@
+"""A throwaway ringcache cluster on this machine: etcd and cache nodes as processes.
+
+The demo (``ringcache-demo``), the test suite and the benchmarks all start their clusters
+with this module, so what the tests exercise is exactly what a user gets: real etcd,
+real ``cachenode`` processes on free loopback ports, stopped by signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Etcd", "Node", "Process", "free_port", "start_etcd", "start_node"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Process:
+    """A child process with its log file; stopped with :meth:`stop` (SIGTERM, then KILL)."""
+
+    name: str
+    cmd: list[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> Process:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.alive():
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            self.signal(signal.SIGKILL)
+            assert self.popen is not None
+            self.popen.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+@dataclass
+class Etcd(Process):
+    url: str = ""
+
+
+def start_etcd(workdir: Path) -> Etcd:
+    """Start a single-member etcd on free loopback ports, data under ``workdir``."""
+    etcd_bin = shutil.which("etcd") or "/usr/bin/etcd"
+    client, peer = free_port(), free_port()
+    url = f"http://127.0.0.1:{client}"
+    data = workdir / "etcd-data"
+    proc = Etcd(
+        "etcd",
+        [
+            etcd_bin,
+            "--name",
+            "ringcache-local",
+            "--data-dir",
+            str(data),
+            "--listen-client-urls",
+            url,
+            "--advertise-client-urls",
+            url,
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-cluster",
+            f"ringcache-local=http://127.0.0.1:{peer}",
+            "--log-level",
+            "warn",
+        ],
+        workdir / "etcd.log",
+        url=url,
+    )
+    proc.start()
+    try:
+        wait_until(lambda: http_ok(url + "/health"), 20, "etcd to start")
+    except TimeoutError:
+        proc.stop()
+        raise RuntimeError(f"etcd did not start:\n{proc.log_tail()}") from None
+    return proc
+
+
+@dataclass
+class Node(Process):
+    addr: str = ""
+    cache_dir: Path = Path()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+
+def start_node(
+    etcd_url: str,
+    cluster: str,
+    cache_dir: Path,
+    *,
+    size: str = "1GiB",
+    port: int | None = None,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> Node:
+    """Start one ``cachenode`` process and wait until it answers ``/healthz``."""
+    port = port or free_port()
+    addr = f"127.0.0.1:{port}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "cachenode",
+        "--listen",
+        addr,
+        "--cache-dir",
+        f"{cache_dir}:{size}",
+        "--etcd",
+        etcd_url,
+        "--cluster",
+        cluster,
+        "--drain-grace",
+        "0.5",
+        *(extra or []),
+    ]
+    node = Node(
+        f"node-{port}",
+        cmd,
+        cache_dir.parent / f"{cache_dir.name}.log",
+        env=env,
+        addr=addr,
+        cache_dir=cache_dir,
+    )
+    node.start()
+    if wait:
+        try:
+            wait_until(
+                lambda: http_ok(node.url + "/healthz") or not node.alive(), 30, "cachenode"
+            )
+        except TimeoutError:
+            node.stop()
+            raise
+        if not node.alive():
+            raise RuntimeError(f"cachenode exited at start:\n{node.log_tail()}")
+    return node

@@ -1,0 +1,82 @@
+"""The cluster's status as ``cachectl status`` reports it (fields fixed by the design).
+
+Membership comes from etcd, figures from each node's ``/v1/stats``; a node that is
+registered but does not answer is listed with state ``unreachable`` rather than dropped,
+because that is exactly what an operator needs to see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from clientlib.cluster import ClusterConfig, NodeInfo, config_key, nodes_prefix, parse_etcd_url
+from clientlib.errors import BadRequest, ConfigError
+
+__all__ = ["cluster_status", "list_nodes"]
+
+
+async def list_nodes(etcd_url: str, cluster: str) -> tuple[ClusterConfig, list[NodeInfo]]:
+    """The cluster config and node records, straight from etcd (no watch)."""
+    import aetcd
+
+    host, port = parse_etcd_url(etcd_url)
+    try:
+        async with aetcd.Client(host=host, port=port, timeout=5) as etcd:
+            raw_config = await etcd.get(config_key(cluster))
+            records = await etcd.get_prefix(nodes_prefix(cluster))
+    except (aetcd.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise ConfigError(f"etcd at {etcd_url} is unreachable: {exc}") from None
+    config = ClusterConfig.from_json(raw_config.value) if raw_config else ClusterConfig()
+    nodes = []
+    for kv in records:
+        try:
+            nodes.append(NodeInfo.from_json(kv.value))
+        except BadRequest:
+            continue
+    return config, sorted(nodes, key=lambda n: n.id)
+
+
+def _ratio(hits: int, misses: int) -> float:
+    return round(hits / (hits + misses), 4) if hits + misses else 0.0
+
+
+async def _node_stats(session: aiohttp.ClientSession, node: NodeInfo) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": node.id,
+        "addr": node.addr,
+        "state": node.state,
+        "capacity_bytes": node.capacity_bytes,
+        "used_bytes": 0,
+        "blocks": 0,
+        "hits": 0,
+        "misses": 0,
+    }
+    try:
+        async with session.get(f"{node.url}/v1/stats") as resp:
+            resp.raise_for_status()
+            stats = await resp.json()
+        for key in ("capacity_bytes", "used_bytes", "blocks", "hits", "misses"):
+            row[key] = int(stats.get(key, 0))
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        row["state"] = "unreachable"
+    row["hit_rate"] = _ratio(row["hits"], row["misses"])
+    return row
+
+
+async def cluster_status(etcd_url: str, cluster: str) -> dict[str, Any]:
+    """``{"cluster", "block_size", "hit_rate", "nodes": [...]}`` as in the design."""
+    config, nodes = await list_nodes(etcd_url, cluster)
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        rows = await asyncio.gather(*(_node_stats(session, n) for n in nodes))
+    hits = sum(r["hits"] for r in rows)
+    misses = sum(r["misses"] for r in rows)
+    return {
+        "cluster": cluster,
+        "block_size": config.block_size,
+        "hit_rate": _ratio(hits, misses),
+        "nodes": list(rows),
+    }

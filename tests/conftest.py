@@ -1,0 +1,186 @@
+"""Fixtures that start the real parts on loopback: etcd, an S3 endpoint, cache nodes.
+
+etcd and moto_server are shared by the session (each test takes its own cluster name and
+bucket, so tests cannot see each other's state); cache nodes belong to one test and are
+stopped when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from clientlib import CacheClient
+from clientlib.localcluster import (
+    Etcd,
+    Node,
+    Process,
+    free_port,
+    http_ok,
+    start_etcd,
+    start_node,
+    wait_until,
+)
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ringcache")
+
+
+@pytest.fixture(scope="session")
+def etcd(workdir: Path) -> Iterator[Etcd]:
+    proc = start_etcd(workdir / "etcd")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(workdir: Path) -> Iterator[str]:
+    """moto_server, a real S3 HTTP API; boto3 in tests and nodes reach it through env."""
+    port = free_port()
+    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+    proc = Process("moto", [moto, "-H", "127.0.0.1", "-p", str(port)], workdir / "moto.log")
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(url + "/moto-api/"), 30, "moto_server")
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str):  # type: ignore[no-untyped-def]
+    return boto3.client("s3")
+
+
+@pytest.fixture
+def bucket(s3) -> str:  # type: ignore[no-untyped-def]
+    name = f"bucket-{os.getpid()}-{next(_counter)}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def cluster_name() -> str:
+    return f"t{os.getpid()}-{next(_counter)}"
+
+
+class Cluster:
+    """Cache nodes of one test's cluster; :meth:`add` starts one more."""
+
+    def __init__(self, etcd: Etcd, name: str, root: Path) -> None:
+        self.etcd = etcd
+        self.name = name
+        self.root = root
+        self.nodes: list[Node] = []
+
+    def add(self, size: str = "1GiB", extra: list[str] | None = None, **kw) -> Node:  # type: ignore[no-untyped-def]
+        index = len(self.nodes)
+        node = start_node(
+            self.etcd.url,
+            self.name,
+            self.root / f"node{index}",
+            size=size,
+            extra=["--file-root", str(self.root), *(extra or [])],
+            **kw,
+        )
+        self.nodes.append(node)
+        return node
+
+    def restart(self, node: Node, **kw) -> Node:  # type: ignore[no-untyped-def]
+        node.stop()
+        port = int(node.addr.rsplit(":", 1)[1])
+        new = start_node(
+            self.etcd.url,
+            self.name,
+            node.cache_dir,
+            port=port,
+            extra=["--file-root", str(self.root)],
+            **kw,
+        )
+        self.nodes[self.nodes.index(node)] = new
+        return new
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """Sum of a metric over every live node (read from their /metrics)."""
+        return sum(node_metric(n, name, labels) for n in self.nodes if n.alive())
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def node_metric(node: Node, name: str, labels: str = "") -> float:
+    """One sample (``name{labels}``, or the sum over label sets) from a node's /metrics."""
+    with urllib.request.urlopen(node.url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric, _, rest = sample.partition("{")
+        if metric == name and (not labels or labels in rest):
+            total += float(value)
+    return total
+
+
+@pytest.fixture
+def make_cluster(
+    etcd: Etcd, s3_endpoint: str, tmp_path: Path, cluster_name: str
+) -> Iterator[Callable[[int], Cluster]]:
+    clusters: list[Cluster] = []
+
+    def make(count: int, **kw) -> Cluster:  # type: ignore[no-untyped-def]
+        cluster = Cluster(etcd, f"{cluster_name}-{len(clusters)}", tmp_path)
+        clusters.append(cluster)
+        for _ in range(count):
+            cluster.add(**kw)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+
+
+async def wait_ring(client: CacheClient, active: int, timeout: float = 15.0) -> None:
+    """Wait until the client's ring has exactly ``active`` active nodes."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(client.ring) != active:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"ring has {len(client.ring)} nodes, wanted {active}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[Callable[..., object]]:
+    """Factory: a started CacheClient for a cluster, closed at the end of the test."""
+    clients: list[CacheClient] = []
+
+    async def make(cluster: Cluster, nodes: int | None = None, **kw) -> CacheClient:  # type: ignore[no-untyped-def]
+        client = CacheClient(cluster.etcd.url, cluster.name, **kw)
+        await client.start()
+        clients.append(client)
+        await wait_ring(client, len(cluster.nodes) if nodes is None else nodes)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
