@@ -18,9 +18,9 @@ import aiohttp
 import cachetools
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE, BlockRef, slices_for_range
-from clientlib.errors import OriginError, VersionMismatch
+from clientlib.errors import BadRequest, OriginError, VersionMismatch
 from clientlib.metrics import CLIENT_BLOCK_READS, CLIENT_FALLBACKS
-from clientlib.origin import ObjectInfo, Origins
+from clientlib.origin import ObjectInfo, Origin, Origins
 from clientlib.ring import Ring, RingWatcher
 
 __all__ = ["CacheClient"]
@@ -186,15 +186,7 @@ class CacheClient:
             CLIENT_FALLBACKS.labels("no_nodes").inc()
             return None
         assert self._session is not None, "CacheClient used before start()"
-        query = urlencode(
-            {
-                "src": ref.url,
-                "ver": ref.version,
-                "size": ref.size,
-                "bs": ref.block_size,
-                "i": ref.index,
-            }
-        )
+        query = self._source_query(ref)
         for node in owners:
             url = f"{node.url}/v1/blocks/{block_id}?{query}"
             try:
@@ -226,6 +218,54 @@ class CacheClient:
                 log.warning("node %s failed block %s of %s: %r", node.id, block_id, ref.url, exc)
             CLIENT_FALLBACKS.labels(reason).inc()
         return None
+
+    def origin(self, url: str) -> Origin:
+        """The origin backend for ``url`` (writers and listings go straight to it)."""
+        return self._origins.for_url(url)
+
+    async def fill(self, info: ObjectInfo, index: int, data: bytes) -> int:
+        """Push one block of a just-written object version to its owners.
+
+        Returns how many owners stored it. Best effort: a node that is down or full only
+        means the next reader misses, so failures are logged, never raised.
+        """
+        ref = self.block_ref(info, index)
+        if len(data) != ref.length:
+            raise BadRequest(f"block {index} of {info.url} has {ref.length} bytes, not {len(data)}")
+        block_id = ref.id
+        if len(data) <= self._memory.maxsize:
+            self._memory[block_id] = data
+        assert self._session is not None, "CacheClient used before start()"
+        stored = 0
+        for node in self.ring.owners(block_id, 1):
+            try:
+                async with self._session.put(
+                    f"{node.url}/v1/blocks/{block_id}?{self._source_query(ref)}", data=data
+                ) as resp:
+                    stored += resp.status == 201
+                    if resp.status != 201:
+                        log.warning(
+                            "node %s did not store block %s of %s: %d",
+                            node.id,
+                            block_id,
+                            info.url,
+                            resp.status,
+                        )
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.warning("fill of block %s to node %s failed: %r", block_id, node.id, exc)
+        return stored
+
+    @staticmethod
+    def _source_query(ref: BlockRef) -> str:
+        return urlencode(
+            {
+                "src": ref.url,
+                "ver": ref.version,
+                "size": ref.size,
+                "bs": ref.block_size,
+                "i": ref.index,
+            }
+        )
 
     async def _from_origin(self, ref: BlockRef) -> bytes:
         data = await self._origins.for_url(ref.url).read(
