@@ -1,0 +1,384 @@
+"""BlockStore on real cache dirs: integrity, placement, limits, restart and failing dirs."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import cachenode.store as store_mod
+from cachenode.store import INLINE_READ_MAX, BlockStore, CacheDirSpec, block_checksum
+from clientlib.errors import BadRequest, ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+SMALL = 4 * KiB
+LARGE = INLINE_READ_MAX + 3 * KiB  # read through the thread pool
+
+
+def new_id() -> str:
+    return os.urandom(16).hex()
+
+
+def block_files(root: Path) -> dict[str, Path]:
+    """Block id -> file of every block file under one cache dir."""
+    return {p.name[:32]: p for p in (root / "blocks").glob("*/*")}
+
+
+def disk_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in block_files(root).values())
+
+
+@pytest.fixture
+def make_store(tmp_path: Path) -> Iterator[Callable[..., BlockStore]]:
+    """Open a store on dirs ``d0..dN`` under tmp_path; every store is closed at the end."""
+    opened: list[BlockStore] = []
+
+    def make(*sizes: int, **kwargs) -> BlockStore:
+        specs = [CacheDirSpec(tmp_path / f"d{i}", size) for i, size in enumerate(sizes)]
+        store = BlockStore(specs, **kwargs)
+        store.open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, SMALL, LARGE])
+async def test_put_then_get_returns_the_same_bytes_across_dirs(make_store, size):
+    store = make_store(MiB, MiB, MiB)
+    blocks = {new_id(): os.urandom(size) for _ in range(12)}
+    for block_id, data in blocks.items():
+        assert await store.put(block_id, data)
+    for block_id, data in blocks.items():
+        assert block_id in store
+        assert await store.get(block_id) == data
+    assert store.used_bytes == size * len(blocks)
+    assert store.block_count == len(blocks)
+    assert await store.get(new_id()) is None
+
+
+async def test_blocks_spread_over_dirs_in_proportion_to_dir_size(make_store, tmp_path):
+    store = make_store(MiB, MiB, 2 * MiB)
+    for _ in range(400):
+        assert await store.put(new_id(), b"x" * 100)
+    counts = [len(block_files(tmp_path / f"d{i}")) for i in range(3)]
+    assert sum(counts) == 400
+    # Expected 100 / 100 / 200; the bounds are > 5 standard deviations away.
+    assert 50 < counts[0] < 150 and 50 < counts[1] < 150 and 140 < counts[2] < 260
+
+
+async def test_adding_a_dir_moves_blocks_only_to_the_new_dir(tmp_path):
+    ids = [new_id() for _ in range(500)]
+    specs = [CacheDirSpec(tmp_path / f"d{i}", MiB) for i in range(3)]
+    before_store = BlockStore(specs[:2])
+    before_store.open()
+    before = [before_store.placement(i)[0] for i in ids]
+    before_store.close()
+    after_store = BlockStore(specs)
+    after_store.open()
+    after = [after_store.placement(i)[0] for i in ids]
+    after_store.close()
+    moved = [(b, a) for b, a in zip(before, after, strict=True) if a != b]
+    assert moved, "a third dir of equal size should win about a third of the ids"
+    assert all(a == specs[2].path for _, a in moved)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend_short"])
+async def test_corrupted_block_file_is_never_served_and_is_removed(
+    make_store, tmp_path, size, damage
+):
+    store = make_store(4 * MiB)
+    block_id = new_id()
+    data = os.urandom(size)
+    assert await store.put(block_id, data)
+    path = block_files(tmp_path / "d0")[block_id]
+    raw = bytearray(path.read_bytes())
+    if damage == "flip":
+        raw[size // 2] ^= 0x01
+    elif damage == "truncate":
+        raw = raw[: size - 1]
+    else:  # a torn write: right length, tail never written
+        raw[size - 512 :] = bytes(512)
+    path.write_bytes(bytes(raw))
+
+    assert await store.get(block_id) is None
+    assert not path.exists()
+    assert block_id not in store
+    assert store.used_bytes == 0
+    # The caller refetches and stores it again.
+    assert await store.put(block_id, data)
+    assert await store.get(block_id) == data
+
+
+async def test_restart_serves_blocks_written_before(make_store):
+    store = make_store(MiB, MiB)
+    blocks = {new_id(): os.urandom(SMALL + i) for i in range(30)}
+    for block_id, data in blocks.items():
+        assert await store.put(block_id, data)
+    used = store.used_bytes
+    store.close()
+
+    again = make_store(MiB, MiB)
+    assert again.block_count == len(blocks)
+    assert again.used_bytes == used
+    for block_id, data in blocks.items():
+        assert await again.get(block_id) == data
+
+
+async def test_open_removes_temp_leftovers_and_malformed_names(make_store, tmp_path):
+    root = tmp_path / "d0"
+    good_id, data = new_id(), os.urandom(SMALL)
+    good = root / "blocks" / good_id[:2] / f"{good_id}.{SMALL}.{block_checksum(data):016x}"
+    wrong_shard_id = "ff" + new_id()[2:] if not good_id.startswith("ff") else "00" + good_id[2:]
+    bad_names = [
+        f"{good_id[:2]}/notablock",
+        f"{good_id[:2]}/{good_id}.{SMALL}",
+        f"{good_id[:2]}/{good_id.upper()}.{SMALL}.{block_checksum(data):016x}",
+        f"{good_id[:2]}/{good_id}.0{SMALL}.{block_checksum(data):016x}",
+        f"{good_id[:2]}/{wrong_shard_id}.{SMALL}.{block_checksum(data):016x}",
+    ]
+    for rel in [*bad_names, good.relative_to(root / "blocks")]:
+        (root / "blocks" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "blocks" / rel).write_bytes(data)
+    (root / "tmp").mkdir()
+    leftover = root / "tmp" / f"{new_id()}.1.2.tmp"
+    leftover.write_bytes(b"half a block")
+
+    store = make_store(MiB)
+    assert not leftover.exists()
+    assert all(not (root / "blocks" / rel).exists() for rel in bad_names)
+    assert good.exists()
+    assert store.block_count == 1
+    assert await store.get(good_id) == data
+
+
+async def test_usage_stays_within_each_dir_size_under_a_stream_of_puts(make_store, tmp_path):
+    sizes = (64 * KiB, 96 * KiB)
+    evicted: list[int] = []
+    store = make_store(*sizes, on_evict=evicted.append)
+    rng = __import__("random").Random(5)
+    put = 0
+    for _ in range(300):
+        # Full blocks, and shorter last blocks of objects.
+        nbytes = rng.choice((SMALL, SMALL, SMALL, rng.randrange(1, SMALL)))
+        assert await store.put(new_id(), os.urandom(nbytes))
+        put += nbytes
+        for i, size in enumerate(sizes):
+            assert disk_bytes(tmp_path / f"d{i}") <= size
+        assert store.used_bytes <= store.capacity_bytes == sum(sizes)
+    assert store.used_bytes == sum(disk_bytes(tmp_path / f"d{i}") for i in range(2))
+    # on_evict saw every block that left, once.
+    assert sum(evicted) == put - store.used_bytes
+    assert len(evicted) == 300 - store.block_count
+
+
+async def test_put_evicts_to_keep_free_space_ratio_of_the_disk(make_store, monkeypatch):
+    total, others = 1000 * SMALL, 600 * SMALL
+    store: BlockStore | None = None
+
+    def fake_disk_usage(path: str) -> tuple[int, int]:
+        used = store.used_bytes if store is not None else 0
+        return total, total - others - used
+
+    monkeypatch.setattr(store_mod, "disk_usage", fake_disk_usage)
+    store = make_store(100 * MiB, free_space_ratio=0.1)
+    allowed = total - others - int(0.1 * total)  # 300 blocks
+    for _ in range(500):
+        assert await store.put(new_id(), os.urandom(SMALL))
+        assert store.used_bytes <= allowed
+    assert store.used_bytes >= allowed - SMALL
+
+
+async def test_put_is_refused_when_free_space_cannot_be_reached(make_store, monkeypatch):
+    monkeypatch.setattr(store_mod, "disk_usage", lambda path: (100 * SMALL, 5 * SMALL))
+    store = make_store(100 * MiB, free_space_ratio=0.1)
+    assert not await store.put(new_id(), os.urandom(SMALL))
+    assert store.block_count == 0
+
+
+async def test_block_larger_than_every_dir_is_refused(make_store, tmp_path):
+    store = make_store(SMALL, 2 * SMALL)
+    block_id = new_id()
+    assert not await store.put(block_id, os.urandom(2 * SMALL + 1))
+    assert block_id not in store
+    assert not block_files(tmp_path / "d0") and not block_files(tmp_path / "d1")
+
+
+async def test_put_returns_false_on_enospc_and_keeps_the_dir(make_store, monkeypatch):
+    store = make_store(MiB)
+
+    def full(*args) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_mod, "_write_block", full)
+        assert not await store.put(new_id(), os.urandom(SMALL))
+    assert store.capacity_bytes == MiB
+    assert await store.put(new_id(), os.urandom(SMALL))
+
+
+def _ids_preferring(store: BlockStore, root: Path, count: int) -> list[str]:
+    ids: list[str] = []
+    while len(ids) < count:
+        block_id = new_id()
+        if store.placement(block_id)[0] == root:
+            ids.append(block_id)
+    return ids
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced_by_file"])
+async def test_failed_dir_is_taken_out_and_other_dirs_keep_working(make_store, tmp_path, how):
+    store = make_store(MiB, MiB)
+    lost_root, kept_root = tmp_path / "d0", tmp_path / "d1"
+    lost = {i: os.urandom(SMALL) for i in _ids_preferring(store, lost_root, 5)}
+    kept = {i: os.urandom(SMALL) for i in _ids_preferring(store, kept_root, 5)}
+    for block_id, data in {**lost, **kept}.items():
+        assert await store.put(block_id, data)
+    shutil.rmtree(lost_root)
+    if how == "replaced_by_file":
+        lost_root.write_bytes(b"not a dir")
+
+    # New blocks that would have gone to the failed dir are stored in the other one.
+    fresh = {i: os.urandom(SMALL) for i in _ids_preferring(store, lost_root, 5)}
+    for block_id, data in fresh.items():
+        assert await store.put(block_id, data)
+    assert store.capacity_bytes == MiB
+    for block_id in lost:
+        assert await store.get(block_id) is None
+    for block_id, data in {**kept, **fresh}.items():
+        assert await store.get(block_id) == data
+    assert set(block_files(kept_root)) == set(kept) | set(fresh)
+
+
+async def test_missing_dir_found_on_read_is_taken_out(make_store, tmp_path):
+    store = make_store(MiB, MiB)
+    lost_id = _ids_preferring(store, tmp_path / "d0", 1)[0]
+    assert await store.put(lost_id, b"data")
+    shutil.rmtree(tmp_path / "d0")
+    assert await store.get(lost_id) is None
+    assert store.capacity_bytes == MiB
+    assert store.placement(new_id()) == [tmp_path / "d1"]
+
+
+async def test_evict_drops_blocks_and_counts_only_present_ones(make_store, tmp_path):
+    evicted: list[int] = []
+    store = make_store(MiB, MiB, on_evict=evicted.append)
+    ids = [new_id() for _ in range(6)]
+    for block_id in ids:
+        assert await store.put(block_id, os.urandom(SMALL))
+    assert await store.evict([*ids[:4], new_id()]) == 4
+    assert evicted == [SMALL] * 4
+    for block_id in ids[:4]:
+        assert block_id not in store
+        assert await store.get(block_id) is None
+    remaining = set(block_files(tmp_path / "d0")) | set(block_files(tmp_path / "d1"))
+    assert remaining == set(ids[4:])
+    assert store.used_bytes == 2 * SMALL
+
+
+async def test_concurrent_puts_of_one_id_store_one_file(make_store, tmp_path):
+    store = make_store(4 * MiB)
+    block_id, data = new_id(), os.urandom(LARGE)
+    results = await asyncio.gather(*(store.put(block_id, data) for _ in range(10)))
+    assert results == [True] * 10
+    assert list(block_files(tmp_path / "d0")) == [block_id]
+    assert not list((tmp_path / "d0" / "tmp").iterdir())
+    assert store.used_bytes == LARGE and store.block_count == 1
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_get_racing_evict_returns_the_bytes_or_none(make_store, size):
+    store = make_store(4 * MiB)
+    outcomes = set()
+    for _ in range(30):
+        block_id, data = new_id(), os.urandom(size)
+        assert await store.put(block_id, data)
+        got, _ = await asyncio.gather(store.get(block_id), store.evict([block_id]))
+        assert got in (data, None)
+        outcomes.add(got is None)
+        assert await store.get(block_id) is None
+    assert store.used_bytes == 0
+
+
+async def test_evicted_block_put_again_at_once_keeps_its_new_file(make_store):
+    store = make_store(4 * MiB)
+    block_id, data = new_id(), os.urandom(LARGE)
+    for _ in range(20):
+        assert await store.put(block_id, data)
+        await asyncio.gather(store.evict([block_id]), store.put(block_id, data))
+        if block_id in store:
+            assert await store.get(block_id) == data
+
+
+async def test_get_protects_a_block_from_a_scan_but_contains_does_not(make_store):
+    survived = {}
+    for how in ("get", "contains"):
+        store = make_store(20 * SMALL)
+        block_id = new_id()
+        assert await store.put(block_id, os.urandom(SMALL))
+        if how == "get":
+            assert await store.get(block_id) is not None
+        else:
+            assert block_id in store
+        for _ in range(100):
+            assert await store.put(new_id(), os.urandom(SMALL))
+        survived[how] = block_id in store
+        store.close()
+    assert survived == {"get": True, "contains": False}
+
+
+async def test_restart_with_a_smaller_size_evicts_down_to_it(make_store, tmp_path):
+    store = make_store(MiB)
+    for _ in range(20):
+        assert await store.put(new_id(), os.urandom(SMALL))
+    store.close()
+    evicted: list[int] = []
+    smaller = make_store(5 * SMALL, on_evict=evicted.append)
+    assert smaller.used_bytes == 5 * SMALL == disk_bytes(tmp_path / "d0")
+    assert len(evicted) == 15
+
+
+async def test_malformed_block_ids_are_rejected(make_store):
+    store = make_store(MiB)
+    for bad in ("../../etc/passwd", "ABCDEF" * 6, "0" * 31, "0" * 33, ""):
+        with pytest.raises(BadRequest):
+            await store.get(bad)
+        with pytest.raises(BadRequest):
+            await store.put(bad, b"x")
+        with pytest.raises(BadRequest):
+            await store.evict([bad])
+        with pytest.raises(BadRequest):
+            bad in store  # noqa: B015
+
+
+async def test_a_dir_used_by_another_store_is_refused(make_store, tmp_path):
+    make_store(MiB)
+    second = BlockStore([CacheDirSpec(tmp_path / "d0", MiB)])
+    with pytest.raises(ConfigError, match="in use"):
+        second.open()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dirs": []},
+        {"free_space_ratio": 1.0},
+        {"free_space_ratio": -0.1},
+        {"policy": "lfu"},
+        {"dirs": [CacheDirSpec(Path("/tmp/x"), 0)]},
+        {"dirs": [CacheDirSpec(Path("/tmp/x"), 1), CacheDirSpec(Path("/tmp/x/"), 1)]},
+    ],
+)
+def test_invalid_configuration_is_rejected_with_config_error(kwargs):
+    kwargs.setdefault("dirs", [CacheDirSpec(Path("/tmp/x"), 1)])
+    with pytest.raises(ConfigError):
+        BlockStore(kwargs.pop("dirs"), **kwargs)
