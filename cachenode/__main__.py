@@ -17,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import uvloop
 from aiohttp import web
-from cachenode.store import BlockStore
 
 from cachenode.config import NodeConfig, load_config
 from cachenode.membership import Membership, stable_node_id
 from cachenode.metrics import CACHE_CAPACITY, EVICTIONS
 from cachenode.readthrough import ReadThrough
 from cachenode.server import NodeState, make_app
+from cachenode.store import BlockStore
 from clientlib.cluster import NodeInfo
 from clientlib.errors import RingcacheError
 from clientlib.origin import Origins
@@ -63,7 +63,9 @@ async def run(config: NodeConfig) -> None:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise RingcacheError(f"cannot listen on {config.listen[0]}:{config.listen[1]}: {exc}") from None
+        raise RingcacheError(
+            f"cannot listen on {config.listen[0]}:{config.listen[1]}: {exc}"
+        ) from None
     weight = config.weight or max(store.capacity_bytes / 2**30, 0.001)
     info = NodeInfo(node_id, config.advertise, weight, store.capacity_bytes, "active", time.time())
     membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)

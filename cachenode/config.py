@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from cachenode.store import CacheDirSpec
-
 from clientlib.cluster import check_cluster_name, check_node_id, parse_etcd_url
 from clientlib.config import OneLineParser, layered_settings, parse_hostport, parse_size
 from clientlib.errors import ConfigError

@@ -24,21 +24,13 @@ from clientlib.cluster import (
     check_node_id,
     config_key,
     node_key,
-    parse_etcd_url,
 )
 from clientlib.errors import ConfigError
+from clientlib.etcd import ETCD_ERRORS, connect
 
-__all__ = ["Membership", "connect_etcd", "stable_node_id"]
+__all__ = ["Membership", "stable_node_id"]
 
 log = logging.getLogger(__name__)
-
-ETCD_ERRORS = (aetcd.ClientError, OSError, asyncio.TimeoutError)
-
-
-def connect_etcd(url: str, timeout: float = 3.0) -> aetcd.Client:
-    """An aetcd client whose every call times out (so a dead etcd never hangs us)."""
-    host, port = parse_etcd_url(url)
-    return aetcd.Client(host=host, port=port, timeout=timeout)
 
 
 class Membership:
@@ -49,7 +41,7 @@ class Membership:
         self._cluster = cluster
         self.info = info
         self._ttl = ttl
-        self._etcd = connect_etcd(etcd_url)
+        self._etcd = connect(etcd_url)
         self._lease: aetcd.Lease | None = None
         self._task: asyncio.Task[None] | None = None
         self.cluster_config = ClusterConfig(DEFAULT_BLOCK_SIZE)
@@ -64,7 +56,9 @@ class Membership:
             await asyncio.wait_for(self._ensure_config(), timeout=10)
             await asyncio.wait_for(self._register(), timeout=10)
         except ETCD_ERRORS as exc:
-            raise ConfigError(f"etcd at {self._url} is unreachable: {exc or type(exc).__name__}") from None
+            raise ConfigError(
+                f"etcd at {self._url} is unreachable: {exc or type(exc).__name__}"
+            ) from None
         self._task = asyncio.create_task(self._keepalive(), name="lease-keepalive")
         log.info("node %s joined cluster %s as %s", self.info.id, self._cluster, self.info.addr)
 

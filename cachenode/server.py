@@ -15,7 +15,6 @@ from typing import Any
 
 import msgpack
 from aiohttp import web
-from cachenode.store import BlockStore
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cachenode.metrics import (
@@ -26,6 +25,7 @@ from cachenode.metrics import (
     SERVED_BYTES,
 )
 from cachenode.readthrough import ReadThrough
+from cachenode.store import BlockStore
 from clientlib.blocks import MAX_BLOCK_SIZE, BlockRef, check_block_id, check_block_size
 from clientlib.errors import BadRequest, RingcacheError
 from clientlib.urls import split_url
@@ -188,9 +188,7 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
     async def metrics(_: web.Request) -> web.Response:
         CACHE_USED.set(store.used_bytes)
         CACHE_CAPACITY.set(store.capacity_bytes)
-        return web.Response(
-            body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
         if state.draining:

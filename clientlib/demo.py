@@ -104,8 +104,10 @@ def demo_main(argv: list[str] | None = None) -> None:
         warm, warm_s = asyncio.run(read_all(etcd.url, "demo", paths))
         print(f"warm read   {warm / 1e6:.1f} MB in {warm_s:.2f}s (blocks served by the nodes)")
         status = asyncio.run(cluster_status(etcd.url, "demo"))
-        print(f"hit rate    {status['hit_rate']:.1%}   (cachectl --etcd {etcd.url} "
-              f"--cluster demo status)")
+        print(
+            f"hit rate    {status['hit_rate']:.1%}   (cachectl --etcd {etcd.url} "
+            f"--cluster demo status)"
+        )
         if args.keep:
             print("running; Ctrl-C to stop")
             while True:

@@ -112,12 +112,17 @@ class Process:
 @dataclass
 class Etcd(Process):
     url: str = ""
+    peer_port: int = 0
+
+    @property
+    def client_port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
 
-def start_etcd(workdir: Path) -> Etcd:
-    """Start a single-member etcd on free loopback ports, data under ``workdir``."""
+def start_etcd(workdir: Path, client: int | None = None, peer: int | None = None) -> Etcd:
+    """Start a single-member etcd on loopback (free ports unless given), data in ``workdir``."""
     etcd_bin = shutil.which("etcd") or "/usr/bin/etcd"
-    client, peer = free_port(), free_port()
+    client, peer = client or free_port(), peer or free_port()
     url = f"http://127.0.0.1:{client}"
     data = workdir / "etcd-data"
     proc = Etcd(
@@ -143,6 +148,7 @@ def start_etcd(workdir: Path) -> Etcd:
         ],
         workdir / "etcd.log",
         url=url,
+        peer_port=peer,
     )
     proc.start()
     try:
@@ -204,9 +210,7 @@ def start_node(
     node.start()
     if wait:
         try:
-            wait_until(
-                lambda: http_ok(node.url + "/healthz") or not node.alive(), 30, "cachenode"
-            )
+            wait_until(lambda: http_ok(node.url + "/healthz") or not node.alive(), 30, "cachenode")
         except TimeoutError:
             node.stop()
             raise

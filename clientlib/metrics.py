@@ -17,9 +17,7 @@ __all__ = [
 ]
 
 ORIGIN_BYTES = Counter("ringcache_origin_bytes_total", "Bytes read from the origin")
-ORIGIN_REQUESTS = Counter(
-    "ringcache_origin_requests_total", "Requests to the origin", ["op"]
-)
+ORIGIN_REQUESTS = Counter("ringcache_origin_requests_total", "Requests to the origin", ["op"])
 CLIENT_BLOCK_READS = Counter(
     "ringcache_client_block_reads_total",
     "Blocks a client read, by where they came from",

@@ -14,7 +14,6 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
-import aetcd
 from uhashring import HashRing
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE
@@ -25,9 +24,9 @@ from clientlib.cluster import (
     cluster_prefix,
     config_key,
     nodes_prefix,
-    parse_etcd_url,
 )
 from clientlib.errors import BadRequest
+from clientlib.etcd import ETCD_ERRORS, connect
 
 __all__ = ["Ring", "RingWatcher"]
 
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 
 #: Ring points of a node of average weight: enough for max/mean load ~1.1 at 100 nodes.
 VNODES = 160
-
-ETCD_ERRORS = (aetcd.ClientError, OSError, asyncio.TimeoutError)
 
 
 class Ring:
@@ -81,13 +78,12 @@ class RingWatcher:
     """
 
     def __init__(self, etcd_url: str, cluster: str, resync: float = 5.0) -> None:
-        self._host, self._port = parse_etcd_url(etcd_url)
         self._url = etcd_url
         self.cluster = check_cluster_name(cluster)
         self._resync = resync
         self.ring = Ring()
         self.config = ClusterConfig(DEFAULT_BLOCK_SIZE)
-        self._etcd = aetcd.Client(host=self._host, port=self._port, timeout=3)
+        self._etcd = connect(etcd_url)
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.synced = False

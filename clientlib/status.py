@@ -12,22 +12,20 @@ from typing import Any
 
 import aiohttp
 
-from clientlib.cluster import ClusterConfig, NodeInfo, config_key, nodes_prefix, parse_etcd_url
+from clientlib.cluster import ClusterConfig, NodeInfo, config_key, nodes_prefix
 from clientlib.errors import BadRequest, ConfigError
+from clientlib.etcd import ETCD_ERRORS, connect
 
 __all__ = ["cluster_status", "list_nodes"]
 
 
 async def list_nodes(etcd_url: str, cluster: str) -> tuple[ClusterConfig, list[NodeInfo]]:
     """The cluster config and node records, straight from etcd (no watch)."""
-    import aetcd
-
-    host, port = parse_etcd_url(etcd_url)
     try:
-        async with aetcd.Client(host=host, port=port, timeout=5) as etcd:
+        async with connect(etcd_url, timeout=5) as etcd:
             raw_config = await etcd.get(config_key(cluster))
             records = await etcd.get_prefix(nodes_prefix(cluster))
-    except (aetcd.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except ETCD_ERRORS as exc:
         raise ConfigError(f"etcd at {etcd_url} is unreachable: {exc}") from None
     config = ClusterConfig.from_json(raw_config.value) if raw_config else ClusterConfig()
     nodes = []
@@ -60,7 +58,7 @@ async def _node_stats(session: aiohttp.ClientSession, node: NodeInfo) -> dict[st
             stats = await resp.json()
         for key in ("capacity_bytes", "used_bytes", "blocks", "hits", "misses"):
             row[key] = int(stats.get(key, 0))
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+    except (TimeoutError, aiohttp.ClientError, ValueError):
         row["state"] = "unreachable"
     row["hit_rate"] = _ratio(row["hits"], row["misses"])
     return row

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -184,3 +184,54 @@ async def client_for() -> AsyncIterator[Callable[..., object]]:
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+def private_etcd(tmp_path: Path) -> Iterator[Etcd]:
+    """An etcd of this test's own, for tests that stop or restart it."""
+    proc = start_etcd(tmp_path / "private-etcd")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def slow_s3(s3_endpoint: str) -> AsyncIterator[Callable[[float], Awaitable[str]]]:
+    """Start reverse proxies in front of moto that delay every request.
+
+    ``await slow_s3(delay)`` returns an endpoint URL; a node started with
+    ``AWS_ENDPOINT_URL`` set to it sees an origin with that much time to first byte, as
+    cloud object storage has.
+    """
+    from aiohttp import ClientSession, web
+
+    runners: list[web.AppRunner] = []
+    session = ClientSession(auto_decompress=False)
+
+    async def start(delay: float) -> str:
+        async def forward(request: web.Request) -> web.Response:
+            await asyncio.sleep(delay)
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+            async with session.request(
+                request.method,
+                s3_endpoint + request.path_qs,
+                headers=headers,
+                data=await request.read(),
+            ) as upstream:
+                body = await upstream.read()
+                skip = ("content-length", "transfer-encoding", "connection")
+                out = {k: v for k, v in upstream.headers.items() if k.lower() not in skip}
+                return web.Response(status=upstream.status, body=body, headers=out)
+
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+    await session.close()

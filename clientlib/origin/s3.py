@@ -5,6 +5,10 @@ Settings come from boto3's own environment and config files (``AWS_ENDPOINT_URL`
 with exponential backoff and jitter on 5xx and throttling are botocore's ``standard``
 retry mode rather than a loop of our own. The version tag is the ETag; reads send
 ``If-Match`` so a block is never assembled from a newer version of the object.
+
+Writes go through boto3's managed transfers (``upload_file``, ``copy``): multipart above
+``multipart_threshold`` with parts uploaded in parallel, straight from a file on disk, so
+a large upload never sits in memory.
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
+import boto3.exceptions
+import boto3.s3.transfer
 import botocore.config
 import botocore.exceptions
 
-from clientlib.errors import NotFound, OriginError, VersionMismatch
+from clientlib.errors import BadRequest, NotFound, OriginError, VersionMismatch
 from clientlib.metrics import ORIGIN_BYTES, ORIGIN_REQUESTS
 from clientlib.origin.base import ObjectInfo, Origin
 from clientlib.urls import join_url, split_url
@@ -50,6 +57,14 @@ class S3Origin(Origin):
         )
         self._client = boto3.session.Session().client("s3", config=config)
         self._executor = ThreadPoolExecutor(max_inflight, thread_name_prefix="s3-origin")
+        # Transfers run their parts on their own threads; together they stay under the
+        # connection pool so a large upload cannot starve reads of connections.
+        self._transfer = boto3.s3.transfer.TransferConfig(
+            multipart_threshold=16 * 1024 * 1024,
+            multipart_chunksize=16 * 1024 * 1024,
+            max_concurrency=max(1, min(8, max_inflight // 4)),
+            use_threads=True,
+        )
 
     async def _call(self, fn: Any, url: str, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -125,6 +140,104 @@ class S3Origin(Origin):
             for item in items
             if not item["Key"].endswith("/")
         ]
+
+    def _listdir_sync(
+        self, bucket: str, prefix: str, max_keys: int | None
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages: dict[str, Any] = {}
+        if max_keys is not None:
+            pages["PaginationConfig"] = {"MaxItems": max_keys + 1}
+        dirs: list[str] = []
+        files: list[dict[str, Any]] = []
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/", **pages):
+            for common in page.get("CommonPrefixes", []):
+                name = common["Prefix"][len(prefix) :].rstrip("/")
+                if name:
+                    dirs.append(name)
+            for item in page.get("Contents", []):
+                if item["Key"] != prefix:  # the directory's own marker object
+                    files.append(item)
+        return dirs, files
+
+    async def listdir(
+        self, url: str, max_keys: int | None = None
+    ) -> tuple[list[str], list[ObjectInfo]]:
+        """One level of the tree with a ``/`` delimiter listing, every page of it."""
+        origin, prefix = split_url(url)
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        ORIGIN_REQUESTS.labels("list").inc()
+        dirs, items = await self._call(
+            lambda: self._listdir_sync(origin[5:], prefix, max_keys), url
+        )
+        files = [
+            ObjectInfo(
+                join_url(origin, item["Key"]),
+                origin,
+                item["Key"],
+                int(item["Size"]),
+                item["ETag"].strip('"'),
+                item["LastModified"].timestamp(),
+            )
+            for item in items
+        ]
+        return dirs, files
+
+    def _upload_sync(self, bucket: str, key: str, path: Path) -> None:
+        try:
+            self._client.upload_file(str(path), bucket, key, Config=self._transfer)
+        except boto3.exceptions.S3UploadFailedError as exc:
+            raise OriginError(f"upload to s3://{bucket}/{key} failed: {exc}") from None
+
+    async def write(self, url: str, path: Path) -> ObjectInfo:
+        """Upload ``path`` (multipart when large), then read back the new ETag."""
+        origin, key = split_url(url)
+        if not key or key.endswith("/"):
+            raise BadRequest(f"not an object URL: {url}")
+        ORIGIN_REQUESTS.labels("put").inc()
+        await self._call(lambda: self._upload_sync(origin[5:], key, path), url)
+        return await self.stat(url)
+
+    async def delete(self, url: str) -> None:
+        origin, key = split_url(url)
+        ORIGIN_REQUESTS.labels("delete").inc()
+        await self._call(self._client.delete_object, url, Bucket=origin[5:], Key=key)
+
+    async def rename(self, src: str, dst: str) -> ObjectInfo:
+        """S3 has no rename: a server-side copy (multipart for large objects), then delete."""
+        src_origin, src_key = split_url(src)
+        dst_origin, dst_key = split_url(dst)
+        ORIGIN_REQUESTS.labels("copy").inc()
+        await self._call(
+            lambda: self._client.copy(
+                {"Bucket": src_origin[5:], "Key": src_key},
+                dst_origin[5:],
+                dst_key,
+                Config=self._transfer,
+            ),
+            src,
+        )
+        info = await self.stat(dst)
+        await self.delete(src)
+        return info
+
+    async def mkdir(self, url: str) -> None:
+        origin, key = split_url(url)
+        if not key.endswith("/"):
+            key += "/"
+        ORIGIN_REQUESTS.labels("put").inc()
+        await self._call(self._client.put_object, url, Bucket=origin[5:], Key=key, Body=b"")
+
+    async def rmdir(self, url: str) -> None:
+        """Delete the marker; a directory that only existed as a prefix is already gone."""
+        origin, key = split_url(url)
+        if not key:
+            raise BadRequest(f"cannot remove the bucket root {url}")
+        if not key.endswith("/"):
+            key += "/"
+        ORIGIN_REQUESTS.labels("delete").inc()
+        await self._call(self._client.delete_object, url, Bucket=origin[5:], Key=key)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

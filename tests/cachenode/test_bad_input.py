@@ -74,7 +74,9 @@ async def test_malformed_requests_get_clear_4xx_and_node_keeps_serving(node, s3_
     ]
     async with aiohttp.ClientSession() as session:
         for method, path, query, body, want, message in cases:
-            headers = {"Content-Type": "application/msgpack"} if path.endswith(("query", "evict")) else {}
+            headers = (
+                {"Content-Type": "application/msgpack"} if path.endswith(("query", "evict")) else {}
+            )
             async with session.request(
                 method, node.url + path, params=query, data=body, headers=headers
             ) as resp:

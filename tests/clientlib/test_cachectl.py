@@ -35,7 +35,9 @@ async def test_status_json_has_the_design_fields_with_correct_numbers(
     assert await first.read(f"s3://{bucket}/a") == data  # 3 misses
     second = await client_for(cluster)
     assert await second.read(f"s3://{bucket}/a") == data  # 3 hits
-    result = await run_cachectl("--etcd", cluster.etcd.url, "--cluster", cluster.name, "status", "--json")
+    result = await run_cachectl(
+        "--etcd", cluster.etcd.url, "--cluster", cluster.name, "status", "--json"
+    )
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert set(status) == {"cluster", "block_size", "hit_rate", "nodes"}
@@ -45,7 +47,14 @@ async def test_status_json_has_the_design_fields_with_correct_numbers(
     assert {n["addr"] for n in status["nodes"]} == {n.addr for n in cluster.nodes}
     for row in status["nodes"]:
         assert set(row) == {
-            "id", "addr", "state", "capacity_bytes", "used_bytes", "blocks", "hits", "misses",
+            "id",
+            "addr",
+            "state",
+            "capacity_bytes",
+            "used_bytes",
+            "blocks",
+            "hits",
+            "misses",
             "hit_rate",
         }
         assert row["state"] == "active"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -147,9 +148,8 @@ async def test_eviction_keeps_usage_under_the_cache_limit(make_cluster, client_f
         s3.put_object(Bucket=bucket, Key=f"f{i}", Body=body)
     for url, body in objects.items():
         assert await client.read(url) == body
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{node.url}/v1/stats") as resp:
-            stats = await resp.json()
+    async with aiohttp.ClientSession() as session, session.get(f"{node.url}/v1/stats") as resp:
+        stats = await resp.json()
     assert 0 < stats["used_bytes"] <= 10 * 1024 * 1024
     assert node_metric(node, "ringcache_evictions_total") > 0
 
@@ -186,11 +186,13 @@ async def test_file_origin_reads_through_nodes_and_refuses_paths_outside_roots(
     info = await client.stat(outside)
     bid = block_id("file://", "/etc/hostname", info.version, BS, 0)
     params = {"src": outside, "ver": info.version, "size": info.size, "bs": BS, "i": 0}
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{node.url}/v1/blocks/{bid}", params=params) as resp:
-            assert resp.status == 403
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{node.url}/v1/blocks/{bid}", params=params) as resp,
+    ):
+        assert resp.status == 403
     # The client still gets the bytes: it reads them itself when a node refuses.
-    assert await client.read(outside) == open("/etc/hostname", "rb").read()
+    assert await client.read(outside) == Path("/etc/hostname").read_bytes()
 
 
 async def test_client_without_etcd_reads_from_the_origin(s3_endpoint, obj):
