@@ -54,7 +54,10 @@ async def run(config: NodeConfig) -> None:
     )
     CACHE_CAPACITY.set(store.capacity_bytes)
     origins = Origins(file_roots=config.file_roots, max_inflight=config.origin_max_inflight)
-    state = NodeState(node_id)
+    weight = config.weight or max(store.capacity_bytes / 2**30, 0.001)
+    info = NodeInfo(node_id, config.advertise, weight, store.capacity_bytes, "active", time.time())
+    membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)
+    state = NodeState(node_id, config.cluster, membership.list_nodes)
     app = make_app(store, ReadThrough(store, origins, config.origin_max_inflight), state)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
@@ -66,20 +69,16 @@ async def run(config: NodeConfig) -> None:
         raise RingcacheError(
             f"cannot listen on {config.listen[0]}:{config.listen[1]}: {exc}"
         ) from None
-    weight = config.weight or max(store.capacity_bytes / 2**30, 0.001)
-    info = NodeInfo(node_id, config.advertise, weight, store.capacity_bytes, "active", time.time())
-    membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)
     try:
         await membership.join()
     except RingcacheError:
         await runner.cleanup()
         raise
 
-    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, state.stop.set)
     log.info("node %s serving on %s:%d", node_id, *config.listen)
-    await stop.wait()
+    await state.stop.wait()
 
     log.info("node %s draining: leaving the ring", node_id)
     state.draining = True

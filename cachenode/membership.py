@@ -24,8 +24,9 @@ from clientlib.cluster import (
     check_node_id,
     config_key,
     node_key,
+    nodes_prefix,
 )
-from clientlib.errors import ConfigError
+from clientlib.errors import BadRequest, ConfigError
 from clientlib.etcd import ETCD_ERRORS, connect
 
 __all__ = ["Membership", "stable_node_id"]
@@ -97,6 +98,16 @@ class Membership:
                 if healthy:
                     log.warning("node %s: etcd unreachable, still serving: %s", self.info.id, exc)
                 healthy = False
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        """Every node record of the cluster (malformed ones skipped)."""
+        nodes = []
+        for kv in await self._etcd.get_prefix(nodes_prefix(self._cluster)):
+            try:
+                nodes.append(NodeInfo.from_json(kv.value))
+            except BadRequest:
+                log.warning("skipping malformed node record %r", kv.key)
+        return sorted(nodes, key=lambda n: n.id)
 
     async def set_state(self, state: str) -> None:
         """Publish a new state (``draining`` takes the node out of every client's ring)."""

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from cachenode.store import BlockStore
-
 from cachenode.metrics import BLOCK_HITS, BLOCK_MISSES
+from cachenode.store import BlockStore
 from clientlib.blocks import BlockRef
 from clientlib.errors import OriginError
 from clientlib.origin import Origins
@@ -31,14 +30,11 @@ class ReadThrough:
         self._origins = origins
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
         self._origin_slots = asyncio.Semaphore(max_inflight)
-        self.hits = 0
-        self.misses = 0
 
     async def cached(self, block_id: str) -> bytes | None:
         """The verified block if the store has it (counted as a hit), else ``None``."""
         data = await self._store.get(block_id)
         if data is not None:
-            self.hits += 1
             BLOCK_HITS.inc()
         return data
 
@@ -47,7 +43,6 @@ class ReadThrough:
         data = await self.cached(block_id)
         if data is not None:
             return data, True
-        self.misses += 1
         BLOCK_MISSES.inc()
         task = self._inflight.get(block_id)
         if task is None:

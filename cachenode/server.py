@@ -8,15 +8,17 @@ largest block, batch requests at :data:`MAX_BATCH` ids.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgpack
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from cachenode import dashboard
 from cachenode.metrics import (
     CACHE_CAPACITY,
     CACHE_USED,
@@ -27,7 +29,9 @@ from cachenode.metrics import (
 from cachenode.readthrough import ReadThrough
 from cachenode.store import BlockStore
 from clientlib.blocks import MAX_BLOCK_SIZE, BlockRef, check_block_id, check_block_size
+from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, RingcacheError
+from clientlib.status import collect_details
 from clientlib.urls import split_url
 
 __all__ = ["MAX_BATCH", "NodeState", "make_app"]
@@ -35,16 +39,33 @@ __all__ = ["MAX_BATCH", "NodeState", "make_app"]
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 10_000
+MAX_BATCH_BODY = 4 * 1024 * 1024
+MAX_WARM = 256
 MAX_QUERY_VALUE = 2048
 MAX_OBJECT_SIZE = 1 << 50
 
 
 class NodeState:
-    """What the routes need to know about the node beyond its store."""
+    """What the routes need to know about the node beyond its store.
 
-    def __init__(self, node_id: str) -> None:
+    ``cluster_nodes`` lists the cluster's members from etcd (for service discovery and
+    the dashboard); ``stop`` is set to drain the node, by SIGTERM or ``cachectl drain``.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        cluster: str = "default",
+        cluster_nodes: Callable[[], Awaitable[list[NodeInfo]]] | None = None,
+    ) -> None:
         self.node_id = node_id
+        self.cluster = cluster
         self.draining = False
+        self.stop = asyncio.Event()
+        self._cluster_nodes = cluster_nodes
+
+    async def cluster_nodes(self) -> list[NodeInfo]:
+        return [] if self._cluster_nodes is None else await self._cluster_nodes()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -85,7 +106,7 @@ def _int(query: Any, name: str, lo: int, hi: int) -> int:
     return value
 
 
-def block_ref_from_query(block_id: str, query: Any) -> BlockRef:
+def block_ref_from_query(block_id: str, query: Mapping[str, str]) -> BlockRef:
     """Rebuild the :class:`BlockRef` a request names and check it hashes to ``block_id``.
 
     The check means a client cannot make a node store one object's bytes under another
@@ -109,18 +130,44 @@ def block_ref_from_query(block_id: str, query: Any) -> BlockRef:
     return ref
 
 
-async def _ids_from_body(request: web.Request) -> list[str]:
+async def _msgpack_body(request: web.Request, max_str_len: int = 64) -> Any:
+    """The request's msgpack body, bounded in bytes, array length and string length."""
     if request.content_type != "application/msgpack":
         raise BadRequest("body must be application/msgpack")
+    if request.content_length is None or request.content_length > MAX_BATCH_BODY:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_BATCH_BODY, actual_size=request.content_length or 0
+        )
     raw = await request.read()
     try:
-        doc = msgpack.unpackb(raw, max_array_len=MAX_BATCH, max_str_len=64, max_map_len=4)
+        return msgpack.unpackb(raw, max_array_len=MAX_BATCH, max_str_len=max_str_len, max_map_len=8)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise BadRequest(f"malformed msgpack body: {exc}") from None
+
+
+async def _ids_from_body(request: web.Request) -> list[str]:
+    doc = await _msgpack_body(request)
     ids = doc.get("ids") if isinstance(doc, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise BadRequest("body must be a map {'ids': [block id, ...]}")
     return [check_block_id(i) for i in ids]
+
+
+def counters() -> dict[str, int]:
+    """The node's counters, read from its Prometheus registry (one source of truth)."""
+
+    def sample(name: str, **labels: str) -> int:
+        return int(REGISTRY.get_sample_value(name, labels or None) or 0)
+
+    return {
+        "hits": sample("ringcache_block_hits_total"),
+        "misses": sample("ringcache_block_misses_total"),
+        "hit_bytes": sample("ringcache_served_bytes_total", result="hit"),
+        "miss_bytes": sample("ringcache_served_bytes_total", result="miss"),
+        "origin_bytes": sample("ringcache_origin_bytes_total"),
+        "origin_requests": sample("ringcache_origin_requests_total", op="get"),
+        "evictions": sample("ringcache_evictions_total"),
+    }
 
 
 def _msgpack(doc: Any) -> web.Response:
@@ -172,6 +219,38 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
         ids = await _ids_from_body(request)
         return _msgpack({"evicted": await store.evict(ids)})
 
+    async def warm_blocks(request: web.Request) -> web.Response:
+        """Fetch blocks into the store without sending them back (cachectl warmup)."""
+        doc = await _msgpack_body(request, max_str_len=MAX_QUERY_VALUE)
+        items = doc.get("blocks") if isinstance(doc, dict) else None
+        if not isinstance(items, list) or len(items) > MAX_WARM:
+            raise BadRequest(f"body must be a map {{'blocks': [...]}} of at most {MAX_WARM}")
+        refs = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise BadRequest("each block is a map with 'id', 'src', 'ver', 'size', 'bs', 'i'")
+            query = {k: str(v) for k, v in item.items() if k != "id"}
+            refs.append((check_block_id(item["id"]), block_ref_from_query(item["id"], query)))
+
+        async def warm(block_id: str, ref: BlockRef) -> tuple[str, int, str]:
+            if block_id in store:
+                return "cached", 0, ""
+            try:
+                data, hit = await readthrough.get(ref, block_id)
+            except RingcacheError as exc:
+                return "error", 0, f"{block_id}: {exc}"
+            return ("cached", 0, "") if hit else ("fetched", len(data), "")
+
+        results = await asyncio.gather(*(warm(i, r) for i, r in refs))
+        return _msgpack(
+            {
+                "cached": sum(r[0] == "cached" for r in results),
+                "fetched": sum(r[0] == "fetched" for r in results),
+                "bytes": sum(r[1] for r in results),
+                "errors": [r[2] for r in results if r[0] == "error"],
+            }
+        )
+
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(
             {
@@ -180,9 +259,33 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
                 "used_bytes": store.used_bytes,
                 "capacity_bytes": store.capacity_bytes,
                 "blocks": store.block_count,
-                "hits": readthrough.hits,
-                "misses": readthrough.misses,
+                **counters(),
             }
+        )
+
+    async def drain(_: web.Request) -> web.Response:
+        log.info("node %s: drain requested over HTTP", state.node_id)
+        state.stop.set()
+        return _msgpack({"status": "draining"})
+
+    async def cluster(_: web.Request) -> web.Response:
+        """Every node's figures in one JSON document (the built-in dashboard polls this)."""
+        nodes = await state.cluster_nodes()
+        return web.json_response(
+            {"cluster": state.cluster, "nodes": await collect_details(nodes), "time": time.time()}
+        )
+
+    async def prometheus_sd(_: web.Request) -> web.Response:
+        """Prometheus HTTP service discovery: every node of the cluster, from etcd."""
+        nodes = await state.cluster_nodes()
+        return web.json_response(
+            [
+                {
+                    "targets": [n.addr],
+                    "labels": {"cluster": state.cluster, "node": n.id, "state": n.state},
+                }
+                for n in nodes
+            ]
         )
 
     async def metrics(_: web.Request) -> web.Response:
@@ -200,7 +303,12 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
     app.router.add_put("/v1/blocks/{id}", put_block)
     app.router.add_post("/v1/blocks/query", query_blocks)
     app.router.add_post("/v1/blocks/evict", evict_blocks)
+    app.router.add_post("/v1/blocks/warm", warm_blocks)
     app.router.add_get("/v1/stats", stats)
+    app.router.add_post("/v1/admin/drain", drain)
+    app.router.add_get("/v1/prometheus-sd", prometheus_sd)
+    app.router.add_get("/v1/cluster", cluster)
+    dashboard.add_routes(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     return app

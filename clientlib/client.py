@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import cachetools
+import msgpack
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE, BlockRef, slices_for_range
+from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, OriginError, VersionMismatch
 from clientlib.metrics import CLIENT_BLOCK_READS, CLIENT_FALLBACKS
 from clientlib.origin import ObjectInfo, Origin, Origins
@@ -254,6 +257,29 @@ class CacheClient:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 log.warning("fill of block %s to node %s failed: %r", block_id, node.id, exc)
         return stored
+
+    async def node_call(self, node: NodeInfo, path: str, doc: object) -> Any:
+        """POST a msgpack document to one node's API and return its msgpack answer.
+
+        Raises :class:`OriginError` (a 5xx-class failure) when the node is unreachable or
+        refuses; callers decide whether another owner should be tried.
+        """
+        assert self._session is not None, "CacheClient used before start()"
+        try:
+            async with self._session.post(
+                f"{node.url}{path}",
+                data=msgpack.packb(doc),
+                headers={"Content-Type": "application/msgpack"},
+                timeout=aiohttp.ClientTimeout(total=300, sock_connect=5),
+            ) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise OriginError(
+                        f"node {node.id} answered {resp.status} to {path}: {body[:200]!r}"
+                    )
+                return msgpack.unpackb(body)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise OriginError(f"node {node.id} unreachable: {exc!r}") from None
 
     @staticmethod
     def _source_query(ref: BlockRef) -> str:

@@ -16,7 +16,7 @@ from clientlib.cluster import ClusterConfig, NodeInfo, config_key, nodes_prefix
 from clientlib.errors import BadRequest, ConfigError
 from clientlib.etcd import ETCD_ERRORS, connect
 
-__all__ = ["cluster_status", "list_nodes"]
+__all__ = ["cluster_status", "collect_details", "collect_status", "list_nodes"]
 
 
 async def list_nodes(etcd_url: str, cluster: str) -> tuple[ClusterConfig, list[NodeInfo]]:
@@ -41,7 +41,10 @@ def _ratio(hits: int, misses: int) -> float:
     return round(hits / (hits + misses), 4) if hits + misses else 0.0
 
 
-async def _node_stats(session: aiohttp.ClientSession, node: NodeInfo) -> dict[str, Any]:
+async def _node_stats(
+    session: aiohttp.ClientSession, node: NodeInfo
+) -> tuple[dict[str, Any], dict[str, int]]:
+    extra: dict[str, int] = {}
     row: dict[str, Any] = {
         "id": node.id,
         "addr": node.addr,
@@ -58,23 +61,40 @@ async def _node_stats(session: aiohttp.ClientSession, node: NodeInfo) -> dict[st
             stats = await resp.json()
         for key in ("capacity_bytes", "used_bytes", "blocks", "hits", "misses"):
             row[key] = int(stats.get(key, 0))
+        # Beyond the design's fields: what `cachectl top` and the dashboard show.
+        for key in ("hit_bytes", "miss_bytes", "origin_bytes", "origin_requests", "evictions"):
+            extra[key] = int(stats.get(key, 0))
     except (TimeoutError, aiohttp.ClientError, ValueError):
         row["state"] = "unreachable"
     row["hit_rate"] = _ratio(row["hits"], row["misses"])
-    return row
+    return row, extra
 
 
 async def cluster_status(etcd_url: str, cluster: str) -> dict[str, Any]:
     """``{"cluster", "block_size", "hit_rate", "nodes": [...]}`` as in the design."""
     config, nodes = await list_nodes(etcd_url, cluster)
+    return await collect_status(cluster, config.block_size, nodes)
+
+
+async def collect_status(cluster: str, block_size: int, nodes: list[NodeInfo]) -> dict[str, Any]:
+    """Ask each node for its figures and add them up (also used by the node dashboard)."""
     timeout = aiohttp.ClientTimeout(total=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        rows = await asyncio.gather(*(_node_stats(session, n) for n in nodes))
+        results = await asyncio.gather(*(_node_stats(session, n) for n in nodes))
+    rows = [row for row, _ in results]
     hits = sum(r["hits"] for r in rows)
     misses = sum(r["misses"] for r in rows)
     return {
         "cluster": cluster,
-        "block_size": config.block_size,
+        "block_size": block_size,
         "hit_rate": _ratio(hits, misses),
-        "nodes": list(rows),
+        "nodes": rows,
     }
+
+
+async def collect_details(nodes: list[NodeInfo]) -> list[dict[str, Any]]:
+    """Per-node rows with byte and origin counters too (``cachectl top``, dashboard)."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        results = await asyncio.gather(*(_node_stats(session, n) for n in nodes))
+    return [row | extra for row, extra in results]

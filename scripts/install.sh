@@ -12,7 +12,7 @@ if command -v apt-get >/dev/null; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         etcd-server fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv \
-        nginx-light wrk rclone s3fs >/dev/null
+        nginx-light wrk rclone s3fs prometheus chromium >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import shutil
+import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -158,6 +159,21 @@ def make_cluster(
     yield make
     for cluster in clusters:
         cluster.stop()
+
+
+def cachectl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """Run the real ``cachectl`` command line in a child process."""
+    return subprocess.run(
+        [sys.executable, "-c", "from clientlib.cli.main import main; main()", *args],
+        capture_output=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
+
+
+async def run_cachectl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """:func:`cachectl` without blocking the test's event loop."""
+    return await asyncio.to_thread(cachectl, *args)
 
 
 async def wait_ring(client: CacheClient, active: int, timeout: float = 15.0) -> None:

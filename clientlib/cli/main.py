@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from clientlib.cli import cat, status
+from clientlib.cli import cat, drain, status, top, warmup
 from clientlib.cluster import check_cluster_name, parse_etcd_url
 from clientlib.config import OneLineParser
 from clientlib.errors import RingcacheError
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (status, cat):
+    for module in (status, warmup, top, drain, cat):
         module.add_parser(sub)
     return p
 

@@ -5,24 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.localcluster import free_port
-
-
-def cachectl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-c", "from clientlib.cli.main import main; main()", *args],
-        capture_output=True,
-        timeout=timeout,
-        env=os.environ.copy(),
-    )
-
-
-async def run_cachectl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return await asyncio.to_thread(cachectl, *args)
+from tests.conftest import cachectl, run_cachectl
 
 
 async def test_status_json_has_the_design_fields_with_correct_numbers(
