@@ -2,8 +2,9 @@
 
 Start-up order matters: open the store (rebuild the index) before joining the ring, so
 the first request routed here already sees the blocks on disk. Shutdown on SIGTERM/SIGINT
-is the reverse: leave the ring (state ``draining``), give clients ``drain_grace`` seconds
-to notice, stop accepting, let in-flight requests finish, then revoke the lease.
+is the reverse: leave the ring (state ``draining``), keep serving until no block request
+has come for ``drain_grace`` seconds (clients notice, peers take over the blocks by
+handoff), stop accepting, let in-flight requests finish, then revoke the lease.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import uvloop
 from aiohttp import web
 
 from cachenode.config import NodeConfig, load_config
+from cachenode.handoff import Handoff
 from cachenode.membership import Membership, stable_node_id
 from cachenode.metrics import CACHE_CAPACITY, EVICTIONS
 from cachenode.readthrough import ReadThrough
@@ -27,6 +29,7 @@ from cachenode.store import BlockStore
 from clientlib.cluster import NodeInfo
 from clientlib.errors import RingcacheError
 from clientlib.origin import Origins
+from clientlib.ring import RingWatcher
 
 log = logging.getLogger("cachenode")
 
@@ -58,7 +61,9 @@ async def run(config: NodeConfig) -> None:
     info = NodeInfo(node_id, config.advertise, weight, store.capacity_bytes, "active", time.time())
     membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)
     state = NodeState(node_id, config.cluster, membership.list_nodes)
-    app = make_app(store, ReadThrough(store, origins, config.origin_max_inflight), state)
+    handoff = Handoff(RingWatcher(config.etcd, config.cluster), node_id)
+    readthrough = ReadThrough(store, origins, config.origin_max_inflight, handoff)
+    app = make_app(store, readthrough, state)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.listen[0], config.listen[1], backlog=1024)
@@ -74,6 +79,7 @@ async def run(config: NodeConfig) -> None:
     except RingcacheError:
         await runner.cleanup()
         raise
+    await handoff.start()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, state.stop.set)
@@ -83,12 +89,28 @@ async def run(config: NodeConfig) -> None:
     log.info("node %s draining: leaving the ring", node_id)
     state.draining = True
     await membership.set_state("draining")
-    await asyncio.sleep(config.drain_grace)
+    await wait_idle(state, config.drain_grace, config.shutdown_timeout)
     await runner.cleanup()
+    await handoff.close()
     await membership.leave()
     origins.close()
     store.close()
     log.info("node %s stopped", node_id)
+
+
+async def wait_idle(state: NodeState, idle: float, limit: float) -> None:
+    """Wait until no block request has been seen for ``idle`` seconds (at most ``limit``).
+
+    Draining nodes are still asked for their blocks by the nodes taking them over
+    (handoff), so the node stays up while those requests keep coming.
+    """
+    deadline = time.monotonic() + limit
+    await asyncio.sleep(idle)
+    while time.monotonic() < deadline:
+        quiet = time.monotonic() - state.last_request
+        if state.inflight == 0 and quiet >= idle:
+            return
+        await asyncio.sleep(max(0.05, min(idle - quiet, 0.5)))
 
 
 def main(argv: list[str] | None = None) -> None:

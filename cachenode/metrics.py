@@ -10,6 +10,7 @@ __all__ = [
     "CACHE_CAPACITY",
     "CACHE_USED",
     "EVICTIONS",
+    "HANDOFFS",
     "REQUESTS_REFUSED",
     "REQUEST_SECONDS",
     "SERVED_BYTES",
@@ -29,4 +30,9 @@ REQUEST_SECONDS = Histogram(
 )
 REQUESTS_REFUSED = Counter(
     "ringcache_requests_refused_total", "Requests refused, by reason", ["reason"]
+)
+HANDOFFS = Counter(
+    "ringcache_handoffs_total",
+    "Misses looked up on the block's previous or primary owner before the origin",
+    ["result"],
 )

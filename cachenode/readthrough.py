@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from cachenode.handoff import Handoff
 from cachenode.metrics import BLOCK_HITS, BLOCK_MISSES
 from cachenode.store import BlockStore
 from clientlib.blocks import BlockRef
@@ -25,9 +26,16 @@ log = logging.getLogger(__name__)
 class ReadThrough:
     """Serves blocks from the store, filling it from the origin on a miss."""
 
-    def __init__(self, store: BlockStore, origins: Origins, max_inflight: int) -> None:
+    def __init__(
+        self,
+        store: BlockStore,
+        origins: Origins,
+        max_inflight: int,
+        handoff: Handoff | None = None,
+    ) -> None:
         self._store = store
         self._origins = origins
+        self._handoff = handoff
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
         self._origin_slots = asyncio.Semaphore(max_inflight)
 
@@ -59,10 +67,14 @@ class ReadThrough:
             log.debug("fetch %s failed: %s", task.get_name(), task.exception())
 
     async def _fetch(self, ref: BlockRef, block_id: str) -> bytes:
-        async with self._origin_slots:
-            data = await self._origins.for_url(ref.url).read(
-                ref.url, ref.offset, ref.length, ref.version
-            )
+        data = None
+        if self._handoff is not None:
+            data = await self._handoff.fetch(block_id, ref.length)
+        if data is None:
+            async with self._origin_slots:
+                data = await self._origins.for_url(ref.url).read(
+                    ref.url, ref.offset, ref.length, ref.version
+                )
         if len(data) != ref.length:
             raise OriginError(
                 f"origin returned {len(data)} bytes for block {block_id} of {ref.url}, "

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 10_000
 MAX_BATCH_BODY = 4 * 1024 * 1024
 MAX_WARM = 256
+#: Concurrent requests for one block that make it "hot": its readers then spread out.
+HOT_CONCURRENCY = 4
 MAX_QUERY_VALUE = 2048
 MAX_OBJECT_SIZE = 1 << 50
 
@@ -62,6 +64,8 @@ class NodeState:
         self.cluster = cluster
         self.draining = False
         self.stop = asyncio.Event()
+        self.inflight = 0
+        self.last_request = time.monotonic()
         self._cluster_nodes = cluster_nodes
 
     async def cluster_nodes(self) -> list[NodeInfo]:
@@ -75,7 +79,23 @@ def _refused(reason: str) -> None:
     REQUESTS_REFUSED.labels(reason).inc()
 
 
-@web.middleware
+def make_middleware(state: NodeState) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Track block requests in flight (for draining) and turn errors into clear JSON."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1/blocks/"):
+            return await errors_middleware(request, handler)
+        state.inflight += 1
+        try:
+            return await errors_middleware(request, handler)
+        finally:
+            state.inflight -= 1
+            state.last_request = time.monotonic()
+
+    return middleware
+
+
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn the project's errors and aiohttp's own 4xx into JSON with a clear message."""
     try:
@@ -177,9 +197,23 @@ def _msgpack(doc: Any) -> web.Response:
 def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> web.Application:
     """Build the node's aiohttp application."""
 
+    active: dict[str, int] = {}
+
     async def get_block(request: web.Request) -> web.Response:
         started = time.perf_counter()
         block_id = check_block_id(request.match_info["id"])
+        concurrent = active[block_id] = active.get(block_id, 0) + 1
+        try:
+            return await serve_block(request, block_id, concurrent, started)
+        finally:
+            if active[block_id] == 1:
+                del active[block_id]
+            else:
+                active[block_id] -= 1
+
+    async def serve_block(
+        request: web.Request, block_id: str, concurrent: int, started: float
+    ) -> web.Response:
         if "src" in request.query:
             ref = block_ref_from_query(block_id, request.query)
             data, hit = await readthrough.get(ref, block_id)
@@ -191,7 +225,11 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
         result = "hit" if hit else "miss"
         SERVED_BYTES.labels(result).inc(len(data))
         REQUEST_SECONDS.labels(f"get_{result}").observe(time.perf_counter() - started)
-        return web.Response(body=data, headers={"X-Ringcache-Result": result})
+        headers = {"X-Ringcache-Result": result}
+        if concurrent >= HOT_CONCURRENCY:
+            # Tell clients to spread this block over its replicas (clientlib.client).
+            headers["X-Ringcache-Hot"] = "1"
+        return web.Response(body=data, headers=headers)
 
     async def put_block(request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -298,7 +336,7 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
             return web.json_response({"status": "draining"}, status=503)
         return web.json_response({"status": "ok"})
 
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BLOCK_SIZE + 1)
+    app = web.Application(middlewares=[make_middleware(state)], client_max_size=MAX_BLOCK_SIZE + 1)
     app.router.add_get("/v1/blocks/{id}", get_block)
     app.router.add_put("/v1/blocks/{id}", put_block)
     app.router.add_post("/v1/blocks/query", query_blocks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
@@ -65,6 +66,9 @@ class CacheClient:
             maxsize=65536, ttl=stat_ttl
         )
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
+        # Blocks a node flagged as hot: for a while, reads of them pick one of the
+        # block's first `replicas` owners at random instead of always the first.
+        self._hot: cachetools.TTLCache[str, bool] = cachetools.TTLCache(maxsize=4096, ttl=10)
         self._parallel = asyncio.Semaphore(parallelism)
         self._session: aiohttp.ClientSession | None = None
 
@@ -183,8 +187,17 @@ class CacheClient:
             self._memory[block_id] = data
         return data
 
+    def _owners(self, block_id: str) -> list[NodeInfo]:
+        """Owners to try in order: the primary first, or a random replica if hot."""
+        if block_id not in self._hot:
+            return self.ring.owners(block_id, self._owners_to_try)
+        replicas = self._watcher.config.replicas if self._watcher else 1
+        owners = self.ring.owners(block_id, max(replicas, self._owners_to_try))
+        pick = random.randrange(min(replicas, len(owners))) if owners else 0
+        return [owners[pick], *owners[:pick], *owners[pick + 1 :]][: self._owners_to_try]
+
     async def _from_peers(self, ref: BlockRef, block_id: str) -> bytes | None:
-        owners = self.ring.owners(block_id, self._owners_to_try)
+        owners = self._owners(block_id)
         if not owners:
             CLIENT_FALLBACKS.labels("no_nodes").inc()
             return None
@@ -198,6 +211,8 @@ class CacheClient:
                         data = await resp.read()
                         if len(data) == ref.length:
                             CLIENT_BLOCK_READS.labels("peer").inc()
+                            if "X-Ringcache-Hot" in resp.headers:
+                                self._hot[block_id] = True
                             return data
                         reason = "short_body"
                     elif resp.status == 409:

@@ -25,6 +25,8 @@ __all__ = [
     "parse_etcd_url",
 ]
 
+DEFAULT_REPLICAS = 3
+
 CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -117,16 +119,23 @@ class ClusterConfig:
     """
 
     block_size: int = DEFAULT_BLOCK_SIZE
+    #: Owners a hot block is spread over (the replication factor of hot blocks).
+    replicas: int = DEFAULT_REPLICAS
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return json.dumps({**self.extra, "block_size": self.block_size}).encode()
+        return json.dumps(
+            {**self.extra, "block_size": self.block_size, "replicas": self.replicas}
+        ).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> ClusterConfig:
         try:
             doc = dict(json.loads(raw))
             block_size = check_block_size(int(doc.pop("block_size", DEFAULT_BLOCK_SIZE)))
+            replicas = int(doc.pop("replicas", DEFAULT_REPLICAS))
         except (ValueError, TypeError) as exc:
             raise BadRequest(f"malformed cluster config: {exc}") from None
-        return cls(block_size=block_size, extra=doc)
+        if not 1 <= replicas <= 16:
+            raise BadRequest(f"cluster config: replicas {replicas} is outside [1, 16]")
+        return cls(block_size=block_size, replicas=replicas, extra=doc)

@@ -39,9 +39,11 @@ VNODES = 160
 class Ring:
     """An immutable snapshot of the active nodes on a consistent-hash ring."""
 
-    def __init__(self, nodes: Iterable[NodeInfo] = (), vnodes: int = VNODES) -> None:
+    def __init__(
+        self, nodes: Iterable[NodeInfo] = (), vnodes: int = VNODES, with_draining: bool = False
+    ) -> None:
         self.nodes: dict[str, NodeInfo] = {n.id: n for n in nodes}
-        active = [n for n in self.nodes.values() if n.state == "active"]
+        active = [n for n in self.nodes.values() if with_draining or n.state == "active"]
         self._ring: HashRing | None = None
         if active:
             mean = sum(max(n.weight, 1e-9) for n in active) / len(active)
@@ -61,6 +63,10 @@ class Ring:
 
     def __len__(self) -> int:
         return 0 if self._ring is None else len(self._ring.get_nodes())
+
+    def without(self, node_id: str) -> Ring:
+        """The ring as it would be without ``node_id`` (where its blocks came from)."""
+        return Ring((n for n in self.nodes.values() if n.id != node_id), with_draining=True)
 
     def owners(self, block_id: str, count: int = 2) -> list[NodeInfo]:
         """The first ``count`` distinct active nodes for ``block_id``, in preference order."""

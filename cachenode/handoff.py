@@ -1,0 +1,93 @@
+"""Handoff: before a miss goes to the origin, ask the nodes that are likely to hold it.
+
+When membership changes, a block's new owner starts empty while the old owner still has
+the block. A node that misses therefore first asks, with a short timeout and a hit-only
+lookup (``GET /v1/blocks/{id}`` without source parameters, which never touches the
+origin and so can never recurse):
+
+- the block's owner on the ring without this node (where the block lived before this
+  node joined: scale-out),
+- its owner on the ring that still counts draining nodes (a draining node keeps serving
+  until the others have taken its blocks),
+- its owner on the previous ring this node saw, and the current primary owner (when this
+  node serves the block as a replica of a hot block).
+
+Only if none has it does the miss go to the origin, so a scale-out or a drain does not
+crash the hit rate or send a burst to the origin.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from cachenode.metrics import HANDOFFS
+from clientlib.cluster import NodeInfo
+from clientlib.ring import Ring, RingWatcher
+
+__all__ = ["Handoff"]
+
+log = logging.getLogger(__name__)
+
+
+class Handoff:
+    """Finds a block on its likely previous holders; see the module docstring."""
+
+    def __init__(self, watcher: RingWatcher, self_id: str, timeout: float = 2.0) -> None:
+        self._watcher = watcher
+        self._self_id = self_id
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(1.0, timeout))
+        self._session: aiohttp.ClientSession | None = None
+        self._seen: Ring | None = None
+        self._previous = Ring()
+        self._without_self = Ring()
+        self._with_draining = Ring()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
+        await self._watcher.start()
+
+    async def close(self) -> None:
+        await self._watcher.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def _rings(self) -> list[Ring]:
+        current = self._watcher.ring
+        if current is not self._seen:
+            if self._seen is not None:
+                self._previous = self._seen
+            self._seen = current
+            self._without_self = current.without(self._self_id)
+            self._with_draining = Ring(current.nodes.values(), with_draining=True)
+        return [self._without_self, self._with_draining, self._previous, current]
+
+    def sources(self, block_id: str) -> list[NodeInfo]:
+        """Distinct other nodes that may hold ``block_id``, most likely first."""
+        seen = {self._self_id}
+        out: list[NodeInfo] = []
+        for ring in self._rings():
+            for node in ring.owners(block_id, 1):
+                if node.id not in seen:
+                    seen.add(node.id)
+                    out.append(node)
+        return out
+
+    async def fetch(self, block_id: str, length: int) -> bytes | None:
+        """The block from another node that has it cached, or ``None``."""
+        if self._session is None:
+            return None
+        for node in self.sources(block_id):
+            try:
+                async with self._session.get(f"{node.url}/v1/blocks/{block_id}") as resp:
+                    if resp.status == 200:
+                        data = await resp.read()
+                        if len(data) == length:
+                            HANDOFFS.labels("hit").inc()
+                            log.debug("block %s handed off from node %s", block_id, node.id)
+                            return data
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                log.info("handoff lookup of %s on node %s failed: %r", block_id, node.id, exc)
+        HANDOFFS.labels("miss").inc()
+        return None
