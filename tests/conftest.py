@@ -105,7 +105,7 @@ class Cluster:
         self.nodes.append(node)
         return node
 
-    def restart(self, node: Node, **kw) -> Node:  # type: ignore[no-untyped-def]
+    def restart(self, node: Node, extra: list[str] | None = None, **kw) -> Node:  # type: ignore[no-untyped-def]
         node.stop()
         port = int(node.addr.rsplit(":", 1)[1])
         new = start_node(
@@ -113,7 +113,7 @@ class Cluster:
             self.name,
             node.cache_dir,
             port=port,
-            extra=["--file-root", str(self.root)],
+            extra=["--file-root", str(self.root), *(extra or [])],
             **kw,
         )
         self.nodes[self.nodes.index(node)] = new

@@ -1,0 +1,147 @@
+"""Cluster behaviour with real processes: hot blocks, scale-out handoff, drain, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from clientlib import CacheClient
+from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from clientlib.status import list_nodes
+from tests.conftest import node_metric, run_cachectl, wait_ring
+
+
+async def test_a_hot_block_read_by_48_clients_is_served_by_more_than_one_node(
+    make_cluster, s3, bucket
+):
+    cluster = make_cluster(3)
+    data = os.urandom(BS)
+    s3.put_object(Bucket=bucket, Key="hot", Body=data)
+    url = f"s3://{bucket}/hot"
+    clients = [CacheClient(cluster.etcd.url, cluster.name, memory_cache_bytes=0) for _ in range(48)]
+    try:
+        await asyncio.gather(*(c.start() for c in clients))
+        await asyncio.gather(*(wait_ring(c, 3) for c in clients))
+
+        async def reader(client: CacheClient) -> None:
+            for _ in range(6):
+                assert await client.read(url) == data
+
+        await asyncio.gather(*(reader(c) for c in clients))
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+    served = [node_metric(n, "ringcache_served_bytes_total") for n in cluster.nodes]
+    assert sum(1 for s in served if s > 0) >= 2, served
+    assert max(served) < sum(served)
+    # Spreading did not multiply origin traffic: replicas took the block from its owner.
+    assert cluster.metric("ringcache_origin_requests_total", 'op="get"') == 1
+
+
+async def test_scale_out_from_3_to_4_nodes_keeps_origin_traffic_low(
+    make_cluster, client_for, s3, bucket
+):
+    cluster = make_cluster(3)
+    objects = {}
+    for i in range(10):
+        objects[f"s3://{bucket}/o{i}"] = body = os.urandom(2 * BS)
+        s3.put_object(Bucket=bucket, Key=f"o{i}", Body=body)
+    blocks = 2 * len(objects)
+    warm = await client_for(cluster)
+    for url, body in objects.items():
+        assert await warm.read(url) == body
+    assert cluster.metric("ringcache_origin_requests_total", 'op="get"') == blocks
+    new = cluster.add()
+    client = await client_for(cluster, nodes=4)
+    for url, body in objects.items():
+        assert await client.read(url) == body
+    moved = node_metric(new, "ringcache_block_misses_total")
+    assert moved > 0, "the new node owns none of the blocks"
+    origin = cluster.metric("ringcache_origin_requests_total", 'op="get"') - blocks
+    assert origin <= 0.1 * blocks, (origin, moved)
+    assert node_metric(new, "ringcache_handoffs_total", 'result="hit"') == moved
+
+
+async def test_drain_under_read_load_fails_no_read_and_leaves_status(
+    make_cluster, client_for, s3, bucket
+):
+    cluster = make_cluster(3)
+    objects = {}
+    for i in range(6):
+        objects[f"s3://{bucket}/d{i}"] = body = os.urandom(BS + i)
+        s3.put_object(Bucket=bucket, Key=f"d{i}", Body=body)
+    readers = [await client_for(cluster, memory_cache_bytes=0) for _ in range(4)]
+    victim = cluster.nodes[1]
+    victim_id = (victim.cache_dir / "node-id").read_text().strip()
+    failures: list[BaseException] = []
+    stop = asyncio.Event()
+    reads = 0
+
+    async def read_loop(client: CacheClient) -> None:
+        nonlocal reads
+        while not stop.is_set():
+            for url, body in objects.items():
+                try:
+                    assert await client.read(url) == body
+                    reads += 1
+                except Exception as exc:
+                    failures.append(exc)
+
+    tasks = [asyncio.create_task(read_loop(c)) for c in readers]
+    await asyncio.sleep(1)
+    result = await run_cachectl(
+        "--etcd", cluster.etcd.url, "--cluster", cluster.name, "drain", victim_id
+    )
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert result.returncode == 0, result.stderr
+    assert failures == []
+    assert reads > 0
+    _, nodes = await list_nodes(cluster.etcd.url, cluster.name)
+    assert victim_id not in {n.id for n in nodes}
+    status = await run_cachectl(
+        "--etcd", cluster.etcd.url, "--cluster", cluster.name, "status", "--json"
+    )
+    assert victim_id.encode() not in status.stdout
+
+
+async def test_a_killed_node_leaves_every_ring_within_the_lease_ttl_and_comes_back(
+    make_cluster, client_for
+):
+    cluster = make_cluster(3, extra=["--lease-ttl", "3"])
+    clients = [await client_for(cluster) for _ in range(3)]
+    victim = cluster.nodes[0]
+    victim.kill()
+    killed = time.monotonic()
+    await asyncio.gather(*(wait_ring(c, 2, timeout=10) for c in clients))
+    # TTL 3 s, plus the watch's event delivery: bounded well under the 10 s wait above.
+    assert time.monotonic() - killed < 3 + 2
+    cluster.restart(victim, extra=["--lease-ttl", "3"])
+    await asyncio.gather(*(wait_ring(c, 3, timeout=10) for c in clients))
+
+
+async def test_weights_fill_a_heterogeneous_cluster_in_proportion(make_cluster, tmp_path):
+    cluster = make_cluster(0)
+    small = cluster.add(extra=["--weight", "1"])
+    big = cluster.add(extra=["--weight", "3"])
+    data = tmp_path / "bars"
+    data.mkdir()
+    for i in range(400):
+        (data / f"{i}.csv").write_bytes(b"%d\n" % i)
+    result = await run_cachectl(
+        "--etcd", cluster.etcd.url, "--cluster", cluster.name, "warmup", f"file://{data}"
+    )
+    assert result.returncode == 0, result.stderr
+    on_small = node_metric(small, "ringcache_block_misses_total")
+    on_big = node_metric(big, "ringcache_block_misses_total")
+    assert on_small + on_big == 400
+    assert 0.65 <= on_big / 400 <= 0.85, (on_small, on_big)
+
+
+async def test_default_weight_follows_capacity(make_cluster):
+    cluster = make_cluster(0)
+    cluster.add(size="1GiB")
+    cluster.add(size="3GiB")
+    _, nodes = await list_nodes(cluster.etcd.url, cluster.name)
+    assert sorted(n.weight for n in nodes) == [1.0, 3.0]
