@@ -26,6 +26,7 @@ from cachenode.metrics import CACHE_CAPACITY, EVICTIONS
 from cachenode.readthrough import ReadThrough
 from cachenode.server import NodeState, make_app
 from cachenode.store import BlockStore
+from clientlib.auth import Credentials, Verifier, load_secret
 from clientlib.cluster import NodeInfo
 from clientlib.errors import RingcacheError
 from clientlib.origin import Origins
@@ -61,9 +62,11 @@ async def run(config: NodeConfig) -> None:
     info = NodeInfo(node_id, config.advertise, weight, store.capacity_bytes, "active", time.time())
     membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)
     state = NodeState(node_id, config.cluster, membership.list_nodes)
-    handoff = Handoff(RingWatcher(config.etcd, config.cluster), node_id)
+    secret = load_secret(config.token_file) if config.token_file else None
+    credentials = Credentials.for_secret(secret) if secret else Credentials()
+    handoff = Handoff(RingWatcher(config.etcd, config.cluster), node_id, credentials)
     readthrough = ReadThrough(store, origins, config.origin_max_inflight, handoff)
-    app = make_app(store, readthrough, state)
+    app = make_app(store, readthrough, state, Verifier(secret) if secret else None)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.listen[0], config.listen[1], backlog=1024)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cachenode.store import CacheDirSpec
+from clientlib.auth import load_secret
 from clientlib.cluster import check_cluster_name, check_node_id, parse_etcd_url
 from clientlib.config import OneLineParser, layered_settings, parse_hostport, parse_size
 from clientlib.errors import ConfigError
@@ -40,6 +41,7 @@ class NodeConfig:
     drain_grace: float = 2.0
     shutdown_timeout: float = 30.0
     log_level: str = "INFO"
+    token_file: Path | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to let in-flight requests finish on SIGTERM (default 30)",
     )
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--token-file",
+        dest="token_file",
+        metavar="PATH",
+        help="the cluster secret: serve data only to requests signed with tokens derived "
+        "from it (default: no authentication)",
+    )
     return p
 
 
@@ -127,6 +136,7 @@ NAMES = [
     "drain_grace",
     "shutdown_timeout",
     "log_level",
+    "token_file",
 ]
 
 
@@ -191,6 +201,9 @@ def load_config(argv: list[str] | None = None) -> NodeConfig:
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"--log-level: {s['log_level']!r} is not a log level")
         kwargs["log_level"] = level
+    if s.get("token_file"):
+        load_secret(s["token_file"])
+        kwargs["token_file"] = Path(s["token_file"])
     for root in s.get("file_root", []):
         if not Path(root).is_dir():
             raise ConfigError(f"--file-root {root}: not a directory")

@@ -23,6 +23,7 @@ import logging
 import aiohttp
 
 from cachenode.metrics import HANDOFFS
+from clientlib.auth import Credentials
 from clientlib.cluster import NodeInfo
 from clientlib.ring import Ring, RingWatcher
 
@@ -34,8 +35,15 @@ log = logging.getLogger(__name__)
 class Handoff:
     """Finds a block on its likely previous holders; see the module docstring."""
 
-    def __init__(self, watcher: RingWatcher, self_id: str, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        watcher: RingWatcher,
+        self_id: str,
+        credentials: Credentials | None = None,
+        timeout: float = 2.0,
+    ) -> None:
         self._watcher = watcher
+        self._credentials = credentials or Credentials()
         self._self_id = self_id
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(1.0, timeout))
         self._session: aiohttp.ClientSession | None = None
@@ -80,7 +88,9 @@ class Handoff:
             return None
         for node in self.sources(block_id):
             try:
-                async with self._session.get(f"{node.url}/v1/blocks/{block_id}") as resp:
+                path = f"/v1/blocks/{block_id}"
+                headers = self._credentials.headers("GET", path)
+                async with self._session.get(node.url + path, headers=headers) as resp:
                     if resp.status == 200:
                         data = await resp.read()
                         if len(data) == length:

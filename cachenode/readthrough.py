@@ -46,18 +46,26 @@ class ReadThrough:
             BLOCK_HITS.inc()
         return data
 
+    def check(self, ref: BlockRef) -> None:
+        """Refuse now what the origin would refuse (e.g. a file outside the roots)."""
+        self._origins.for_url(ref.url).check(ref.url)
+
     async def get(self, ref: BlockRef, block_id: str) -> tuple[bytes, bool]:
         """Return ``(data, was_hit)`` for the block ``ref`` (whose id is ``block_id``)."""
         data = await self.cached(block_id)
         if data is not None:
             return data, True
+        return await self.fetch(ref, block_id), False
+
+    async def fetch(self, ref: BlockRef, block_id: str) -> bytes:
+        """The miss path: one shared fetch (handoff, then origin) per block in flight."""
         BLOCK_MISSES.inc()
         task = self._inflight.get(block_id)
         if task is None:
             task = asyncio.create_task(self._fetch(ref, block_id), name=f"fetch-{block_id}")
             self._inflight[block_id] = task
             task.add_done_callback(self._forget)
-        return await asyncio.shield(task), False
+        return await asyncio.shield(task)
 
     def _forget(self, task: asyncio.Task[bytes]) -> None:
         self._inflight.pop(task.get_name().removeprefix("fetch-"), None)

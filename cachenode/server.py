@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -28,6 +29,7 @@ from cachenode.metrics import (
 )
 from cachenode.readthrough import ReadThrough
 from cachenode.store import BlockStore
+from clientlib.auth import ALL_ACCESS, Claims, Verifier, body_digest
 from clientlib.blocks import MAX_BLOCK_SIZE, BlockRef, check_block_id, check_block_size
 from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, RingcacheError
@@ -79,16 +81,39 @@ def _refused(reason: str) -> None:
     REQUESTS_REFUSED.labels(reason).inc()
 
 
-def make_middleware(state: NodeState) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Track block requests in flight (for draining) and turn errors into clear JSON."""
+def make_middleware(
+    state: NodeState, verifier: Verifier | None
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Authenticate data and admin routes, track block requests in flight (for draining),
+    and turn errors into clear JSON. ``/metrics``, ``/healthz`` and the stats routes carry
+    no data and stay open (Prometheus and probes have no token)."""
+
+    async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if verifier is None:
+            request["claims"] = ALL_ACCESS
+            return await handler(request)
+        digest = ""
+        if request.method == "POST":
+            if request.content_length is None or request.content_length > MAX_BATCH_BODY:
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=MAX_BATCH_BODY, actual_size=request.content_length or 0
+                )
+            digest = body_digest(await request.read())
+        claims = verifier.verify(
+            request.method, request.raw_path, request.headers.get("Authorization"), digest
+        )
+        request["claims"] = claims
+        return await handler(request)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/admin/"):
+            return await errors_middleware(request, partial(authenticated, handler=handler))
         if not request.path.startswith("/v1/blocks/"):
             return await errors_middleware(request, handler)
         state.inflight += 1
         try:
-            return await errors_middleware(request, handler)
+            return await errors_middleware(request, partial(authenticated, handler=handler))
         finally:
             state.inflight -= 1
             state.last_request = time.monotonic()
@@ -194,8 +219,13 @@ def _msgpack(doc: Any) -> web.Response:
     return web.Response(body=msgpack.packb(doc), content_type="application/msgpack")
 
 
-def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> web.Application:
-    """Build the node's aiohttp application."""
+def make_app(
+    store: BlockStore,
+    readthrough: ReadThrough,
+    state: NodeState,
+    verifier: Verifier | None = None,
+) -> web.Application:
+    """Build the node's aiohttp application (``verifier`` set: signed requests only)."""
 
     active: dict[str, int] = {}
 
@@ -213,11 +243,18 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
 
     async def serve_block(
         request: web.Request, block_id: str, concurrent: int, started: float
-    ) -> web.Response:
+    ) -> web.StreamResponse:
+        claims: Claims = request["claims"]
         if "src" in request.query:
             ref = block_ref_from_query(block_id, request.query)
-            data, hit = await readthrough.get(ref, block_id)
+            # Checked before the store: a cached block is no less the firm's data.
+            claims.require(ref.url)
+            cached = await readthrough.cached(block_id)
+            if cached is None:
+                return await serve_miss(request, ref, block_id, concurrent, started)
+            data, hit = cached, True
         else:
+            claims.require_all_access("a lookup by block id alone")
             cached = await readthrough.cached(block_id)
             if cached is None:
                 return web.json_response({"error": "block not cached"}, status=404)
@@ -231,10 +268,41 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
             headers["X-Ringcache-Hot"] = "1"
         return web.Response(body=data, headers=headers)
 
+    async def serve_miss(
+        request: web.Request, ref: BlockRef, block_id: str, concurrent: int, started: float
+    ) -> web.StreamResponse:
+        """A miss: headers at once, the body when the origin fetch is done.
+
+        Answering early tells the client this node is alive and on it, so the client's
+        hedging does not ask a second node to fetch the same block from the origin. An
+        origin failure after the headers aborts the connection; the client then tries
+        the next owner or the origin itself.
+        """
+        readthrough.check(ref)
+        headers = {"X-Ringcache-Result": "miss"}
+        if concurrent >= HOT_CONCURRENCY:
+            headers["X-Ringcache-Hot"] = "1"
+        response = web.StreamResponse(headers=headers)
+        response.content_length = ref.length
+        await response.prepare(request)
+        try:
+            data = await readthrough.fetch(ref, block_id)
+        except RingcacheError as exc:
+            log.warning("miss of block %s of %s failed after headers: %s", block_id, ref.url, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write(data)
+        await response.write_eof()
+        SERVED_BYTES.labels("miss").inc(len(data))
+        REQUEST_SECONDS.labels("get_miss").observe(time.perf_counter() - started)
+        return response
+
     async def put_block(request: web.Request) -> web.Response:
         started = time.perf_counter()
         block_id = check_block_id(request.match_info["id"])
         ref = block_ref_from_query(block_id, request.query)
+        request["claims"].require(ref.url)
         if request.content_length is None:
             raise BadRequest("Content-Length is required")
         if request.content_length != ref.length:
@@ -254,6 +322,7 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
         return _msgpack({"present": [i in store for i in ids]})
 
     async def evict_blocks(request: web.Request) -> web.Response:
+        request["claims"].require_all_access("evicting blocks")
         ids = await _ids_from_body(request)
         return _msgpack({"evicted": await store.evict(ids)})
 
@@ -268,7 +337,9 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
             if not isinstance(item, dict) or not isinstance(item.get("id"), str):
                 raise BadRequest("each block is a map with 'id', 'src', 'ver', 'size', 'bs', 'i'")
             query = {k: str(v) for k, v in item.items() if k != "id"}
-            refs.append((check_block_id(item["id"]), block_ref_from_query(item["id"], query)))
+            ref = block_ref_from_query(item["id"], query)
+            request["claims"].require(ref.url)
+            refs.append((check_block_id(item["id"]), ref))
 
         async def warm(block_id: str, ref: BlockRef) -> tuple[str, int, str]:
             if block_id in store:
@@ -301,7 +372,8 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
             }
         )
 
-    async def drain(_: web.Request) -> web.Response:
+    async def drain(request: web.Request) -> web.Response:
+        request["claims"].require_all_access("draining a node")
         log.info("node %s: drain requested over HTTP", state.node_id)
         state.stop.set()
         return _msgpack({"status": "draining"})
@@ -336,7 +408,9 @@ def make_app(store: BlockStore, readthrough: ReadThrough, state: NodeState) -> w
             return web.json_response({"status": "draining"}, status=503)
         return web.json_response({"status": "ok"})
 
-    app = web.Application(middlewares=[make_middleware(state)], client_max_size=MAX_BLOCK_SIZE + 1)
+    app = web.Application(
+        middlewares=[make_middleware(state, verifier)], client_max_size=MAX_BLOCK_SIZE + 1
+    )
     app.router.add_get("/v1/blocks/{id}", get_block)
     app.router.add_put("/v1/blocks/{id}", put_block)
     app.router.add_post("/v1/blocks/query", query_blocks)

@@ -19,7 +19,9 @@ from urllib.parse import urlencode
 import aiohttp
 import cachetools
 import msgpack
+from yarl import URL
 
+from clientlib.auth import Credentials, body_digest
 from clientlib.blocks import DEFAULT_BLOCK_SIZE, BlockRef, slices_for_range
 from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, OriginError, VersionMismatch
@@ -45,17 +47,21 @@ class CacheClient:
         cluster: str = "default",
         *,
         memory_cache_bytes: int = 128 * 1024 * 1024,
-        peer_timeout: float = 10.0,
-        peer_read_timeout: float = 2.0,
+        peer_timeout: float = 60.0,
+        peer_read_timeout: float = 15.0,
+        hedge_delay: float = 1.0,
         connect_timeout: float = 1.0,
         owners_to_try: int = 2,
         parallelism: int = 16,
         stat_ttl: float = 1.0,
         origins: Origins | None = None,
+        token_file: str | None = None,
     ) -> None:
         self._watcher = RingWatcher(etcd, cluster) if etcd else None
         self._origins = origins or Origins()
         self._owners_to_try = owners_to_try
+        self._auth = Credentials.from_file(token_file)
+        self._hedge_delay = hedge_delay
         self._timeout = aiohttp.ClientTimeout(
             total=peer_timeout, sock_connect=connect_timeout, sock_read=peer_read_timeout
         )
@@ -197,44 +203,98 @@ class CacheClient:
         return [owners[pick], *owners[:pick], *owners[pick + 1 :]][: self._owners_to_try]
 
     async def _from_peers(self, ref: BlockRef, block_id: str) -> bytes | None:
+        """The block from its owners, hedged: a hung owner does not hold the read up.
+
+        An owner answers with headers at once, even on a miss it is still fetching from
+        the origin. If the asked owner has not answered within ``hedge_delay`` seconds
+        (hung, or overloaded), the next owner is asked too and the first good answer
+        wins; a failed owner moves on to the next at once. ``None``: no owner served it.
+        """
         owners = self._owners(block_id)
         if not owners:
             CLIENT_FALLBACKS.labels("no_nodes").inc()
             return None
-        assert self._session is not None, "CacheClient used before start()"
         query = self._source_query(ref)
-        for node in owners:
-            url = f"{node.url}/v1/blocks/{block_id}?{query}"
-            try:
-                async with self._session.get(url) as resp:
-                    if resp.status == 200:
-                        data = await resp.read()
-                        if len(data) == ref.length:
-                            CLIENT_BLOCK_READS.labels("peer").inc()
-                            if "X-Ringcache-Hot" in resp.headers:
-                                self._hot[block_id] = True
-                            return data
-                        reason = "short_body"
-                    elif resp.status == 409:
-                        raise VersionMismatch(f"{ref.url} changed (node {node.id})")
-                    else:
-                        reason = f"status_{resp.status}"
-                        body = await resp.text()
-                        log.warning(
-                            "node %s answered %d for block %s of %s: %s",
-                            node.id,
-                            resp.status,
-                            block_id,
-                            ref.url,
-                            body[:200],
-                        )
-            except TimeoutError:
-                reason = "timeout"
-                log.warning("node %s timed out on block %s of %s", node.id, block_id, ref.url)
-            except aiohttp.ClientError as exc:
-                reason = "error"
-                log.warning("node %s failed block %s of %s: %r", node.id, block_id, ref.url, exc)
-            CLIENT_FALLBACKS.labels(reason).inc()
+        pending: set[asyncio.Task[bytes | None]] = set()
+
+        async def first_good(until_all_done: bool) -> bytes | None:
+            nonlocal pending
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if (data := task.result()) is not None:
+                        return data
+                if not until_all_done:
+                    break
+            return None
+
+        try:
+            for node in owners:
+                answered = asyncio.Event()
+                task = asyncio.create_task(self._ask(node, ref, block_id, query, answered))
+                pending.add(task)
+                waiter = asyncio.create_task(answered.wait())
+                await asyncio.wait({task, waiter}, timeout=self._hedge_delay)
+                waiter.cancel()
+                if task.done() and (data := task.result()) is not None:
+                    return data
+                if task.done():
+                    pending.discard(task)
+                    continue  # failed: the next owner at once
+                if answered.is_set():
+                    # The owner is on it (perhaps fetching from the origin): wait for it
+                    # rather than making a second node fetch the same block.
+                    if (data := await first_good(until_all_done=True)) is not None:
+                        return data
+                    continue
+                CLIENT_FALLBACKS.labels("hedge").inc()
+                log.info("node %s slow on block %s, asking the next owner", node.id, block_id)
+            return await first_good(until_all_done=True)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _ask(
+        self, node: NodeInfo, ref: BlockRef, block_id: str, query: str, answered: asyncio.Event
+    ) -> bytes | None:
+        """One owner's answer for one block: the bytes, or ``None`` (reason counted).
+
+        ``answered`` is set as soon as the owner's response headers arrive.
+        """
+        assert self._session is not None, "CacheClient used before start()"
+        url = URL(f"{node.url}/v1/blocks/{block_id}?{query}", encoded=True)
+        try:
+            headers = self._auth.headers("GET", url.raw_path_qs)
+            async with self._session.get(url, headers=headers) as resp:
+                answered.set()
+                if resp.status == 200:
+                    data = await resp.read()
+                    if len(data) == ref.length:
+                        CLIENT_BLOCK_READS.labels("peer").inc()
+                        if "X-Ringcache-Hot" in resp.headers:
+                            self._hot[block_id] = True
+                        return data
+                    reason = "short_body"
+                elif resp.status == 409:
+                    raise VersionMismatch(f"{ref.url} changed (node {node.id})")
+                else:
+                    reason = f"status_{resp.status}"
+                    body = await resp.text()
+                    log.warning(
+                        "node %s answered %d for block %s of %s: %s",
+                        node.id,
+                        resp.status,
+                        block_id,
+                        ref.url,
+                        body[:200],
+                    )
+        except TimeoutError:
+            reason = "timeout"
+            log.warning("node %s timed out on block %s of %s", node.id, block_id, ref.url)
+        except aiohttp.ClientError as exc:
+            reason = "error"
+            log.warning("node %s failed block %s of %s: %r", node.id, block_id, ref.url, exc)
+        CLIENT_FALLBACKS.labels(reason).inc()
         return None
 
     def origin(self, url: str) -> Origin:
@@ -256,10 +316,10 @@ class CacheClient:
         assert self._session is not None, "CacheClient used before start()"
         stored = 0
         for node in self.ring.owners(block_id, 1):
+            url = URL(f"{node.url}/v1/blocks/{block_id}?{self._source_query(ref)}", encoded=True)
+            headers = self._auth.headers("PUT", url.raw_path_qs)
             try:
-                async with self._session.put(
-                    f"{node.url}/v1/blocks/{block_id}?{self._source_query(ref)}", data=data
-                ) as resp:
+                async with self._session.put(url, data=data, headers=headers) as resp:
                     stored += resp.status == 201
                     if resp.status != 201:
                         log.warning(
@@ -280,11 +340,16 @@ class CacheClient:
         refuses; callers decide whether another owner should be tried.
         """
         assert self._session is not None, "CacheClient used before start()"
+        body = msgpack.packb(doc)
+        headers = {
+            "Content-Type": "application/msgpack",
+            **self._auth.headers("POST", path, body_digest(body)),
+        }
         try:
             async with self._session.post(
                 f"{node.url}{path}",
-                data=msgpack.packb(doc),
-                headers={"Content-Type": "application/msgpack"},
+                data=body,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=300, sock_connect=5),
             ) as resp:
                 body = await resp.read()

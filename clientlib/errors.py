@@ -15,6 +15,7 @@ __all__ = [
     "NotFound",
     "OriginError",
     "RingcacheError",
+    "Unauthorized",
     "VersionMismatch",
 ]
 
@@ -38,6 +39,13 @@ class BadRequest(RingcacheError):
 
     http_status = 400
     errno = errno.EINVAL
+
+
+class Unauthorized(RingcacheError):
+    """The request is not signed with a valid, unexpired token."""
+
+    http_status = 401
+    errno = errno.EACCES
 
 
 class Forbidden(RingcacheError):

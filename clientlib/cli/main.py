@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from clientlib.cli import cat, drain, status, top, warmup
+from clientlib.cli import cat, drain, status, token, top, warmup
 from clientlib.cluster import check_cluster_name, parse_etcd_url
 from clientlib.config import OneLineParser
 from clientlib.errors import RingcacheError
@@ -28,9 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="cluster name (default: $RINGCACHE_CLUSTER or 'default')",
     )
+    p.add_argument(
+        "--token-file",
+        default=os.environ.get("RINGCACHE_TOKEN_FILE"),
+        metavar="PATH",
+        help="token (or, for operators, the cluster secret) to sign requests with",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (status, warmup, top, drain, cat):
+    for module in (status, warmup, top, drain, cat, token):
         module.add_parser(sub)
     return p
 

@@ -39,6 +39,9 @@ class ObjectInfo:
 class Origin(abc.ABC):
     """An object store reachable by URL. Implementations are safe to share across tasks."""
 
+    def check(self, url: str) -> None:  # noqa: B027 - most origins allow every URL
+        """Raise now if this origin would refuse ``url`` (cheap, no I/O)."""
+
     @abc.abstractmethod
     async def stat(self, url: str) -> ObjectInfo:
         """Size and version tag of the object at ``url``; :class:`NotFound` if absent."""

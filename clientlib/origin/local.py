@@ -50,6 +50,9 @@ class FileOrigin(Origin):
                 raise Forbidden(f"{url[:200]!r} is outside this node's file roots")
         return path
 
+    def check(self, url: str) -> None:
+        self._path(url)
+
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 

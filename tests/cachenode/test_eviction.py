@@ -77,6 +77,27 @@ def test_removed_entry_is_never_a_victim_even_after_readmission(name):
     assert policy.nbytes == 0
 
 
+@pytest.mark.parametrize("name", ["s3fifo", "lru"])
+def test_load_admits_entries_given_as_columns(name):
+    policy = make_policy(name)
+    policy.load([1, 2, 3], [10, 20, 30], [7, 8, (1 << 64) - 1])
+    assert len(policy) == 3 and policy.nbytes == 60
+    assert policy.lookup(3) == (30, (1 << 64) - 1)
+    with pytest.raises(ValueError):
+        policy.load([4], [1 << 32], [0])
+    with pytest.raises(ValueError):
+        policy.load([4, 5], [1], [0])
+
+
+def test_s3fifo_loaded_entries_outlast_new_one_hit_wonders():
+    """Blocks found on disk at a restart go to main; new arrivals must earn their place."""
+    policy = S3FIFOPolicy()
+    policy.load(list(range(90)), [BLOCK] * 90, [0] * 90)
+    for key in range(100, 200):
+        _fill(policy, 100 * BLOCK, key)
+    assert all(key in policy for key in range(90))
+
+
 def test_lru_touch_moves_entry_to_the_back():
     policy = LRUPolicy()
     for key in "abc":
@@ -172,13 +193,14 @@ def test_s3fifo_index_costs_at_most_200_bytes_per_block_after_load_and_churn():
     """
     rng = random.Random(3)
     n = 100_000
-    entries = [(rng.getrandbits(128), BLOCK, rng.getrandbits(64)) for _ in range(n)]
+    keys = [rng.getrandbits(128) for _ in range(n)]
+    tags = [rng.getrandbits(64) for _ in range(n)]
     churn = [(rng.getrandbits(128), rng.getrandbits(64)) for _ in range(n)]
     per_block = {}
 
     def build_and_churn():
         policy = S3FIFOPolicy()
-        policy.load(iter(entries))
+        policy.load(keys, [BLOCK] * n, tags)
         per_block["loaded"] = tracemalloc.get_traced_memory()[0] / n + 48
         for i, (key, tag) in enumerate(churn):
             while policy.nbytes + BLOCK > n * BLOCK:

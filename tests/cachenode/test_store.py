@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import cachenode.store as store_mod
-from cachenode.store import INLINE_READ_MAX, BlockStore, CacheDirSpec, block_checksum
+from cachenode.store import (
+    INLINE_READ_MAX,
+    BlockStore,
+    CacheDirSpec,
+    block_checksum,
+    block_filename,
+)
+from clientlib.blocks import MAX_BLOCK_SIZE
 from clientlib.errors import BadRequest, ConfigError
 
 KiB = 1024
@@ -36,11 +45,11 @@ def disk_bytes(root: Path) -> int:
 
 @pytest.fixture
 def make_store(tmp_path: Path) -> Iterator[Callable[..., BlockStore]]:
-    """Open a store on dirs ``d0..dN`` under tmp_path; every store is closed at the end."""
+    """Open a store on dirs ``<name>0..N`` under tmp_path; all are closed at the end."""
     opened: list[BlockStore] = []
 
-    def make(*sizes: int, **kwargs) -> BlockStore:
-        specs = [CacheDirSpec(tmp_path / f"d{i}", size) for i, size in enumerate(sizes)]
+    def make(*sizes: int, name: str = "d", **kwargs) -> BlockStore:
+        specs = [CacheDirSpec(tmp_path / f"{name}{i}", size) for i, size in enumerate(sizes)]
         store = BlockStore(specs, **kwargs)
         store.open()
         opened.append(store)
@@ -53,7 +62,7 @@ def make_store(tmp_path: Path) -> Iterator[Callable[..., BlockStore]]:
 
 @pytest.mark.parametrize("size", [0, 1, SMALL, LARGE])
 async def test_put_then_get_returns_the_same_bytes_across_dirs(make_store, size):
-    store = make_store(MiB, MiB, MiB)
+    store = make_store(4 * MiB, 4 * MiB, 4 * MiB)
     blocks = {new_id(): os.urandom(size) for _ in range(12)}
     for block_id, data in blocks.items():
         assert await store.put(block_id, data)
@@ -92,7 +101,7 @@ async def test_adding_a_dir_moves_blocks_only_to_the_new_dir(tmp_path):
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE])
-@pytest.mark.parametrize("damage", ["flip", "truncate", "extend_short"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "zero_tail"])
 async def test_corrupted_block_file_is_never_served_and_is_removed(
     make_store, tmp_path, size, damage
 ):
@@ -136,15 +145,18 @@ async def test_restart_serves_blocks_written_before(make_store):
 
 async def test_open_removes_temp_leftovers_and_malformed_names(make_store, tmp_path):
     root = tmp_path / "d0"
-    good_id, data = new_id(), os.urandom(SMALL)
-    good = root / "blocks" / good_id[:2] / f"{good_id}.{SMALL}.{block_checksum(data):016x}"
-    wrong_shard_id = "ff" + new_id()[2:] if not good_id.startswith("ff") else "00" + good_id[2:]
+    good_id, data = "ab" + new_id()[2:], os.urandom(SMALL)
+    checksum = block_checksum(data)
+    good = root / "blocks" / "ab" / block_filename(good_id, SMALL, checksum)
+    twin = root / "blocks" / "ab" / block_filename(good_id, SMALL, checksum ^ 1)
     bad_names = [
-        f"{good_id[:2]}/notablock",
-        f"{good_id[:2]}/{good_id}.{SMALL}",
-        f"{good_id[:2]}/{good_id.upper()}.{SMALL}.{block_checksum(data):016x}",
-        f"{good_id[:2]}/{good_id}.0{SMALL}.{block_checksum(data):016x}",
-        f"{good_id[:2]}/{wrong_shard_id}.{SMALL}.{block_checksum(data):016x}",
+        "ab/notablock",
+        f"ab/{good_id}.{SMALL:016x}",
+        f"ab/{good_id}.{SMALL}.{checksum:016x}",  # length not zero-padded (nor hex)
+        f"ab/{good_id.upper()}.{SMALL:016x}.{checksum:016x}",
+        f"ab/{good_id}.{SMALL:016x}.{checksum:016X}",
+        f"ab/{good_id}.{MAX_BLOCK_SIZE + 1:016x}.{checksum:016x}",
+        f"ab/{block_filename('cd' + new_id()[2:], SMALL, checksum)}",  # wrong shard
     ]
     for rel in [*bad_names, good.relative_to(root / "blocks")]:
         (root / "blocks" / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -159,13 +171,28 @@ async def test_open_removes_temp_leftovers_and_malformed_names(make_store, tmp_p
     assert good.exists()
     assert store.block_count == 1
     assert await store.get(good_id) == data
+    assert not twin.exists()
+
+
+async def test_open_keeps_one_copy_of_a_block_found_twice(make_store, tmp_path):
+    block_id, data = new_id(), os.urandom(SMALL)
+    checksum = block_checksum(data)
+    for i, tag in enumerate((checksum, checksum ^ 1)):
+        shard = tmp_path / f"d{i}" / "blocks" / block_id[:2]
+        shard.mkdir(parents=True)
+        (shard / block_filename(block_id, SMALL, tag)).write_bytes(data)
+    store = make_store(MiB, MiB)
+    assert store.block_count == 1
+    assert store.used_bytes == SMALL
+    copies = [p for i in range(2) for p in block_files(tmp_path / f"d{i}").values()]
+    assert len(copies) == 1
 
 
 async def test_usage_stays_within_each_dir_size_under_a_stream_of_puts(make_store, tmp_path):
     sizes = (64 * KiB, 96 * KiB)
     evicted: list[int] = []
     store = make_store(*sizes, on_evict=evicted.append)
-    rng = __import__("random").Random(5)
+    rng = random.Random(5)
     put = 0
     for _ in range(300):
         # Full blocks, and shorter last blocks of objects.
@@ -298,31 +325,36 @@ async def test_concurrent_puts_of_one_id_store_one_file(make_store, tmp_path):
 @pytest.mark.parametrize("size", [SMALL, LARGE])
 async def test_get_racing_evict_returns_the_bytes_or_none(make_store, size):
     store = make_store(4 * MiB)
-    outcomes = set()
     for _ in range(30):
         block_id, data = new_id(), os.urandom(size)
         assert await store.put(block_id, data)
         got, _ = await asyncio.gather(store.get(block_id), store.evict([block_id]))
         assert got in (data, None)
-        outcomes.add(got is None)
         assert await store.get(block_id) is None
     assert store.used_bytes == 0
 
 
-async def test_evicted_block_put_again_at_once_keeps_its_new_file(make_store):
+async def test_evicted_block_put_again_at_once_keeps_its_new_file(make_store, monkeypatch):
+    real_unlink = store_mod._unlink_quietly
+
+    def slow_unlink(paths) -> None:
+        time.sleep(0.05)  # widen the window in which the new file exists
+        real_unlink(paths)
+
+    monkeypatch.setattr(store_mod, "_unlink_quietly", slow_unlink)
     store = make_store(4 * MiB)
-    block_id, data = new_id(), os.urandom(LARGE)
-    for _ in range(20):
+    block_id, data = new_id(), os.urandom(SMALL)
+    for _ in range(3):
         assert await store.put(block_id, data)
         await asyncio.gather(store.evict([block_id]), store.put(block_id, data))
-        if block_id in store:
-            assert await store.get(block_id) == data
+        # The put must wait for the eviction's unlink: the new file has the same name.
+        assert await store.get(block_id) == data
 
 
 async def test_get_protects_a_block_from_a_scan_but_contains_does_not(make_store):
     survived = {}
     for how in ("get", "contains"):
-        store = make_store(20 * SMALL)
+        store = make_store(20 * SMALL, name=how)
         block_id = new_id()
         assert await store.put(block_id, os.urandom(SMALL))
         if how == "get":
@@ -332,7 +364,6 @@ async def test_get_protects_a_block_from_a_scan_but_contains_does_not(make_store
         for _ in range(100):
             assert await store.put(new_id(), os.urandom(SMALL))
         survived[how] = block_id in store
-        store.close()
     assert survived == {"get": True, "contains": False}
 
 
@@ -345,6 +376,12 @@ async def test_restart_with_a_smaller_size_evicts_down_to_it(make_store, tmp_pat
     smaller = make_store(5 * SMALL, on_evict=evicted.append)
     assert smaller.used_bytes == 5 * SMALL == disk_bytes(tmp_path / "d0")
     assert len(evicted) == 15
+
+
+async def test_block_over_the_maximum_block_size_is_rejected(make_store):
+    store = make_store(MiB)
+    with pytest.raises(BadRequest):
+        await store.put(new_id(), bytes(MAX_BLOCK_SIZE + 1))
 
 
 async def test_malformed_block_ids_are_rejected(make_store):

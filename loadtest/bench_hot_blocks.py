@@ -1,0 +1,615 @@
+#!/usr/bin/env python3
+"""Hot block GETs: one cachenode against nginx serving the very same block files.
+
+What it measures: the hit path of ``GET /v1/blocks/<id>`` (no source parameters, so a
+lookup that never touches the origin) on one cachenode, against nginx (sendfile on,
+access_log off) serving the block files the node stored, from the node's own cache dir.
+Both are driven by ``wrk`` with the same threads, connections and duration, rotating
+round-robin over ``--blocks`` hot blocks, at two block sizes:
+
+- 4 MiB: blocks of one 64 MiB object (the cluster's default block size);
+- 64 KiB: one-block objects of 64 KiB each (``bs`` is still 4 MiB; the block is short).
+
+nginx runs twice, with 1 and with 2 worker processes; ratios are to nginx with 1 worker.
+Everything listens on 127.0.0.1, and ``wrk`` shares the machine's cores with the server
+under test, so these are same-host numbers, not NIC-limited ones.
+
+Targets (from the issue): cachenode >= 0.95x nginx throughput at 4 MiB and >= 0.5x nginx
+requests/s at 64 KiB.
+
+Run it from the repository root::
+
+    .venv/bin/python loadtest/bench_hot_blocks.py            # ~1.5 minutes
+    .venv/bin/python loadtest/bench_hot_blocks.py --duration 5 --warmup 1
+
+Results go to ``loadtest/results/hot_blocks.json`` and ``loadtest/results/hot_blocks.md``.
+Every process it starts (etcd, cachenode, nginx, wrk) is stopped on exit, error or
+Ctrl-C, and its temp dir is removed (``--keep`` leaves it for a post-mortem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from clientlib.blocks import DEFAULT_BLOCK_SIZE, block_id  # noqa: E402
+from clientlib.localcluster import (  # noqa: E402
+    Process,
+    free_port,
+    start_etcd,
+    start_node,
+    wait_until,
+)
+from clientlib.urls import split_url  # noqa: E402
+
+KiB = 1024
+MiB = 1024 * KiB
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+CLUSTER = "bench-hot"
+
+TARGETS = {
+    # size label: (metric compared, minimum ratio to nginx with 1 worker)
+    "4MiB": ("mib_per_s", 0.95),
+    "64KiB": ("requests_per_s", 0.5),
+}
+
+
+# -- the data --------------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    id: str
+    nbytes: int
+    node_path: str  # /v1/blocks/<id>
+    nginx_path: str  # /<id[:2]>/<file name in the cache dir>
+
+
+def make_objects(origin: Path, nblocks: int) -> dict[str, list[tuple[Path, int]]]:
+    """One 4 MiB-block object of ``nblocks`` blocks, and ``nblocks`` 64 KiB objects."""
+    origin.mkdir(parents=True, exist_ok=True)
+    big = origin / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(nblocks):
+            f.write(os.urandom(DEFAULT_BLOCK_SIZE))
+    small = []
+    for n in range(nblocks):
+        path = origin / f"small-{n:03d}.bin"
+        path.write_bytes(os.urandom(64 * KiB))
+        small.append((path, 0))
+    return {"4MiB": [(big, i) for i in range(nblocks)], "64KiB": small}
+
+
+def warm(node_url: str, cache_dir: Path, path: Path, index: int) -> Block:
+    """GET the block once with its source parameters (a miss), then check it is a hit."""
+    url = "file://" + str(path)
+    origin, key = split_url(url)
+    st = path.stat()
+    version = f"{st.st_size}-{st.st_mtime_ns}"
+    bid = block_id(origin, key, version, DEFAULT_BLOCK_SIZE, index)
+    offset = index * DEFAULT_BLOCK_SIZE
+    nbytes = min(DEFAULT_BLOCK_SIZE, st.st_size - offset)
+    with path.open("rb") as f:
+        f.seek(offset)
+        want = f.read(nbytes)
+    query = urlencode(
+        {"src": url, "ver": version, "size": st.st_size, "bs": DEFAULT_BLOCK_SIZE, "i": index}
+    )
+    with urllib.request.urlopen(f"{node_url}/v1/blocks/{bid}?{query}", timeout=30) as resp:
+        body = resp.read()
+        result = resp.headers.get("X-Ringcache-Result")
+    if body != want:
+        raise RuntimeError(f"warmup of block {index} of {path}: wrong bytes ({len(body)})")
+    with urllib.request.urlopen(f"{node_url}/v1/blocks/{bid}", timeout=30) as resp:
+        if resp.read() != want or resp.headers.get("X-Ringcache-Result") != "hit":
+            raise RuntimeError(f"block {bid} is not a hit after warmup (first: {result})")
+    files = list((cache_dir / "blocks" / bid[:2]).glob(f"{bid}.*"))
+    if len(files) != 1 or files[0].stat().st_size != nbytes:
+        raise RuntimeError(f"block file of {bid} not found in {cache_dir}: {files}")
+    rel = files[0].relative_to(cache_dir / "blocks")
+    return Block(bid, nbytes, f"/v1/blocks/{bid}", f"/{rel.as_posix()}")
+
+
+# -- nginx -----------------------------------------------------------------------------
+
+
+def nginx_conf(workdir: Path, root: Path, port: int, workers: int) -> str:
+    return f"""\
+worker_processes {workers};
+daemon off;
+master_process on;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(workdir: Path, root: Path, workers: int) -> tuple[Process, str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_conf(workdir, root, port, workers))
+    cmd = [NGINX, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)]
+    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=30)
+    if check.returncode != 0:
+        raise RuntimeError(f"nginx config test failed:\n{check.stderr}")
+    proc = Process(f"nginx-{workers}w", cmd, workdir / "nginx.out").start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _listening(port) or not proc.alive(), 15, "nginx")
+    except TimeoutError:
+        proc.stop()
+        raise
+    if not proc.alive():
+        raise RuntimeError(f"nginx exited at start:\n{(workdir / 'error.log').read_text()}")
+    return proc, url
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- wrk -------------------------------------------------------------------------------
+
+_UNITS = {"B": 1, "KB": KiB, "MB": MiB, "GB": 1024 * MiB, "TB": 1024 * 1024 * MiB}
+_TIME = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _bytes(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)([KMGT]?B)", text.strip())
+    if not m:
+        raise ValueError(f"unparsable wrk size {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"unparsable wrk time {text!r}")
+    return float(m.group(1)) * _TIME[m.group(2)]
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    requests_per_s: float
+    transfer_bytes_per_s: float
+    mib_per_s: float
+    latency_ms: dict[str, float]
+    errors: dict[str, int]
+    non_2xx: int
+    server_cpu_s: float = 0.0
+    wrk_cpu_s: float = 0.0
+    other_cpu_s: float = 0.0
+    raw: str = field(default="", repr=False)
+
+
+def parse_wrk(out: str) -> WrkResult:
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h), ([\d.]+[KMGT]?B) read", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    tps = re.search(r"Transfer/sec:\s+([\d.]+[KMGT]?B)", out)
+    if not (m and rps and tps):
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    latency = {
+        f"p{pct}": _ms(val)
+        for pct, val in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", out, re.MULTILINE)
+    }
+    errors: dict[str, int] = {}
+    em = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if em:
+        errors = dict(
+            zip(("connect", "read", "write", "timeout"), map(int, em.groups()), strict=True)
+        )
+    nm = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    transfer = _bytes(tps.group(1))
+    return WrkResult(
+        requests=int(m.group(1)),
+        seconds=_ms(m.group(2) + m.group(3)) / 1e3,
+        requests_per_s=float(rps.group(1)),
+        transfer_bytes_per_s=transfer,
+        mib_per_s=transfer / MiB,
+        latency_ms=latency,
+        errors=errors,
+        non_2xx=int(nm.group(1)) if nm else 0,
+        raw=out,
+    )
+
+
+def lua_script(path: Path, paths: list[str]) -> Path:
+    items = ",\n  ".join(json.dumps(p) for p in paths)
+    path.write_text(
+        f"""-- round-robin over the hot blocks (each wrk thread has its own counter)
+local paths = {{
+  {items}
+}}
+local n = 0
+request = function()
+  n = n % #paths + 1
+  return wrk.format("GET", paths[n])
+end
+"""
+    )
+    return path
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _CLK_TCK
+
+
+def _busy_seconds() -> float:
+    """CPU time all cores spent not idle since boot (user+nice+system+irq+softirq)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _CLK_TCK
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
+def run_wrk(
+    url: str,
+    script: Path,
+    threads: int,
+    connections: int,
+    duration: float,
+    server_pids: list[int],
+) -> WrkResult:
+    """One wrk run; also measures the CPU time the server and wrk used during it."""
+    cmd = [
+        WRK,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    before = _cpu_seconds(server_pids)
+    busy_before = _busy_seconds()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        timer = threading.Timer(duration + 60, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.returncode = -1
+        server_cpu = _cpu_seconds(server_pids) - before
+        busy = _busy_seconds() - busy_before
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"wrk failed ({status}): {' '.join(cmd)}\n{text}")
+    result = parse_wrk(text)
+    result.server_cpu_s = server_cpu
+    result.wrk_cpu_s = usage.ru_utime + usage.ru_stime
+    # Everything else the machine did meanwhile (other programs, and the kernel's
+    # softirq work not charged to either process): a noisy-neighbour indicator.
+    result.other_cpu_s = max(0.0, busy - server_cpu - result.wrk_cpu_s)
+    return result
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def _fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms * 1e3:.0f} us" if ms < 1 else f"{ms:.2f} ms"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| size | server | req/s | MiB/s | p50 | p99 | server CPU | server CPU/req | wrk CPU "
+        "| other CPU "
+        "| ratio to nginx-1w | target |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    )
+    lines = []
+    for r in rows:
+        ratio = r.get("ratio_to_nginx_1w")
+        target = r.get("target")
+        target_txt = ""
+        if target:
+            verdict = "PASS" if target["pass"] else "FAIL"
+            target_txt = f"{verdict} (>= {target['min_ratio']}x {target['metric']})"
+        lines.append(
+            f"| {r['size']} | {r['server']} | {r['requests_per_s']:,.0f} | {r['mib_per_s']:,.0f} "
+            f"| {_fmt_ms(r['latency_ms'].get('p50'))} | {_fmt_ms(r['latency_ms'].get('p99'))} "
+            f"| {r['server_cpu_pct']:.0f}% | {r['server_cpu_us_per_request']:,.0f} us "
+            f"| {r['wrk_cpu_pct']:.0f}% | {r['other_cpu_pct']:.0f}% "
+            f"| {'' if ratio is None else f'{ratio:.2f}x'} | {target_txt} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def _version(cmd: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (p.stdout + p.stderr).strip().splitlines()[0]
+    return "?"
+
+
+def environment() -> dict[str, Any]:
+    import aiohttp
+    import uvloop
+
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "uvloop": uvloop.__version__,
+        "nginx": _version([NGINX, "-v"]),
+        "wrk": _version([WRK, "--version"]),
+        "loadavg_before": os.getloadavg(),
+    }
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--blocks", type=int, default=16, help="hot blocks per size (default 16)")
+    p.add_argument("--duration", type=float, default=10, help="seconds per wrk run (10)")
+    p.add_argument("--warmup", type=float, default=2, help="discarded wrk run first, s (2)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    p.add_argument("--conns-4m", type=int, default=16, help="wrk connections at 4 MiB (16)")
+    p.add_argument("--conns-64k", type=int, default=64, help="wrk connections at 64 KiB (64)")
+    p.add_argument("--sizes", default="4MiB,64KiB", help="comma list of 4MiB,64KiB")
+    p.add_argument("--out", type=Path, default=REPO / "loadtest" / "results")
+    p.add_argument("--name", default="hot_blocks", help="results file stem (hot_blocks)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir")
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=0,
+        help="after the runs, keep the node and nginx up this many seconds (profiling)",
+    )
+    args = p.parse_args(argv)
+    sizes = [s for s in args.sizes.split(",") if s]
+    for s in sizes:
+        if s not in TARGETS:
+            p.error(f"unknown size {s!r}")
+    for tool in (NGINX, WRK):
+        if not os.access(tool, os.X_OK):
+            p.error(f"{tool} is not installed")
+
+    # SIGTERM (and SIGHUP) unwind like Ctrl-C, so the finally below stops everything.
+    def _raise(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+    signal.signal(signal.SIGHUP, _raise)
+
+    tmp = Path(tempfile.mkdtemp(prefix="ringcache-bench-hot-")).resolve()
+    tmp.chmod(0o755)  # nginx workers (user nobody when started as root) must reach the files
+    started: list[Process] = []
+    env = environment()
+    rows: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    try:
+        print(f"workdir {tmp}", flush=True)
+        etcd = start_etcd(tmp / "etcd")
+        started.append(etcd)
+        origin = tmp / "origin"
+        objects = make_objects(origin, args.blocks)
+        cache_dir = tmp / "cache"
+        node = start_node(
+            etcd.url,
+            CLUSTER,
+            cache_dir,
+            size="4GiB",
+            extra=["--file-root", str(origin), "--log-level", "WARNING"],
+        )
+        started.append(node)
+        print(f"cachenode {node.url} (pid {node.pid}), cache dir {cache_dir}", flush=True)
+        blocks = {
+            size: [warm(node.url, cache_dir, path, i) for path, i in objects[size]]
+            for size in sizes
+        }
+        nginx: dict[int, tuple[Process, str]] = {}
+        for workers in (1, 2):
+            proc, url = start_nginx(tmp / f"nginx-{workers}w", cache_dir / "blocks", workers)
+            started.append(proc)
+            nginx[workers] = (proc, url)
+            print(f"nginx {workers}w {url} (pid {proc.pid})", flush=True)
+        # Same bytes from both servers, before measuring anything.
+        for size in sizes:
+            b = blocks[size][0]
+            bodies = []
+            for base, path in ((node.url, b.node_path), (nginx[1][1], b.nginx_path)):
+                with urllib.request.urlopen(base + path, timeout=30) as resp:
+                    bodies.append(resp.read())
+            if bodies[0] != bodies[1] or len(bodies[0]) != b.nbytes:
+                raise RuntimeError(f"cachenode and nginx disagree on block {b.id}")
+
+        servers: list[tuple[str, str, list[int], str]] = [
+            ("cachenode", node.url, [node.pid], "node_path"),
+            ("nginx-1w", nginx[1][1], [nginx[1][0].pid, *_children(nginx[1][0].pid)], "nginx_path"),
+            ("nginx-2w", nginx[2][1], [nginx[2][0].pid, *_children(nginx[2][0].pid)], "nginx_path"),
+        ]
+        for size in sizes:
+            conns = args.conns_4m if size == "4MiB" else args.conns_64k
+            for name, url, pids, attr in servers:
+                script = lua_script(
+                    tmp / f"{name}-{size}.lua", [getattr(b, attr) for b in blocks[size]]
+                )
+                if args.warmup > 0:
+                    run_wrk(url, script, args.threads, conns, args.warmup, pids)
+                r = run_wrk(url, script, args.threads, conns, args.duration, pids)
+                row = {
+                    "size": size,
+                    "block_bytes": blocks[size][0].nbytes,
+                    "server": name,
+                    "wrk": f"-t{args.threads} -c{conns} -d{args.duration:g}s --latency",
+                    **{k: v for k, v in asdict(r).items() if k != "raw"},
+                    "server_cpu_pct": 100 * r.server_cpu_s / r.seconds,
+                    "wrk_cpu_pct": 100 * r.wrk_cpu_s / r.seconds,
+                    "other_cpu_pct": 100 * r.other_cpu_s / r.seconds,
+                    "server_cpu_us_per_request": 1e6 * r.server_cpu_s / max(r.requests, 1),
+                    "loadavg_after": os.getloadavg()[0],
+                }
+                rows.append(row)
+                print(
+                    f"{size:>6} {name:<10} {r.requests_per_s:>10,.0f} req/s "
+                    f"{r.mib_per_s:>8,.0f} MiB/s  p50 {_fmt_ms(r.latency_ms.get('p50'))}  "
+                    f"p99 {_fmt_ms(r.latency_ms.get('p99'))}  server CPU "
+                    f"{row['server_cpu_pct']:.0f}%  wrk CPU {row['wrk_cpu_pct']:.0f}%  "
+                    f"other CPU {row['other_cpu_pct']:.0f}%",
+                    flush=True,
+                )
+                if r.non_2xx or any(r.errors.values()):
+                    print(f"   !! non-2xx {r.non_2xx}, socket errors {r.errors}", flush=True)
+        if args.hold > 0:
+            print(f"holding for {args.hold:g}s: node pid {node.pid}", flush=True)
+            time.sleep(args.hold)
+    finally:
+        for proc in reversed(started):
+            with contextlib.suppress(Exception):
+                proc.stop(timeout=10)
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    base = {(r["size"]): r for r in rows if r["server"] == "nginx-1w"}
+    for r in rows:
+        ref = base.get(r["size"])
+        if ref is None:
+            continue
+        metric, min_ratio = TARGETS[r["size"]]
+        r["ratio_to_nginx_1w"] = r[metric] / ref[metric] if ref[metric] else None
+        if r["server"] == "cachenode":
+            r["ratio_to_nginx_2w"] = next(
+                (
+                    r[metric] / x[metric]
+                    for x in rows
+                    if x["size"] == r["size"] and x["server"] == "nginx-2w" and x[metric]
+                ),
+                None,
+            )
+            r["target"] = {
+                "metric": metric,
+                "min_ratio": min_ratio,
+                "pass": r["ratio_to_nginx_1w"] is not None and r["ratio_to_nginx_1w"] >= min_ratio,
+            }
+    doc = {
+        "benchmark": "hot_blocks",
+        "what": "GET of hot cached blocks: one cachenode vs nginx (sendfile) on the same files",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(
+            [".venv/bin/python loadtest/bench_hot_blocks.py", *(argv or sys.argv[1:])]
+        ),
+        "hot_blocks_per_size": args.blocks,
+        "notes": [
+            "all on 127.0.0.1; wrk shares the machine's "
+            f"{env['cpus']} cores with the server under test",
+            "4MiB: 4 MiB blocks of one object; 64KiB: one-block 64 KiB objects (bs=4 MiB)",
+            "cachenode URL /v1/blocks/<id> (a hit, no source parameters); nginx URL = the "
+            "block file's path under <cache dir>/blocks/",
+            "nginx: sendfile on, tcp_nopush on, access_log off, keepalive_requests 1e6",
+            "ratio = MiB/s at 4MiB, req/s at 64KiB, to nginx with 1 worker process",
+            "CPU % = CPU time of the server process(es) / wall time (100% = one core); "
+            "other CPU = the rest of the machine's busy time meanwhile (kernel softirq work "
+            "plus any other program: well above ~30% means a noisy neighbour, rerun); server "
+            "CPU/req = the server's CPU time per request, the figure least moved by noise",
+            f"one measured run per cell; a {args.warmup:g}s wrk run before each is discarded",
+        ],
+        "environment": env,
+        "elapsed_s": time.monotonic() - t0,
+        "results": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    command = " ".join([".venv/bin/python loadtest/bench_hot_blocks.py", *(argv or sys.argv[1:])])
+    md = (
+        "# Hot block GETs: cachenode vs nginx\n\n"
+        f"{doc['date']}, {env['cpus']} CPUs, Python {env['python']}, aiohttp {env['aiohttp']}, "
+        f"uvloop {env['uvloop']}, {env['nginx']}, {env['wrk']}.\n\n"
+        f"Command: `{command}`\n\n" + table(rows) + "\n" + "".join(f"- {n}\n" for n in doc["notes"])
+    )
+    (args.out / f"{args.name}.md").write_text(md)
+    print()
+    print(table(rows))
+    print(f"wrote {args.out / (args.name + '.json')} and {args.name}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({exc}); everything started was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,208 @@
+"""``mountd SOURCE MOUNTPOINT``: mount a bucket or directory through the ringcache cluster.
+
+A thin shell: parse the configuration, become a daemon (unless ``--foreground``), start
+the client, mount, and serve FUSE requests on uvloop until SIGTERM, SIGINT or
+``fusermount3 -u``. As a daemon the parent process waits until the mount is up (or has
+failed) so ``mountd ... && ls MOUNTPOINT`` works and a failure is the command's exit
+status with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pyfuse3
+import pyfuse3.asyncio
+import uvloop
+from prometheus_client import start_http_server
+
+from clientlib.client import CacheClient
+from clientlib.errors import RingcacheError
+from clientlib.origin import Origins
+from mountd.config import MountConfig, load_config
+from mountd.fs import RingcacheFS
+from mountd.localtier import LocalTier
+from mountd.prefetch import BlockFetcher
+
+log = logging.getLogger("mountd")
+
+
+def _daemonize() -> int:
+    """Fork; the parent exits with the child's start-up verdict. Returns the report fd."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        chunks = []
+        while chunk := os.read(read_end, 4096):
+            chunks.append(chunk)
+        message = b"".join(chunks).decode(errors="replace")
+        if message == "ok":
+            sys.exit(0)
+        print(f"mountd: error: {message or 'the daemon died at start'}", file=sys.stderr)
+        sys.exit(1)
+    os.close(read_end)
+    os.setsid()
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    return write_end
+
+
+def _setup_logging(config: MountConfig) -> None:
+    handler: logging.Handler
+    if config.foreground and config.log_file is None:
+        handler = logging.StreamHandler()
+    elif config.log_file is not None:
+        handler = logging.FileHandler(config.log_file)
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log_level, handlers=[handler])
+    # boto's DEBUG is every header of every request: only its warnings belong in our log.
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+#: Kernel read-ahead of the mount. FUSE's default (128 KiB) means one request per
+#: 128 KiB for a sequential reader; a larger window lets the kernel send up to 1 MiB
+#: requests, several at once, which is most of the difference to a native file system.
+READ_AHEAD_KB = 4096
+
+
+def _raise_read_ahead(mountpoint: str) -> None:
+    """Best effort (needs root): set the read-ahead of the mount's backing device info.
+
+    The bdi is found in /proc/self/mountinfo, not by stat()ing the mount point, which
+    would ask this very process before its FUSE loop runs.
+    """
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            lines = fh.read().splitlines()
+        devices = [line.split()[2] for line in lines if line.split()[4] == mountpoint]
+        if devices:
+            Path(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
+    except (OSError, IndexError) as exc:
+        log.info("kernel read-ahead of %s left at its default: %s", mountpoint, exc)
+
+
+_reported: set[int] = set()
+
+
+def _report(fd: int | None, message: str) -> None:
+    """Tell the waiting parent how the start went: once only."""
+    if fd is not None and fd not in _reported:
+        _reported.add(fd)
+        with contextlib.suppress(OSError):
+            os.write(fd, message.encode())
+            os.close(fd)
+
+
+async def run(config: MountConfig, report_fd: int | None = None) -> None:
+    """Mount, serve until told to stop, then upload what is pending and unmount.
+
+    ``report_fd`` (a daemon's pipe to its parent) gets "ok" once mounted, or the reason
+    the start failed.
+    """
+    try:
+        await _serve(config, report_fd)
+    except BaseException as exc:
+        _report(report_fd, str(exc) or type(exc).__name__)
+        raise
+
+
+async def _serve(config: MountConfig, report_fd: int | None) -> None:
+    pyfuse3.asyncio.enable()
+    loop = asyncio.get_running_loop()
+    client = CacheClient(
+        config.etcd,
+        config.cluster,
+        memory_cache_bytes=config.memory_cache_bytes,
+        # A node that is down refuses the connection at once (connect timeout); one that
+        # is up may be fetching a cold block from the origin, which under load takes
+        # seconds: giving up early would fetch the block twice from the origin.
+        peer_read_timeout=config.peer_timeout,
+        peer_timeout=2 * config.peer_timeout,
+        origins=Origins(max_inflight=64),
+    )
+    await client.start()
+    tier = None
+    if config.local_cache is not None:
+        tier = LocalTier(config.local_cache, config.local_cache_bytes)
+        await loop.run_in_executor(None, tier.open)
+    fetcher = BlockFetcher(client, tier)
+    fs = RingcacheFS(config, client, fetcher)
+    mounted = False
+    try:
+        # Fail at start, with the reason, when the source is not there or not reachable.
+        async with asyncio.timeout(config.op_timeout):
+            await fs.origin.listdir(config.dir_url(""), max_keys=1)
+        if config.metrics_listen is not None:
+            host, port = config.metrics_listen
+            try:
+                start_http_server(port, addr=host)
+            except OSError as exc:
+                raise RingcacheError(f"--metrics-listen {host}:{port}: {exc}") from None
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=ringcache", "subtype=ringcache", "noatime"}
+        if config.read_only:
+            options.add("ro")
+        if config.allow_other:
+            options.add("allow_other")
+        try:
+            pyfuse3.init(fs, str(config.mountpoint), options)
+        except RuntimeError as exc:
+            raise RingcacheError(f"cannot mount on {config.mountpoint}: {exc}") from None
+        mounted = True
+        _raise_read_ahead(str(config.mountpoint))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, pyfuse3.terminate)
+        log.info(
+            "mounted %s on %s (cluster %s, block size %d)",
+            config.source,
+            config.mountpoint,
+            config.cluster,
+            client.block_size,
+        )
+        _report(report_fd, "ok")
+        await pyfuse3.main(max_tasks=256)
+        log.info("unmounting %s", config.mountpoint)
+    finally:
+        if mounted:
+            await fs.flush_all()
+            pyfuse3.close(unmount=True)
+        await client.close()
+        fetcher.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: a user mistake is one line on stderr and exit status 2."""
+    try:
+        config = load_config(argv)
+    except RingcacheError as exc:
+        print(f"mountd: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    report_fd = None if config.foreground else _daemonize()
+    _setup_logging(config)
+    try:
+        uvloop.run(run(config, report_fd))
+    except RingcacheError as exc:
+        log.error("%s", exc)
+        print(f"mountd: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

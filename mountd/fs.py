@@ -1,0 +1,557 @@
+"""The FUSE operations of the mount (pyfuse3, asyncio mode): this module and nothing else.
+
+Each operation turns into calls on the inode table (:mod:`mountd.inodes`), the readers
+(:mod:`mountd.prefetch`), the spools (:mod:`mountd.writes`) and the origin, and every
+failure leaves here as an errno: ringcache's own errors carry theirs
+(``RingcacheError.errno``), ``OSError`` keeps its own, a timeout or anything unexpected is
+``EIO``. Nothing waits forever: metadata operations and reads run under ``op_timeout``,
+and uploads are bounded by the origin client's own connect and read timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from clientlib.client import CacheClient
+from clientlib.errors import RingcacheError
+from clientlib.origin import ObjectInfo, Origin
+from clientlib.urls import split_url
+from mountd.config import MountConfig
+from mountd.inodes import Attr, Inode, InodeTable, child_path
+from mountd.prefetch import BlockFetcher, FileReader
+from mountd.writes import Spool
+
+__all__ = ["RingcacheFS"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+XATTR_SOURCE = b"user.ringcache.source"
+XATTR_VERSION = b"user.ringcache.version"
+NAME_MAX = 255
+
+
+def _errno(exc: BaseException) -> int:
+    if isinstance(exc, RingcacheError):
+        return int(exc.errno)
+    if isinstance(exc, OSError) and exc.errno:
+        return int(exc.errno)
+    return errno.EIO
+
+
+def operation(
+    timed: bool = True,
+) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Turn every failure of a FUSE operation into a FUSEError with the right errno.
+
+    pyfuse3 stops its main loop on any other exception, so nothing else may escape.
+    ``timed`` operations fail with EIO after ``op_timeout`` seconds.
+    """
+
+    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def wrapper(self: RingcacheFS, *args: Any) -> T:
+            try:
+                if timed:
+                    async with asyncio.timeout(self.config.op_timeout):
+                        return await fn(self, *args)
+                return await fn(self, *args)
+            except pyfuse3.FUSEError:
+                raise
+            except TimeoutError:
+                log.error("%s%r timed out after %ss", fn.__name__, args[:2], self.config.op_timeout)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            except (RingcacheError, OSError) as exc:
+                code = _errno(exc)
+                level = logging.DEBUG if code == errno.ENOENT else logging.WARNING
+                log.log(level, "%s%r failed: %s", fn.__name__, args[:2], exc)
+                raise pyfuse3.FUSEError(code) from None
+            except Exception:
+                log.exception("%s%r failed unexpectedly", fn.__name__, args[:2])
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
+        return wrapper
+
+    return wrap
+
+
+@dataclass(slots=True)
+class _Handle:
+    node: Inode
+    reader: FileReader | None = None
+    spool: Spool | None = None
+
+
+@dataclass(slots=True)
+class _DirHandle:
+    node: Inode
+    entries: list[tuple[str, Attr]]
+
+
+class RingcacheFS(pyfuse3.Operations):
+    """The mounted tree of ``config.source``, read through ``client``."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, config: MountConfig, client: CacheClient, fetcher: BlockFetcher) -> None:
+        super().__init__()
+        self.config = config
+        self.client = client
+        self.fetcher = fetcher
+        self.origin: Origin = client.origin(config.url(""))
+        self.inodes = InodeTable(config, self.origin)
+        self._handles: dict[int, _Handle] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+        self._spools: dict[int, Spool] = {}
+        self._next_fh = 1
+
+    # -- helpers ----------------------------------------------------------------------
+    def _fh(self) -> int:
+        self._next_fh += 1
+        return self._next_fh
+
+    def _writable(self) -> None:
+        if self.config.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    @staticmethod
+    def _name(name: bytes) -> str:
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        return os.fsdecode(name)
+
+    def _object(self, node: Inode) -> ObjectInfo:
+        url = self.config.url(node.path)
+        origin, key = split_url(url)
+        a = node.attr
+        return ObjectInfo(url, origin, key, a.size, a.version, a.mtime)
+
+    def _committed(self, node: Inode, info: ObjectInfo) -> None:
+        node.attr = Attr.of(info)
+        node.checked = time.monotonic()
+        node.cached_version = info.version
+        self.inodes.set_entry(node.path, node.attr)
+        self.client.forget(info.url)
+
+    async def _commit(self, spool: Spool, node: Inode) -> None:
+        """Upload ``spool``; any failure is EIO to the writer (ENOSPC stays ENOSPC)."""
+        try:
+            info = await spool.commit(self.origin, self.fetcher)
+        except OSError as exc:
+            log.error("upload of %s failed: %s", spool.url, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except RingcacheError as exc:
+            log.error("upload of %s failed: %s", spool.url, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        if info is not None:
+            self._committed(node, info)
+
+    # -- tree -------------------------------------------------------------------------
+    @operation()
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        node = await self.inodes.lookup(parent, self._name(name))
+        node.lookups += 1
+        return self.inodes.attributes(node)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, nlookup in inode_list:
+            self.inodes.forget(ino, nlookup)
+
+    @operation()
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self.inodes.refresh(self.inodes.get(inode))
+        return self.inodes.attributes(node)
+
+    @operation()
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        node = self.inodes.get(inode)
+        if fields.update_size:
+            await self._truncate(node, attr.st_size)
+        # Modes, owners and times are kept for this mount's lifetime, not in the origin
+        # (see docs/mount.md); the kernel has already checked the caller may change them.
+        if fields.update_mode:
+            node.mode = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            node.uid = attr.st_uid
+        if fields.update_gid:
+            node.gid = attr.st_gid
+        if fields.update_mtime:
+            node.attr.mtime = attr.st_mtime_ns / 1e9
+        return self.inodes.attributes(node)
+
+    async def _truncate(self, node: Inode, size: int) -> None:
+        if node.attr.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        spool = self._spools.get(node.ino)
+        if spool is not None:
+            spool.truncate(size)
+            node.attr.size = size
+            return
+        if size == node.attr.size and size > 0:
+            return
+        spool = await self._open_spool(node, truncate=size == 0)
+        try:
+            if size:
+                spool.truncate(size)
+            else:
+                spool.dirty = True
+            await self._commit(spool, node)
+        finally:
+            self._close_spool(node)
+
+    @operation()
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.inodes.get(inode)
+        if not node.attr.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        listing = await self.inodes.listing(node.path)
+        fh = self._fh()
+        self._dirs[fh] = _DirHandle(node, sorted(listing.entries.items()))
+        return fh
+
+    @operation()
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._dirs[fh]
+        for index in range(start_id, len(handle.entries)):
+            name, attr = handle.entries[index]
+            node = self.inodes.ensure(child_path(handle.node.path, name), attr)
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(name), self.inodes.attributes(node), index + 1
+            ):
+                self.inodes.forget(node.ino, 0)
+                return
+            node.lookups += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @operation()
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        # Object storage has no fixed capacity: report a large, constant free space so
+        # tools that check before writing (cp, rsync, pandas) go ahead.
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = 1024 * 1024
+        s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 2**50 // s.f_frsize
+        s.f_files = s.f_ffree = s.f_favail = 2**32
+        s.f_namemax = NAME_MAX
+        return s
+
+    @operation()
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.inodes.get(inode)
+        if name == XATTR_SOURCE:
+            url = self.config.dir_url(node.path) if node.attr.is_dir else self.config.url(node.path)
+            return url.encode()
+        if name == XATTR_VERSION and not node.attr.is_dir and node.attr.version:
+            return node.attr.version.encode()
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @operation()
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = self.inodes.get(inode)
+        return [XATTR_SOURCE] if node.attr.is_dir else [XATTR_SOURCE, XATTR_VERSION]
+
+    @operation()
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._writable()
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @operation()
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    # -- reading and writing ------------------------------------------------------------
+    async def _open_spool(self, node: Inode, truncate: bool) -> Spool:
+        """The node's spool (shared by its writers), created and filled if needed."""
+        spool = self._spools.get(node.ino)
+        if spool is None:
+            if not truncate and node.attr.size > self.config.max_rewrite_bytes:
+                log.warning(
+                    "refusing to rewrite %s (%d bytes > --max-rewrite %d): open it with "
+                    "O_TRUNC to replace it",
+                    self.config.url(node.path),
+                    node.attr.size,
+                    self.config.max_rewrite_bytes,
+                )
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            spool = Spool(self.config.spool_dir, self.config.url(node.path))
+            try:
+                if not truncate and node.attr.size:
+                    await spool.load(self.fetcher, self._object(node))
+            except BaseException:
+                spool.close()
+                raise
+            self._spools[node.ino] = spool
+            self.inodes.pin(node)
+        elif truncate:
+            spool.truncate(0)
+        if truncate:
+            spool.dirty = True
+            node.attr.size = 0
+        spool.refs += 1
+        return spool
+
+    def _close_spool(self, node: Inode) -> Spool | None:
+        """Drop one reference; returns the spool if that was the last one."""
+        spool = self._spools.get(node.ino)
+        if spool is None:
+            return None
+        spool.refs -= 1
+        if spool.refs > 0:
+            return None
+        del self._spools[node.ino]
+        self.inodes.unpin(node)
+        spool.close()
+        return spool
+
+    @operation()
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.inodes.get(inode)
+        if node.attr.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        if writing:
+            self._writable()
+        if node.ino not in self._spools:
+            # Close-to-open consistency: a file opened after the TTL sees the new version.
+            await self.inodes.refresh(node)
+        handle = _Handle(node)
+        keep_cache = False
+        if writing:
+            handle.spool = await self._open_spool(node, truncate=bool(flags & os.O_TRUNC))
+        elif node.ino not in self._spools:
+            handle.reader = FileReader(
+                self.fetcher, self._object(node), self.config.prefetch_blocks
+            )
+            keep_cache = node.cached_version == node.attr.version
+            node.cached_version = node.attr.version
+        node.opens += 1
+        fh = self._fh()
+        self._handles[fh] = handle
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+
+    @operation()
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._writable()
+        parent = self.inodes.get(parent_inode)
+        path = child_path(parent.path, self._name(name))
+        node = self.inodes.ensure(path, Attr(False, 0, time.time(), ""))
+        if node.attr.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        node.mode = stat.S_IMODE(mode)
+        spool = await self._open_spool(node, truncate=True)
+        self.inodes.set_entry(path, node.attr)
+        node.lookups += 1
+        node.opens += 1
+        fh = self._fh()
+        self._handles[fh] = _Handle(node, spool=spool)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self.inodes.attributes(node)
+
+    @operation()
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        spool = self._spools.get(handle.node.ino)
+        if spool is not None:
+            return spool.read(off, size)
+        if handle.reader is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await handle.reader.read(off, size)
+
+    @operation()
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        if handle.spool is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        written = handle.spool.write(off, buf)
+        handle.node.attr.size = handle.spool.size
+        handle.node.attr.mtime = time.time()
+        return written
+
+    @operation(timed=False)
+    async def flush(self, fh: int) -> None:
+        handle = self._handles[fh]
+        if handle.spool is not None:
+            await self._commit(handle.spool, handle.node)
+
+    @operation(timed=False)
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.flush(fh)
+
+    @operation(timed=False)
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        if handle.reader is not None:
+            handle.reader.close()
+        if handle.spool is not None:
+            spool = handle.spool
+            if spool.refs == 1 and spool.dirty and not spool.detached:
+                # The writer ignored close()'s error, or never called flush: last chance.
+                try:
+                    await self._commit(spool, handle.node)
+                except pyfuse3.FUSEError:
+                    log.error("changes to %s are lost: the upload failed at release", spool.url)
+            self._close_spool(handle.node)
+        self.inodes.release(handle.node)
+
+    # -- changing the tree ----------------------------------------------------------------
+    @operation()
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        parent = self.inodes.get(parent_inode)
+        path = child_path(parent.path, self._name(name))
+        await self.origin.mkdir(self.config.dir_url(path))
+        node = self.inodes.ensure(path, Attr(True, 0, time.time()))
+        node.mode = stat.S_IMODE(mode)
+        self.inodes.set_entry(path, node.attr)
+        node.lookups += 1
+        return self.inodes.attributes(node)
+
+    @operation()
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        if not stat.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)  # no devices, FIFOs or sockets in a bucket
+        info, attrs = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+        await self.release(info.fh)
+        return attrs
+
+    @operation()
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        parent = self.inodes.get(parent_inode)
+        node = await self.inodes.lookup(parent, self._name(name))
+        if node.attr.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        spool = self._spools.get(node.ino)
+        if spool is not None:
+            spool.detached = True
+        if node.attr.version:  # not only a local file that was never uploaded
+            url = self.config.url(node.path)
+            await self.origin.delete(url)
+            self.client.forget(url)
+        self.inodes.removed(node.path)
+
+    @operation()
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        parent = self.inodes.get(parent_inode)
+        node = await self.inodes.lookup(parent, self._name(name))
+        if not node.attr.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        url = self.config.dir_url(node.path)
+        dirs, files = await self.origin.listdir(url, max_keys=1)
+        self.inodes.drop_listing(node.path)
+        if dirs or files or (await self.inodes.listing(node.path)).entries:
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        await self.origin.rmdir(url)
+        self.inodes.removed(node.path)
+
+    @operation(timed=False)
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        old_parent = self.inodes.get(parent_inode_old)
+        new_parent = self.inodes.get(parent_inode_new)
+        async with asyncio.timeout(self.config.op_timeout):
+            node = await self.inodes.lookup(old_parent, self._name(name_old))
+            new_name = self._name(name_new)
+            try:
+                target: Inode | None = await self.inodes.lookup(new_parent, new_name)
+            except pyfuse3.FUSEError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                target = None
+        if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if node.attr.is_dir:
+            # Object stores have no directory rename; EXDEV makes mv(1) copy and delete.
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        if target is not None and target.attr.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        spool = self._spools.get(node.ino)
+        if spool is not None:
+            # Upload what was written so far, under the old name, then move the object.
+            await self._commit(spool, node)
+        src = self.config.url(node.path)
+        dst_path = child_path(new_parent.path, new_name)
+        dst = self.config.url(dst_path)
+        info = await self.origin.rename(src, dst)
+        self.client.forget(src)
+        self.client.forget(dst)
+        self.inodes.moved(node, dst_path)
+        self._committed(node, info)
+        if spool is not None:
+            spool.url = dst
+
+    @operation()
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        raise pyfuse3.FUSEError(errno.EPERM)  # object stores have no symbolic links
+
+    @operation()
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        raise pyfuse3.FUSEError(errno.EPERM)  # nor hard links
+
+    # -- shutdown -----------------------------------------------------------------------
+    async def flush_all(self) -> None:
+        """Upload every spool with changes (SIGTERM with files still open for writing)."""
+        for ino, spool in list(self._spools.items()):
+            node = self.inodes.find_ino(ino)
+            try:
+                info = await spool.commit(self.origin, self.fetcher)
+                if info is not None and node is not None:
+                    self._committed(node, info)
+            except (RingcacheError, OSError) as exc:
+                log.error("changes to %s are lost: upload at shutdown failed: %s", spool.url, exc)
+
+    def __repr__(self) -> str:
+        return f"RingcacheFS({self.config.source!r})"

@@ -1,0 +1,139 @@
+"""Block reads of open files: the tiers in order, and read-ahead for sequential readers.
+
+:class:`BlockFetcher` is where a block comes from: the local disk tier if there is one,
+then :class:`CacheClient` (its memory tier, the block's owners, the origin), keeping
+what it fetched on the local disk. :class:`FileReader` serves the kernel's reads of one
+open file version: a reader that keeps going forward gets the next ``depth`` blocks
+fetched in parallel ahead of it, while a random reader (a Parquet footer, a seek into an
+index) only ever costs the blocks it touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from clientlib.client import CacheClient
+from clientlib.origin import ObjectInfo
+from mountd.localtier import LocalTier
+
+__all__ = ["BlockFetcher", "FileReader"]
+
+log = logging.getLogger(__name__)
+
+
+class BlockFetcher:
+    """Whole blocks of pinned object versions, through every tier."""
+
+    def __init__(self, client: CacheClient, tier: LocalTier | None = None) -> None:
+        self.client = client
+        self.tier = tier
+        self._disk = ThreadPoolExecutor(4, thread_name_prefix="local-tier") if tier else None
+
+    @property
+    def block_size(self) -> int:
+        return self.client.block_size
+
+    async def get(self, info: ObjectInfo, index: int) -> bytes:
+        if self.tier is None:
+            return await self.client.read_block(info, index)
+        loop = asyncio.get_running_loop()
+        block_id = self.client.block_ref(info, index).id
+        data = await loop.run_in_executor(self._disk, self.tier.get, block_id)
+        if data is not None:
+            return data
+        data = await self.client.read_block(info, index)
+        loop.run_in_executor(self._disk, self.tier.put, block_id, data)
+        return data
+
+    async def fill(self, info: ObjectInfo, index: int, data: bytes) -> None:
+        """Push a just-written block to its owners (and the local tier)."""
+        await self.client.fill(info, index, data)
+        if self.tier is not None:
+            block_id = self.client.block_ref(info, index).id
+            await asyncio.get_running_loop().run_in_executor(
+                self._disk, self.tier.put, block_id, data
+            )
+
+    def close(self) -> None:
+        if self._disk is not None:
+            self._disk.shutdown(wait=True)
+
+
+def _consume(task: asyncio.Task[bytes]) -> None:
+    # A prefetch nobody waited for must not log "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
+class FileReader:
+    """Reads of one open file, pinned to the object version seen at open().
+
+    Holds the block being read and at most ``depth`` prefetched ones, so its memory is
+    bounded by ``(depth + 1) * block_size``.
+    """
+
+    def __init__(self, fetcher: BlockFetcher, info: ObjectInfo, depth: int) -> None:
+        self.info = info
+        self._fetcher = fetcher
+        self._bs = fetcher.block_size
+        self._depth = depth
+        self._nblocks = (info.size + self._bs - 1) // self._bs
+        self._current: tuple[int, bytes] | None = None
+        self._ahead: dict[int, asyncio.Task[bytes]] = {}
+        self._last_block = -1
+        self._streak = 0
+
+    async def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.info.size)
+        if offset >= end:
+            return b""
+        first, last = offset // self._bs, (end - 1) // self._bs
+        # The kernel's read-ahead sends several requests at once, so "sequential" is
+        # "in the block being read or the next one", not "exactly at the last end".
+        if first in (self._last_block, self._last_block + 1):
+            self._streak += 1
+        else:
+            self._streak = 0
+        self._last_block = last
+        if self._streak >= 2 and self._depth:
+            self._prefetch(last + 1, min(last + 1 + self._depth, self._nblocks))
+        if first == last:
+            data = await self._block(first)
+            base = first * self._bs
+            return data[offset - base : end - base]
+        blocks = await asyncio.gather(*(self._block(i) for i in range(first, last + 1)))
+        out = b"".join(blocks)
+        base = first * self._bs
+        return out[offset - base : end - base]
+
+    def _prefetch(self, start: int, stop: int) -> None:
+        for index in range(start, stop):
+            if index not in self._ahead and (self._current is None or self._current[0] != index):
+                task = asyncio.create_task(self._fetcher.get(self.info, index))
+                task.add_done_callback(_consume)
+                self._ahead[index] = task
+
+    async def _block(self, index: int) -> bytes:
+        current = self._current
+        if current is not None and current[0] == index:
+            return current[1]
+        task = self._ahead.pop(index, None)
+        data: bytes | None = None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                data = await task
+        if data is None:
+            data = await self._fetcher.get(self.info, index)
+        self._current = (index, data)
+        for stale in [i for i in self._ahead if i < index]:
+            self._ahead.pop(stale).cancel()
+        return data
+
+    def close(self) -> None:
+        for task in self._ahead.values():
+            task.cancel()
+        self._ahead.clear()
+        self._current = None

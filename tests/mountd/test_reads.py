@@ -1,0 +1,129 @@
+"""Reads through the mount: exact bytes, only the blocks needed, page cache, node failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+
+SIZE = 3 * BS + 12345  # the last block is short
+
+
+def payload(size: int) -> bytes:
+    return os.urandom(size)
+
+
+@pytest.fixture
+def obj(s3, bucket):  # type: ignore[no-untyped-def]
+    data = payload(SIZE)
+    s3.put_object(Bucket=bucket, Key="bars/2024.bin", Body=data)
+    return data
+
+
+def block_reads(m) -> float:  # type: ignore[no-untyped-def]
+    """Blocks the mount fetched from outside the machine (peers or origin)."""
+    return m.metric("ringcache_client_block_reads_total", 'source="peer"') + m.metric(
+        "ringcache_client_block_reads_total", 'source="origin"'
+    )
+
+
+def test_whole_and_offset_reads_equal_the_object(make_cluster, mount, bucket, obj):
+    m = mount(make_cluster(2), f"s3://{bucket}")
+    path = m.path / "bars" / "2024.bin"
+    assert path.read_bytes() == obj
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset, length in [(0, 1), (BS - 1, 2), (BS - 5, BS + 10), (SIZE - 3, 10), (SIZE, 5)]:
+            assert os.pread(fd, length, offset) == obj[offset : offset + length]
+    finally:
+        os.close(fd)
+
+
+def test_small_random_read_fetches_only_the_block_it_needs(make_cluster, mount, s3, bucket):
+    data = payload(8 * BS)
+    s3.put_object(Bucket=bucket, Key="t.parquet", Body=data)
+    m = mount(make_cluster(1), f"s3://{bucket}")
+    with open(m.path / "t.parquet", "rb") as fh:
+        fh.seek(-65536, os.SEEK_END)  # a Parquet footer
+        assert fh.read() == data[-65536:]
+        fh.seek(3 * BS + 100)
+        assert fh.read(4096) == data[3 * BS + 100 : 3 * BS + 4196]
+    assert block_reads(m) == 2
+
+
+def test_page_cache_is_kept_across_opens_until_the_object_changes(make_cluster, mount, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="v.bin", Body=b"old" * 1000)
+    m = mount(make_cluster(1), f"s3://{bucket}")
+    path = m.path / "v.bin"
+    assert path.read_bytes() == b"old" * 1000
+    reads = block_reads(m)
+    assert path.read_bytes() == b"old" * 1000
+    assert block_reads(m) == reads  # served by the kernel's page cache: no FUSE read
+    s3.put_object(Bucket=bucket, Key="v.bin", Body=b"new" * 1000)
+    time.sleep(1.5)  # past --attr-ttl
+    assert path.read_bytes() == b"new" * 1000
+
+
+def test_sequential_read_prefetches_blocks_ahead(make_cluster, mount, s3, bucket):
+    data = payload(8 * BS)
+    s3.put_object(Bucket=bucket, Key="seq.bin", Body=data)
+    cluster = make_cluster(2)
+    m = mount(cluster, f"s3://{bucket}", "--prefetch-blocks", "4")
+    with open(m.path / "seq.bin", "rb", buffering=0) as fh:
+        assert fh.read(BS + 65536) == data[: BS + 65536]
+        # The reader is in block 1: blocks 2.. are on their way without being asked for.
+        deadline = time.monotonic() + 10
+        while block_reads(m) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert block_reads(m) >= 5
+        assert fh.read() == data[BS + 65536 :]
+    assert block_reads(m) == 8
+
+
+def test_killed_cache_node_does_not_fail_a_read_in_progress(make_cluster, mount, s3, bucket):
+    data = payload(12 * BS)
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=data)
+    cluster = make_cluster(3)
+    m = mount(cluster, f"s3://{bucket}", "--prefetch-blocks", "2")
+    victim = cluster.nodes[1]
+    got = bytearray()
+    with open(m.path / "big.bin", "rb", buffering=0) as fh:
+        while chunk := fh.read(1024 * 1024):
+            got += chunk
+            if len(got) == 4 * BS:
+                threading.Thread(target=victim.signal, args=(signal.SIGKILL,)).start()
+    assert bytes(got) == data
+    assert not victim.alive() or victim.popen.wait(5) is not None  # type: ignore[union-attr]
+
+
+def test_pandas_reads_csv_and_parquet_from_the_mount(make_cluster, mount, s3, bucket, tmp_path):
+    frame = pd.DataFrame(
+        {"ticker": ["AAPL", "MSFT", "GOOG"] * 1000, "px": [float(i) for i in range(3000)]}
+    )
+    frame.to_csv(tmp_path / "bars.csv", index=False)
+    frame.to_parquet(tmp_path / "bars.parquet")
+    for name in ("bars.csv", "bars.parquet"):
+        s3.put_object(Bucket=bucket, Key=f"data/{name}", Body=(tmp_path / name).read_bytes())
+    m = mount(make_cluster(1), f"s3://{bucket}")
+    pd.testing.assert_frame_equal(pd.read_csv(m.path / "data" / "bars.csv"), frame)
+    pd.testing.assert_frame_equal(pd.read_parquet(m.path / "data" / "bars.parquet"), frame)
+
+
+def test_local_disk_tier_serves_blocks_after_the_nodes_are_gone(
+    make_cluster, mount, bucket, obj, tmp_path
+):
+    cluster = make_cluster(1)
+    tier = f"{tmp_path}/tier:64MiB"
+    first = mount(cluster, f"s3://{bucket}", "--local-cache", tier)
+    assert (first.path / "bars" / "2024.bin").read_bytes() == obj
+    first.unmount()
+    second = mount(cluster, f"s3://{bucket}", "--local-cache", tier)
+    assert (second.path / "bars" / "2024.bin").read_bytes() == obj
+    # Nothing asked of the client, not even its memory: all from the disk tier.
+    assert second.metric("ringcache_client_block_reads_total") == 0
