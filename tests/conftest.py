@@ -210,22 +210,35 @@ def private_etcd(tmp_path: Path) -> Iterator[Etcd]:
     proc.stop()
 
 
-@pytest.fixture
-async def slow_s3(s3_endpoint: str) -> AsyncIterator[Callable[[float], Awaitable[str]]]:
-    """Start reverse proxies in front of moto that delay every request.
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 
-    ``await slow_s3(delay)`` returns an endpoint URL; a node started with
-    ``AWS_ENDPOINT_URL`` set to it sees an origin with that much time to first byte, as
-    cloud object storage has.
+
+@pytest.fixture
+async def faulty_s3(s3_endpoint: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Start reverse proxies in front of moto that delay or fail requests.
+
+    ``await faulty_s3(delay, fail_gets=N)`` returns an endpoint URL; a node started with
+    ``AWS_ENDPOINT_URL`` set to it sees an origin with ``delay`` seconds to first byte (as
+    cloud object storage has) whose first ``N`` GETs (all, if ``N`` < 0) are throttled
+    with S3's ``503 SlowDown``.
     """
     from aiohttp import ClientSession, web
 
     runners: list[web.AppRunner] = []
     session = ClientSession(auto_decompress=False)
 
-    async def start(delay: float) -> str:
+    async def start(delay: float = 0.0, fail_gets: int = 0) -> str:
+        failures = 0
+
         async def forward(request: web.Request) -> web.Response:
+            nonlocal failures
             await asyncio.sleep(delay)
+            if request.method == "GET" and (fail_gets < 0 or failures < fail_gets):
+                failures += 1
+                return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
             headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
             async with session.request(
                 request.method,
@@ -234,7 +247,9 @@ async def slow_s3(s3_endpoint: str) -> AsyncIterator[Callable[[float], Awaitable
                 data=await request.read(),
             ) as upstream:
                 body = await upstream.read()
-                skip = ("content-length", "transfer-encoding", "connection")
+                skip = ("transfer-encoding", "connection")
+                if request.method != "HEAD":  # aiohttp sets the length of a body it sends
+                    skip += ("content-length",)
                 out = {k: v for k, v in upstream.headers.items() if k.lower() not in skip}
                 return web.Response(status=upstream.status, body=body, headers=out)
 

@@ -42,11 +42,11 @@ async def test_node_registers_with_a_lease_and_keeps_its_id_across_restarts(make
 
 
 async def test_sigterm_drains_leaves_the_ring_and_finishes_inflight_reads(
-    etcd, s3, bucket, slow_s3, tmp_path, cluster_name
+    etcd, s3, bucket, faulty_s3, tmp_path, cluster_name
 ):
     data = os.urandom(BS)
     s3.put_object(Bucket=bucket, Key="slow", Body=data)
-    endpoint = await slow_s3(2.0)
+    endpoint = await faulty_s3(2.0)
     node = start_node(
         etcd.url,
         cluster_name,
