@@ -186,7 +186,7 @@ class Verifier:
         payload, stamp, sig = parts
         key = _mac(self._secret, payload)
         want = _b64(_mac(key, f"{method}\n{path_qs}\n{stamp}\n{digest}"))
-        if not hmac.compare_digest(want, sig):
+        if not sig.isascii() or not hmac.compare_digest(want, sig):
             raise Unauthorized("bad request signature")
         if abs(time.time() - int(stamp)) > self._max_skew:
             raise Unauthorized("request signed too long ago (or clocks disagree)")

@@ -8,11 +8,20 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+# RINGCACHE_INSTALL_PROFILE=runtime (the Dockerfile) leaves out the packages only the
+# benchmarks and their reports use; the default, "full", is what CI and developers get.
+APT_PACKAGES="etcd-server fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv"
+BENCH_PACKAGES="nginx-light wrk rclone s3fs prometheus chromium"
+case "${RINGCACHE_INSTALL_PROFILE:-full}" in
+    full) APT_PACKAGES="$APT_PACKAGES $BENCH_PACKAGES" ;;
+    runtime) ;;
+    *) echo "install.sh: RINGCACHE_INSTALL_PROFILE must be full or runtime" >&2; exit 2 ;;
+esac
 if command -v apt-get >/dev/null; then
     $SUDO apt-get update -qq
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        etcd-server fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv \
-        nginx-light wrk rclone s3fs prometheus chromium >/dev/null
+        $APT_PACKAGES >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"
