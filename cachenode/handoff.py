@@ -40,7 +40,7 @@ class Handoff:
         watcher: RingWatcher,
         self_id: str,
         credentials: Credentials | None = None,
-        timeout: float = 2.0,
+        timeout: float = 5.0,
     ) -> None:
         self._watcher = watcher
         self._credentials = credentials or Credentials()

@@ -15,12 +15,15 @@ from cachenode.handoff import Handoff
 from cachenode.metrics import BLOCK_HITS, BLOCK_MISSES
 from cachenode.store import BlockStore
 from clientlib.blocks import BlockRef
-from clientlib.errors import OriginError
+from clientlib.errors import OriginError, RingcacheError
 from clientlib.origin import Origins
 
 __all__ = ["ReadThrough"]
 
 log = logging.getLogger(__name__)
+
+#: How long a lookup waits for a fetch of the same block already in flight here.
+JOIN_TIMEOUT = 10.0
 
 
 class ReadThrough:
@@ -40,11 +43,25 @@ class ReadThrough:
         self._origin_slots = asyncio.Semaphore(max_inflight)
 
     async def cached(self, block_id: str) -> bytes | None:
-        """The verified block if the store has it (counted as a hit), else ``None``."""
+        """The verified block if the store has it (a hit) or is fetching it, else ``None``.
+
+        Joining a fetch in flight matters for lookups from other nodes: a hedged or hot
+        read sends a second node here (handoff) while this node is still fetching the
+        block, and waiting for that fetch beats a second origin request. The join is
+        counted as a miss, as it is one.
+        """
         data = await self._store.get(block_id)
         if data is not None:
             BLOCK_HITS.inc()
-        return data
+            return data
+        task = self._inflight.get(block_id)
+        if task is None:
+            return None
+        BLOCK_MISSES.inc()
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), JOIN_TIMEOUT)
+        except (RingcacheError, TimeoutError):
+            return None
 
     def check(self, ref: BlockRef) -> None:
         """Refuse now what the origin would refuse (e.g. a file outside the roots)."""

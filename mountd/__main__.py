@@ -134,6 +134,7 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
         peer_read_timeout=config.peer_timeout,
         peer_timeout=2 * config.peer_timeout,
         origins=Origins(max_inflight=64),
+        token_file=str(config.token_file) if config.token_file else None,
     )
     await client.start()
     tier = None

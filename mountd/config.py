@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clientlib.auth import Credentials
 from clientlib.cluster import check_cluster_name, parse_etcd_url
 from clientlib.config import OneLineParser, layered_settings, parse_hostport, parse_size
 from clientlib.errors import BadRequest, ConfigError
@@ -49,6 +50,7 @@ class MountConfig:
     allow_other: bool = False
     log_level: str = "INFO"
     log_file: Path | None = None
+    token_file: Path | None = None
 
     def url(self, path: str) -> str:
         """The source URL of the mount-relative ``path`` ('' is the root)."""
@@ -163,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="log here as a daemon (default: syslog)",
     )
+    p.add_argument(
+        "--token-file",
+        dest="token_file",
+        metavar="PATH",
+        help="token (see cachectl token create) to sign requests to the cache nodes with",
+    )
     return p
 
 
@@ -188,6 +196,7 @@ NAMES = [
     "allow_other",
     "log_level",
     "log_file",
+    "token_file",
 ]
 
 
@@ -283,6 +292,9 @@ def load_config(argv: list[str] | None = None) -> MountConfig:
         kwargs["log_level"] = level
     if s.get("log_file"):
         kwargs["log_file"] = Path(s["log_file"]).absolute()
+    if s.get("token_file"):
+        Credentials.from_file(s["token_file"])  # a bad token file fails now, not per read
+        kwargs["token_file"] = Path(s["token_file"]).absolute()
     return MountConfig(
         source=_source(s["source"]),
         mountpoint=mountpoint,

@@ -417,14 +417,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def relocate(example: Path, tmp_path: Path, uncomment: bool) -> Path:
     """A copy of ``example`` whose absolute paths live under ``tmp_path`` (and exist as
-    directories), with its commented-out ``# key = value`` settings switched on if asked."""
+    directories, or as token files holding a test secret), with its commented-out ``# key = value`` settings switched on if asked."""
     text = example.read_text()
     if uncomment:
         text = re.sub(r"(?m)^# (\w+ = )", r"\1", text)
 
     def move(match: re.Match[str]) -> str:
         path = tmp_path / match.group(1).lstrip("/")
-        if not path.suffix:
+        if path.suffix == ".secret" or path.name == "token":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("0123456789abcdef0123456789abcdef\n")
+        elif not path.suffix:
             path.mkdir(parents=True, exist_ok=True)
         return f'"{path}'
 

@@ -34,8 +34,9 @@ async def test_a_hot_block_read_by_48_clients_is_served_by_more_than_one_node(
     served = [node_metric(n, "ringcache_served_bytes_total") for n in cluster.nodes]
     assert sum(1 for s in served if s > 0) >= 2, served
     assert max(served) < sum(served)
-    # Spreading did not multiply origin traffic: replicas took the block from its owner.
-    assert cluster.metric("ringcache_origin_requests_total", 'op="get"') == 1
+    # Spreading did not multiply origin traffic by the replica count: replicas took the
+    # block from its owner (at most one extra fetch if a hedge raced the first one).
+    assert cluster.metric("ringcache_origin_requests_total", 'op="get"') <= 2
 
 
 async def test_scale_out_from_3_to_4_nodes_keeps_origin_traffic_low(
@@ -50,14 +51,15 @@ async def test_scale_out_from_3_to_4_nodes_keeps_origin_traffic_low(
     warm = await client_for(cluster)
     for url, body in objects.items():
         assert await warm.read(url) == body
-    assert cluster.metric("ringcache_origin_requests_total", 'op="get"') == blocks
+    warm_origin = cluster.metric("ringcache_origin_requests_total", 'op="get"')
+    assert warm_origin >= blocks
     new = cluster.add()
     client = await client_for(cluster, nodes=4)
     for url, body in objects.items():
         assert await client.read(url) == body
     moved = node_metric(new, "ringcache_block_misses_total")
     assert moved > 0, "the new node owns none of the blocks"
-    origin = cluster.metric("ringcache_origin_requests_total", 'op="get"') - blocks
+    origin = cluster.metric("ringcache_origin_requests_total", 'op="get"') - warm_origin
     assert origin <= 0.1 * blocks, (origin, moved)
     assert node_metric(new, "ringcache_handoffs_total", 'result="hit"') == moved
 
