@@ -25,6 +25,7 @@ from cachenode.membership import Membership, stable_node_id
 from cachenode.metrics import CACHE_CAPACITY, EVICTIONS
 from cachenode.readthrough import ReadThrough
 from cachenode.server import NodeState, make_app
+from cachenode.shield import OriginShield
 from cachenode.store import BlockStore
 from clientlib.auth import Credentials, Verifier, load_secret
 from clientlib.cluster import NodeInfo
@@ -64,8 +65,10 @@ async def run(config: NodeConfig) -> None:
     state = NodeState(node_id, config.cluster, membership.list_nodes)
     secret = load_secret(config.token_file) if config.token_file else None
     credentials = Credentials.for_secret(secret) if secret else Credentials()
-    handoff = Handoff(RingWatcher(config.etcd, config.cluster), node_id, credentials)
-    readthrough = ReadThrough(store, origins, config.origin_max_inflight, handoff)
+    watcher = RingWatcher(config.etcd, config.cluster)
+    handoff = Handoff(watcher, node_id, credentials)
+    shield = OriginShield(node_id, config.origin_max_inflight, watcher)
+    readthrough = ReadThrough(store, origins, shield, handoff)
     app = make_app(store, readthrough, state, Verifier(secret) if secret else None)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()

@@ -1,8 +1,9 @@
 """Read-through on a miss: one origin fetch per block, however many ask at once.
 
 Concurrent misses of one block share a single origin request (single-flight), and the
-number of origin requests in flight is bounded so a burst of misses queues here instead
-of tripping the object store's throttling. The fetch runs as its own task: a client that
+origin shield (:mod:`cachenode.shield`) bounds this node's origin requests in flight and
+bytes per second, so a burst of misses queues here instead of tripping the object store's
+throttling. The fetch runs as its own task: a client that
 hangs up does not cancel the fetch the other waiters (and the cache) still want.
 """
 
@@ -13,6 +14,7 @@ import logging
 
 from cachenode.handoff import Handoff
 from cachenode.metrics import BLOCK_HITS, BLOCK_MISSES
+from cachenode.shield import OriginShield
 from cachenode.store import BlockStore
 from clientlib.blocks import BlockRef
 from clientlib.errors import OriginError, RingcacheError
@@ -33,27 +35,31 @@ class ReadThrough:
         self,
         store: BlockStore,
         origins: Origins,
-        max_inflight: int,
+        shield: OriginShield,
         handoff: Handoff | None = None,
     ) -> None:
         self._store = store
         self._origins = origins
         self._handoff = handoff
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
-        self._origin_slots = asyncio.Semaphore(max_inflight)
+        self._shield = shield
 
     async def cached(self, block_id: str) -> bytes | None:
-        """The verified block if the store has it (a hit) or is fetching it, else ``None``.
-
-        Joining a fetch in flight matters for lookups from other nodes: a hedged or hot
-        read sends a second node here (handoff) while this node is still fetching the
-        block, and waiting for that fetch beats a second origin request. The join is
-        counted as a miss, as it is one.
-        """
+        """The verified block if the store has it (a hit) or is fetching it, else ``None``."""
         data = await self._store.get(block_id)
         if data is not None:
             BLOCK_HITS.inc()
             return data
+        return await self.join(block_id)
+
+    async def join(self, block_id: str) -> bytes | None:
+        """The block from a fetch already in flight here, else ``None`` at once.
+
+        This matters for lookups from other nodes: a hedged or hot read sends a second
+        node here (handoff) while this node is still fetching the block, and waiting for
+        that fetch beats a second origin request. A join is counted as a miss, as it is
+        one.
+        """
         task = self._inflight.get(block_id)
         if task is None:
             return None
@@ -62,6 +68,14 @@ class ReadThrough:
             return await asyncio.wait_for(asyncio.shield(task), JOIN_TIMEOUT)
         except (RingcacheError, TimeoutError):
             return None
+
+    def shield_state(self) -> dict[str, int]:
+        """This node's current share of the cluster's origin limits (0: unlimited)."""
+        self._shield.refresh()
+        return {
+            "origin_rate_limit": round(self._shield.rate),
+            "origin_max_inflight": self._shield.max_inflight,
+        }
 
     def check(self, ref: BlockRef) -> None:
         """Refuse now what the origin would refuse (e.g. a file outside the roots)."""
@@ -96,7 +110,7 @@ class ReadThrough:
         if self._handoff is not None:
             data = await self._handoff.fetch(block_id, ref.length)
         if data is None:
-            async with self._origin_slots:
+            async with self._shield.request(ref.length):
                 data = await self._origins.for_url(ref.url).read(
                     ref.url, ref.offset, ref.length, ref.version
                 )

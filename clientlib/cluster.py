@@ -28,6 +28,7 @@ __all__ = [
 DEFAULT_REPLICAS = 3
 
 CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+ADDR_RE = re.compile(r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}|\[[0-9A-Fa-f:.]{2,45}\]:[0-9]{1,5}")
 NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 NodeState = Literal["active", "draining"]
@@ -102,6 +103,9 @@ class NodeInfo:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BadRequest(f"malformed node record: {exc}") from None
+        # Clients and nodes connect to ``addr``: only a plain host:port, nothing else.
+        if not ADDR_RE.fullmatch(info.addr) or not NODE_ID_RE.fullmatch(info.id):
+            raise BadRequest(f"node record with a malformed id or address {info.addr[:80]!r}")
         if info.state not in ("active", "draining"):
             raise BadRequest(f"node {info.id}: unknown state {info.state!r}")
         return info
@@ -116,26 +120,60 @@ class ClusterConfig:
     """The settings under ``/ringcache/<cluster>/config`` every client must agree on.
 
     Unknown keys are kept in ``extra`` so an older node never drops a newer setting.
+    ``origin_rate_limit`` (bytes/s) and ``origin_max_inflight`` bound what the whole
+    cluster asks of the origin (0: no bound); each node takes its weight's share.
     """
 
     block_size: int = DEFAULT_BLOCK_SIZE
     #: Owners a hot block is spread over (the replication factor of hot blocks).
     replicas: int = DEFAULT_REPLICAS
+    origin_rate_limit: int = 0
+    origin_max_inflight: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "block_size": self.block_size,
+            "replicas": self.replicas,
+            "origin_rate_limit": self.origin_rate_limit,
+            "origin_max_inflight": self.origin_max_inflight,
+        }
+
     def to_json(self) -> bytes:
-        return json.dumps(
-            {**self.extra, "block_size": self.block_size, "replicas": self.replicas}
-        ).encode()
+        return json.dumps(self.to_dict(), sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> ClusterConfig:
         try:
             doc = dict(json.loads(raw))
-            block_size = check_block_size(int(doc.pop("block_size", DEFAULT_BLOCK_SIZE)))
-            replicas = int(doc.pop("replicas", DEFAULT_REPLICAS))
         except (ValueError, TypeError) as exc:
             raise BadRequest(f"malformed cluster config: {exc}") from None
-        if not 1 <= replicas <= 16:
-            raise BadRequest(f"cluster config: replicas {replicas} is outside [1, 16]")
-        return cls(block_size=block_size, replicas=replicas, extra=doc)
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ClusterConfig:
+        """Validate every known setting; :class:`BadRequest` names the bad one."""
+        doc = dict(doc)
+        values: dict[str, int] = {}
+        for key, default in SETTINGS.items():
+            raw = doc.pop(key, default)
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise BadRequest(f"cluster setting {key}: {raw!r} is not an integer")
+            values[key] = raw
+        check_block_size(values["block_size"])
+        if not 1 <= values["replicas"] <= 16:
+            raise BadRequest(f"cluster setting replicas: {values['replicas']} is outside [1, 16]")
+        for key in ("origin_rate_limit", "origin_max_inflight"):
+            if values[key] < 0:
+                raise BadRequest(f"cluster setting {key}: must not be negative (0: no limit)")
+        return cls(**values, extra=doc)
+
+
+#: Known cluster settings and their defaults (what `cachectl config set` accepts).
+SETTINGS: dict[str, int] = {
+    "block_size": DEFAULT_BLOCK_SIZE,
+    "replicas": DEFAULT_REPLICAS,
+    "origin_rate_limit": 0,
+    "origin_max_inflight": 0,
+}

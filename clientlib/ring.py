@@ -167,5 +167,6 @@ class RingWatcher:
                 await asyncio.sleep(min(5.0, 0.2 * 2**failures))
             finally:
                 if watch is not None:
+                    # Bounded: cancelling a watch whose stream is mid-event can hang.
                     with contextlib.suppress(*ETCD_ERRORS):
-                        await watch.cancel()
+                        await asyncio.wait_for(watch.cancel(), 1.0)

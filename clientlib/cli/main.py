@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from clientlib.cli import cat, drain, status, token, top, warmup
+from clientlib.cli import cat, config, drain, status, token, top, warmup
 from clientlib.cluster import check_cluster_name, parse_etcd_url
 from clientlib.config import OneLineParser
 from clientlib.errors import RingcacheError
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (status, warmup, top, drain, cat, token):
+    for module in (status, warmup, top, drain, cat, config, token):
         module.add_parser(sub)
     return p
 

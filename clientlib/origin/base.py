@@ -11,17 +11,32 @@ A file system over an origin (mountd) also needs one level of a tree
 prefixes ending in ``/``; an origin without a real directory (S3) keeps an empty marker
 object named after the prefix, the convention of s3fs and rclone. The write methods are
 optional: the defaults refuse with :class:`Forbidden`, so a read-only origin stays small.
+
+POSIX attributes (:class:`PosixAttrs`: mode, owner, mtime) are optional too. S3 keeps
+them in the object's user metadata with s3fs's keys (``x-amz-meta-mode``, ``-uid``,
+``-gid``, ``-mtime``, all decimal; ``mode`` includes the file type bits), so s3fs and
+ringcache mounts share them; ``file://`` keeps them as the file's real mode, owner and
+mtime. Listings of S3 carry no user metadata: :meth:`Origin.listdir_posix` says what a
+listing knows for free, :meth:`Origin.stat_posix` costs one HEAD.
 """
 
 from __future__ import annotations
 
 import abc
+import stat as stat_
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from clientlib.errors import Forbidden
 
-__all__ = ["ObjectInfo", "Origin"]
+__all__ = ["ObjectInfo", "Origin", "PosixAttrs", "Progress"]
+
+#: Called from a worker thread with the bytes an upload has sent so far (since the last
+#: call; negative when a retry rewinds). It may block: that throttles the upload.
+Progress = Callable[[int], None]
+
+_POSIX_KEYS = ("mode", "uid", "gid", "mtime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +49,66 @@ class ObjectInfo:
     size: int
     version: str
     mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class PosixAttrs:
+    """Mode, owner and mtime stored with an object; ``None`` is "not stored".
+
+    ``mode`` is a whole ``st_mode`` (type bits included, as s3fs stores it); ``extra``
+    is the object's other user metadata, kept so that rewriting the POSIX keys does not
+    drop it.
+    """
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    mtime: float | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> PosixAttrs:
+        """Parse S3 user metadata (keys without ``x-amz-meta-``); bad values are ignored."""
+        lower = {k.lower(): v for k, v in meta.items()}
+
+        def number(key: str, kind: type) -> object:
+            try:
+                return kind(lower[key]) if key in lower else None
+            except ValueError:
+                return None
+
+        return cls(
+            number("mode", int),  # type: ignore[arg-type]
+            number("uid", int),  # type: ignore[arg-type]
+            number("gid", int),  # type: ignore[arg-type]
+            number("mtime", float),  # type: ignore[arg-type]
+            tuple(sorted((k, v) for k, v in lower.items() if k not in _POSIX_KEYS)),
+        )
+
+    @classmethod
+    def from_stat(cls, st: object) -> PosixAttrs:
+        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_mtime)  # type: ignore[attr-defined]
+
+    def to_metadata(self) -> dict[str, str]:
+        """S3 user metadata in s3fs's format: decimal ``mode``/``uid``/``gid``, and
+        ``mtime`` as seconds (``sec`` or ``sec.nanoseconds``)."""
+        meta = dict(self.extra)
+        if self.mode is not None:
+            meta["mode"] = str(self.mode)
+        if self.uid is not None:
+            meta["uid"] = str(self.uid)
+        if self.gid is not None:
+            meta["gid"] = str(self.gid)
+        if self.mtime is not None:
+            ns = round(self.mtime * 1e9)
+            sec, frac = divmod(ns, 10**9)
+            meta["mtime"] = f"{sec}.{frac:09d}" if frac else str(sec)
+        return meta
+
+    @property
+    def perm(self) -> int | None:
+        """The permission bits of ``mode`` (``None`` if no mode is stored)."""
+        return None if self.mode is None else stat_.S_IMODE(self.mode)
 
 
 class Origin(abc.ABC):
@@ -81,8 +156,39 @@ class Origin(abc.ABC):
             return names[:max_keys], files[: max(0, max_keys - len(names))]
         return names, files
 
-    async def write(self, url: str, path: Path) -> ObjectInfo:
-        """Store the whole file at ``path`` as the object ``url``; its new version."""
+    async def stat_posix(self, url: str) -> tuple[ObjectInfo, PosixAttrs]:
+        """:meth:`stat` and the object's stored POSIX attributes, in one request."""
+        return await self.stat(url), PosixAttrs()
+
+    async def dir_posix(self, url: str) -> PosixAttrs:
+        """The stored POSIX attributes of the directory ``url`` (ending in ``/``)."""
+        return PosixAttrs()
+
+    async def listdir_posix(
+        self, url: str
+    ) -> tuple[list[str], list[ObjectInfo], dict[str, PosixAttrs]]:
+        """:meth:`listdir` plus the POSIX attributes the listing gives for free, by name
+        (``""`` is the directory itself); a name missing from the dict is unknown."""
+        dirs, files = await self.listdir(url)
+        return dirs, files, {}
+
+    async def set_posix(self, url: str, attrs: PosixAttrs) -> ObjectInfo | None:
+        """Store ``attrs`` as the POSIX attributes of ``url`` (a directory if it ends in
+        ``/``); the object's new version (``None`` for a directory)."""
+        raise Forbidden(f"{type(self).__name__} cannot change the attributes of {url}")
+
+    async def write(
+        self,
+        url: str,
+        path: Path,
+        *,
+        posix: PosixAttrs | None = None,
+        progress: Progress | None = None,
+    ) -> ObjectInfo:
+        """Store the whole file at ``path`` as the object ``url``; its new version.
+
+        ``posix``: attributes to store with it; ``progress``: see :data:`Progress`.
+        """
         raise Forbidden(f"{type(self).__name__} cannot write {url}")
 
     async def delete(self, url: str) -> None:
@@ -93,8 +199,8 @@ class Origin(abc.ABC):
         """Move the object ``src`` to ``dst`` (replacing it); the version at ``dst``."""
         raise Forbidden(f"{type(self).__name__} cannot rename {src}")
 
-    async def mkdir(self, url: str) -> None:
-        """Create the directory ``url`` (ending in ``/``)."""
+    async def mkdir(self, url: str, posix: PosixAttrs | None = None) -> None:
+        """Create the directory ``url`` (ending in ``/``), with ``posix`` if given."""
         raise Forbidden(f"{type(self).__name__} cannot create {url}")
 
     async def rmdir(self, url: str) -> None:

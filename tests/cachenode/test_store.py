@@ -16,6 +16,7 @@ import pytest
 import cachenode.store as store_mod
 from cachenode.store import (
     INLINE_READ_MAX,
+    BlockFile,
     BlockStore,
     CacheDirSpec,
     block_checksum,
@@ -320,6 +321,83 @@ async def test_concurrent_puts_of_one_id_store_one_file(make_store, tmp_path):
     assert list(block_files(tmp_path / "d0")) == [block_id]
     assert not list((tmp_path / "d0" / "tmp").iterdir())
     assert store.used_bytes == LARGE and store.block_count == 1
+
+
+def read_block_file(block: BlockFile) -> bytes:
+    try:
+        return os.pread(block.fd, block.nbytes + 1, 0)
+    finally:
+        block.close()
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_open_verified_gives_bytes_when_small_and_a_verified_fd_when_large(
+    make_store, size
+):
+    store = make_store(4 * MiB)
+    block_id, data = new_id(), os.urandom(size)
+    assert await store.open_verified(block_id) is None
+    assert await store.put(block_id, data)
+    got = await store.open_verified(block_id)
+    if size <= INLINE_READ_MAX:
+        assert got == data
+    else:
+        assert isinstance(got, BlockFile) and got.nbytes == size
+        assert read_block_file(got) == data
+    got = await store.open_verified(block_id, read_max=0)
+    assert isinstance(got, BlockFile) and read_block_file(got) == data
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "zero_tail"])
+async def test_open_verified_refuses_and_removes_a_corrupted_file(
+    make_store, tmp_path, size, damage
+):
+    store = make_store(4 * MiB)
+    block_id, data = new_id(), os.urandom(size)
+    assert await store.put(block_id, data)
+    path = block_files(tmp_path / "d0")[block_id]
+    raw = bytearray(path.read_bytes())
+    if damage == "flip":
+        raw[size // 2] ^= 0x01
+    elif damage == "truncate":
+        raw = raw[: size - 1]
+    else:
+        raw[size - 512 :] = bytes(512)
+    path.write_bytes(bytes(raw))
+
+    assert await store.open_verified(block_id, read_max=0) is None
+    assert not path.exists()
+    assert block_id not in store
+    assert await store.put(block_id, data)
+    got = await store.open_verified(block_id, read_max=0)
+    assert isinstance(got, BlockFile) and read_block_file(got) == data
+
+
+async def test_open_verified_fd_still_reads_the_block_after_eviction(make_store, tmp_path):
+    store = make_store(4 * MiB)
+    block_id, data = new_id(), os.urandom(LARGE)
+    assert await store.put(block_id, data)
+    got = await store.open_verified(block_id)
+    assert isinstance(got, BlockFile)
+    assert await store.evict([block_id]) == 1
+    assert block_id not in block_files(tmp_path / "d0")
+    assert read_block_file(got) == data
+
+
+async def test_open_verified_cancelled_in_the_pool_leaks_no_fd(make_store):
+    store = make_store(4 * MiB)
+    block_id, data = new_id(), os.urandom(LARGE)
+    assert await store.put(block_id, data)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        task = asyncio.ensure_future(store.open_verified(block_id))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(0.2)
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE])

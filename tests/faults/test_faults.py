@@ -135,11 +135,11 @@ async def test_full_cache_disk_keeps_serving_hits_and_passes_misses_through(
             first = next(iter(objects))
             assert await client.read(first) == objects[first]  # cached before the disk fills
             ballast = small_tmpfs / "ballast"
-            with ballast.open("wb") as fh:  # another tenant of the disk fills it up
-                with pytest.raises(OSError):
-                    while True:
-                        fh.write(b"\0" * (1 << 20))
-                        fh.flush()
+            # Another tenant of the disk fills it up.
+            with ballast.open("wb") as fh, pytest.raises(OSError):
+                while True:
+                    fh.write(b"\0" * (1 << 20))
+                    fh.flush()
             for url, body in objects.items():
                 assert await client.read(url) == body
             assert await client.read(first) == objects[first]

@@ -1,0 +1,92 @@
+"""Origin shield and cluster settings: real nodes, real etcd, settings changed live."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import aiohttp
+
+from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from tests.conftest import cachectl, run_cachectl
+
+
+def ctl(cluster, *args: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    return ("--etcd", cluster.etcd.url, "--cluster", cluster.name, *args)
+
+
+async def node_stats(node) -> dict:  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession() as session, session.get(f"{node.url}/v1/stats") as r:
+        return await r.json()
+
+
+async def wait_stat(node, key: str, want: int, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while (got := (await node_stats(node))[key]) != want:
+        assert time.monotonic() < deadline, (key, got, want)
+        await asyncio.sleep(0.2)
+
+
+async def test_origin_rate_limit_bounds_a_cluster_warmup_and_changes_live(make_cluster, s3, bucket):
+    cluster = make_cluster(2)
+    total = 0
+    for i in range(6):
+        body = os.urandom(BS)
+        total += len(body)
+        s3.put_object(Bucket=bucket, Key=f"w/{i}", Body=body)
+    limit = 8 * 1024 * 1024
+    result = await run_cachectl(*ctl(cluster, "config", "set", "origin_rate_limit", "8MiB"))
+    assert result.returncode == 0, result.stderr
+    # Each node (equal weights) takes half of the cluster's budget, without a restart.
+    for node in cluster.nodes:
+        await wait_stat(node, "origin_rate_limit", limit // 2)
+    started = time.monotonic()
+    warm = await run_cachectl(*ctl(cluster, "warmup", f"s3://{bucket}/w/", "--json"))
+    elapsed = time.monotonic() - started
+    report = json.loads(warm.stdout)
+    assert report["blocks_fetched"] == 6 and report["errors"] == 0
+    # A leaky bucket lets one second's worth through at once; the rest waits its turn.
+    assert elapsed >= (total - limit) / limit, elapsed
+    assert cluster.metric("ringcache_origin_shield_wait_seconds_count") >= 6
+
+    await run_cachectl(*ctl(cluster, "config", "set", "origin_rate_limit", "0"))
+    for node in cluster.nodes:
+        await wait_stat(node, "origin_rate_limit", 0)
+
+
+async def test_origin_max_inflight_is_shared_by_weight(make_cluster):
+    cluster = make_cluster(0)
+    small = cluster.add(extra=["--weight", "1"])
+    big = cluster.add(extra=["--weight", "3"])
+    await run_cachectl(*ctl(cluster, "config", "set", "origin_max_inflight", "16"))
+    await wait_stat(small, "origin_max_inflight", 4)
+    await wait_stat(big, "origin_max_inflight", 12)
+
+
+async def test_config_get_shows_the_settings_and_bad_input_is_one_line(make_cluster):
+    cluster = make_cluster(1)
+    got = await run_cachectl(*ctl(cluster, "config", "get", "--json"))
+    assert json.loads(got.stdout) == {
+        "block_size": BS,
+        "replicas": 3,
+        "origin_rate_limit": 0,
+        "origin_max_inflight": 0,
+    }
+    changed = await run_cachectl(*ctl(cluster, "config", "set", "origin_rate_limit", "2GiB"))
+    assert changed.stdout.decode().strip() == "origin_rate_limit = 2147483648 (2 GiB/s)"
+    for args, message in [
+        (["config", "set", "speed", "1"], "unknown setting 'speed'"),
+        (["config", "set", "origin_rate_limit", "fast"], "is not a size"),
+        (["config", "set", "replicas", "-1"], "not a non-negative integer"),
+        (["config", "set", "replicas", "99"], "outside [1, 16]"),
+        (["config", "set", "block_size", "1000"], "power of two"),
+        (["config", "set", "replicas"], "the following arguments are required"),
+    ]:
+        result = cachectl(*ctl(cluster, *args))
+        lines = result.stderr.decode().strip().splitlines()
+        assert result.returncode != 0, args
+        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+    final = await run_cachectl(*ctl(cluster, "config", "get"))
+    assert "replicas = 3" in final.stdout.decode()
