@@ -62,7 +62,7 @@ async def run(config: NodeConfig) -> None:
     weight = config.weight or max(store.capacity_bytes / 2**30, 0.001)
     info = NodeInfo(node_id, config.advertise, weight, store.capacity_bytes, "active", time.time())
     membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)
-    state = NodeState(node_id, config.cluster, membership.list_nodes)
+    state = NodeState(node_id, config.cluster, membership.list_nodes, config.serve_slots)
     secret = load_secret(config.token_file) if config.token_file else None
     credentials = Credentials.for_secret(secret) if secret else Credentials()
     watcher = RingWatcher(config.etcd, config.cluster)

@@ -36,6 +36,7 @@ class NodeConfig:
     free_space_ratio: float = 0.1
     file_roots: list[Path] = field(default_factory=list)
     origin_max_inflight: int = 32
+    serve_slots: int = 64
     eviction: str = "s3fifo"
     lease_ttl: int = 10
     drain_grace: float = 2.0
@@ -95,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="origin requests this node has in flight at most (default 32)",
     )
+    p.add_argument(
+        "--serve-slots",
+        dest="serve_slots",
+        type=int,
+        help="block requests served at once; beyond it tenants queue in fair shares (default 64)",
+    )
     p.add_argument("--eviction", choices=["s3fifo", "lru"], help="eviction policy")
     p.add_argument("--lease-ttl", dest="lease_ttl", type=int, help="etcd lease TTL, seconds")
     p.add_argument(
@@ -131,6 +138,7 @@ NAMES = [
     "free_space_ratio",
     "file_root",
     "origin_max_inflight",
+    "serve_slots",
     "eviction",
     "lease_ttl",
     "drain_grace",
@@ -186,6 +194,8 @@ def load_config(argv: list[str] | None = None) -> NodeConfig:
         kwargs["free_space_ratio"] = _number(s, "free_space_ratio", float, 0.0, 0.9)
     if s.get("origin_max_inflight") is not None:
         kwargs["origin_max_inflight"] = _number(s, "origin_max_inflight", int, 1, 4096)
+    if s.get("serve_slots") is not None:
+        kwargs["serve_slots"] = _number(s, "serve_slots", int, 1, 65536)
     if s.get("lease_ttl") is not None:
         kwargs["lease_ttl"] = _number(s, "lease_ttl", int, 2, 300)
     if s.get("drain_grace") is not None:

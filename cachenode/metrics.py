@@ -18,6 +18,8 @@ __all__ = [
     "REQUEST_SECONDS",
     "SERVED_BYTES",
     "SHIELD_WAIT",
+    "TENANT_QUEUE_SECONDS",
+    "TENANT_SERVED_BYTES",
 ]
 
 BLOCK_HITS = Counter("ringcache_block_hits_total", "Block requests served from the store")
@@ -58,3 +60,12 @@ for _result in ("hit", "miss"):
     HANDOFFS.labels(_result)
 for _op in ("get_hit", "get_miss", "put"):
     REQUEST_SECONDS.labels(_op)
+TENANT_SERVED_BYTES = Counter(
+    "ringcache_tenant_served_bytes_total", "Block bytes served, by tenant", ["tenant"]
+)
+TENANT_QUEUE_SECONDS = Histogram(
+    "ringcache_tenant_queue_seconds",
+    "Time block requests waited for a serving slot, by tenant (fair share)",
+    ["tenant"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

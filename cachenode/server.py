@@ -22,6 +22,7 @@ from aiohttp.abc import AbstractStreamWriter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from cachenode import dashboard
+from cachenode.fairshare import FairScheduler
 from cachenode.metrics import (
     BLOCK_HITS,
     CACHE_BLOCKS,
@@ -32,11 +33,18 @@ from cachenode.metrics import (
     REQUEST_SECONDS,
     REQUESTS_REFUSED,
     SERVED_BYTES,
+    TENANT_SERVED_BYTES,
 )
 from cachenode.readthrough import ReadThrough
 from cachenode.store import BlockFile, BlockStore
 from clientlib.auth import ALL_ACCESS, Claims, Verifier, body_digest
-from clientlib.blocks import MAX_BLOCK_SIZE, BlockRef, check_block_id, check_block_size
+from clientlib.blocks import (
+    DEFAULT_BLOCK_SIZE,
+    MAX_BLOCK_SIZE,
+    BlockRef,
+    check_block_id,
+    check_block_size,
+)
 from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, RingcacheError
 from clientlib.status import collect_details
@@ -67,6 +75,7 @@ class NodeState:
         node_id: str,
         cluster: str = "default",
         cluster_nodes: Callable[[], Awaitable[list[NodeInfo]]] | None = None,
+        serve_slots: int = 64,
     ) -> None:
         self.node_id = node_id
         self.cluster = cluster
@@ -74,6 +83,7 @@ class NodeState:
         self.stop = asyncio.Event()
         self.inflight = 0
         self.last_request = time.monotonic()
+        self.fair = FairScheduler(serve_slots)
         self._cluster_nodes = cluster_nodes
 
     async def cluster_nodes(self) -> list[NodeInfo]:
@@ -97,7 +107,7 @@ def make_middleware(
     async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
         if verifier is None:
             request["claims"] = ALL_ACCESS
-            return await handler(request)
+            return await fair(request, handler)
         digest = ""
         if request.method == "POST":
             if request.content_length is None or request.content_length > MAX_BATCH_BODY:
@@ -109,7 +119,19 @@ def make_middleware(
             request.method, request.raw_path, request.headers.get("Authorization"), digest
         )
         request["claims"] = claims
-        return await handler(request)
+        return await fair(request, handler)
+
+    async def fair(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Block GETs take a serving slot in their tenant's turn (cachenode.fairshare)."""
+        if request.method != "GET":
+            return await handler(request)
+        tenant = request["claims"].tenant
+        bs = request.query.get("bs", "") if request.query_string else ""
+        cost = int(bs) if bs.isdigit() and len(bs) < 10 else DEFAULT_BLOCK_SIZE
+        async with state.fair.slot(tenant, cost):
+            response = await handler(request)
+        TENANT_SERVED_BYTES.labels(tenant).inc(response.content_length or 0)
+        return response
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -1,0 +1,88 @@
+"""Tenant fair share: when the node is saturated, tenants are served in fair shares.
+
+A node serves at most ``slots`` block requests at once. Below that nobody waits. Above
+it, requests queue per tenant (the tenant named by the request's token) and free slots
+go round the tenants by deficit round robin, weighted by the bytes each request will
+send: a team with 500 readers and a team with 5 get the same bandwidth while both want
+more, so the small team's latency does not grow with the big team's burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+from cachenode.metrics import TENANT_QUEUE_SECONDS
+
+__all__ = ["FairScheduler"]
+
+
+class FairScheduler:
+    """Deficit round robin over per-tenant queues for a fixed number of serving slots."""
+
+    def __init__(self, slots: int, quantum: int = 4 * 1024 * 1024) -> None:
+        self._slots = slots
+        self._quantum = quantum
+        self._busy = 0
+        self._queues: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}
+        self._deficit: dict[str, int] = {}
+        self._active: deque[str] = deque()
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    @contextlib.asynccontextmanager
+    async def slot(self, tenant: str, cost: int) -> AsyncIterator[None]:
+        """Hold one serving slot; waits its tenant's turn while the node is saturated."""
+        started = time.monotonic()
+        if self._busy < self._slots and not self._active:
+            self._busy += 1
+        else:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            queue = self._queues.setdefault(tenant, deque())
+            if not queue and tenant not in self._active:
+                self._active.append(tenant)
+                self._deficit.setdefault(tenant, 0)
+            queue.append((max(1, cost), future))
+            self._dispatch()
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._release()  # granted just as the waiter gave up
+                raise
+        TENANT_QUEUE_SECONDS.labels(tenant).observe(time.monotonic() - started)
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._busy -= 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Grant free slots: each visited tenant earns a quantum, spends it on requests."""
+        while self._busy < self._slots and self._active:
+            tenant = self._active[0]
+            queue = self._queues[tenant]
+            while queue and queue[0][1].done():  # the waiter gave up
+                queue.popleft()
+            if not queue:
+                self._active.popleft()
+                del self._queues[tenant]
+                self._deficit.pop(tenant, None)
+                continue
+            cost, future = queue[0]
+            if self._deficit[tenant] < cost:
+                self._deficit[tenant] += self._quantum
+                self._active.rotate(-1)
+                continue
+            self._deficit[tenant] -= cost
+            queue.popleft()
+            self._busy += 1
+            future.set_result(None)
