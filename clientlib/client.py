@@ -56,12 +56,16 @@ class CacheClient:
         stat_ttl: float = 1.0,
         origins: Origins | None = None,
         token_file: str | None = None,
+        origin_max_inflight: int = 8,
     ) -> None:
         self._watcher = RingWatcher(etcd, cluster) if etcd else None
         self._origins = origins or Origins()
         self._owners_to_try = owners_to_try
         self._auth = Credentials.from_file(token_file)
         self._hedge_delay = hedge_delay
+        # Direct origin reads are the fallback when no owner answers: bounded per client,
+        # so a cache outage does not turn hundreds of jobs into an origin stampede.
+        self._origin_slots = asyncio.Semaphore(origin_max_inflight)
         self._timeout = aiohttp.ClientTimeout(
             total=peer_timeout, sock_connect=connect_timeout, sock_read=peer_read_timeout
         )
@@ -374,9 +378,10 @@ class CacheClient:
         )
 
     async def _from_origin(self, ref: BlockRef) -> bytes:
-        data = await self._origins.for_url(ref.url).read(
-            ref.url, ref.offset, ref.length, ref.version
-        )
+        async with self._origin_slots:
+            data = await self._origins.for_url(ref.url).read(
+                ref.url, ref.offset, ref.length, ref.version
+            )
         if len(data) != ref.length:
             raise OriginError(f"origin returned {len(data)} of {ref.length} bytes for {ref.url}")
         CLIENT_BLOCK_READS.labels("origin").inc()
