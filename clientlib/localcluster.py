@@ -21,7 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Etcd", "Node", "Process", "free_port", "start_etcd", "start_node"]
+__all__ = [
+    "Etcd",
+    "Mount",
+    "Node",
+    "Process",
+    "free_port",
+    "start_etcd",
+    "start_mount",
+    "start_node",
+]
 
 
 def free_port() -> int:
@@ -217,3 +226,54 @@ def start_node(
         if not node.alive():
             raise RuntimeError(f"cachenode exited at start:\n{node.log_tail()}")
     return node
+
+
+@dataclass
+class Mount(Process):
+    """A ``mountd --foreground`` process and its mount point."""
+
+    path: Path = Path()
+    metrics_url: str = ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """Unmount (SIGTERM makes mountd unmount cleanly), then make sure it is gone."""
+        code = super().stop(timeout)
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        return code
+
+
+def start_mount(
+    source: str, path: Path, etcd_url: str, cluster: str, *extra: str, log_path: Path | None = None
+) -> Mount:
+    """Start ``mountd SOURCE PATH`` in the foreground and wait until ``path`` is mounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "mountd",
+        source,
+        str(path),
+        "--etcd",
+        etcd_url,
+        "--cluster",
+        cluster,
+        "--foreground",
+        "--metrics-listen",
+        f"127.0.0.1:{port}",
+        *extra,
+    ]
+    log = log_path or path.parent / f"{path.name}.log"
+    mount = Mount(
+        f"mountd-{path.name}", cmd, log, path=path, metrics_url=f"http://127.0.0.1:{port}/metrics"
+    )
+    mount.start()
+    try:
+        wait_until(lambda: os.path.ismount(path) or not mount.alive(), 30, f"mount at {path}")
+    except TimeoutError:
+        mount.stop()
+        raise
+    if not mount.alive():
+        raise RuntimeError(f"mountd exited at start:\n{mount.log_tail()}")
+    return mount
