@@ -10,10 +10,12 @@ snapshot on every change under the cluster's etcd prefix and keeps the last good
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import Iterable
 
+import xxhash
 from uhashring import HashRing
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE
@@ -32,25 +34,44 @@ __all__ = ["Ring", "RingWatcher"]
 
 log = logging.getLogger(__name__)
 
-#: Ring points of a node of average weight: enough for max/mean load ~1.1 at 100 nodes.
-VNODES = 160
+#: Ring points of a node of average weight: the fewest that keep max/mean load <= 1.1 at
+#: 100 nodes (loadtest/results/ring_sim.md; 160 gave 1.20).
+VNODES = 560
+MIN_VNODES = 160
+MAX_POINTS = 160_000
+
+
+def _point(key: str) -> int:
+    """Ring position of a key or a node's point: xxh3 (md5, uhashring's default, made a
+    1000-node ring take seconds to build; measured in loadtest/results/ring_sim.md)."""
+    return xxhash.xxh3_64_intdigest(key.encode())
 
 
 class Ring:
-    """An immutable snapshot of the active nodes on a consistent-hash ring."""
+    """An immutable snapshot of the active nodes on a consistent-hash ring.
+
+    uhashring places the points; lookups walk a sorted copy of them with ``bisect``,
+    because uhashring's own ``range()`` copies the tail of the point list on every call
+    (600 us per lookup at 1000 nodes, against about 10 us this way).
+    """
 
     def __init__(
         self, nodes: Iterable[NodeInfo] = (), vnodes: int = VNODES, with_draining: bool = False
     ) -> None:
         self.nodes: dict[str, NodeInfo] = {n.id: n for n in nodes}
         active = [n for n in self.nodes.values() if with_draining or n.state == "active"]
-        self._ring: HashRing | None = None
+        self._active = {n.id: n for n in active}
+        self._keys: list[int] = []
+        self._names: list[str] = []
         if active:
+            # Past a few hundred nodes the point count, not balance, is what hurts: keep
+            # the ring under MAX_POINTS so a 1000-node ring still builds in well under a
+            # second (balance there is ~1.3 max/mean instead of ~1.1).
+            vnodes = max(MIN_VNODES, min(vnodes, MAX_POINTS // len(active)))
             mean = sum(max(n.weight, 1e-9) for n in active) / len(active)
-            self._ring = HashRing(
+            ring = HashRing(
                 nodes={
                     n.id: {
-                        "instance": n,
                         # Points are named "<id>-<k>", so a node's first points are the
                         # same whatever its count: a weight change only adds or drops a
                         # few, and keys move in proportion.
@@ -58,11 +79,15 @@ class Ring:
                         "weight": 1,
                     }
                     for n in active
-                }
+                },
+                hash_fn=_point,
             )
+            points = ring.get_points()
+            self._keys = [k for k, _ in points]
+            self._names = [name for _, name in points]
 
     def __len__(self) -> int:
-        return 0 if self._ring is None else len(self._ring.get_nodes())
+        return len(self._active)
 
     def without(self, node_id: str) -> Ring:
         """The ring as it would be without ``node_id`` (where its blocks came from)."""
@@ -70,9 +95,19 @@ class Ring:
 
     def owners(self, block_id: str, count: int = 2) -> list[NodeInfo]:
         """The first ``count`` distinct active nodes for ``block_id``, in preference order."""
-        if self._ring is None:
+        keys, names = self._keys, self._names
+        if not keys:
             return []
-        return [conf["instance"] for conf in self._ring.range(block_id, size=count)]
+        want = min(count, len(self._active))
+        start = bisect.bisect(keys, _point(block_id))
+        out: list[str] = []
+        for step in range(len(keys)):
+            name = names[(start + step) % len(keys)]
+            if name not in out:
+                out.append(name)
+                if len(out) == want:
+                    break
+        return [self._active[name] for name in out]
 
 
 class RingWatcher:
@@ -136,7 +171,8 @@ class RingWatcher:
                     log.warning("keeping block size %d: %s", self.config.block_size, exc)
         old = set(self.ring.nodes.items())
         if not self.synced or set((n.id, n) for n in nodes) != old:
-            self.ring = Ring(nodes)
+            # Built off the event loop: a large ring takes a noticeable fraction of a second.
+            self.ring = await asyncio.to_thread(Ring, nodes)
             log.info(
                 "ring of cluster %s: %d active of %d nodes",
                 self.cluster,
