@@ -86,6 +86,7 @@ async def run(config: NodeConfig) -> None:
         await runner.cleanup()
         raise
     await handoff.start()
+    state.joined = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, state.stop.set)

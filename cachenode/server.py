@@ -80,6 +80,7 @@ class NodeState:
         self.node_id = node_id
         self.cluster = cluster
         self.draining = False
+        self.joined = False
         self.stop = asyncio.Event()
         self.inflight = 0
         self.last_request = time.monotonic()
@@ -558,6 +559,8 @@ def make_app(
     async def healthz(_: web.Request) -> web.Response:
         if state.draining:
             return web.json_response({"status": "draining"}, status=503)
+        if not state.joined:
+            return web.json_response({"status": "starting"}, status=503)
         return web.json_response({"status": "ok"})
 
     app = web.Application(

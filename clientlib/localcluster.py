@@ -7,6 +7,7 @@ real ``cachenode`` processes on free loopback ports, stopped by signal.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -20,12 +21,17 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession, web
 
 __all__ = [
     "Etcd",
     "Mount",
     "Node",
     "Process",
+    "S3Proxy",
     "free_port",
     "start_etcd",
     "start_mount",
@@ -277,3 +283,68 @@ def start_mount(
     if not mount.alive():
         raise RuntimeError(f"mountd exited at start:\n{mount.log_tail()}")
     return mount
+
+
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+class S3Proxy:
+    """A reverse proxy in front of an S3 endpoint that delays or throttles requests.
+
+    Cloud object storage has tens of milliseconds to the first byte and throttles bursts
+    with ``503 SlowDown``; a loopback S3 (moto) has neither. Nodes pointed at this proxy
+    (``AWS_ENDPOINT_URL``) see ``delay`` seconds before every answer, and the first
+    ``fail_gets`` GETs (every GET if negative) answered with 503 SlowDown.
+    """
+
+    def __init__(self, upstream: str, delay: float = 0.0, fail_gets: int = 0) -> None:
+        self.upstream = upstream
+        self.delay = delay
+        self.fail_gets = fail_gets
+        self.failures = 0
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    async def start(self) -> str:
+        """Serve on a free loopback port; returns the endpoint URL."""
+        from aiohttp import ClientSession, web
+
+        session = ClientSession(auto_decompress=False)
+        self._session = session
+
+        async def forward(request: web.Request) -> web.Response:
+            await asyncio.sleep(self.delay)
+            if request.method == "GET" and (self.fail_gets < 0 or self.failures < self.fail_gets):
+                self.failures += 1
+                return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+            async with session.request(
+                request.method,
+                self.upstream + request.path_qs,
+                headers=headers,
+                data=await request.read(),
+            ) as upstream:
+                body = await upstream.read()
+                skip = ("transfer-encoding", "connection")
+                if request.method != "HEAD":  # aiohttp sets the length of a body it sends
+                    skip += ("content-length",)
+                out = {k: v for k, v in upstream.headers.items() if k.lower() not in skip}
+                return web.Response(status=upstream.status, body=body, headers=out)
+
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runner = runner
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()

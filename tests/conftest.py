@@ -25,6 +25,7 @@ from clientlib.localcluster import (
     Etcd,
     Node,
     Process,
+    S3Proxy,
     free_port,
     http_ok,
     start_etcd,
@@ -210,59 +211,18 @@ def private_etcd(tmp_path: Path) -> Iterator[Etcd]:
     proc.stop()
 
 
-SLOW_DOWN = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-    b"<Message>Please reduce your request rate.</Message></Error>"
-)
-
-
 @pytest.fixture
 async def faulty_s3(s3_endpoint: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """Start reverse proxies in front of moto that delay or fail requests.
-
-    ``await faulty_s3(delay, fail_gets=N)`` returns an endpoint URL; a node started with
-    ``AWS_ENDPOINT_URL`` set to it sees an origin with ``delay`` seconds to first byte (as
-    cloud object storage has) whose first ``N`` GETs (all, if ``N`` < 0) are throttled
-    with S3's ``503 SlowDown``.
-    """
-    from aiohttp import ClientSession, web
-
-    runners: list[web.AppRunner] = []
-    session = ClientSession(auto_decompress=False)
+    """``await faulty_s3(delay, fail_gets=N)``: an S3 endpoint in front of moto with
+    ``delay`` seconds to first byte whose first ``N`` GETs (all if < 0) get 503 SlowDown
+    (see :class:`clientlib.localcluster.S3Proxy`)."""
+    proxies: list[S3Proxy] = []
 
     async def start(delay: float = 0.0, fail_gets: int = 0) -> str:
-        failures = 0
-
-        async def forward(request: web.Request) -> web.Response:
-            nonlocal failures
-            await asyncio.sleep(delay)
-            if request.method == "GET" and (fail_gets < 0 or failures < fail_gets):
-                failures += 1
-                return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
-            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-            async with session.request(
-                request.method,
-                s3_endpoint + request.path_qs,
-                headers=headers,
-                data=await request.read(),
-            ) as upstream:
-                body = await upstream.read()
-                skip = ("transfer-encoding", "connection")
-                if request.method != "HEAD":  # aiohttp sets the length of a body it sends
-                    skip += ("content-length",)
-                out = {k: v for k, v in upstream.headers.items() if k.lower() not in skip}
-                return web.Response(status=upstream.status, body=body, headers=out)
-
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", forward)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return f"http://127.0.0.1:{port}"
+        proxy = S3Proxy(s3_endpoint, delay, fail_gets)
+        proxies.append(proxy)
+        return await proxy.start()
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
-    await session.close()
+    for proxy in proxies:
+        await proxy.stop()

@@ -145,3 +145,25 @@ async def test_drain_takes_the_node_out_and_it_exits(make_cluster, client_for, s
     assert await asyncio.to_thread(victim.popen.wait, 15) == 0
     _, nodes = await list_nodes(cluster.etcd.url, cluster.name)
     assert [n.addr for n in nodes] == [cluster.nodes[1].addr]
+
+
+async def test_warmup_of_a_path_inside_a_mount_uses_its_source(
+    make_cluster, s3, bucket, tmp_path
+):
+    from clientlib.localcluster import start_mount
+
+    objects = put_objects(s3, bucket)
+    cluster = make_cluster(2)
+    mount = await asyncio.to_thread(
+        start_mount, f"s3://{bucket}", tmp_path / "mnt", cluster.etcd.url, cluster.name
+    )
+    try:
+        result = await run_cachectl(*ctl(cluster, "warmup", str(mount.path / "hot"), "--json"))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["blocks_fetched"] == 5
+        one = mount.path / "hot" / "b.bin"
+        result = await run_cachectl(*ctl(cluster, "warmup", str(one), "--check", "--json"))
+        assert json.loads(result.stdout) == {"blocks_total": 1, "blocks_cached": 1, "ratio": 1.0}
+        assert (await asyncio.to_thread(one.read_bytes)) == objects["hot/b.bin"]
+    finally:
+        await asyncio.to_thread(mount.stop)
