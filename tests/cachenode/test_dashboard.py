@@ -145,7 +145,9 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
     assert (hits, misses) == (3, 4)
     assert (hit_bytes, miss_bytes) == (len(big), len(big) + len(small))
 
-    # A registered node whose id is HTML (etcd is not trusted to hold clean ids).
+    # A node record whose id is HTML (etcd is not trusted to hold clean ids): clients and
+    # nodes refuse such a record (clientlib.cluster.NodeInfo.from_json), so it is not
+    # listed, and nothing in it reaches the page.
     evil = NodeInfo(EVIL_ID, "127.0.0.1:1", 1.0, 1 << 30, "draining")
     async with connect(cluster.etcd.url) as etcd:
         await etcd.put(node_key(cluster.name, EVIL_ID), evil.to_json())
@@ -179,7 +181,7 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
     rows = {
         tr.attrs["data-node"]: tr for tr in dom.by_id("nodes").iter() if "data-node" in tr.attrs
     }
-    assert set(rows) == {*ids, EVIL_ID}
+    assert set(rows) == set(ids)
     for node_id, node in ids.items():
         row = rows[node_id]
         cells = [c for c in row.children if isinstance(c, Element) and c.tag == "td"]
@@ -198,10 +200,7 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
         if node_hits + node_misses:
             assert cells[4].text == pct(node_hits, node_hits + node_misses)
 
-    # The hostile id is shown as text; nothing it contains became an element.
-    evil_cells = [c for c in rows[EVIL_ID].children if isinstance(c, Element)]
-    assert evil_cells[0].text.startswith(EVIL_ID)
-    assert evil_cells[1].text == "unreachable"
+    # Nothing of the hostile record became an element.
     assert not [e for e in dom.iter() if e.tag == "img"]
     titles = [e.text for e in dom.iter() if e.tag == "title"]
     assert titles == [f"ringcache · {cluster.name}"]
