@@ -32,6 +32,7 @@ from clientlib.cluster import NodeInfo
 from clientlib.errors import RingcacheError
 from clientlib.origin import Origins
 from clientlib.ring import RingWatcher
+from clientlib.tls import client_context, server_context
 
 log = logging.getLogger("cachenode")
 
@@ -60,19 +61,30 @@ async def run(config: NodeConfig) -> None:
     CACHE_CAPACITY.set(store.capacity_bytes)
     origins = Origins(file_roots=config.file_roots, max_inflight=config.origin_max_inflight)
     weight = config.weight or max(store.capacity_bytes / 2**30, 0.001)
-    info = NodeInfo(node_id, config.advertise, weight, store.capacity_bytes, "active", time.time())
+    info = NodeInfo(
+        node_id,
+        config.advertise,
+        weight,
+        store.capacity_bytes,
+        "active",
+        time.time(),
+        "https" if config.tls_cert else "http",
+    )
     membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)
     state = NodeState(node_id, config.cluster, membership.list_nodes, config.serve_slots)
     secret = load_secret(config.token_file) if config.token_file else None
     credentials = Credentials.for_secret(secret) if secret else Credentials()
     watcher = RingWatcher(config.etcd, config.cluster)
-    handoff = Handoff(watcher, node_id, credentials)
+    peer_ssl = client_context(config.ca)
+    handoff = Handoff(watcher, node_id, credentials, ssl_context=peer_ssl)
+    state.peer_ssl = peer_ssl
     shield = OriginShield(node_id, config.origin_max_inflight, watcher)
     readthrough = ReadThrough(store, origins, shield, handoff)
     app = make_app(store, readthrough, state, Verifier(secret) if secret else None)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen[0], config.listen[1], backlog=1024)
+    tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+    site = web.TCPSite(runner, config.listen[0], config.listen[1], backlog=1024, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:

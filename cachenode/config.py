@@ -43,6 +43,9 @@ class NodeConfig:
     shutdown_timeout: float = 30.0
     log_level: str = "INFO"
     token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca: Path | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the cluster secret: serve data only to requests signed with tokens derived "
         "from it (default: no authentication)",
     )
+    p.add_argument("--tls-cert", dest="tls_cert", metavar="PEM", help="serve HTTPS with this cert")
+    p.add_argument("--tls-key", dest="tls_key", metavar="PEM", help="the key of --tls-cert")
+    p.add_argument(
+        "--ca",
+        metavar="PEM",
+        help="CA to verify other nodes' TLS certificates with (default: system store)",
+    )
     return p
 
 
@@ -145,6 +155,9 @@ NAMES = [
     "shutdown_timeout",
     "log_level",
     "token_file",
+    "tls_cert",
+    "tls_key",
+    "ca",
 ]
 
 
@@ -214,6 +227,13 @@ def load_config(argv: list[str] | None = None) -> NodeConfig:
     if s.get("token_file"):
         load_secret(s["token_file"])
         kwargs["token_file"] = Path(s["token_file"])
+    if bool(s.get("tls_cert")) != bool(s.get("tls_key")):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for name in ("tls_cert", "tls_key", "ca"):
+        if s.get(name):
+            if not Path(s[name]).is_file():
+                raise ConfigError(f"--{name.replace('_', '-')} {s[name]}: no such file")
+            kwargs[name] = Path(s[name])
     for root in s.get("file_root", []):
         if not Path(root).is_dir():
             raise ConfigError(f"--file-root {root}: not a directory")

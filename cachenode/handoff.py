@@ -19,6 +19,7 @@ crash the hit rate or send a burst to the origin.
 from __future__ import annotations
 
 import logging
+import ssl
 
 import aiohttp
 
@@ -26,6 +27,7 @@ from cachenode.metrics import HANDOFFS
 from clientlib.auth import Credentials
 from clientlib.cluster import NodeInfo
 from clientlib.ring import Ring, RingWatcher
+from clientlib.tls import client_context
 
 __all__ = ["Handoff"]
 
@@ -41,7 +43,9 @@ class Handoff:
         self_id: str,
         credentials: Credentials | None = None,
         timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self._ssl = ssl_context
         self._watcher = watcher
         self._credentials = credentials or Credentials()
         self._self_id = self_id
@@ -53,7 +57,11 @@ class Handoff:
         self._with_draining = Ring()
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(ssl=self._ssl or client_context(None)),
+        )
         await self._watcher.start()
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -81,6 +82,7 @@ class NodeState:
         self.cluster = cluster
         self.draining = False
         self.joined = False
+        self.peer_ssl: ssl.SSLContext | None = None
         self.stop = asyncio.Event()
         self.inflight = 0
         self.last_request = time.monotonic()
@@ -534,7 +536,11 @@ def make_app(
         """Every node's figures in one JSON document (the built-in dashboard polls this)."""
         nodes = await state.cluster_nodes()
         return web.json_response(
-            {"cluster": state.cluster, "nodes": await collect_details(nodes), "time": time.time()}
+            {
+                "cluster": state.cluster,
+                "nodes": await collect_details(nodes, state.peer_ssl),
+                "time": time.time(),
+            }
         )
 
     async def prometheus_sd(_: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from clientlib.errors import BadRequest, OriginError, VersionMismatch
 from clientlib.metrics import CLIENT_BLOCK_READS, CLIENT_FALLBACKS
 from clientlib.origin import ObjectInfo, Origin, Origins
 from clientlib.ring import Ring, RingWatcher
+from clientlib.tls import client_context
 
 __all__ = ["CacheClient"]
 
@@ -57,11 +58,13 @@ class CacheClient:
         origins: Origins | None = None,
         token_file: str | None = None,
         origin_max_inflight: int = 8,
+        ca_file: str | None = None,
     ) -> None:
         self._watcher = RingWatcher(etcd, cluster) if etcd else None
         self._origins = origins or Origins()
         self._owners_to_try = owners_to_try
         self._auth = Credentials.from_file(token_file)
+        self._ssl = client_context(ca_file)
         self._hedge_delay = hedge_delay
         # Direct origin reads are the fallback when no owner answers: bounded per client,
         # so a cache outage does not turn hundreds of jobs into an origin stampede.
@@ -96,7 +99,9 @@ class CacheClient:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(
+                limit=256, limit_per_host=64, ttl_dns_cache=300, ssl=self._ssl
+            ),
             timeout=self._timeout,
             auto_decompress=False,
         )

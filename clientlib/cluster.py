@@ -84,6 +84,8 @@ class NodeInfo:
     capacity_bytes: int
     state: NodeState = "active"
     started_at: float = 0.0
+    #: ``https`` when the node serves TLS (``--tls-cert``); beyond the design's fields.
+    scheme: str = "http"
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -100,19 +102,22 @@ class NodeInfo:
                 capacity_bytes=int(doc.get("capacity_bytes") or 0),
                 state=doc.get("state", "active"),
                 started_at=float(doc.get("started_at") or 0),
+                scheme=str(doc.get("scheme") or "http"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BadRequest(f"malformed node record: {exc}") from None
         # Clients and nodes connect to ``addr``: only a plain host:port, nothing else.
         if not ADDR_RE.fullmatch(info.addr) or not NODE_ID_RE.fullmatch(info.id):
             raise BadRequest(f"node record with a malformed id or address {info.addr[:80]!r}")
+        if info.scheme not in ("http", "https"):
+            raise BadRequest(f"node {info.id}: unknown scheme {info.scheme!r}")
         if info.state not in ("active", "draining"):
             raise BadRequest(f"node {info.id}: unknown state {info.state!r}")
         return info
 
     @property
     def url(self) -> str:
-        return f"http://{self.addr}"
+        return f"{self.scheme}://{self.addr}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ __all__ = [
     "Process",
     "S3Proxy",
     "free_port",
+    "local_get",
     "start_etcd",
     "start_mount",
     "start_node",
@@ -55,9 +57,17 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def local_get(url: str, timeout: float = 5) -> bytes:
+    """GET a URL of a local test server; TLS certificates are not checked (self-signed)."""
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+        return bytes(resp.read())
+
+
 def http_ok(url: str) -> bool:
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
+        with urllib.request.urlopen(url, timeout=1, context=context) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -178,10 +188,11 @@ def start_etcd(workdir: Path, client: int | None = None, peer: int | None = None
 class Node(Process):
     addr: str = ""
     cache_dir: Path = Path()
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.addr}"
+        return f"{self.scheme}://{self.addr}"
 
 
 def start_node(
@@ -221,6 +232,7 @@ def start_node(
         env=env,
         addr=addr,
         cache_dir=cache_dir,
+        scheme="https" if "--tls-cert" in (extra or []) else "http",
     )
     node.start()
     if wait:

@@ -8,6 +8,7 @@ because that is exactly what an operator needs to see.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ import aiohttp
 from clientlib.cluster import ClusterConfig, NodeInfo, config_key, nodes_prefix
 from clientlib.errors import BadRequest, ConfigError
 from clientlib.etcd import ETCD_ERRORS, connect
+from clientlib.tls import client_context
 
 __all__ = ["cluster_status", "collect_details", "collect_status", "list_nodes"]
 
@@ -70,16 +72,29 @@ async def _node_stats(
     return row, extra
 
 
-async def cluster_status(etcd_url: str, cluster: str) -> dict[str, Any]:
+async def cluster_status(
+    etcd_url: str, cluster: str, ssl_context: ssl.SSLContext | None = None
+) -> dict[str, Any]:
     """``{"cluster", "block_size", "hit_rate", "nodes": [...]}`` as in the design."""
     config, nodes = await list_nodes(etcd_url, cluster)
-    return await collect_status(cluster, config.block_size, nodes)
+    return await collect_status(cluster, config.block_size, nodes, ssl_context)
 
 
-async def collect_status(cluster: str, block_size: int, nodes: list[NodeInfo]) -> dict[str, Any]:
-    """Ask each node for its figures and add them up (also used by the node dashboard)."""
-    timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+def _session(ssl_context: ssl.SSLContext | None) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=5),
+        connector=aiohttp.TCPConnector(ssl=ssl_context or client_context(None)),
+    )
+
+
+async def collect_status(
+    cluster: str,
+    block_size: int,
+    nodes: list[NodeInfo],
+    ssl_context: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
+    """Ask each node for its figures and add them up."""
+    async with _session(ssl_context) as session:
         results = await asyncio.gather(*(_node_stats(session, n) for n in nodes))
     rows = [row for row, _ in results]
     hits = sum(r["hits"] for r in rows)
@@ -92,9 +107,10 @@ async def collect_status(cluster: str, block_size: int, nodes: list[NodeInfo]) -
     }
 
 
-async def collect_details(nodes: list[NodeInfo]) -> list[dict[str, Any]]:
+async def collect_details(
+    nodes: list[NodeInfo], ssl_context: ssl.SSLContext | None = None
+) -> list[dict[str, Any]]:
     """Per-node rows with byte and origin counters too (``cachectl top``, dashboard)."""
-    timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with _session(ssl_context) as session:
         results = await asyncio.gather(*(_node_stats(session, n) for n in nodes))
     return [row | extra for row, extra in results]

@@ -28,6 +28,7 @@ from clientlib.errors import RingcacheError
 from clientlib.origin import Origins
 from mountd.config import MountConfig, load_config
 from mountd.fs import RingcacheFS
+from mountd.limits import Throttle
 from mountd.localtier import LocalTier
 from mountd.prefetch import BlockFetcher
 
@@ -135,14 +136,17 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
         peer_timeout=2 * config.peer_timeout,
         origins=Origins(max_inflight=64),
         token_file=str(config.token_file) if config.token_file else None,
+        ca_file=str(config.ca) if config.ca else None,
     )
     await client.start()
     tier = None
     if config.local_cache is not None:
         tier = LocalTier(config.local_cache, config.local_cache_bytes)
         await loop.run_in_executor(None, tier.open)
-    fetcher = BlockFetcher(client, tier)
-    fs = RingcacheFS(config, client, fetcher)
+    download = Throttle(config.download_limit, "download") if config.download_limit else None
+    upload = Throttle(config.upload_limit, "upload") if config.upload_limit else None
+    fetcher = BlockFetcher(client, tier, download)
+    fs = RingcacheFS(config, client, fetcher, upload)
     mounted = False
     try:
         # Fail at start, with the reason, when the source is not there or not reachable.
@@ -155,7 +159,8 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
             except OSError as exc:
                 raise RingcacheError(f"--metrics-listen {host}:{port}: {exc}") from None
         options = set(pyfuse3.default_options)
-        options |= {"fsname=ringcache", "subtype=ringcache", "noatime"}
+        # default_permissions: the kernel enforces modes and owners (pyfuse3's default).
+        options |= {"fsname=ringcache", "subtype=ringcache", "noatime", "default_permissions"}
         if config.read_only:
             options.add("ro")
         if config.allow_other:

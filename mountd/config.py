@@ -51,6 +51,10 @@ class MountConfig:
     log_level: str = "INFO"
     log_file: Path | None = None
     token_file: Path | None = None
+    ca: Path | None = None
+    #: Bytes/s of this mount's downloads and of its uploads (0: no limit); mountd.limits.
+    download_limit: int = 0
+    upload_limit: int = 0
 
     def url(self, path: str) -> str:
         """The source URL of the mount-relative ``path`` ('' is the root)."""
@@ -148,9 +152,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait for a cache node's answer before the next owner or the origin is "
         "asked; a cold block includes the node's own origin fetch (default 15)",
     )
-    p.add_argument("--uid", type=int, help="owner of every file (default: your uid)")
-    p.add_argument("--gid", type=int, help="group of every file (default: your gid)")
-    p.add_argument("--umask", metavar="MASK", help="octal umask of modes (default 022)")
+    p.add_argument(
+        "--download-limit",
+        dest="download_limit",
+        metavar="RATE",
+        help="cap on the bytes/s this mount pulls in from cache nodes and the origin, "
+        "e.g. 50MiB (default: no limit)",
+    )
+    p.add_argument(
+        "--upload-limit",
+        dest="upload_limit",
+        metavar="RATE",
+        help="cap on the bytes/s this mount uploads to the origin, e.g. 20MiB (default: no limit)",
+    )
+    p.add_argument(
+        "--uid",
+        type=int,
+        help="owner of files that have no stored owner (default: your uid)",
+    )
+    p.add_argument(
+        "--gid",
+        type=int,
+        help="group of files that have no stored group (default: your gid)",
+    )
+    p.add_argument(
+        "--umask",
+        metavar="MASK",
+        help="octal umask of files that have no stored mode (default 022)",
+    )
     p.add_argument(
         "--allow-other",
         dest="allow_other",
@@ -170,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="token_file",
         metavar="PATH",
         help="token (see cachectl token create) to sign requests to the cache nodes with",
+    )
+    p.add_argument(
+        "--ca",
+        metavar="PEM",
+        help="CA to verify the cache nodes' TLS certificates with (default: system store)",
     )
     return p
 
@@ -197,6 +231,9 @@ NAMES = [
     "log_level",
     "log_file",
     "token_file",
+    "ca",
+    "download_limit",
+    "upload_limit",
 ]
 
 
@@ -222,6 +259,19 @@ def _number(settings: dict[str, Any], name: str, kind: type, lo: float, hi: floa
     if not lo <= number <= hi:
         raise ConfigError(f"--{name.replace('_', '-')}: {number} is outside [{lo}, {hi}]")
     return number
+
+
+def _rate(settings: dict[str, Any], name: str) -> int:
+    """A bandwidth: a size per second (``50MiB``, ``50MiB/s``); 0 is no limit."""
+    value = settings[name]
+    text = value if isinstance(value, int) else str(value).strip()
+    if isinstance(text, str) and text.lower().endswith("/s"):
+        text = text[:-2]
+    flag = f"--{name.replace('_', '-')}"
+    rate = parse_size(text, flag)
+    if 0 < rate < 1024:
+        raise ConfigError(f"{flag}: {value!r} is below 1KiB/s (0 means no limit)")
+    return rate
 
 
 def _flag(value: Any) -> bool:
@@ -292,9 +342,16 @@ def load_config(argv: list[str] | None = None) -> MountConfig:
         kwargs["log_level"] = level
     if s.get("log_file"):
         kwargs["log_file"] = Path(s["log_file"]).absolute()
+    for name in ("download_limit", "upload_limit"):
+        if s.get(name) is not None:
+            kwargs[name] = _rate(s, name)
     if s.get("token_file"):
         Credentials.from_file(s["token_file"])  # a bad token file fails now, not per read
         kwargs["token_file"] = Path(s["token_file"]).absolute()
+    if s.get("ca"):
+        if not Path(s["ca"]).is_file():
+            raise ConfigError(f"--ca {s['ca']}: no such file")
+        kwargs["ca"] = Path(s["ca"]).absolute()
     return MountConfig(
         source=_source(s["source"]),
         mountpoint=mountpoint,

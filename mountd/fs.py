@@ -6,6 +6,13 @@ failure leaves here as an errno: ringcache's own errors carry theirs
 (``RingcacheError.errno``), ``OSError`` keeps its own, a timeout or anything unexpected is
 ``EIO``. Nothing waits forever: metadata operations and reads run under ``op_timeout``,
 and uploads are bounded by the origin client's own connect and read timeouts.
+
+Permissions: the kernel enforces modes and owners (``default_permissions``) with the
+attributes it was given. Those of an S3 entry known only from a listing are the mount's
+defaults (a listing has no user metadata), so the operations that grant access (open,
+opendir, lookup, and the changes of a directory) check the caller once more against the
+stored attributes (:meth:`RingcacheFS._check`), fetching them (one HEAD) if needed.
+chmod, chown and utime are stored in the origin (:meth:`Origin.set_posix`).
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ import pyfuse3
 from clientlib.client import CacheClient
 from clientlib.errors import RingcacheError
 from clientlib.origin import ObjectInfo, Origin
+from clientlib.origin.base import PosixAttrs
 from clientlib.urls import split_url
 from mountd.config import MountConfig
-from mountd.inodes import Attr, Inode, InodeTable, child_path
+from mountd.inodes import NO_POSIX, ROOT_INODE, Attr, Inode, InodeTable, child_path
+from mountd.limits import Throttle
 from mountd.prefetch import BlockFetcher, FileReader
 from mountd.writes import Spool
 
@@ -41,6 +50,19 @@ T = TypeVar("T")
 XATTR_SOURCE = b"user.ringcache.source"
 XATTR_VERSION = b"user.ringcache.version"
 NAME_MAX = 255
+R, W, X = os.R_OK, os.W_OK, os.X_OK
+
+
+def _groups(pid: int) -> set[int]:
+    """The supplementary groups of the calling process (FUSE only passes uid and gid)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
 
 
 def _errno(exc: BaseException) -> int:
@@ -98,6 +120,7 @@ class _Handle:
 class _DirHandle:
     node: Inode
     entries: list[tuple[str, Attr]]
+    posix: dict[str, PosixAttrs]
 
 
 class RingcacheFS(pyfuse3.Operations):
@@ -107,11 +130,18 @@ class RingcacheFS(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, config: MountConfig, client: CacheClient, fetcher: BlockFetcher) -> None:
+    def __init__(
+        self,
+        config: MountConfig,
+        client: CacheClient,
+        fetcher: BlockFetcher,
+        upload: Throttle | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.client = client
         self.fetcher = fetcher
+        self.upload = upload
         self.origin: Origin = client.origin(config.url(""))
         self.inodes = InodeTable(config, self.origin)
         self._handles: dict[int, _Handle] = {}
@@ -147,10 +177,34 @@ class RingcacheFS(pyfuse3.Operations):
         self.inodes.set_entry(node.path, node.attr)
         self.client.forget(info.url)
 
+    @staticmethod
+    def _upload_posix(node: Inode) -> PosixAttrs:
+        """What an upload of ``node`` stores: its stored attributes (an mtime only if set
+        with utime since the last write; S3 then stores the upload's time)."""
+        return node.posix or NO_POSIX
+
+    async def _check(self, node: Inode, ctx: pyfuse3.RequestContext, want: int) -> None:
+        """EACCES unless the caller has ``want`` (R|W|X) on ``node`` by its stored
+        attributes. Root passes (the kernel has checked the rest)."""
+        if ctx.uid == 0:
+            return
+        await self.inodes.fetch_posix(node)
+        perm, uid, gid = self.inodes.perms(node)
+        if ctx.uid == uid:
+            bits = perm >> 6
+        elif ctx.gid == gid or gid in _groups(ctx.pid):
+            bits = perm >> 3
+        else:
+            bits = perm
+        if bits & want != want:
+            raise pyfuse3.FUSEError(errno.EACCES)
+
     async def _commit(self, spool: Spool, node: Inode) -> None:
         """Upload ``spool``; any failure is EIO to the writer (ENOSPC stays ENOSPC)."""
         try:
-            info = await spool.commit(self.origin, self.fetcher)
+            info = await spool.commit(
+                self.origin, self.fetcher, self._upload_posix(node), self.upload
+            )
         except OSError as exc:
             log.error("upload of %s failed: %s", spool.url, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
@@ -166,6 +220,7 @@ class RingcacheFS(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self.inodes.get(parent_inode)
+        await self._check(parent, ctx, X)
         node = await self.inodes.lookup(parent, self._name(name))
         node.lookups += 1
         return self.inodes.attributes(node)
@@ -176,7 +231,7 @@ class RingcacheFS(pyfuse3.Operations):
 
     @operation()
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = await self.inodes.refresh(self.inodes.get(inode))
+        node = await self.inodes.refresh(self.inodes.get(inode), posix=True)
         return self.inodes.attributes(node)
 
     @operation()
@@ -192,21 +247,70 @@ class RingcacheFS(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if fields.update_size:
             await self._truncate(node, attr.st_size)
-        # Modes, owners and times are kept for this mount's lifetime, not in the origin
-        # (see docs/mount.md); the kernel has already checked the caller may change them.
-        if fields.update_mode:
-            node.mode = stat.S_IMODE(attr.st_mode)
-        if fields.update_uid:
-            node.uid = attr.st_uid
-        if fields.update_gid:
-            node.gid = attr.st_gid
-        if fields.update_mtime:
-            node.attr.mtime = attr.st_mtime_ns / 1e9
+        if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_mtime:
+            await self._set_posix(node, attr, fields, ctx)
         return self.inodes.attributes(node)
+
+    def _local_only(self, node: Inode) -> bool:
+        """Whether ``node``'s next upload will carry its attributes anyway."""
+        spool = self._spools.get(node.ino)
+        return not node.attr.is_dir and (
+            not node.attr.version or (spool is not None and spool.dirty)
+        )
+
+    async def _set_posix(
+        self,
+        node: Inode,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """chmod, chown, utime: stored in the origin (S3 user metadata, or the file's
+        own attributes), so every mount and s3fs see them."""
+        await self.inodes.fetch_posix(node)
+        perm, uid, gid = self.inodes.perms(node)
+        if ctx.uid != 0:
+            # The kernel checked with the attributes it had; these are the stored ones.
+            if (fields.update_uid and attr.st_uid != uid) or (
+                (fields.update_mode or fields.update_gid) and ctx.uid != uid
+            ):
+                raise pyfuse3.FUSEError(errno.EPERM)
+            if fields.update_gid and attr.st_gid not in {gid, ctx.gid} | _groups(ctx.pid):
+                raise pyfuse3.FUSEError(errno.EPERM)
+            if fields.update_mtime and ctx.uid != uid:
+                await self._check(node, ctx, W)
+        kind = stat.S_IFDIR if node.attr.is_dir else stat.S_IFREG
+        old = node.posix or NO_POSIX
+        # Any change of mode or owner stores all three, so the intent ("only its owner")
+        # holds in a mount whose --uid/--umask defaults differ.
+        owned = fields.update_mode or fields.update_uid or fields.update_gid
+        new = PosixAttrs(
+            kind | (stat.S_IMODE(attr.st_mode) if fields.update_mode else perm)
+            if owned
+            else old.mode,
+            (attr.st_uid if fields.update_uid else uid) if owned else old.uid,
+            (attr.st_gid if fields.update_gid else gid) if owned else old.gid,
+            attr.st_mtime_ns / 1e9 if fields.update_mtime else old.mtime,
+            old.extra,
+        )
+        if node.ino == ROOT_INODE:
+            pass  # the root's attributes are this mount's (a bucket has none)
+        elif self._local_only(node):
+            pass  # the upload at close stores them
+        elif node.attr.is_dir:
+            await self.origin.set_posix(self.config.dir_url(node.path), new)
+        else:
+            info = await self.origin.set_posix(self.config.url(node.path), new)
+            if info is not None:
+                # Same bytes (a metadata copy may still change the ETag): the page cache
+                # stays valid, and later opens read the new version.
+                self._committed(node, info)
+        self.inodes.set_posix(node, new)
 
     async def _truncate(self, node: Inode, size: int) -> None:
         if node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        await self.inodes.fetch_posix(node)  # the upload must keep them
         spool = self._spools.get(node.ino)
         if spool is not None:
             spool.truncate(size)
@@ -229,9 +333,10 @@ class RingcacheFS(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if not node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        listing = await self.inodes.listing(node.path)
+        listing = await self.inodes.listing(node.path)  # may tell the dir's own attributes
+        await self._check(node, ctx, R)
         fh = self._fh()
-        self._dirs[fh] = _DirHandle(node, sorted(listing.entries.items()))
+        self._dirs[fh] = _DirHandle(node, sorted(listing.entries.items()), listing.posix)
         return fh
 
     @operation()
@@ -239,7 +344,9 @@ class RingcacheFS(pyfuse3.Operations):
         handle = self._dirs[fh]
         for index in range(start_id, len(handle.entries)):
             name, attr = handle.entries[index]
-            node = self.inodes.ensure(child_path(handle.node.path, name), attr)
+            node = self.inodes.ensure(
+                child_path(handle.node.path, name), attr, handle.posix.get(name)
+            )
             if not pyfuse3.readdir_reply(
                 token, os.fsencode(name), self.inodes.attributes(node), index + 1
             ):
@@ -343,7 +450,10 @@ class RingcacheFS(pyfuse3.Operations):
             self._writable()
         if node.ino not in self._spools:
             # Close-to-open consistency: a file opened after the TTL sees the new version.
-            await self.inodes.refresh(node)
+            # A writer needs the stored attributes too: the upload must keep them.
+            await self.inodes.refresh(node, posix=writing)
+        want = {os.O_RDONLY: R, os.O_WRONLY: W}.get(flags & os.O_ACCMODE, R | W)
+        await self._check(node, ctx, want)
         handle = _Handle(node)
         keep_cache = False
         if writing:
@@ -365,11 +475,14 @@ class RingcacheFS(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
         parent = self.inodes.get(parent_inode)
+        await self._check(parent, ctx, W | X)
         path = child_path(parent.path, self._name(name))
         node = self.inodes.ensure(path, Attr(False, 0, time.time(), ""))
         if node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        node.mode = stat.S_IMODE(mode)
+        # A new file is the caller's, with the mode it asked for (umask applied by the
+        # kernel); the upload at close stores them with the object.
+        self.inodes.set_posix(node, PosixAttrs(stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid))
         spool = await self._open_spool(node, truncate=True)
         self.inodes.set_entry(path, node.attr)
         node.lookups += 1
@@ -394,8 +507,13 @@ class RingcacheFS(pyfuse3.Operations):
         if handle.spool is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         written = handle.spool.write(off, buf)
-        handle.node.attr.size = handle.spool.size
-        handle.node.attr.mtime = time.time()
+        node = handle.node
+        node.attr.size = handle.spool.size
+        node.attr.mtime = time.time()
+        if node.posix is not None and node.posix.mtime is not None:
+            # A write is a new mtime: the upload's own, not one set earlier by utime.
+            p = node.posix
+            node.posix = PosixAttrs(p.mode, p.uid, p.gid, None, p.extra)
         return written
 
     @operation(timed=False)
@@ -431,10 +549,11 @@ class RingcacheFS(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._writable()
         parent = self.inodes.get(parent_inode)
+        await self._check(parent, ctx, W | X)
         path = child_path(parent.path, self._name(name))
-        await self.origin.mkdir(self.config.dir_url(path))
-        node = self.inodes.ensure(path, Attr(True, 0, time.time()))
-        node.mode = stat.S_IMODE(mode)
+        posix = PosixAttrs(stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid, time.time())
+        await self.origin.mkdir(self.config.dir_url(path), posix)
+        node = self.inodes.ensure(path, Attr(True, 0, time.time()), posix)
         self.inodes.set_entry(path, node.attr)
         node.lookups += 1
         return self.inodes.attributes(node)
@@ -454,6 +573,7 @@ class RingcacheFS(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
         parent = self.inodes.get(parent_inode)
+        await self._check(parent, ctx, W | X)
         node = await self.inodes.lookup(parent, self._name(name))
         if node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -470,6 +590,7 @@ class RingcacheFS(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._writable()
         parent = self.inodes.get(parent_inode)
+        await self._check(parent, ctx, W | X)
         node = await self.inodes.lookup(parent, self._name(name))
         if not node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -497,6 +618,8 @@ class RingcacheFS(pyfuse3.Operations):
         old_parent = self.inodes.get(parent_inode_old)
         new_parent = self.inodes.get(parent_inode_new)
         async with asyncio.timeout(self.config.op_timeout):
+            await self._check(old_parent, ctx, W | X)
+            await self._check(new_parent, ctx, W | X)
             node = await self.inodes.lookup(old_parent, self._name(name_old))
             new_name = self._name(name_new)
             try:
@@ -547,7 +670,8 @@ class RingcacheFS(pyfuse3.Operations):
         for ino, spool in list(self._spools.items()):
             node = self.inodes.find_ino(ino)
             try:
-                info = await spool.commit(self.origin, self.fetcher)
+                posix = self._upload_posix(node) if node is not None else None
+                info = await spool.commit(self.origin, self.fetcher, posix, self.upload)
                 if info is not None and node is not None:
                     self._committed(node, info)
             except (RingcacheError, OSError) as exc:

@@ -11,6 +11,13 @@ delimiter listing per directory (every page of it), kept for the same time: ``ls
 each entry's attributes from it. A lookup in a directory whose listing is not at hand
 asks the origin for the one object (a HEAD) before it lists the directory, so opening a
 known file in a large directory does not list it.
+
+Stored POSIX attributes (mode, owner, mtime: :class:`PosixAttrs`) of an S3 object are
+in its user metadata, which a listing does not return: a HEAD (lookup without a fresh
+listing, getattr, open) learns them and they are trusted for ``attr_ttl`` like the rest.
+Entries known only from a listing show the mount's defaults until then; the file system
+checks access against the stored attributes at open (see ``RingcacheFS._check``).
+``file://`` listings carry every entry's real mode and owner.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pyfuse3
 
 from clientlib.errors import NotFound
 from clientlib.origin import ObjectInfo, Origin
+from clientlib.origin.base import PosixAttrs
 from mountd.config import MountConfig
 
 __all__ = ["Attr", "Inode", "InodeTable"]
@@ -34,6 +42,7 @@ __all__ = ["Attr", "Inode", "InodeTable"]
 log = logging.getLogger(__name__)
 
 ROOT_INODE = pyfuse3.ROOT_INODE
+NO_POSIX = PosixAttrs()
 #: Directory listings kept before expired ones are dropped.
 MAX_LISTINGS = 1024
 
@@ -67,9 +76,10 @@ class Inode:
     pinned: bool = False
     #: The object version the kernel's page cache holds for this inode (keep_cache).
     cached_version: str | None = None
-    mode: int | None = None
-    uid: int | None = None
-    gid: int | None = None
+    #: The stored mode/owner/mtime (fields None: not stored), or None: not known yet.
+    posix: PosixAttrs | None = None
+    #: When ``posix`` was learnt (monotonic); it is trusted for ``attr_ttl``.
+    posix_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -78,6 +88,8 @@ class Listing:
 
     fetched: float
     entries: dict[str, Attr] = field(default_factory=dict)
+    #: POSIX attributes the listing gave for free, by name ("" is the directory).
+    posix: dict[str, PosixAttrs] = field(default_factory=dict)
 
 
 def _hash_ino(path: str) -> int:
@@ -102,6 +114,8 @@ class InodeTable:
         self._ttl = config.attr_ttl
         now = time.monotonic()
         root = Inode(ROOT_INODE, "", Attr(True, 0, time.time()), now, lookups=1)
+        # The root's attributes live in this mount only (a bucket has no place for them).
+        root.posix, root.posix_at = PosixAttrs(), float("inf")
         self._by_ino: dict[int, Inode] = {ROOT_INODE: root}
         self._by_path: dict[str, Inode] = {"": root}
         self._listings: dict[str, Listing] = {}
@@ -121,24 +135,70 @@ class InodeTable:
     def find(self, path: str) -> Inode | None:
         return self._by_path.get(path)
 
-    def ensure(self, path: str, attr: Attr) -> Inode:
-        """The inode of ``path``, created or brought up to ``attr`` (unless pinned)."""
+    def ensure(self, path: str, attr: Attr, posix: PosixAttrs | None = None) -> Inode:
+        """The inode of ``path``, created or brought up to ``attr`` (unless pinned).
+
+        ``posix``: its stored attributes if the answer included them; otherwise what was
+        known stays known while the object is the same (same kind and version).
+        """
         node = self._by_path.get(path)
         if node is not None:
             if not node.pinned:
+                if node.attr.is_dir != attr.is_dir or (
+                    not attr.is_dir and node.attr.version != attr.version
+                ):
+                    node.posix = None
                 if node.attr.is_dir != attr.is_dir:
                     # A file became a directory (or back): a new object, keep the number.
                     node.attr = attr
                 elif not attr.is_dir:
                     node.attr = attr
                 node.checked = time.monotonic()
+                if posix is not None:
+                    self.set_posix(node, posix)
             return node
         ino = _hash_ino(path)
         while ino in self._by_ino:
             ino += 1
         node = Inode(ino, path, attr, time.monotonic())
+        if posix is not None:
+            self.set_posix(node, posix)
         self._by_ino[ino] = node
         self._by_path[path] = node
+        return node
+
+    @staticmethod
+    def set_posix(node: Inode, posix: PosixAttrs) -> None:
+        node.posix = posix
+        node.posix_at = time.monotonic()
+
+    def posix_fresh(self, node: Inode) -> bool:
+        """Whether the stored attributes of ``node`` are known and recent enough."""
+        if node.pinned or node.ino == ROOT_INODE:
+            return node.posix is not None
+        return node.posix is not None and time.monotonic() - node.posix_at < self._ttl
+
+    async def fetch_posix(self, node: Inode) -> Inode:
+        """Learn the stored attributes of ``node`` unless fresh: a HEAD for an S3 object
+        (which refreshes its size and version too) or a directory's marker."""
+        if self.posix_fresh(node) or node.pinned or node.ino == ROOT_INODE:
+            return node
+        url = self._config.url(node.path)
+        if node.attr.is_dir:
+            try:
+                posix = await self._origin.dir_posix(self._config.dir_url(node.path))
+            except NotFound:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            self.set_posix(node, posix)
+            return node
+        try:
+            info, posix = await self._origin.stat_posix(url)
+        except NotFound:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None  # deleted in the origin
+        if not node.pinned:
+            node.attr = Attr.of(info)
+            node.checked = time.monotonic()
+            self.set_posix(node, posix)
         return node
 
     def pin(self, node: Inode) -> None:
@@ -226,8 +286,11 @@ class InodeTable:
     async def _list(self, path: str) -> Listing:
         url = self._config.dir_url(path)
         started = time.monotonic()
-        dirs, files = await self._origin.listdir(url)
-        listing = Listing(started)
+        dirs, files, posix = await self._origin.listdir_posix(url)
+        listing = Listing(started, posix=posix)
+        node = self._by_path.get(path)
+        if "" in posix and node is not None and node.attr.is_dir and node.ino != ROOT_INODE:
+            self.set_posix(node, posix[""])
         for info in files:
             name = info.key.rpartition("/")[2]
             if name and name not in (".", ".."):
@@ -278,34 +341,49 @@ class InodeTable:
             listing = None
             if node is None or not node.attr.is_dir:
                 try:
-                    info = await self._origin.stat(self._config.url(path))
+                    info, posix = await self._origin.stat_posix(self._config.url(path))
                 except NotFound:
                     pass
                 else:
-                    return self.ensure(path, Attr.of(info))
+                    return self.ensure(path, Attr.of(info), posix)
             listing = await self.listing(parent.path)
         assert listing is not None
         attr = listing.entries.get(name)
         if attr is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self.ensure(path, attr)
+        # The kernel keeps what a lookup answers for attr_ttl: give it the stored
+        # attributes (a HEAD if the listing did not have them), not the defaults.
+        return await self.fetch_posix(self.ensure(path, attr, listing.posix.get(name)))
 
-    async def refresh(self, node: Inode) -> Inode:
-        """Bring a file's size and version up to date if they are older than the TTL."""
-        if node.attr.is_dir or node.pinned or node.ino == ROOT_INODE or not node.path:
+    async def refresh(self, node: Inode, posix: bool = False) -> Inode:
+        """Bring a file's size and version up to date if they are older than the TTL:
+        one HEAD, which also gives its stored attributes. ``posix``: those are needed
+        (getattr, a writer), so a file or directory whose attributes are not known or
+        are older than the TTL costs a HEAD too."""
+        if node.pinned or node.ino == ROOT_INODE or not node.path:
             return node
-        if time.monotonic() - node.checked < self._ttl:
+        if node.attr.is_dir:
+            return await self.fetch_posix(node) if posix else node
+        fresh = time.monotonic() - node.checked < self._ttl
+        if fresh and (not posix or self.posix_fresh(node)):
             return node
-        try:
-            info = await self._origin.stat(self._config.url(node.path))
-        except NotFound:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None  # deleted in the origin
-        node.attr = Attr.of(info)
-        node.checked = time.monotonic()
-        return node
+        node.posix = None
+        return await self.fetch_posix(node)
+
+    def perms(self, node: Inode) -> tuple[int, int, int]:
+        """``(permission bits, uid, gid)`` of ``node``: stored ones, else the mount's."""
+        c = self._config
+        p = node.posix or NO_POSIX
+        default = (0o777 if node.attr.is_dir else 0o666) & ~c.umask
+        return (
+            p.perm if p.perm is not None else default,
+            p.uid if p.uid is not None else c.uid,
+            p.gid if p.gid is not None else c.gid,
+        )
 
     def attributes(self, node: Inode) -> pyfuse3.EntryAttributes:
-        """The kernel's view of ``node``: modes from the umask unless set by chmod."""
+        """The kernel's view of ``node``: stored mode, owner and mtime, else the mount's
+        defaults (``--uid``, ``--gid``, 0666/0777 minus ``--umask``)."""
         c = self._config
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
@@ -313,16 +391,16 @@ class InodeTable:
         a.entry_timeout = c.attr_ttl
         a.attr_timeout = c.attr_ttl
         if node.attr.is_dir:
-            kind, perm, a.st_nlink = stat.S_IFDIR, 0o777 & ~c.umask, 2
+            kind, a.st_nlink = stat.S_IFDIR, 2
         else:
-            kind, perm, a.st_nlink = stat.S_IFREG, 0o666 & ~c.umask, 1
-        a.st_mode = kind | (node.mode if node.mode is not None else perm)
-        a.st_uid = node.uid if node.uid is not None else c.uid
-        a.st_gid = node.gid if node.gid is not None else c.gid
+            kind, a.st_nlink = stat.S_IFREG, 1
+        perm, a.st_uid, a.st_gid = self.perms(node)
+        a.st_mode = kind | perm
         a.st_rdev = 0
         a.st_size = node.attr.size
         a.st_blksize = 1024 * 1024
         a.st_blocks = (node.attr.size + 511) // 512
-        ns = int(node.attr.mtime * 1e9)
+        mtime = node.posix.mtime if node.posix and node.posix.mtime is not None else None
+        ns = int((node.attr.mtime if mtime is None else mtime) * 1e9)
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         return a

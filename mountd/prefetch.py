@@ -2,7 +2,8 @@
 
 :class:`BlockFetcher` is where a block comes from: the local disk tier if there is one,
 then :class:`CacheClient` (its memory tier, the block's owners, the origin), keeping
-what it fetched on the local disk. :class:`FileReader` serves the kernel's reads of one
+what it fetched on the local disk, and charging ``--download-limit`` for every block that
+is not already on this machine. :class:`FileReader` serves the kernel's reads of one
 open file version: a reader that keeps going forward gets the next ``depth`` blocks
 fetched in parallel ahead of it, while a random reader (a Parquet footer, a seek into an
 index) only ever costs the blocks it touches.
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from clientlib.client import CacheClient
 from clientlib.origin import ObjectInfo
+from mountd.limits import Throttle
 from mountd.localtier import LocalTier
 
 __all__ = ["BlockFetcher", "FileReader"]
@@ -27,9 +29,16 @@ log = logging.getLogger(__name__)
 class BlockFetcher:
     """Whole blocks of pinned object versions, through every tier."""
 
-    def __init__(self, client: CacheClient, tier: LocalTier | None = None) -> None:
+    def __init__(
+        self,
+        client: CacheClient,
+        tier: LocalTier | None = None,
+        download: Throttle | None = None,
+    ) -> None:
         self.client = client
         self.tier = tier
+        self.download = download
+        self._pulls: dict[str, asyncio.Task[bytes]] = {}
         self._disk = ThreadPoolExecutor(4, thread_name_prefix="local-tier") if tier else None
 
     @property
@@ -38,15 +47,39 @@ class BlockFetcher:
 
     async def get(self, info: ObjectInfo, index: int) -> bytes:
         if self.tier is None:
-            return await self.client.read_block(info, index)
+            return await self._pull(info, index)
         loop = asyncio.get_running_loop()
         block_id = self.client.block_ref(info, index).id
         data = await loop.run_in_executor(self._disk, self.tier.get, block_id)
         if data is not None:
             return data
-        data = await self.client.read_block(info, index)
+        data = await self._pull(info, index)
         loop.run_in_executor(self._disk, self.tier.put, block_id, data)
         return data
+
+    async def _pull(self, info: ObjectInfo, index: int) -> bytes:
+        """The block through the client; concurrent pulls of one block share one (and
+        one charge to the download limit)."""
+        if self.download is None:
+            return await self.client.read_block(info, index)
+        block_id = self.client.block_ref(info, index).id
+        task = self._pulls.get(block_id)
+        if task is None:
+            task = asyncio.create_task(self._charged_read(info, index))
+            self._pulls[block_id] = task
+            task.add_done_callback(lambda t: self._pulls.pop(block_id, None))
+            task.add_done_callback(_consume)
+        return await asyncio.shield(task)
+
+    async def _charged_read(self, info: ObjectInfo, index: int) -> bytes:
+        """Charge the download limit for a block that is not in the client's memory tier
+        (which does not cross the network), then read it through the client."""
+        assert self.download is not None
+        ref = self.client.block_ref(info, index)
+        # A peek: LRUCache.__contains__ neither fetches nor reorders the entry.
+        if ref.id not in self.client._memory:
+            await self.download.charge(ref.length)
+        return await self.client.read_block(info, index)
 
     async def fill(self, info: ObjectInfo, index: int, data: bytes) -> None:
         """Push a just-written block to its owners (and the local tier)."""

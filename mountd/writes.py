@@ -11,6 +11,9 @@ them as cache hits.
 An existing object opened without ``O_TRUNC`` is first copied into the spool (through
 the cache) when it is at most ``max_rewrite_bytes``; a larger one is refused, because
 rewriting gigabytes to change a few bytes is never what the writer expects.
+
+Each upload carries the file's mode, owner and mtime (see ``PosixAttrs``) and, with
+``--upload-limit``, is charged to the mount's upload bucket as its bytes are sent.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import time
 from pathlib import Path
 
 from clientlib.origin import ObjectInfo, Origin
+from clientlib.origin.base import PosixAttrs
+from mountd.limits import Throttle, UploadMeter
 from mountd.prefetch import BlockFetcher
 
 __all__ = ["Spool"]
@@ -74,8 +79,16 @@ class Spool:
         self.size = size
         self.dirty = True
 
-    async def commit(self, origin: Origin, fetcher: BlockFetcher) -> ObjectInfo | None:
+    async def commit(
+        self,
+        origin: Origin,
+        fetcher: BlockFetcher,
+        posix: PosixAttrs | None = None,
+        upload: Throttle | None = None,
+    ) -> ObjectInfo | None:
         """Upload if there are changes, then fill the cache; the new version or None.
+
+        ``posix`` is stored with the object; ``upload`` throttles the upload.
 
         Raises what the upload raised; the spool stays dirty so a later fsync, close or
         release tries again.
@@ -86,7 +99,10 @@ class Spool:
             started = time.monotonic()
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, os.fsync, self.fd)
-            info = await origin.write(self.url, self.path)
+            meter = UploadMeter(upload) if upload is not None else None
+            info = await origin.write(self.url, self.path, posix=posix, progress=meter)
+            if meter is not None:
+                await meter.settle()
             self.dirty = False
             log.info(
                 "uploaded %s: %d bytes in %.2fs", self.url, info.size, time.monotonic() - started

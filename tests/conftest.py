@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from clientlib.localcluster import (
     S3Proxy,
     free_port,
     http_ok,
+    local_get,
     start_etcd,
     start_node,
     wait_until,
@@ -131,8 +131,7 @@ class Cluster:
 
 def node_metric(node: Node, name: str, labels: str = "") -> float:
     """One sample (``name{labels}``, or the sum over label sets) from a node's /metrics."""
-    with urllib.request.urlopen(node.url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
+    text = local_get(node.url + "/metrics").decode()
     total = 0.0
     for line in text.splitlines():
         if line.startswith("#"):

@@ -424,7 +424,7 @@ def relocate(example: Path, tmp_path: Path, uncomment: bool) -> Path:
 
     def move(match: re.Match[str]) -> str:
         path = tmp_path / match.group(1).lstrip("/")
-        if path.suffix == ".secret" or path.name == "token":
+        if path.suffix in (".secret", ".pem") or path.name == "token":
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("0123456789abcdef0123456789abcdef\n")
         elif not path.suffix:

@@ -23,7 +23,9 @@ async def run(args: argparse.Namespace) -> int:
     if args.offset < 0 or (args.length is not None and args.length < 0):
         raise BadRequest("--offset and --length must not be negative")
     out = sys.stdout.buffer
-    async with CacheClient(args.etcd, args.cluster, token_file=args.token_file) as client:
+    async with CacheClient(
+        args.etcd, args.cluster, token_file=args.token_file, ca_file=args.ca
+    ) as client:
         info = await client.stat(args.url)
         end = info.size if args.length is None else min(info.size, args.offset + args.length)
         pos = args.offset

@@ -27,7 +27,7 @@ async def run(args: argparse.Namespace) -> int:
     if node is None:
         known = ", ".join(n.id for n in nodes) or "none"
         raise NotFound(f"no node {args.node_id!r} in cluster {args.cluster} (nodes: {known})")
-    async with CacheClient(None, token_file=args.token_file) as client:
+    async with CacheClient(None, token_file=args.token_file, ca_file=args.ca) as client:
         await client.node_call(node, "/v1/admin/drain", {})
     print(f"node {node.id} ({node.addr}) is draining")
     if args.no_wait:

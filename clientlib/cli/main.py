@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="token (or, for operators, the cluster secret) to sign requests with",
     )
+    p.add_argument(
+        "--ca",
+        default=os.environ.get("RINGCACHE_CA"),
+        metavar="PEM",
+        help="CA to verify nodes' TLS certificates with (nodes started with --tls-cert)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (status, warmup, top, drain, cat, config, token):

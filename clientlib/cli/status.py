@@ -8,6 +8,7 @@ import json
 import humanfriendly
 
 from clientlib.status import cluster_status
+from clientlib.tls import client_context
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 async def run(args: argparse.Namespace) -> int:
-    status = await cluster_status(args.etcd, args.cluster)
+    status = await cluster_status(args.etcd, args.cluster, client_context(args.ca))
     if args.json:
         print(json.dumps(status, indent=2))
         return 0

@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from clientlib.status import collect_details, list_nodes
+from clientlib.tls import client_context
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -69,13 +70,14 @@ def render(cluster: str, rows: list[dict[str, Any]], prev: dict[str, Any], dt: f
 async def run(args: argparse.Namespace) -> int:
     # Off a terminal (piped, logged) there is no width to fit: don't squeeze columns.
     console = Console(width=None if sys.stdout.isatty() else 200)
+    context = client_context(args.ca)
     prev: dict[str, Any] = {}
     last = 0.0
     count = 0
     with Live(console=console, auto_refresh=False) as live:
         while True:
             _, nodes = await list_nodes(args.etcd, args.cluster)
-            rows = await collect_details(nodes)
+            rows = await collect_details(nodes, context)
             now = time.monotonic()
             live.update(render(args.cluster, rows, prev, now - last if last else 0.0))
             live.refresh()

@@ -60,7 +60,9 @@ def _sources(args: argparse.Namespace) -> list[str]:
 
 async def run(args: argparse.Namespace) -> int:
     sources = _sources(args)
-    async with CacheClient(args.etcd, args.cluster, token_file=args.token_file) as client:
+    async with CacheClient(
+        args.etcd, args.cluster, token_file=args.token_file, ca_file=args.ca
+    ) as client:
         if args.check:
             return _print_check(await warm.check(client, sources), args.json)
         if args.evict:

@@ -6,24 +6,30 @@ the directory methods are the real ``mkdir``/``rmdir``, whose ``OSError`` carrie
 errno a file system caller wants (``EEXIST``, ``ENOTEMPTY``).
 A node serving file:// URLs for remote clients must only open files under its configured
 roots (``allowed_roots``), or the cache would be a way to read any file on the node.
+POSIX attributes are the files' own: ``set_posix`` is ``chmod``/``chown``/``utime``
+(note that a new mtime is a new version tag).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
+import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from clientlib.errors import BadRequest, Forbidden, NotFound, VersionMismatch
 from clientlib.metrics import ORIGIN_BYTES, ORIGIN_REQUESTS
-from clientlib.origin.base import ObjectInfo, Origin
+from clientlib.origin.base import ObjectInfo, Origin, PosixAttrs, Progress
 from clientlib.urls import split_url
 
 __all__ = ["FileOrigin"]
+
+log = logging.getLogger(__name__)
 
 
 def _version(st: os.stat_result) -> str:
@@ -154,14 +160,26 @@ class FileOrigin(Origin):
         return await self._run(self._listdir_sync, self._path(url), max_keys)
 
     @staticmethod
-    def _write_sync(dest: Path, source: Path) -> None:
+    def _write_sync(
+        dest: Path,
+        source: Path,
+        posix: PosixAttrs | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         # Copy beside the destination, flush it to disk, then rename over: a reader sees
         # the old file or the whole new one, never a half-written one.
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-                shutil.copyfileobj(src, out, 1024 * 1024)
+                if progress is None:
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+                else:
+                    while chunk := src.read(1024 * 1024):
+                        progress(len(chunk))
+                        out.write(chunk)
                 out.flush()
+                if posix is not None:
+                    FileOrigin._apply_sync(Path(tmp), posix, strict=False, fd=out.fileno())
                 os.fsync(out.fileno())
             os.replace(tmp, dest)
         except BaseException:
@@ -169,10 +187,106 @@ class FileOrigin(Origin):
                 os.unlink(tmp)
             raise
 
-    async def write(self, url: str, path: Path) -> ObjectInfo:
+    async def write(
+        self,
+        url: str,
+        path: Path,
+        *,
+        posix: PosixAttrs | None = None,
+        progress: Progress | None = None,
+    ) -> ObjectInfo:
+        """Replace the file; ``posix`` sets its mode and owner (the owner only where this
+        process may: a refused chown is logged, not an error) and, if given, its mtime."""
         ORIGIN_REQUESTS.labels("put").inc()
-        await self._run(self._write_sync, self._path(url), path)
+        await self._run(self._write_sync, self._path(url), path, posix, progress)
         return await self.stat(url)
+
+    @staticmethod
+    def _apply_sync(path: Path, attrs: PosixAttrs, strict: bool, fd: int | None = None) -> None:
+        """chmod, chown and utime ``path`` to ``attrs`` (fields that are None stay)."""
+        target: int | Path = fd if fd is not None else path
+        if attrs.perm is not None:
+            os.chmod(target, attrs.perm)
+        if attrs.uid is not None or attrs.gid is not None:
+            uid = -1 if attrs.uid is None else attrs.uid
+            gid = -1 if attrs.gid is None else attrs.gid
+            try:
+                os.chown(target, uid, gid)
+            except PermissionError:
+                if strict:
+                    raise
+                log.debug("cannot give %s to %d:%d; owner left as is", path, uid, gid)
+        if attrs.mtime is not None:
+            ns = round(attrs.mtime * 1e9)
+            os.utime(target, ns=(ns, ns))
+
+    async def stat_posix(self, url: str) -> tuple[ObjectInfo, PosixAttrs]:
+        path = self._path(url)
+        ORIGIN_REQUESTS.labels("stat").inc()
+        try:
+            st = await self._run(os.stat, path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"no such object: {url}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFound(f"not a regular file: {url}")
+        _, key = split_url(url)
+        info = ObjectInfo(url, "file://", key, st.st_size, _version(st), st.st_mtime)
+        return info, PosixAttrs.from_stat(st)
+
+    async def dir_posix(self, url: str) -> PosixAttrs:
+        ORIGIN_REQUESTS.labels("stat").inc()
+        try:
+            return PosixAttrs.from_stat(await self._run(os.stat, self._path(url)))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"no such directory: {url}") from None
+
+    def _listdir_posix_sync(
+        self, path: Path
+    ) -> tuple[list[str], list[ObjectInfo], dict[str, PosixAttrs]]:
+        dirs: list[str] = []
+        files: list[ObjectInfo] = []
+        attrs: dict[str, PosixAttrs] = {}
+        try:
+            entries = os.scandir(path)
+            attrs[""] = PosixAttrs.from_stat(os.stat(path))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"no such directory: {path}") from None
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    dirs.append(entry.name)
+                elif stat.S_ISREG(st.st_mode):
+                    full = os.path.join(path, entry.name)
+                    files.append(
+                        ObjectInfo(
+                            "file://" + full, "file://", full, st.st_size, _version(st), st.st_mtime
+                        )
+                    )
+                else:
+                    continue
+                attrs[entry.name] = PosixAttrs.from_stat(st)
+        return dirs, files, attrs
+
+    async def listdir_posix(
+        self, url: str
+    ) -> tuple[list[str], list[ObjectInfo], dict[str, PosixAttrs]]:
+        """The scandir listing: every entry's mode, owner and mtime come with it."""
+        ORIGIN_REQUESTS.labels("list").inc()
+        return await self._run(self._listdir_posix_sync, self._path(url))
+
+    async def set_posix(self, url: str, attrs: PosixAttrs) -> ObjectInfo | None:
+        """chmod/chown/utime the file or directory; EPERM if this process may not."""
+        path = self._path(url)
+        ORIGIN_REQUESTS.labels("put").inc()
+        try:
+            await self._run(self._apply_sync, path, attrs, True)
+        except FileNotFoundError:
+            raise NotFound(f"no such object: {url}") from None
+        return None if url.endswith("/") else await self.stat(url)
 
     async def delete(self, url: str) -> None:
         ORIGIN_REQUESTS.labels("delete").inc()
@@ -189,9 +303,12 @@ class FileOrigin(Origin):
             raise NotFound(f"no such object: {src}") from None
         return await self.stat(dst)
 
-    async def mkdir(self, url: str) -> None:
+    async def mkdir(self, url: str, posix: PosixAttrs | None = None) -> None:
         ORIGIN_REQUESTS.labels("put").inc()
-        await self._run(os.mkdir, self._path(url))
+        path = self._path(url)
+        await self._run(os.mkdir, path)
+        if posix is not None:
+            await self._run(self._apply_sync, path, posix, False)
 
     async def rmdir(self, url: str) -> None:
         ORIGIN_REQUESTS.labels("delete").inc()

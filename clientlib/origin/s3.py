@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import botocore.exceptions
 
 from clientlib.errors import BadRequest, NotFound, OriginError, VersionMismatch
 from clientlib.metrics import ORIGIN_BYTES, ORIGIN_REQUESTS
-from clientlib.origin.base import ObjectInfo, Origin
+from clientlib.origin.base import ObjectInfo, Origin, PosixAttrs, Progress
 from clientlib.urls import join_url, split_url
 
 __all__ = ["S3Origin"]
@@ -142,7 +143,7 @@ class S3Origin(Origin):
         ]
 
     def _listdir_sync(
-        self, bucket: str, prefix: str, max_keys: int | None
+        self, bucket: str, prefix: str, max_keys: int | None, marker: list[bool] | None = None
     ) -> tuple[list[str], list[dict[str, Any]]]:
         paginator = self._client.get_paginator("list_objects_v2")
         pages: dict[str, Any] = {}
@@ -158,6 +159,8 @@ class S3Origin(Origin):
             for item in page.get("Contents", []):
                 if item["Key"] != prefix:  # the directory's own marker object
                     files.append(item)
+                elif marker is not None:
+                    marker.append(True)
         return dirs, files
 
     async def listdir(
@@ -184,20 +187,146 @@ class S3Origin(Origin):
         ]
         return dirs, files
 
-    def _upload_sync(self, bucket: str, key: str, path: Path) -> None:
+    def _upload_sync(
+        self,
+        bucket: str,
+        key: str,
+        path: Path,
+        extra: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         try:
-            self._client.upload_file(str(path), bucket, key, Config=self._transfer)
+            self._client.upload_file(
+                str(path), bucket, key, ExtraArgs=extra, Callback=progress, Config=self._transfer
+            )
         except boto3.exceptions.S3UploadFailedError as exc:
             raise OriginError(f"upload to s3://{bucket}/{key} failed: {exc}") from None
 
-    async def write(self, url: str, path: Path) -> ObjectInfo:
-        """Upload ``path`` (multipart when large), then read back the new ETag."""
+    async def write(
+        self,
+        url: str,
+        path: Path,
+        *,
+        posix: PosixAttrs | None = None,
+        progress: Progress | None = None,
+    ) -> ObjectInfo:
+        """Upload ``path`` (multipart when large), then read back the new ETag.
+
+        ``posix`` becomes the object's user metadata (``mtime`` defaults to now);
+        ``progress`` is boto3's transfer callback, called as the body is sent.
+        """
         origin, key = split_url(url)
         if not key or key.endswith("/"):
             raise BadRequest(f"not an object URL: {url}")
+        extra = None
+        if posix is not None:
+            if posix.mtime is None:
+                posix = PosixAttrs(posix.mode, posix.uid, posix.gid, time.time(), posix.extra)
+            extra = {"Metadata": posix.to_metadata()}
         ORIGIN_REQUESTS.labels("put").inc()
-        await self._call(lambda: self._upload_sync(origin[5:], key, path), url)
+        await self._call(lambda: self._upload_sync(origin[5:], key, path, extra, progress), url)
         return await self.stat(url)
+
+    async def stat_posix(self, url: str) -> tuple[ObjectInfo, PosixAttrs]:
+        """One HEAD: the object's size and ETag, and its s3fs-style user metadata."""
+        origin, key = split_url(url)
+        if not key or key.endswith("/"):
+            raise NotFound(f"not an object: {url}")
+        ORIGIN_REQUESTS.labels("stat").inc()
+        head = await self._call(self._client.head_object, url, Bucket=origin[5:], Key=key)
+        info = ObjectInfo(
+            url,
+            origin,
+            key,
+            int(head["ContentLength"]),
+            head["ETag"].strip('"'),
+            head["LastModified"].timestamp(),
+        )
+        return info, PosixAttrs.from_metadata(head.get("Metadata") or {})
+
+    async def dir_posix(self, url: str) -> PosixAttrs:
+        """The metadata of the directory's marker object ``prefix/`` (a HEAD); a
+        directory without a marker has none."""
+        origin, key = split_url(url)
+        if not key:
+            return PosixAttrs()
+        if not key.endswith("/"):
+            key += "/"
+        ORIGIN_REQUESTS.labels("stat").inc()
+        try:
+            head = await self._call(self._client.head_object, url, Bucket=origin[5:], Key=key)
+        except NotFound:
+            return PosixAttrs()
+        return PosixAttrs.from_metadata(head.get("Metadata") or {})
+
+    async def listdir_posix(
+        self, url: str
+    ) -> tuple[list[str], list[ObjectInfo], dict[str, PosixAttrs]]:
+        """The listing knows no object's metadata, but it does show whether the
+        directory has a marker object: without one, the directory has no metadata."""
+        origin, prefix = split_url(url)
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        ORIGIN_REQUESTS.labels("list").inc()
+        seen: list[bool] = []
+        dirs, items = await self._call(
+            lambda: self._listdir_sync(origin[5:], prefix, None, seen), url
+        )
+        files = [
+            ObjectInfo(
+                join_url(origin, item["Key"]),
+                origin,
+                item["Key"],
+                int(item["Size"]),
+                item["ETag"].strip('"'),
+                item["LastModified"].timestamp(),
+            )
+            for item in items
+        ]
+        return dirs, files, ({} if seen or not prefix else {"": PosixAttrs()})
+
+    #: Largest object CopyObject copies in one request; larger ones need a multipart copy.
+    _MAX_COPY = 5 * 1024**3
+
+    def _set_metadata_sync(self, bucket: str, key: str, attrs: PosixAttrs) -> None:
+        try:
+            head = self._client.head_object(Bucket=bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if key.endswith("/") and exc.response.get("Error", {}).get("Code") in (
+                "404",
+                "NoSuchKey",
+                "NotFound",
+            ):
+                # A directory that only exists as a prefix: give it a marker to hold them.
+                self._client.put_object(
+                    Bucket=bucket, Key=key, Body=b"", Metadata=attrs.to_metadata()
+                )
+                return
+            raise
+        old = PosixAttrs.from_metadata(head.get("Metadata") or {})
+        meta = PosixAttrs(attrs.mode, attrs.uid, attrs.gid, attrs.mtime, old.extra)
+        extra: dict[str, Any] = {"Metadata": meta.to_metadata(), "MetadataDirective": "REPLACE"}
+        for name in ("ContentType", "ContentEncoding", "ContentDisposition", "CacheControl"):
+            if head.get(name):
+                extra[name] = head[name]
+        source = {"Bucket": bucket, "Key": key}
+        if int(head["ContentLength"]) <= self._MAX_COPY:
+            self._client.copy_object(
+                Bucket=bucket, Key=key, CopySource=source, CopySourceIfMatch=head["ETag"], **extra
+            )
+        else:
+            self._client.copy(source, bucket, key, ExtraArgs=extra, Config=self._transfer)
+
+    async def set_posix(self, url: str, attrs: PosixAttrs) -> ObjectInfo | None:
+        """Rewrite the object's metadata in place: CopyObject onto itself with
+        ``MetadataDirective=REPLACE`` (other user metadata is kept). The ETag may change
+        (it does for multipart objects), so the new version is returned."""
+        origin, key = split_url(url)
+        if not key:
+            raise BadRequest(f"the bucket root {url} has no metadata")
+        ORIGIN_REQUESTS.labels("copy").inc()
+        await self._call(lambda: self._set_metadata_sync(origin[5:], key, attrs), url)
+        return None if key.endswith("/") else await self.stat(url)
 
     async def delete(self, url: str) -> None:
         origin, key = split_url(url)
@@ -222,12 +351,13 @@ class S3Origin(Origin):
         await self.delete(src)
         return info
 
-    async def mkdir(self, url: str) -> None:
+    async def mkdir(self, url: str, posix: PosixAttrs | None = None) -> None:
         origin, key = split_url(url)
         if not key.endswith("/"):
             key += "/"
+        meta = {} if posix is None else {"Metadata": posix.to_metadata()}
         ORIGIN_REQUESTS.labels("put").inc()
-        await self._call(self._client.put_object, url, Bucket=origin[5:], Key=key, Body=b"")
+        await self._call(self._client.put_object, url, Bucket=origin[5:], Key=key, Body=b"", **meta)
 
     async def rmdir(self, url: str) -> None:
         """Delete the marker; a directory that only existed as a prefix is already gone."""

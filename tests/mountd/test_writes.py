@@ -109,7 +109,7 @@ def test_mkdir_rmdir_unlink_rename_behave_with_posix_errnos(make_cluster, mount,
     with pytest.raises(OSError) as exc:
         os.symlink("e", m.path / "link")
     assert exc.value.errno == errno.EPERM
-    os.chmod(m.path / "e", 0o700)  # accepted (kept for the mount's lifetime)
+    os.chmod(m.path / "e", 0o700)  # stored in the marker object's metadata
     assert (m.path / "e").stat().st_mode & 0o777 == 0o700
 
 

@@ -1,0 +1,52 @@
+"""TLS on the node port: clients that trust the CA read from peers; others cannot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from tests.conftest import run_cachectl
+
+
+@pytest.fixture
+def cert(tmp_path):  # type: ignore[no-untyped-def]
+    key, pem = tmp_path / "node-key.pem", tmp_path / "node.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=ringcache-test", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(pem)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return pem, key
+
+
+async def test_tls_nodes_serve_clients_that_trust_their_ca_and_refuse_plain_http(
+    make_cluster, client_for, cert, s3, bucket
+):
+    pem, key = cert
+    tls = ["--tls-cert", str(pem), "--tls-key", str(key), "--ca", str(pem)]
+    cluster = make_cluster(2, extra=tls)
+    data = os.urandom(2 * BS + 3)
+    s3.put_object(Bucket=bucket, Key="k", Body=data)
+    trusting = await client_for(cluster, ca_file=str(pem))
+    assert await trusting.read(f"s3://{bucket}/k") == data
+    served = cluster.metric("ringcache_served_bytes_total")
+    assert served == len(data)
+
+    # A client that does not trust the certificate gets nothing from the nodes (it reads
+    # the origin itself), and plain HTTP to the TLS port is not answered.
+    untrusting = await client_for(cluster)
+    assert await untrusting.read(f"s3://{bucket}/k") == data
+    assert cluster.metric("ringcache_served_bytes_total") == served
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"http://{cluster.nodes[0].addr}/healthz", timeout=5).read()
+
+    status = await run_cachectl(
+        "--etcd", cluster.etcd.url, "--cluster", cluster.name, "--ca", str(pem), "status"
+    )
+    assert status.stdout.decode().count("active") == 2, status.stdout
