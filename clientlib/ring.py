@@ -67,7 +67,7 @@ class Ring:
             # Past a few hundred nodes the point count, not balance, is what hurts: keep
             # the ring under MAX_POINTS so a 1000-node ring still builds in well under a
             # second (balance there is ~1.3 max/mean instead of ~1.1).
-            vnodes = max(MIN_VNODES, min(vnodes, MAX_POINTS // len(active)))
+            vnodes = min(vnodes, max(MIN_VNODES, MAX_POINTS // len(active)))
             mean = sum(max(n.weight, 1e-9) for n in active) / len(active)
             ring = HashRing(
                 nodes={
@@ -88,6 +88,15 @@ class Ring:
 
     def __len__(self) -> int:
         return len(self._active)
+
+    def points(self) -> list[tuple[int, str]]:
+        """The ring's points in order, as ``(position, node id)`` (for analysis tools)."""
+        return list(zip(self._keys, self._names, strict=True))
+
+    @staticmethod
+    def position(key: str) -> int:
+        """Where ``key`` (a block id) lands on the ring."""
+        return _point(key)
 
     def without(self, node_id: str) -> Ring:
         """The ring as it would be without ``node_id`` (where its blocks came from)."""
