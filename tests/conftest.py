@@ -129,9 +129,8 @@ class Cluster:
             node.stop()
 
 
-def node_metric(node: Node, name: str, labels: str = "") -> float:
-    """One sample (``name{labels}``, or the sum over label sets) from a node's /metrics."""
-    text = local_get(node.url + "/metrics").decode()
+def metric_sum(text: str, name: str, labels: str = "") -> float:
+    """One sample (``name{labels}``, or the sum over label sets) of Prometheus text."""
     total = 0.0
     for line in text.splitlines():
         if line.startswith("#"):
@@ -141,6 +140,11 @@ def node_metric(node: Node, name: str, labels: str = "") -> float:
         if metric == name and (not labels or labels in rest):
             total += float(value)
     return total
+
+
+def node_metric(node: Node, name: str, labels: str = "") -> float:
+    """A sample of a node's /metrics (summed over label sets if unspecified)."""
+    return metric_sum(local_get(node.url + "/metrics").decode(), name, labels)
 
 
 @pytest.fixture

@@ -7,85 +7,58 @@ cachenode processes) and is unmounted at teardown, with SIGTERM and, if that fai
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from clientlib.localcluster import Process, free_port
-from tests.conftest import Cluster
+from clientlib.localcluster import Mount as LocalMount
+from clientlib.localcluster import local_get
+from clientlib.localcluster import start_mount as start_local_mount
+from tests.conftest import Cluster, metric_sum
 
 
 @dataclass
 class Mount:
     """One running mountd: its mount point, process and metrics endpoint."""
 
-    path: Path
-    proc: Process
-    metrics_url: str
+    proc: LocalMount
+
+    @property
+    def path(self) -> Path:
+        return self.proc.path
+
+    @property
+    def metrics_url(self) -> str:
+        return self.proc.metrics_url
 
     def metric(self, name: str, labels: str = "") -> float:
         """A sample of the mount's client metrics (summed over label sets if unspecified)."""
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
-            text = resp.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            sample, _, value = line.rpartition(" ")
-            metric, _, rest = sample.partition("{")
-            if metric == name and (not labels or labels in rest):
-                total += float(value)
-        return total
+        return metric_sum(local_get(self.metrics_url).decode(), name, labels)
 
     def unmount(self) -> None:
         self.proc.stop(timeout=20)
-        if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
 
 
 def start_mount(cluster: Cluster, source: str, root: Path, *extra: str) -> Mount:
     """Start mountd on a fresh directory under ``root`` and wait until it is mounted."""
+    root.mkdir(parents=True, exist_ok=True)
     index = len(list(root.glob("mnt*")))
-    path = root / f"mnt{index}"
-    path.mkdir(parents=True)
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mountd",
-        source,
-        str(path),
-        "--etcd",
-        cluster.etcd.url,
-        "--cluster",
-        cluster.name,
-        "--foreground",
-        "--metrics-listen",
-        f"127.0.0.1:{port}",
-        "--attr-ttl",
-        "1",
-        "--log-level",
-        "DEBUG",
-        *extra,
-    ]
-    proc = Process(f"mountd-{index}", cmd, root / f"mountd{index}.log").start()
-    mount = Mount(path, proc, f"http://127.0.0.1:{port}/metrics")
-    deadline = time.monotonic() + 30
-    while not os.path.ismount(path):
-        if not proc.alive():
-            raise RuntimeError(f"mountd exited at start:\n{proc.log_tail()}")
-        if time.monotonic() > deadline:
-            mount.unmount()
-            raise TimeoutError(f"mountd did not mount {path}:\n{proc.log_tail()}")
-        time.sleep(0.05)
-    return mount
+    return Mount(
+        start_local_mount(
+            source,
+            root / f"mnt{index}",
+            cluster.etcd.url,
+            cluster.name,
+            "--attr-ttl",
+            "1",
+            "--log-level",
+            "DEBUG",
+            *extra,
+            log_path=root / f"mountd{index}.log",
+        )
+    )
 
 
 @pytest.fixture
