@@ -18,6 +18,7 @@ crash the hit rate or send a burst to the origin.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 
@@ -42,14 +43,16 @@ class Handoff:
         watcher: RingWatcher,
         self_id: str,
         credentials: Credentials | None = None,
-        timeout: float = 5.0,
+        timeout: float = 15.0,
         ssl_context: ssl.SSLContext | None = None,
+        answer_timeout: float = 1.0,
     ) -> None:
         self._ssl = ssl_context
         self._watcher = watcher
         self._credentials = credentials or Credentials()
         self._self_id = self_id
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(1.0, timeout))
+        self._answer_timeout = answer_timeout
         self._session: aiohttp.ClientSession | None = None
         self._seen: Ring | None = None
         self._previous = Ring()
@@ -98,7 +101,12 @@ class Handoff:
             try:
                 path = f"/v1/blocks/{block_id}"
                 headers = self._credentials.headers("GET", path)
-                async with self._session.get(node.url + path, headers=headers) as resp:
+                # A live node answers at once (hit, 404, or headers while it finishes
+                # its own fetch); one that does not within `answer_timeout` is hung.
+                resp = await asyncio.wait_for(
+                    self._session.get(node.url + path, headers=headers), self._answer_timeout
+                )
+                async with resp:
                     if resp.status == 200:
                         data = await resp.read()
                         if len(data) == length:

@@ -52,6 +52,10 @@ class ReadThrough:
             return data
         return await self.join(block_id)
 
+    def fetching(self, block_id: str) -> bool:
+        """Whether a fetch of ``block_id`` is in flight here."""
+        return block_id in self._inflight
+
     async def join(self, block_id: str) -> bytes | None:
         """The block from a fetch already in flight here, else ``None`` at once.
 

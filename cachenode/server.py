@@ -395,11 +395,9 @@ def make_app(
             claims.require_all_access("a lookup by block id alone")
             cached = await store.open_verified(block_id)
             if cached is None:
-                joined = await readthrough.join(block_id)
-                if joined is None:
+                if not readthrough.fetching(block_id):
                     return web.json_response({"error": "block not cached"}, status=404)
-                SERVED_BYTES.labels("miss").inc(len(joined))
-                return web.Response(body=joined, headers={"X-Ringcache-Result": "miss"})
+                return await serve_join(request, block_id)
         # The hit is counted here rather than by ReadThrough.cached, which reads the whole
         # block into memory: large hits are sent from the verified file instead.
         BLOCK_HITS.inc()
@@ -449,6 +447,22 @@ def make_app(
         await response.write_eof()
         SERVED_BYTES.labels("miss").inc(len(data))
         REQUEST_SECONDS.labels("get_miss").observe(time.perf_counter() - started)
+        return response
+
+    async def serve_join(request: web.Request, block_id: str) -> web.StreamResponse:
+        """A lookup of a block this node is fetching right now: headers at once (so the
+        asking node knows this one is alive, see cachenode.handoff), the body when the
+        fetch is done; the connection is aborted if it fails."""
+        response = web.StreamResponse(headers={"X-Ringcache-Result": "miss"})
+        await response.prepare(request)
+        data = await readthrough.join(block_id)
+        if data is None:
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write(data)
+        await response.write_eof()
+        SERVED_BYTES.labels("miss").inc(len(data))
         return response
 
     async def put_block(request: web.Request) -> web.Response:
