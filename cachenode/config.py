@@ -14,7 +14,14 @@ from typing import Any
 from cachenode.store import CacheDirSpec
 from clientlib.auth import load_secret
 from clientlib.cluster import check_cluster_name, check_node_id, parse_etcd_url
-from clientlib.config import OneLineParser, layered_settings, parse_hostport, parse_size
+from clientlib.config import (
+    OneLineParser,
+    add_cluster_arguments,
+    check_log_level,
+    layered_settings,
+    parse_hostport,
+    parse_size,
+)
 from clientlib.errors import ConfigError
 
 __all__ = ["NodeConfig", "build_parser", "load_config"]
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serves them over HTTP, reads through to the origin on a miss, and registers "
         "itself in etcd.",
     )
-    p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below")
+    add_cluster_arguments(p)
     p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (required)")
     p.add_argument(
         "--advertise",
@@ -70,8 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH[:SIZE]",
         help=f"a cache directory and its size (default size {DEFAULT_DIR_SIZE}); repeatable",
     )
-    p.add_argument("--etcd", metavar="URL", help="etcd endpoint, http://HOST:PORT (required)")
-    p.add_argument("--cluster", metavar="NAME", help="cluster name (default: default)")
     p.add_argument(
         "--node-id",
         dest="node_id",
@@ -119,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds to let in-flight requests finish on SIGTERM (default 30)",
     )
-    p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(
         "--token-file",
         dest="token_file",
@@ -129,11 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tls-cert", dest="tls_cert", metavar="PEM", help="serve HTTPS with this cert")
     p.add_argument("--tls-key", dest="tls_key", metavar="PEM", help="the key of --tls-cert")
-    p.add_argument(
-        "--ca",
-        metavar="PEM",
-        help="CA to verify other nodes' TLS certificates with (default: system store)",
-    )
     return p
 
 
@@ -220,10 +219,7 @@ def load_config(argv: list[str] | None = None) -> NodeConfig:
             raise ConfigError(f"--eviction: {s['eviction']!r} is not s3fifo or lru")
         kwargs["eviction"] = s["eviction"]
     if s.get("log_level") is not None:
-        level = str(s["log_level"]).upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"--log-level: {s['log_level']!r} is not a log level")
-        kwargs["log_level"] = level
+        kwargs["log_level"] = check_log_level(s["log_level"])
     if s.get("token_file"):
         load_secret(s["token_file"])
         kwargs["token_file"] = Path(s["token_file"])

@@ -17,7 +17,14 @@ import humanfriendly
 
 from clientlib.errors import ConfigError
 
-__all__ = ["OneLineParser", "layered_settings", "parse_hostport", "parse_size"]
+__all__ = [
+    "OneLineParser",
+    "add_cluster_arguments",
+    "check_log_level",
+    "layered_settings",
+    "parse_hostport",
+    "parse_size",
+]
 
 
 def parse_size(value: str | int, what: str) -> int:
@@ -80,3 +87,23 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags every daemon shares: its config file, the cluster, logging, and CA."""
+    p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below")
+    p.add_argument("--etcd", metavar="URL", help="etcd endpoint, http://HOST:PORT (required)")
+    p.add_argument("--cluster", metavar="NAME", help="cluster name (default: default)")
+    p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--ca",
+        metavar="PEM",
+        help="CA to verify cache nodes' TLS certificates with (default: system store)",
+    )
+
+
+def check_log_level(value: object) -> str:
+    level = str(value).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"--log-level: {value!r} is not a log level")
+    return level

@@ -15,7 +15,14 @@ from typing import Any
 
 from clientlib.auth import Credentials
 from clientlib.cluster import check_cluster_name, parse_etcd_url
-from clientlib.config import OneLineParser, layered_settings, parse_hostport, parse_size
+from clientlib.config import (
+    OneLineParser,
+    add_cluster_arguments,
+    check_log_level,
+    layered_settings,
+    parse_hostport,
+    parse_size,
+)
 from clientlib.errors import BadRequest, ConfigError
 from clientlib.urls import split_url
 
@@ -72,11 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         "through the ringcache cluster (local memory, then the cache nodes, then the "
         "origin) and writes whole objects back to the origin on close() and fsync().",
     )
+    add_cluster_arguments(p)
     p.add_argument("source", nargs="?", help="s3://bucket[/prefix] or file:///dir")
     p.add_argument("mountpoint", nargs="?", help="an existing empty directory")
-    p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below")
-    p.add_argument("--etcd", metavar="URL", help="etcd endpoint, http://HOST:PORT (required)")
-    p.add_argument("--cluster", metavar="NAME", help="cluster name (default: default)")
     p.add_argument(
         "--local-cache",
         dest="local_cache",
@@ -187,7 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="let other users use the mount (needs user_allow_other in /etc/fuse.conf)",
     )
-    p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(
         "--log-file",
         dest="log_file",
@@ -199,11 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
         dest="token_file",
         metavar="PATH",
         help="token (see cachectl token create) to sign requests to the cache nodes with",
-    )
-    p.add_argument(
-        "--ca",
-        metavar="PEM",
-        help="CA to verify the cache nodes' TLS certificates with (default: system store)",
     )
     return p
 
@@ -336,10 +335,7 @@ def load_config(argv: list[str] | None = None) -> MountConfig:
         if not 0 <= kwargs["umask"] <= 0o777:
             raise ConfigError(f"--umask: {s['umask']!r} is not between 000 and 777")
     if s.get("log_level") is not None:
-        level = str(s["log_level"]).upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"--log-level: {s['log_level']!r} is not a log level")
-        kwargs["log_level"] = level
+        kwargs["log_level"] = check_log_level(s["log_level"])
     if s.get("log_file"):
         kwargs["log_file"] = Path(s["log_file"]).absolute()
     for name in ("download_limit", "upload_limit"):
