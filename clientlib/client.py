@@ -392,6 +392,15 @@ class CacheClient:
         CLIENT_BLOCK_READS.labels("origin").inc()
         return data
 
+    def has_local(self, block_id: str) -> bool:
+        """Whether the memory tier holds ``block_id`` (reading it costs no transfer)."""
+        return block_id in self._memory
+
+    @property
+    def origins(self) -> Origins:
+        """The client's pooled origin backends."""
+        return self._origins
+
     def clear_local(self) -> None:
         """Empty the memory tier (benchmarks of the warm-peer path use this)."""
         self._memory.clear()

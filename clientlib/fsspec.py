@@ -121,7 +121,7 @@ class RingcacheFileSystem(_ReadOnly, ChainedFileSystem):
         return sync(self._loop, lambda: coro)
 
     def _origins(self) -> Origins:
-        return self.client._origins
+        return self.client.origins
 
     def _stat(self, url: str) -> ObjectInfo:
         return sync(self._loop, self.client.stat, url)

@@ -76,8 +76,7 @@ class BlockFetcher:
         (which does not cross the network), then read it through the client."""
         assert self.download is not None
         ref = self.client.block_ref(info, index)
-        # A peek: LRUCache.__contains__ neither fetches nor reorders the entry.
-        if ref.id not in self.client._memory:
+        if not self.client.has_local(ref.id):
             await self.download.charge(ref.length)
         return await self.client.read_block(info, index)
 
