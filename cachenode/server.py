@@ -419,6 +419,22 @@ def make_app(
         finally:
             cached.close()
 
+    async def stream_when_ready(
+        request: web.Request, response: web.StreamResponse, data: Awaitable[bytes | None]
+    ) -> bool:
+        """Send the headers now and the body once ``data`` resolves; abort the connection
+        if it resolves to None (the client sees a broken response, never a short one)."""
+        await response.prepare(request)
+        body = await data
+        if body is None:
+            if request.transport is not None:
+                request.transport.abort()
+            return False
+        await response.write(body)
+        await response.write_eof()
+        SERVED_BYTES.labels("miss").inc(len(body))
+        return True
+
     async def serve_miss(
         request: web.Request, ref: BlockRef, block_id: str, concurrent: int, started: float
     ) -> web.StreamResponse:
@@ -435,18 +451,18 @@ def make_app(
             headers["X-Ringcache-Hot"] = "1"
         response = web.StreamResponse(headers=headers)
         response.content_length = ref.length
-        await response.prepare(request)
-        try:
-            data = await readthrough.fetch(ref, block_id)
-        except RingcacheError as exc:
-            log.warning("miss of block %s of %s failed after headers: %s", block_id, ref.url, exc)
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        await response.write(data)
-        await response.write_eof()
-        SERVED_BYTES.labels("miss").inc(len(data))
-        REQUEST_SECONDS.labels("get_miss").observe(time.perf_counter() - started)
+
+        async def fetch() -> bytes | None:
+            try:
+                return await readthrough.fetch(ref, block_id)
+            except RingcacheError as exc:
+                log.warning(
+                    "miss of block %s of %s failed after headers: %s", block_id, ref.url, exc
+                )
+                return None
+
+        if await stream_when_ready(request, response, fetch()):
+            REQUEST_SECONDS.labels("get_miss").observe(time.perf_counter() - started)
         return response
 
     async def serve_join(request: web.Request, block_id: str) -> web.StreamResponse:
@@ -454,15 +470,7 @@ def make_app(
         asking node knows this one is alive, see cachenode.handoff), the body when the
         fetch is done; the connection is aborted if it fails."""
         response = web.StreamResponse(headers={"X-Ringcache-Result": "miss"})
-        await response.prepare(request)
-        data = await readthrough.join(block_id)
-        if data is None:
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        await response.write(data)
-        await response.write_eof()
-        SERVED_BYTES.labels("miss").inc(len(data))
+        await stream_when_ready(request, response, readthrough.join(block_id))
         return response
 
     async def put_block(request: web.Request) -> web.Response:

@@ -532,27 +532,9 @@ class BlockStore:
         A file whose length or checksum is wrong is deleted, dropped from the index and
         logged; None tells the caller to fetch the block again.
         """
-        key = _key(block_id)
-        for d in self._up:
-            entry = d.policy.lookup(key)
-            if entry is not None:
-                break
-        else:
-            return None
-        nbytes, checksum = entry
-        path = d.block_path(block_id, nbytes, checksum)
-        if nbytes <= INLINE_READ_MAX:
-            result = _read_verified(path, nbytes, checksum)
-        else:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(
-                self._pool(), _read_verified, path, nbytes, checksum
-            )
-        if isinstance(result, bytes):
-            d.policy.touch(key)
-            return result
-        self._drop_bad(d, key, block_id, entry, path, result)
-        return None
+        result = await self.open_verified(block_id, read_max=MAX_BLOCK_SIZE)
+        assert not isinstance(result, BlockFile)  # every block fits read_max
+        return result
 
     async def open_verified(
         self, block_id: str, *, read_max: int = INLINE_READ_MAX

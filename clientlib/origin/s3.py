@@ -36,6 +36,18 @@ __all__ = ["S3Origin"]
 log = logging.getLogger(__name__)
 
 
+def _listed(origin: str, item: dict[str, Any]) -> ObjectInfo:
+    """An object as a ListObjectsV2 page describes it."""
+    return ObjectInfo(
+        join_url(origin, item["Key"]),
+        origin,
+        item["Key"],
+        int(item["Size"]),
+        item["ETag"].strip('"'),
+        item["LastModified"].timestamp(),
+    )
+
+
 class S3Origin(Origin):
     """Reads objects with a pooled boto3 client on a dedicated thread pool.
 
@@ -129,18 +141,7 @@ class S3Origin(Origin):
         origin, prefix = split_url(url)
         ORIGIN_REQUESTS.labels("list").inc()
         items = await self._call(lambda: self._list_sync(origin[5:], prefix), url)
-        return [
-            ObjectInfo(
-                join_url(origin, item["Key"]),
-                origin,
-                item["Key"],
-                int(item["Size"]),
-                item["ETag"].strip('"'),
-                item["LastModified"].timestamp(),
-            )
-            for item in items
-            if not item["Key"].endswith("/")
-        ]
+        return [_listed(origin, item) for item in items if not item["Key"].endswith("/")]
 
     def _listdir_sync(
         self, bucket: str, prefix: str, max_keys: int | None, marker: list[bool] | None = None
@@ -174,17 +175,7 @@ class S3Origin(Origin):
         dirs, items = await self._call(
             lambda: self._listdir_sync(origin[5:], prefix, max_keys), url
         )
-        files = [
-            ObjectInfo(
-                join_url(origin, item["Key"]),
-                origin,
-                item["Key"],
-                int(item["Size"]),
-                item["ETag"].strip('"'),
-                item["LastModified"].timestamp(),
-            )
-            for item in items
-        ]
+        files = [_listed(origin, item) for item in items]
         return dirs, files
 
     def _upload_sync(
@@ -272,17 +263,7 @@ class S3Origin(Origin):
         dirs, items = await self._call(
             lambda: self._listdir_sync(origin[5:], prefix, None, seen), url
         )
-        files = [
-            ObjectInfo(
-                join_url(origin, item["Key"]),
-                origin,
-                item["Key"],
-                int(item["Size"]),
-                item["ETag"].strip('"'),
-                item["LastModified"].timestamp(),
-            )
-            for item in items
-        ]
+        files = [_listed(origin, item) for item in items]
         return dirs, files, ({} if seen or not prefix else {"": PosixAttrs()})
 
     #: Largest object CopyObject copies in one request; larger ones need a multipart copy.
