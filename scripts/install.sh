@@ -10,7 +10,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # RINGCACHE_INSTALL_PROFILE=runtime (the Dockerfile) leaves out the packages only the
 # benchmarks and their reports use; the default, "full", is what CI and developers get.
-APT_PACKAGES="etcd-server fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv"
+APT_PACKAGES="etcd-server fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv openssl"
 BENCH_PACKAGES="nginx-light wrk rclone s3fs prometheus chromium"
 case "${RINGCACHE_INSTALL_PROFILE:-full}" in
     full) APT_PACKAGES="$APT_PACKAGES $BENCH_PACKAGES" ;;
