@@ -20,6 +20,7 @@ import uvloop
 from aiohttp import web
 
 from cachenode.config import NodeConfig, load_config
+from cachenode.fasthits import FastHitSite
 from cachenode.handoff import Handoff
 from cachenode.membership import Membership, stable_node_id
 from cachenode.metrics import CACHE_CAPACITY, EVICTIONS
@@ -46,6 +47,7 @@ async def run(config: NodeConfig) -> None:
         free_space_ratio=config.free_space_ratio,
         policy=config.eviction,
         on_evict=lambda _nbytes: EVICTIONS.inc(),
+        memory_bytes=config.memory_cache,
     )
     started = time.monotonic()
     with ThreadPoolExecutor(1) as pool:
@@ -80,11 +82,17 @@ async def run(config: NodeConfig) -> None:
     state.peer_ssl = peer_ssl
     shield = OriginShield(node_id, config.origin_max_inflight, watcher)
     readthrough = ReadThrough(store, origins, shield, handoff)
-    app = make_app(store, readthrough, state, Verifier(secret) if secret else None)
+    verifier = Verifier(secret) if secret else None
+    app = make_app(store, readthrough, state, verifier)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
     tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
-    site = web.TCPSite(runner, config.listen[0], config.listen[1], backlog=1024, ssl_context=tls)
+    host, port = config.listen
+    site: web.BaseSite = (
+        web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
+        if tls
+        else FastHitSite(runner, store, state, verifier, host, port, backlog=1024)
+    )
     try:
         await site.start()
     except OSError as exc:

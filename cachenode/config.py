@@ -41,6 +41,7 @@ class NodeConfig:
     node_id: str | None = None
     weight: float | None = None
     free_space_ratio: float = 0.1
+    memory_cache: int = 128 * 1024 * 1024
     file_roots: list[Path] = field(default_factory=list)
     origin_max_inflight: int = 32
     serve_slots: int = 64
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow file:// origins under PATH (repeatable; none allowed by default)",
     )
     p.add_argument(
+        "--memory-cache",
+        dest="memory_cache",
+        metavar="SIZE",
+        help="memory for hot small blocks (up to 256 KiB), served without disk reads "
+        "and still checksummed on every serve; 0 turns it off (default 128MiB)",
+    )
+    p.add_argument(
         "--origin-max-inflight",
         dest="origin_max_inflight",
         type=int,
@@ -145,6 +153,7 @@ NAMES = [
     "node_id",
     "weight",
     "free_space_ratio",
+    "memory_cache",
     "file_root",
     "origin_max_inflight",
     "serve_slots",
@@ -204,6 +213,8 @@ def load_config(argv: list[str] | None = None) -> NodeConfig:
         kwargs["weight"] = _number(s, "weight", float, 0.001, 1e6)
     if s.get("free_space_ratio") is not None:
         kwargs["free_space_ratio"] = _number(s, "free_space_ratio", float, 0.0, 0.9)
+    if s.get("memory_cache") is not None:
+        kwargs["memory_cache"] = parse_size(s["memory_cache"], "--memory-cache")
     if s.get("origin_max_inflight") is not None:
         kwargs["origin_max_inflight"] = _number(s, "origin_max_inflight", int, 1, 4096)
     if s.get("serve_slots") is not None:

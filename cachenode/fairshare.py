@@ -61,6 +61,18 @@ class FairScheduler:
         finally:
             self._release()
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody queues (the hit fast path, which cannot
+        wait); the caller must :meth:`release` it."""
+        if self._busy < self._slots and not self._active:
+            self._busy += 1
+            return True
+        return False
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`try_acquire`."""
+        self._release()
+
     def _release(self) -> None:
         self._busy -= 1
         self._dispatch()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,6 +36,7 @@ from cachenode.metrics import (
     TENANT_SERVED_BYTES,
 )
 from cachenode.readthrough import ReadThrough
+from cachenode.sendfile import send_file
 from cachenode.store import BlockFile, BlockStore
 from clientlib.auth import ALL_ACCESS, Claims, Verifier, body_digest
 from clientlib.blocks import (
@@ -87,7 +87,17 @@ class NodeState:
         self.inflight = 0
         self.last_request = time.monotonic()
         self.fair = FairScheduler(serve_slots)
+        #: Block GETs in flight, by block id, on both hit paths (aiohttp's and
+        #: cachenode.fasthits): a block with :data:`HOT_CONCURRENCY` of them is hot.
+        self.active: dict[str, int] = {}
+        #: Called before the node's counters are read (/metrics, /v1/stats): the hit fast
+        #: path tallies its counts in plain ints and adds them to Prometheus here.
+        self.before_report: list[Callable[[], None]] = []
         self._cluster_nodes = cluster_nodes
+
+    def report(self) -> None:
+        for hook in self.before_report:
+            hook()
 
     async def cluster_nodes(self) -> list[NodeInfo]:
         return [] if self._cluster_nodes is None else await self._cluster_nodes()
@@ -249,13 +259,9 @@ def counters() -> dict[str, int]:
 async def _send_block_file(
     request: web.Request, response: web.StreamResponse, block_id: str, block: BlockFile
 ) -> web.StreamResponse:
-    """Send the headers with aiohttp, then the verified block file with ``sendfile``.
-
-    Writing 4 MiB from user memory to the socket was most of a large hit's CPU time
-    (nginx sends the same files with ``sendfile``), and uvloop has no ``loop.sendfile``,
-    so aiohttp's ``FileResponse`` would fall back to read + write. Here the body goes from
-    the page cache to the socket in the kernel: inline until the socket is full, then
-    waiting for it to be writable. The file was verified before the first header byte
+    """Send the headers with aiohttp, then the verified block file with ``sendfile``
+    (:mod:`cachenode.sendfile`; aiohttp's ``FileResponse`` would read and write, as
+    uvloop has no ``loop.sendfile``). The file was verified before the first header byte
     (:meth:`BlockStore.open_verified`), and the fd is the one that was verified.
 
     A failure after the headers (the client hung up, or the file cannot be read) aborts
@@ -271,7 +277,7 @@ async def _send_block_file(
         await _wait_flushed(writer, transport)
         if transport.is_closing():
             return response
-        await _sendfile(transport, block.fd, block.nbytes)
+        await send_file(transport, block.fd, block.nbytes)
     except ConnectionError as exc:
         log.debug("hit of block %s: client gone mid-body: %s", block_id, exc)
         transport.abort()
@@ -304,55 +310,6 @@ async def _wait_flushed(writer: AbstractStreamWriter, transport: asyncio.Transpo
         transport.set_write_buffer_limits(high=high, low=low)
 
 
-async def _sendfile(transport: asyncio.Transport, fd: int, nbytes: int) -> None:
-    """``sendfile`` all of ``fd`` to the transport's socket, waiting when it is full.
-
-    Before the first wait the socket is duplicated and only the duplicate is used: the
-    transport may be closed while we wait, and its fd number reused by another
-    connection, which must never receive this block's bytes. The duplicate also lets the
-    loop watch the socket for writability, which uvloop refuses on a transport's own fd.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        raise ConnectionResetError("connection has no socket")
-    out = sock.fileno()
-    dup = -1
-    offset = 0
-    try:
-        while offset < nbytes:
-            try:
-                sent = os.sendfile(out, fd, offset, nbytes - offset)
-            except BlockingIOError:
-                if dup < 0:
-                    out = dup = os.dup(out)
-                await _writable(out)
-                if transport.is_closing():
-                    raise ConnectionResetError("connection closed mid-body") from None
-                continue
-            if sent == 0:
-                raise OSError(f"block file ended at {offset} of {nbytes} bytes")
-            offset += sent
-    finally:
-        if dup >= 0:
-            os.close(dup)
-
-
-async def _writable(fd: int) -> None:
-    """Wait until the socket ``fd`` can take more bytes (or has failed)."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_writer(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
-
-
 def _msgpack(doc: Any) -> web.Response:
     return web.Response(body=msgpack.packb(doc), content_type="application/msgpack")
 
@@ -365,7 +322,7 @@ def make_app(
 ) -> web.Application:
     """Build the node's aiohttp application (``verifier`` set: signed requests only)."""
 
-    active: dict[str, int] = {}
+    active = state.active
 
     async def get_block(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -536,6 +493,7 @@ def make_app(
         )
 
     async def stats(_: web.Request) -> web.Response:
+        state.report()
         return web.json_response(
             {
                 "id": state.node_id,
@@ -579,6 +537,7 @@ def make_app(
         )
 
     async def metrics(_: web.Request) -> web.Response:
+        state.report()
         CACHE_USED.set(store.used_bytes)
         CACHE_CAPACITY.set(store.capacity_bytes)
         CACHE_BLOCKS.set(store.block_count)

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import xxhash
+from cachetools import LRUCache
 
 from cachenode.eviction import POLICIES, EvictionPolicy, make_policy
 from clientlib.blocks import MAX_BLOCK_SIZE, check_block_id
@@ -328,6 +329,7 @@ class BlockStore:
         free_space_ratio: float = 0.1,
         policy: str = "s3fifo",
         on_evict: Callable[[int], None] | None = None,
+        memory_bytes: int = 0,
     ) -> None:
         if not dirs:
             raise ConfigError("at least one cache dir is needed")
@@ -353,6 +355,14 @@ class BlockStore:
         self._puts: dict[int, asyncio.Task[bool]] = {}
         #: Blocks whose files are being deleted in the pool; a put of one waits for it.
         self._unlinking: dict[int, asyncio.Future[None]] = {}
+        #: Hot small blocks' bytes, by id, with the checksum they were verified against:
+        #: see :meth:`_remembered`.
+        self._memory: LRUCache[str, tuple[int, bytes]] = LRUCache(
+            max(memory_bytes, 1), getsizeof=lambda entry: len(entry[1])
+        )
+        #: Where :meth:`read_now` checks large blocks: one buffer, reused, because a fresh
+        #: 4 MiB buffer costs a page fault per 4 KiB page on every hit.
+        self._scratch = bytearray()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -557,12 +567,16 @@ class BlockStore:
         else:
             return None
         nbytes, checksum = entry
+        small = nbytes <= INLINE_READ_MAX
+        if small and (data := self._remembered(block_id, checksum)) is not None:
+            d.policy.touch(key)
+            return data
         path = d.block_path(block_id, nbytes, checksum)
         result: bytes | int | _BadRead
         if nbytes <= read_max:
             result = (
                 _read_verified(path, nbytes, checksum)
-                if nbytes <= INLINE_READ_MAX
+                if small
                 else await asyncio.get_running_loop().run_in_executor(
                     self._pool(), _read_verified, path, nbytes, checksum
                 )
@@ -580,7 +594,79 @@ class BlockStore:
             self._drop_bad(d, key, block_id, entry, path, result)
             return None
         d.policy.touch(key)
-        return result if isinstance(result, bytes) else BlockFile(result, nbytes)
+        if isinstance(result, int):
+            return BlockFile(result, nbytes)
+        return self._remember(block_id, checksum, result) if small else result
+
+    def read_now(self, block_id: str) -> bytes | BlockFile | None:
+        """The block, verified and counted as a hit, if that needs no wait for the disk.
+
+        For the hit fast path (:mod:`cachenode.fasthits`), on the event loop thread: the
+        file is read with ``RWF_NOWAIT``, which fails rather than block when any of it is
+        out of the page cache. Small blocks come back as their bytes; large ones as an
+        open, verified :class:`BlockFile` (their bytes were checked in a reused buffer).
+        None means "not now": absent, not all in memory, or not as indexed. The caller
+        then takes :meth:`open_verified`, which waits for the disk and deals with a bad
+        file, so this method never has to. Small blocks come from memory when they
+        can (:meth:`_remembered`).
+        """
+        key = _key(block_id)
+        for d in self._up:
+            entry = d.policy.lookup(key)
+            if entry is not None:
+                break
+        else:
+            return None
+        nbytes, checksum = entry
+        small = nbytes <= INLINE_READ_MAX
+        if small:
+            if (data := self._remembered(block_id, checksum)) is not None:
+                d.policy.touch(key)
+                return data
+            buf = bytearray(nbytes)
+        else:
+            if len(self._scratch) < nbytes:
+                self._scratch = bytearray(nbytes)
+            buf = memoryview(self._scratch)[:nbytes]
+        try:
+            fd = os.open(d.block_path(block_id, nbytes, checksum), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            got = os.preadv(fd, (buf,), 0, os.RWF_NOWAIT)
+        except OSError:  # EAGAIN: not all in the page cache; or a failing disk
+            got = -1
+        if got != nbytes or xxhash.xxh3_64_intdigest(buf) != checksum:
+            os.close(fd)
+            return None
+        d.policy.touch(key)
+        if small:
+            os.close(fd)
+            return self._remember(block_id, checksum, buf)
+        return BlockFile(fd, nbytes)
+
+    def _remembered(self, block_id: str, checksum: int) -> bytes | None:
+        """A small block's bytes from memory, verified against the index's checksum.
+
+        Called only after the index lookup, so an evicted block is never served from
+        here; the bytes are hashed again on every serve (2 us for 64 KiB), the same
+        promise as for files. Serving hot small blocks from memory saves the open, read
+        and close that were most of a small hit's cost (see loadtest/bench_hot_blocks.py).
+        """
+        entry = self._memory.get(block_id)
+        if entry is None:
+            return None
+        if entry[0] == checksum and xxhash.xxh3_64_intdigest(entry[1]) == checksum:
+            return entry[1]
+        del self._memory[block_id]  # another version of the block, or bad memory
+        return None
+
+    def _remember(self, block_id: str, checksum: int, data: bytes | bytearray) -> bytes:
+        """Keep a verified small block in memory (if it fits) and return it as bytes."""
+        data = bytes(data)
+        if len(data) < self._memory.maxsize:
+            self._memory[block_id] = (checksum, data)
+        return data
 
     def _drop_bad(
         self,

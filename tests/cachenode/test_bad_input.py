@@ -134,7 +134,8 @@ async def test_truncated_body_and_garbage_on_the_socket_do_not_hurt_the_node(nod
             sock.sendall(raw.encode())
             sock.shutdown(socket.SHUT_WR)
             reply = sock.recv(200)
-        assert not reply or reply.startswith(b"HTTP/1.1 4"), reply
+        # A clear 4xx; aiohttp says HTTP/1.0 when it never got a whole request line.
+        assert not reply or reply.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")), reply
     await asyncio.sleep(0.2)
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{node.url}/v1/blocks/{bid}") as resp:

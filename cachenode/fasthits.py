@@ -1,0 +1,474 @@
+"""The hit fast path: block GETs that are cache hits, answered without aiohttp.
+
+A 64 KiB hit costs aiohttp about 250 us of CPU (request object, routing, middleware,
+response object), five times what nginx spends on the same file. Most of a hot node's
+requests are exactly that: ``GET /v1/blocks/<id>`` for a block in the page cache. So each
+connection starts on :class:`FastHitProtocol`, which reads request heads itself and
+answers the ones it can answer at once and in full:
+
+- the head is a plain ``GET /v1/blocks/<id>[?query] HTTP/1.1`` with no body, no upgrade
+  and no ``Expect``;
+- the request is authorised (same :class:`Verifier` and scope checks as aiohttp's path);
+- a fair-share slot is free with nobody queueing (:class:`FairScheduler`);
+- the block is indexed and all of it is in the page cache, and its checksum matches
+  (:meth:`BlockStore.read_now`, which never waits for the disk).
+
+Anything else, from the first request that fails one of these on, is handed to aiohttp
+with the bytes not yet consumed: the connection's protocol becomes aiohttp's
+``RequestHandler``, which answers the request as if it had had it from the start (a
+miss, a refusal with its 4xx, a read that must wait for the disk, every other route).
+So there is one implementation of every error and of every non-hit, and the fast path
+only ever produces the one response it is sure of.
+
+Small blocks go out with one ``writev`` of head and body; large ones with the head and
+then ``sendfile`` (:mod:`cachenode.sendfile`). Requests on one connection are answered
+strictly in order: a request is not looked at while the previous response is still
+being sent. TLS connections never start here: ``sendfile`` cannot encrypt, and TLS costs
+more than aiohttp does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable
+from typing import NamedTuple, cast
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from aiohttp.tcp_helpers import tcp_keepalive
+
+from cachenode.metrics import (
+    BLOCK_HITS,
+    GET_HIT_SECONDS,
+    HIT_BYTES,
+    REQUEST_BUCKETS,
+    TENANT_QUEUE_SECONDS,
+    TENANT_SERVED_BYTES,
+    add_observations,
+)
+from cachenode.sendfile import send_file, send_now
+from cachenode.server import HOT_CONCURRENCY, NodeState, block_ref_from_query
+from cachenode.store import BlockFile, BlockStore
+from clientlib.auth import ALL_ACCESS, Claims, Verifier
+from clientlib.errors import RingcacheError
+
+__all__ = ["FastHitProtocol", "FastHitSite", "HitServer"]
+
+log = logging.getLogger(__name__)
+
+#: A request head longer than this is left to aiohttp (which has its own limits).
+MAX_HEAD = 8190
+#: Idle keep-alive connections are closed after this long, as aiohttp does.
+KEEPALIVE_TIMEOUT = 75.0
+_SWEEP_EVERY = 10
+_OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nX-Ringcache-Result: hit\r\n"
+
+
+#: A plain block GET head, up to the CRLF of its last header: the request line, then
+#: header lines with token names and visible-ASCII values (no obs-fold, no obs-text).
+_HEAD_RE = re.compile(
+    rb"GET (/v1/blocks/([0-9a-f]{32})(?:\?([!-~]*))?) HTTP/1\.1\r\n"
+    rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*)"
+)
+#: The headers the fast path looks at: those that make a request more than a plain GET,
+#: and the two it uses.
+_SPECIAL_RE = re.compile(
+    rb"^(content-length|transfer-encoding|expect|upgrade|authorization|connection):"
+    rb"[\t ]*(.*?)[\t ]*\r$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+class _Head(NamedTuple):
+    """What the fast path needs from a request head."""
+
+    target: str  # path and query, as signed
+    block_id: str
+    query: str
+    authorization: str | None
+    close: bool
+
+
+def parse_head(head: bytes | bytearray) -> _Head | None:
+    """The request head (up to the CRLF of its last header) if it is a plain block GET,
+    else None.
+
+    Strict on purpose: whatever is not plainly a block GET is not an error here, it is
+    aiohttp's to answer, so unusual but valid requests still work and malformed ones get
+    aiohttp's 400.
+    """
+    match = _HEAD_RE.fullmatch(head)
+    if match is None:
+        return None
+    target, block_id, query, headers = match.groups()
+    authorization = None
+    close = False
+    for special in _SPECIAL_RE.finditer(headers):
+        name, value = special.groups()
+        name = name.lower()
+        if name == b"authorization" and authorization is None:
+            authorization = value.decode()
+        elif name == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            if b"upgrade" in tokens:
+                return None
+            close = b"close" in tokens
+        else:
+            return None  # a body, an upgrade, an expectation, or a second Authorization
+    return _Head(target.decode(), block_id.decode(), (query or b"").decode(), authorization, close)
+
+
+class HitServer:
+    """Serves the hits :class:`FastHitProtocol` reads, with the node's store and state."""
+
+    def __init__(
+        self,
+        store: BlockStore,
+        state: NodeState,
+        verifier: Verifier | None,
+        fallback: Callable[[], asyncio.Protocol],
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.verifier = verifier
+        #: Makes aiohttp's protocol for a connection handed over (the runner's server).
+        self.fallback = fallback
+        self.connections: set[FastHitProtocol] = set()
+        #: Set when the site stops: each response in progress closes its connection.
+        self.closing = False
+        self._tally = _Tally()
+        state.before_report.append(self.report)
+
+    def claims(self, head: _Head) -> Claims | None:
+        """The request's claims if it may read the block; None to let aiohttp refuse it."""
+        try:
+            claims = (
+                ALL_ACCESS
+                if self.verifier is None
+                else self.verifier.verify("GET", head.target, head.authorization)
+            )
+            if head.query:
+                pairs = parse_qsl(head.query, keep_blank_values=True)
+                fields = dict(pairs)
+                if len(fields) != len(pairs):
+                    return None  # a repeated parameter: aiohttp's rules decide
+                claims.require(block_ref_from_query(head.block_id, fields).url)
+            else:
+                claims.require_all_access("a lookup by block id alone")
+        except RingcacheError:
+            return None
+        return claims
+
+    def serve(self, conn: FastHitProtocol, head: _Head, transport: asyncio.Transport) -> bool:
+        """Answer ``head`` if it is a hit that can be sent now; False leaves it to aiohttp."""
+        started = time.perf_counter()
+        block_id = head.block_id
+        claims = self.claims(head)
+        state = self.state
+        if claims is None or not state.fair.try_acquire():
+            return False
+        found = self.store.read_now(block_id)
+        if found is None:
+            state.fair.release()
+            return False
+        concurrent = state.active[block_id] = state.active.get(block_id, 0) + 1
+        nbytes = found.nbytes if isinstance(found, BlockFile) else len(found)
+        response = [_OK, b"Content-Length: %d\r\n" % nbytes]
+        if concurrent >= HOT_CONCURRENCY:
+            response.append(b"X-Ringcache-Hot: 1\r\n")  # see cachenode.server
+        if head.close:
+            response.append(b"Connection: close\r\n")
+        response.append(b"\r\n")
+        self._tally.hit(claims.tenant, nbytes, time.perf_counter() - started)
+        state.inflight += 1
+        if isinstance(found, BlockFile):
+            sock = transport.get_extra_info("socket")
+            # Corked, head and body leave in full-sized segments, as nginx's tcp_nopush
+            # does: a separate small head segment costs the reader a wakeup per block.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            transport.write(b"".join(response))
+            sent = self._send_inline(transport, found)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+            if sent == nbytes:
+                found.close()
+                self.done(block_id, head.close, transport)
+            else:
+                conn.sending = asyncio.ensure_future(
+                    self._send_rest(conn, transport, found, sent, block_id, head.close)
+                )
+            return True
+        response.append(found)
+        transport.writelines(response)
+        self.done(block_id, head.close, transport)
+        return True
+
+    def report(self) -> None:
+        """Add the fast hits so far to the node's Prometheus metrics."""
+        self._tally.report()
+
+    @staticmethod
+    def _send_inline(transport: asyncio.Transport, block: BlockFile) -> int:
+        """Send what the socket takes of the file now; returns how much that was."""
+        if transport.get_write_buffer_size():
+            return 0  # the head is still queued: the body must not overtake it
+        try:
+            return send_now(transport.get_extra_info("socket").fileno(), block.fd, 0, block.nbytes)
+        except OSError:
+            return 0  # the waiting path meets the error again and aborts
+
+    async def _send_rest(
+        self,
+        conn: FastHitProtocol,
+        transport: asyncio.Transport,
+        block: BlockFile,
+        sent: int,
+        block_id: str,
+        close: bool,
+    ) -> None:
+        """Send the rest of a large block once the socket has room, then go on with the
+        connection's next request."""
+        try:
+            await conn.drained()
+            await send_file(transport, block.fd, block.nbytes, sent)
+        except OSError as exc:  # ConnectionError included: the client hung up
+            log.debug("hit of block %s: send failed after headers: %s", block_id, exc)
+            transport.abort()
+        except BaseException:
+            transport.abort()  # cancelled mid-body: the response cannot be finished
+            raise
+        finally:
+            block.close()
+            conn.sending = None
+            self.done(block_id, close, transport)
+        conn.resume()
+
+    def done(self, block_id: str, close: bool, transport: asyncio.Transport) -> None:
+        """A fast response is sent (or given up): free its slot and counts."""
+        state = self.state
+        state.fair.release()
+        state.inflight -= 1
+        state.last_request = time.monotonic()
+        if state.active[block_id] == 1:
+            del state.active[block_id]
+        else:
+            state.active[block_id] -= 1
+        if close or self.closing:
+            transport.close()
+
+
+class _Tally:
+    """Fast hits counted in plain ints, added to Prometheus by :meth:`report`.
+
+    Each Prometheus ``inc`` or ``observe`` takes a lock (about 1 us); five of them per
+    64 KiB hit were a tenth of its cost. So hits, bytes and latencies are tallied here by
+    tenant and bucket, and added up when someone reads the metrics
+    (:attr:`NodeState.before_report`) and every second.
+    """
+
+    def __init__(self) -> None:
+        #: tenant -> [hits, bytes]
+        self._tenants: dict[str, list[int]] = {}
+        self._latency = [0] * (len(REQUEST_BUCKETS) + 1)  # the last one is +Inf
+        self._latency_sum = 0.0
+
+    def hit(self, tenant: str, nbytes: int, seconds: float) -> None:
+        counts = self._tenants.get(tenant)
+        if counts is None:
+            counts = self._tenants[tenant] = [0, 0]
+        counts[0] += 1
+        counts[1] += nbytes
+        self._latency[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1
+        self._latency_sum += seconds
+
+    def report(self) -> None:
+        tenants, self._tenants = self._tenants, {}
+        latency, self._latency = self._latency, [0] * len(self._latency)
+        latency_sum, self._latency_sum = self._latency_sum, 0.0
+        if not tenants:
+            return
+        add_observations(GET_HIT_SECONDS, latency, latency_sum)
+        for tenant, (hits, nbytes) in tenants.items():
+            BLOCK_HITS.inc(hits)
+            HIT_BYTES.inc(nbytes)
+            TENANT_SERVED_BYTES.labels(tenant).inc(nbytes)
+            # Fast hits never wait for a serving slot (FairScheduler.try_acquire).
+            add_observations(TENANT_QUEUE_SECONDS.labels(tenant), [hits], 0.0)
+
+
+class FastHitProtocol(asyncio.Protocol):
+    """One client connection: hits answered here until a request is not one (see module)."""
+
+    def __init__(self, hits: HitServer) -> None:
+        self._hits = hits
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._drained: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        #: The task finishing a response (or waiting for the socket): while it runs, no
+        #: further request is looked at.
+        self.sending: asyncio.Future[None] | None = None
+        self.last_active = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it
+        tcp_keepalive(self._transport)
+        self._hits.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._hits.connections.discard(self)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if self.sending is not None:
+            self.sending.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        self.last_active = time.monotonic()
+        if self.sending is None:
+            self._process()
+        elif len(self._buf) > MAX_HEAD and self._transport is not None:
+            # A client pipelining while a response is under way: take no more for now.
+            self._transport.pause_reading()
+            self._reading_paused = True
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def idle(self, now: float, timeout: float) -> bool:
+        """Whether the connection has had nothing to do for ``timeout`` seconds."""
+        return self.sending is None and not self._buf and now - self.last_active > timeout
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def resume(self) -> None:
+        """Go on with the requests that came while a response was being sent."""
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        self._process()
+
+    async def drained(self) -> None:
+        """Wait until the transport has sent all it buffers (the next bytes may be
+        ``sendfile``'s, which go to the socket past that buffer)."""
+        transport = self._transport
+        if transport is None or not transport.get_write_buffer_size():
+            return
+        self._drained = asyncio.get_running_loop().create_future()
+        low, high = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0, low=0)  # resume_writing once empty
+        try:
+            await self._drained
+        finally:
+            self._drained = None
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high, low=low)
+        if transport.is_closing():
+            raise ConnectionResetError("connection closed while sending")
+
+    async def _drain_then_process(self) -> None:
+        try:
+            await self.drained()
+        except ConnectionError:
+            return
+        finally:
+            self.sending = None
+        self.resume()
+
+    def _process(self) -> None:
+        """Answer the complete request heads buffered, in order, while they are hits."""
+        while (transport := self._transport) is not None and not transport.is_closing():
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0 and len(self._buf) <= MAX_HEAD:
+                return  # the rest of the head is yet to come
+            if transport.get_write_buffer_size():
+                # The client reads slower than we answer: wait before the next request.
+                self.sending = asyncio.ensure_future(self._drain_then_process())
+                return
+            head = parse_head(self._buf[: end + 2]) if 0 <= end <= MAX_HEAD else None
+            if head is None or not self._hits.serve(self, head, transport):
+                self._hand_over(transport)
+                return
+            del self._buf[: end + 4]
+            if self.sending is not None:
+                return  # resume() comes when the response is sent
+
+    def _hand_over(self, transport: asyncio.Transport) -> None:
+        """Make aiohttp's protocol this connection's, with the bytes not yet answered."""
+        self._transport = None
+        self._hits.connections.discard(self)
+        handler = self._hits.fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._reading_paused:
+            transport.resume_reading()
+        if self._buf:
+            handler.data_received(bytes(self._buf))
+            self._buf.clear()
+
+
+class FastHitSite(web.BaseSite):
+    """A TCP site whose connections start on the hit fast path (aiohttp's site otherwise).
+
+    The runner's own server answers every connection handed over, and shuts those down
+    on cleanup as usual; this site closes the connections still on the fast path.
+    """
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        store: BlockStore,
+        state: NodeState,
+        verifier: Verifier | None,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 128,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        assert runner.server is not None
+        self._hits = HitServer(store, state, verifier, runner.server)
+        self._host = host
+        self._port = port
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: FastHitProtocol(self._hits), self._host, self._port, backlog=self._backlog
+        )
+        self._sweeper = loop.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await super().stop()
+        for conn in list(self._hits.connections):
+            if conn.sending is None:
+                conn.close()
+        self._hits.closing = True
+
+    async def _sweep(self) -> None:
+        """Every second, report the tallied hits; every :data:`_SWEEP_EVERY` seconds,
+        close keep-alive connections idle for :data:`KEEPALIVE_TIMEOUT`."""
+        for tick in itertools.count(1):
+            await asyncio.sleep(1.0)
+            self._hits.report()
+            if tick % _SWEEP_EVERY == 0:
+                now = time.monotonic()
+                for conn in [c for c in self._hits.connections if c.idle(now, KEEPALIVE_TIMEOUT)]:
+                    conn.close()
