@@ -101,6 +101,13 @@ class EvictionPolicy(abc.ABC):
     def keys(self) -> Iterator[Hashable]:
         """The resident keys, in no promised order."""
 
+    def entries(self) -> Iterator[tuple[Hashable, int, int]]:
+        """``(key, nbytes, tag)`` of every resident entry, in no promised order."""
+        for key in self.keys():
+            entry = self.lookup(key)
+            if entry is not None:
+                yield key, entry[0], entry[1]
+
     def load(self, keys: Sequence[Hashable], nbytes: Sequence[int], tags: Sequence[int]) -> None:
         """Admit entries found on disk when a dir is opened, given column by column.
 
@@ -358,6 +365,13 @@ class S3FIFOPolicy(EvictionPolicy):
         self._ghost.resize(len(self._state))
         if sys.getsizeof(self._state) > _DICT_BYTES_PER_ENTRY * len(self._state) + 65536:
             self._compact_dict()
+
+    def entries(self) -> Iterator[tuple[Hashable, int, int]]:
+        """``(key, nbytes, tag)`` of every resident entry, in no promised order."""
+        for key in self.keys():
+            entry = self.lookup(key)
+            if entry is not None:
+                yield key, entry[0], entry[1]
 
     def load(self, keys: Sequence[Hashable], nbytes: Sequence[int], tags: Sequence[int]) -> None:
         """Admit entries found on disk at start straight into main, with freq 0.

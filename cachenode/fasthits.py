@@ -310,6 +310,7 @@ class FastHitProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self._drained: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._eof = False
         #: The task finishing a response (or waiting for the socket): while it runs, no
         #: further request is looked at.
         self.sending: asyncio.Future[None] | None = None
@@ -337,6 +338,14 @@ class FastHitProtocol(asyncio.Protocol):
             # A client pipelining while a response is under way: take no more for now.
             self._transport.pause_reading()
             self._reading_paused = True
+
+    def eof_received(self) -> bool:
+        """The client sent all it will: answer what it asked, then close (True keeps the
+        transport open for the answers in progress)."""
+        self._eof = True
+        if self.sending is None:
+            self._process()
+        return True
 
     def resume_writing(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -389,6 +398,8 @@ class FastHitProtocol(asyncio.Protocol):
         while (transport := self._transport) is not None and not transport.is_closing():
             end = self._buf.find(b"\r\n\r\n")
             if end < 0 and len(self._buf) <= MAX_HEAD:
+                if self._eof:
+                    transport.close()  # nothing more will come
                 return  # the rest of the head is yet to come
             if transport.get_write_buffer_size():
                 # The client reads slower than we answer: wait before the next request.
@@ -414,6 +425,8 @@ class FastHitProtocol(asyncio.Protocol):
         if self._buf:
             handler.data_received(bytes(self._buf))
             self._buf.clear()
+        if self._eof:
+            handler.eof_received()
 
 
 class FastHitSite(web.BaseSite):

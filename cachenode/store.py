@@ -49,6 +49,7 @@ from typing import NamedTuple
 import xxhash
 from cachetools import LRUCache
 
+from cachenode import indexsnapshot
 from cachenode.eviction import POLICIES, EvictionPolicy, make_policy
 from clientlib.blocks import MAX_BLOCK_SIZE, check_block_id
 from clientlib.errors import BadRequest, ConfigError
@@ -279,11 +280,23 @@ def _write_block(tmp_path: str, final_path: str, data: bytes, doomed: list[str])
 class _CacheDir:
     """One cache dir: its paths, its index (the policy), its byte limit and its health."""
 
-    __slots__ = ("blocks", "down", "limit", "lock_fd", "policy", "reserved", "root", "seed", "tmp")
+    __slots__ = (
+        "blocks",
+        "down",
+        "limit",
+        "lock_fd",
+        "policy",
+        "reserved",
+        "root",
+        "seed",
+        "shard_paths",
+        "tmp",
+    )
 
     def __init__(self, spec: CacheDirSpec, policy: EvictionPolicy) -> None:
         self.root = os.path.abspath(spec.path)
         self.blocks = os.path.join(self.root, "blocks")
+        self.shard_paths = [f"{self.blocks}/{shard}" for shard in _SHARDS]
         self.tmp = os.path.join(self.root, "tmp")
         self.limit = spec.size
         self.policy = policy
@@ -398,11 +411,25 @@ class BlockStore:
         )
 
     def close(self) -> None:
-        """Wait for file work in progress, then release the dirs."""
+        """Wait for file work in progress, save each dir's index snapshot (for a fast
+        restart, see :mod:`cachenode.indexsnapshot`), then release the dirs."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+            for d in self._up:
+                self._save_snapshot(d)
         self._release_locks()
+
+    @staticmethod
+    def _save_snapshot(d: _CacheDir) -> None:
+        entries = list(d.policy.entries())
+        keys, nbytes, tags = (
+            (list(c) for c in zip(*entries, strict=True)) if entries else ([], [], [])
+        )
+        try:
+            indexsnapshot.save(d.root, d.shard_paths, keys, nbytes, tags)
+        except OSError as exc:
+            log.warning("cache dir %s: no index snapshot saved (%s); next start scans", d.root, exc)
 
     def _release_locks(self) -> None:
         for d in self._dirs:
@@ -434,8 +461,14 @@ class BlockStore:
         total, _ = disk_usage(d.root)
         d.limit = min(d.limit, int(total * (1.0 - self._free_space_ratio)))
         malformed: list[str] = []
-        for columns in self._scan_blocks(d, malformed):
-            d.policy.load(*columns)
+        saved = indexsnapshot.load(d.root, d.shard_paths)
+        others = [o.policy for o in self._dirs if o is not d and not o.down]
+        if saved is not None and not any(any(map(o.__contains__, saved[0])) for o in others):
+            d.policy.load(*saved)
+            log.info("cache dir %s: index loaded from its snapshot", d.root)
+        else:
+            for columns in self._scan_blocks(d, others, malformed):
+                d.policy.load(*columns)
         _unlink_quietly(malformed)
         if malformed:
             log.warning("cache dir %s: removed %d malformed block files", d.root, len(malformed))
@@ -447,7 +480,9 @@ class BlockStore:
         if over:
             log.info("cache dir %s: evicted %d blocks to fit %d bytes", d.root, len(over), d.limit)
 
-    def _scan_blocks(self, d: _CacheDir, malformed: list[str]) -> Iterator[_Columns]:
+    def _scan_blocks(
+        self, d: _CacheDir, others: list[EvictionPolicy], malformed: list[str]
+    ) -> Iterator[_Columns]:
         """Index entries of the block files in ``d``, a shard at a time; collect the paths
         to delete.
 
@@ -455,9 +490,7 @@ class BlockStore:
         block, listing included); a shard with anything unusual in it goes through the
         careful per-name path.
         """
-        others = [o.policy for o in self._dirs if o is not d and not o.down]
-        for shard in _SHARDS:
-            shard_path = f"{d.blocks}/{shard}"
+        for shard, shard_path in zip(_SHARDS, d.shard_paths, strict=True):
             names = os.listdir(os.fsencode(shard_path))  # bytes: cheaper than decoding
             if not names:
                 continue

@@ -72,13 +72,18 @@ async def cached_blocks(client, root, sizes: list[int]) -> list[tuple[str, bytes
     return blocks
 
 
-def raw_exchange(node: Node, request: bytes, responses: int) -> list[tuple[bytes, bytes]]:
-    """Send ``request`` (one or more pipelined requests) on one connection and read
-    ``responses`` responses: [(head, body)]."""
+def raw_exchange(
+    node: Node, request: bytes, responses: int, half_close: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """Send ``request`` (one or more pipelined requests) on one connection, then shut
+    down the sending side if ``half_close``; read ``responses`` responses: [(head, body)].
+    With ``half_close``, the server must then close the connection."""
     host, port = node.addr.rsplit(":", 1)
     out = []
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(request)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         buf = b""
         for _ in range(responses):
             while b"\r\n\r\n" not in buf:
@@ -97,6 +102,8 @@ def raw_exchange(node: Node, request: bytes, responses: int) -> list[tuple[bytes
                 buf += chunk
             out.append((raw_head, buf[:length]))
             buf = buf[length:]
+        if half_close:
+            assert not buf and not sock.recv(1), "the server kept a half-closed connection"
     return out
 
 
@@ -132,6 +139,11 @@ async def test_hits_are_exact_and_other_requests_are_handed_to_aiohttp_in_order(
     assert answers[3][1] == small_data
     assert b"Server:" not in answers[0][0] and b"Server:" not in answers[1][0]
     assert b"Server:" in answers[2][0] and b"Server:" in answers[3][0]
+
+    # A client that half-closes after its requests still gets every answer, in full.
+    both = f"GET /v1/blocks/{large} HTTP/1.1\r\n\r\nGET /v1/blocks/{small} HTTP/1.1\r\n\r\n"
+    answers = await asyncio.to_thread(raw_exchange, node, both.encode(), 2, True)
+    assert [body for _, body in answers] == [large_data, small_data]
 
     # Connection: close is honoured.
     closing = f"GET /v1/blocks/{small} HTTP/1.1\r\nConnection: close\r\n\r\n".encode()

@@ -497,3 +497,52 @@ def test_invalid_configuration_is_rejected_with_config_error(kwargs):
     kwargs.setdefault("dirs", [CacheDirSpec(Path("/tmp/x"), 1)])
     with pytest.raises(ConfigError):
         BlockStore(kwargs.pop("dirs"), **kwargs)
+
+
+async def test_clean_restart_loads_the_index_from_its_snapshot(make_store, tmp_path, caplog):
+    store = make_store(64 * MiB)
+    blocks = {new_id(): os.urandom(SMALL + i) for i in range(20)}
+    for block_id, data in blocks.items():
+        assert await store.put(block_id, data)
+    await asyncio.sleep(0.05)  # shard mtimes older than the snapshot (see indexsnapshot)
+    store.close()
+    snapshot = tmp_path / "d0" / "index.snapshot"
+    assert snapshot.stat().st_size == 16 + 16 + 256 * 8 + 32 * len(blocks)
+    caplog.set_level("INFO", logger="cachenode.store")
+    again = make_store(64 * MiB)
+    assert "index loaded from its snapshot" in caplog.text
+    assert not snapshot.exists()  # used once: a crash later must not reuse it
+    assert again.block_count == len(blocks) and again.used_bytes == store.used_bytes
+    for block_id, data in blocks.items():
+        assert await again.get(block_id) == data
+
+
+@pytest.mark.parametrize("change", ["file removed", "file added", "snapshot damaged"])
+async def test_index_snapshot_is_not_trusted_after_a_change(make_store, tmp_path, caplog, change):
+    store = make_store(64 * MiB)
+    blocks = {new_id(): os.urandom(SMALL) for _ in range(10)}
+    for block_id, data in blocks.items():
+        assert await store.put(block_id, data)
+    await asyncio.sleep(0.05)
+    store.close()
+    snapshot = tmp_path / "d0" / "index.snapshot"
+    if change == "file removed":
+        gone = next(iter(blocks))
+        block_files(tmp_path / "d0")[gone].unlink()
+        del blocks[gone]
+    elif change == "file added":
+        extra, data = new_id(), os.urandom(SMALL)
+        name = block_filename(extra, SMALL, block_checksum(data))
+        (tmp_path / "d0" / "blocks" / extra[:2] / name).write_bytes(data)
+        blocks[extra] = data
+    else:
+        raw = bytearray(snapshot.read_bytes())
+        raw[-1] ^= 0xFF
+        snapshot.write_bytes(bytes(raw))
+    caplog.set_level("INFO", logger="cachenode")
+    again = make_store(64 * MiB)
+    assert "index snapshot not used" in caplog.text
+    assert "loaded from its snapshot" not in caplog.text
+    assert again.block_count == len(blocks)
+    for block_id, data in blocks.items():
+        assert await again.get(block_id) == data
