@@ -168,6 +168,7 @@ GOOD = ["--listen", "127.0.0.1:1", "--etcd", "http://127.0.0.1:1", "--cache-dir"
         ([*GOOD, "--cache-dir", "{dir}/b:10"], "at least 1MiB"),
         ([*GOOD, "--cache-dir", "{dir}"], "given twice"),
         ([*GOOD, "--free-space-ratio", "2"], "outside"),
+        ([*GOOD, "--memory-cache", "plenty"], "--memory-cache: 'plenty' is not a size"),
         ([*GOOD, "--weight", "heavy"], "invalid float"),
         ([*GOOD, "--cluster", "a/b"], "bad cluster name"),
         ([*GOOD, "--etcd", "grpc://x"], "bad etcd URL"),
