@@ -11,17 +11,19 @@ cache is dropped before every timed read (``/proc/sys/vm/drop_caches``, so run a
 * a directory of 1,000 small files: list it and read every file, cold;
 * N mounts reading one new file at once: bytes the origin served / file size.
 
-``--origin-delay MS`` puts a delay proxy (first byte of every S3 response delayed) in
-front of moto, as cloud object storage has tens of ms to the first byte.
+``--s3-model TTFB_MS:MBPS`` puts loadtest/s3model.py between every reader and moto: S3's
+costs (time to first byte, bandwidth per connection) with moto's answers. Over bare moto
+a ranged GET of a large object costs a copy of the whole object, which no real object
+store does, so cold reads measure moto (see s3model.py).
 
-Usage: ``python loadtest/bench_mount.py [--size-mib 256] [--origin-delay 0]``; writes
-``loadtest/results/mount.json`` and ``loadtest/results/mount.md``.
+Usage: ``python loadtest/bench_mount.py [--size-mib 256] [--s3-model 50:90]``; writes
+``loadtest/results/mount.json`` (``mount-s3model.json`` with the model); the figures are
+discussed in ``loadtest/results/mount.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -30,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -137,45 +138,15 @@ class Mounted:
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
 
 
-class DelayProxy:
-    """A TCP proxy that holds each response's first byte back by ``delay`` seconds."""
-
-    def __init__(self, target_port: int, delay: float) -> None:
-        self.port = free_port()
-        self._target = target_port
-        self._delay = delay
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-
-    async def _start(self) -> None:
-        await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection("127.0.0.1", self._target)
-        asked = asyncio.Event()  # a request went up and its answer has not started yet
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upward: bool) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(256 * 1024):
-                    if upward:
-                        asked.set()
-                    elif asked.is_set():
-                        await asyncio.sleep(self._delay)
-                        asked.clear()
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(Exception):
-                dst.close()
-
-        await asyncio.gather(pipe(client_r, up_w, True), pipe(up_r, client_w, False))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--small-files", type=int, default=1000)
-    parser.add_argument("--origin-delay", type=float, default=0.0, help="ms to first byte")
+    parser.add_argument(
+        "--s3-model",
+        metavar="TTFB_MS:MBPS",
+        help="S3's costs in front of moto: ms to first byte, MB/s per connection (e.g. 50:90)",
+    )
     parser.add_argument("--mounts", type=int, default=3, help="N for the origin-cost run")
     parser.add_argument("--skip-references", action="store_true")
     args = parser.parse_args()
@@ -187,7 +158,7 @@ def main() -> None:
     results: dict[str, object] = {
         "size_mib": args.size_mib,
         "small_files": args.small_files,
-        "origin_delay_ms": args.origin_delay,
+        "s3_model": args.s3_model,
         "machine": {"cpus": os.cpu_count()},
     }
     try:
@@ -201,8 +172,14 @@ def main() -> None:
         procs.append(moto)
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/moto-api/"), 30, "moto_server")
         s3_port = port
-        if args.origin_delay > 0:
-            s3_port = DelayProxy(port, args.origin_delay / 1000).port
+        if args.s3_model:
+            ttfb, _, mbps = args.s3_model.partition(":")
+            s3_port = free_port()
+            model = [sys.executable, str(Path(__file__).parent / "s3model.py")]
+            model += ["--upstream", f"http://127.0.0.1:{port}", "--port", str(s3_port)]
+            model += ["--ttfb-ms", ttfb, "--mbps-per-conn", mbps or "90"]
+            procs.append(Process("s3model", model, work / "s3model.log").start())
+            wait_until(lambda: http_ok(f"http://127.0.0.1:{s3_port}/moto-api/"), 30, "s3model")
         endpoint = f"http://127.0.0.1:{s3_port}"
         os.environ.update(
             AWS_ENDPOINT_URL=endpoint,
@@ -400,7 +377,7 @@ def main() -> None:
         for p in reversed(procs):
             p.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = f"-delay{int(args.origin_delay)}ms" if args.origin_delay else ""
+    suffix = "-s3model" if args.s3_model else ""
     (RESULTS / f"mount{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     shutil.rmtree(work, ignore_errors=True)

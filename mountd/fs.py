@@ -492,7 +492,7 @@ class RingcacheFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self.inodes.attributes(node)
 
     @operation()
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._handles[fh]
         spool = self._spools.get(handle.node.ino)
         if spool is not None:
