@@ -19,6 +19,7 @@ crash the hit rate or send a burst to the origin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 
@@ -58,6 +59,7 @@ class Handoff:
         self._previous = Ring()
         self._without_self = Ring()
         self._with_draining = Ring()
+        self._follower: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -66,21 +68,45 @@ class Handoff:
             connector=aiohttp.TCPConnector(ssl=self._ssl or client_context(None)),
         )
         await self._watcher.start()
+        await self._derive()
+        self._follower = asyncio.create_task(self._follow(), name="handoff-rings")
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         await self._watcher.close()
         if self._session is not None:
             await self._session.close()
 
-    def _rings(self) -> list[Ring]:
+    async def _follow(self) -> None:
+        """Rebuild the derived rings whenever the watcher's ring changes (checked at least
+        every second, in case a change slipped in before the wait began)."""
+        while True:
+            await self._watcher.wait_changed(1.0)
+            await self._derive()
+
+    async def _derive(self) -> None:
+        """Build the rings without this node and with the draining ones, off the event
+        loop: at 1000 nodes each takes about 0.3 s, which a miss must not wait for."""
         current = self._watcher.ring
-        if current is not self._seen:
-            if self._seen is not None:
-                self._previous = self._seen
-            self._seen = current
-            self._without_self = current.without(self._self_id)
-            self._with_draining = Ring(current.nodes.values(), with_draining=True)
-        return [self._without_self, self._with_draining, self._previous, current]
+        if current is self._seen:
+            return
+        without_self, with_draining = await asyncio.to_thread(
+            lambda: (
+                current.without(self._self_id),
+                Ring(current.nodes.values(), with_draining=True),
+            )
+        )
+        if self._seen is not None:
+            self._previous = self._seen
+        self._seen = current
+        self._without_self = without_self
+        self._with_draining = with_draining
+
+    def _rings(self) -> list[Ring]:
+        return [self._without_self, self._with_draining, self._previous, self._watcher.ring]
 
     def sources(self, block_id: str) -> list[NodeInfo]:
         """Distinct other nodes that may hold ``block_id``, most likely first."""
