@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from cachenode.metrics import TENANT_QUEUE_SECONDS
 
-__all__ = ["FairScheduler"]
+__all__ = ["FairScheduler", "Slot"]
 
 
 class FairScheduler:
@@ -36,8 +36,23 @@ class FairScheduler:
         return sum(len(q) for q in self._queues.values())
 
     @contextlib.asynccontextmanager
-    async def slot(self, tenant: str, cost: int) -> AsyncIterator[None]:
-        """Hold one serving slot; waits its tenant's turn while the node is saturated."""
+    async def slot(self, tenant: str, cost: int) -> AsyncIterator[Slot]:
+        """Hold one serving slot; waits its tenant's turn while the node is saturated.
+
+        The :class:`Slot` yielded can be given back for a while (:meth:`Slot.paused`):
+        a miss does so while its block comes from the origin, so that misses waiting on
+        a slow origin do not hold the slots hits need.
+        """
+        await self.acquire(tenant, cost)
+        held = Slot(self, tenant, cost)
+        try:
+            yield held
+        finally:
+            if held.held:
+                self._release()
+
+    async def acquire(self, tenant: str, cost: int) -> None:
+        """Take a slot, waiting the tenant's turn; the caller must :meth:`release` it."""
         started = time.monotonic()
         if self._busy < self._slots and not self._active:
             self._busy += 1
@@ -56,10 +71,6 @@ class FairScheduler:
                     self._release()  # granted just as the waiter gave up
                 raise
         TENANT_QUEUE_SECONDS.labels(tenant).observe(time.monotonic() - started)
-        try:
-            yield
-        finally:
-            self._release()
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody queues (the hit fast path, which cannot
@@ -98,3 +109,25 @@ class FairScheduler:
             queue.popleft()
             self._busy += 1
             future.set_result(None)
+
+
+class Slot:
+    """A serving slot held by one request (see :meth:`FairScheduler.slot`)."""
+
+    def __init__(self, scheduler: FairScheduler, tenant: str, cost: int) -> None:
+        self._scheduler = scheduler
+        self._tenant = tenant
+        self._cost = cost
+        self.held = True
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Give the slot back for the block, then wait the tenant's turn for it again."""
+        if not self.held:
+            yield
+            return
+        self.held = False
+        self._scheduler.release()
+        yield  # if the block fails, the slot stays given back
+        await self._scheduler.acquire(self._tenant, self._cost)
+        self.held = True

@@ -22,7 +22,7 @@ from aiohttp.abc import AbstractStreamWriter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from cachenode import dashboard
-from cachenode.fairshare import FairScheduler
+from cachenode.fairshare import FairScheduler, Slot
 from cachenode.metrics import (
     BLOCK_HITS,
     CACHE_BLOCKS,
@@ -141,7 +141,8 @@ def make_middleware(
         tenant = request["claims"].tenant
         bs = request.query.get("bs", "") if request.query_string else ""
         cost = int(bs) if bs.isdigit() and len(bs) < 10 else DEFAULT_BLOCK_SIZE
-        async with state.fair.slot(tenant, cost):
+        async with state.fair.slot(tenant, cost) as slot:
+            request["slot"] = slot
             response = await handler(request)
         TENANT_SERVED_BYTES.labels(tenant).inc(response.content_length or 0)
         return response
@@ -382,7 +383,13 @@ def make_app(
         """Send the headers now and the body once ``data`` resolves; abort the connection
         if it resolves to None (the client sees a broken response, never a short one)."""
         await response.prepare(request)
-        body = await data
+        slot: Slot | None = request.get("slot")
+        if slot is None:
+            body = await data
+        else:
+            # Waiting for the origin (or a peer) is not serving: hits may use the slot.
+            async with slot.paused():
+                body = await data
         if body is None:
             if request.transport is not None:
                 request.transport.abort()

@@ -36,7 +36,15 @@ from clientlib.origin import ObjectInfo, Origin
 from clientlib.origin.base import PosixAttrs
 from clientlib.urls import split_url
 from mountd.config import MountConfig
-from mountd.inodes import NO_POSIX, ROOT_INODE, Attr, Inode, InodeTable, child_path
+from mountd.inodes import (
+    NO_POSIX,
+    ROOT_INODE,
+    Attr,
+    Inode,
+    InodeTable,
+    child_path,
+    parent_of,
+)
 from mountd.limits import Throttle
 from mountd.prefetch import BlockFetcher, FileReader
 from mountd.writes import Spool
@@ -46,6 +54,16 @@ __all__ = ["RingcacheFS"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Most objects a directory rename moves. S3 has no directory rename: each object is a
+#: server-side copy and a delete, so one rename(2) would take time and requests in
+#: proportion to the tree, without progress and beyond interruption. Larger trees get
+#: EXDEV, and mv(1) copies and deletes them file by file, as it would across devices.
+MAX_RENAME_OBJECTS = 10_000
+#: Server-side copies (then deletes) in flight during a directory rename: a few hundred
+#: files take seconds, not minutes, and the origin's pool of 32 connections keeps room for
+#: the reads of other files meanwhile.
+RENAME_PARALLEL = 16
 
 XATTR_SOURCE = b"user.ringcache.source"
 XATTR_VERSION = b"user.ringcache.version"
@@ -147,6 +165,8 @@ class RingcacheFS(pyfuse3.Operations):
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _DirHandle] = {}
         self._spools: dict[int, Spool] = {}
+        #: Directory URLs being renamed: no file under them may be opened for writing.
+        self._renaming: set[str] = set()
         self._next_fh = 1
 
     # -- helpers ----------------------------------------------------------------------
@@ -401,6 +421,11 @@ class RingcacheFS(pyfuse3.Operations):
         """The node's spool (shared by its writers), created and filled if needed."""
         spool = self._spools.get(node.ino)
         if spool is None:
+            url = self.config.url(node.path)
+            if any(url.startswith(prefix) for prefix in self._renaming):
+                # Its upload would land under the old name after the copy (see _rename_dir).
+                log.warning("refusing to write %s: its directory is being renamed", url)
+                raise pyfuse3.FUSEError(errno.EBUSY)
             if not truncate and node.attr.size > self.config.max_rewrite_bytes:
                 log.warning(
                     "refusing to rewrite %s (%d bytes > --max-rewrite %d): open it with "
@@ -594,13 +619,17 @@ class RingcacheFS(pyfuse3.Operations):
         node = await self.inodes.lookup(parent, self._name(name))
         if not node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        url = self.config.dir_url(node.path)
-        dirs, files = await self.origin.listdir(url, max_keys=1)
-        self.inodes.drop_listing(node.path)
-        if dirs or files or (await self.inodes.listing(node.path)).entries:
+        if not await self._empty(node):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        await self.origin.rmdir(url)
+        await self.origin.rmdir(self.config.dir_url(node.path))
         self.inodes.removed(node.path)
+
+    async def _empty(self, node: Inode) -> bool:
+        """Whether the directory ``node`` is empty in the origin now (not as listed up to
+        ``attr_ttl`` ago) and has no file being written in it."""
+        dirs, files = await self.origin.listdir(self.config.dir_url(node.path), max_keys=1)
+        self.inodes.drop_listing(node.path)
+        return not (dirs or files or (await self.inodes.listing(node.path)).entries)
 
     @operation(timed=False)
     async def rename(
@@ -631,8 +660,10 @@ class RingcacheFS(pyfuse3.Operations):
         if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EEXIST)
         if node.attr.is_dir:
-            # Object stores have no directory rename; EXDEV makes mv(1) copy and delete.
-            raise pyfuse3.FUSEError(errno.EXDEV)
+            if old_parent is not new_parent:
+                await self._check(node, ctx, W)  # its ".." changes (the kernel's rule)
+            await self._rename_dir(node, child_path(new_parent.path, new_name), target)
+            return
         if target is not None and target.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         spool = self._spools.get(node.ino)
@@ -649,6 +680,59 @@ class RingcacheFS(pyfuse3.Operations):
         self._committed(node, info)
         if spool is not None:
             spool.url = dst
+
+    async def _rename_dir(self, node: Inode, dst_path: str, target: Inode | None) -> None:
+        """Move the directory ``node`` and its tree to ``dst_path`` (Origin.rename_dir).
+
+        Files under it that are open for writing make it ``EBUSY``, and no file under it
+        may be opened for writing until it is done: an upload to the old name after its
+        copy would be deleted with the old tree, or left behind. Committing those spools
+        first would not stop the next write, so refusing is the safe choice; ``mv``
+        reports the error and the writer is unaffected. Over ``MAX_RENAME_OBJECTS``
+        objects it is ``EXDEV`` (nothing is copied), and a failed copy is ``EIO`` with
+        the old tree whole.
+        """
+        if dst_path == node.path:
+            return
+        if dst_path.startswith(node.path + "/"):
+            raise pyfuse3.FUSEError(errno.EINVAL)  # into its own subtree
+        if target is not None:
+            if not target.attr.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            if not await self._empty(target):
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        src, dst = self.config.dir_url(node.path), self.config.dir_url(dst_path)
+        busy = [s.url for s in self._spools.values() if s.url.startswith(src) and not s.detached]
+        if busy:
+            log.warning(
+                "refusing to rename %s: %d file(s) under it open for writing, e.g. %s",
+                src,
+                len(busy),
+                busy[0],
+            )
+            raise pyfuse3.FUSEError(errno.EBUSY)
+        self._renaming.add(src)
+        try:
+            moved = await self.origin.rename_dir(
+                src, dst, max_objects=MAX_RENAME_OBJECTS, parallel=RENAME_PARALLEL
+            )
+        except BaseException:
+            # Whatever the origin did before failing, neither tree's listing can be
+            # trusted now; the kernel keeps the old names, which it still resolves here.
+            self.inodes.drop_listings(node.path)
+            self.inodes.drop_listings(dst_path)
+            self.inodes.drop_listing(parent_of(dst_path))
+            raise
+        finally:
+            self._renaming.discard(src)
+        self.inodes.moved_dir(node, dst_path)
+        now = time.monotonic()
+        for name, info in moved.items():
+            self.client.forget(src + name)
+            self.client.forget(info.url)
+            child = self.inodes.find(child_path(dst_path, name))
+            if child is not None and not child.attr.is_dir:
+                child.attr, child.checked = Attr.of(info), now  # a copy is a new version
 
     @operation()
     async def symlink(

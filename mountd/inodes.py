@@ -243,6 +243,29 @@ class InodeTable:
         self.remove_entry(old_path)
         self.set_entry(new_path, node.attr)
 
+    def moved_dir(self, node: Inode, new_path: str) -> None:
+        """The directory ``node`` and its whole tree are now at ``new_path``.
+
+        Known descendants take their new paths (the kernel moved its dentries and keeps
+        their numbers), whatever was known under ``new_path`` (an empty directory it
+        replaced) is detached, and the cached listings of both trees are dropped: the
+        next readdir lists the moved tree afresh rather than trust names from before.
+        """
+        old_under, new_under = node.path + "/", new_path + "/"
+        for path in [p for p in self._by_path if p.startswith(new_under)]:
+            self._by_path.pop(path).path = ""  # detached, as in moved()
+            self._pinned.discard(path)
+        for path in [p for p in self._by_path if p.startswith(old_under)]:
+            child = self._by_path.pop(path)
+            child.path = new_under + path[len(old_under) :]
+            self._by_path[child.path] = child
+        self._pinned = {
+            new_under + p[len(old_under) :] if p.startswith(old_under) else p for p in self._pinned
+        }
+        self.drop_listings(node.path)
+        self.drop_listings(new_path)
+        self.moved(node, new_path)
+
     def removed(self, path: str) -> None:
         """``path`` was deleted: drop the name (open files keep their inode)."""
         node = self._by_path.pop(path, None)
@@ -306,6 +329,7 @@ class InodeTable:
         log.debug(
             "listed %s: %d entries in %.3fs", url, len(listing.entries), time.monotonic() - started
         )
+        self._prune_listings()
         self._listings[path] = listing
         return listing
 
@@ -326,6 +350,12 @@ class InodeTable:
 
     def drop_listing(self, path: str) -> None:
         self._listings.pop(path, None)
+
+    def drop_listings(self, path: str) -> None:
+        """Forget the listings of directory ``path`` and of every directory under it."""
+        under = path + "/"
+        for listed in [p for p in self._listings if p == path or p.startswith(under)]:
+            del self._listings[listed]
 
     # -- lookups and freshness --------------------------------------------------------
     async def lookup(self, parent: Inode, name: str) -> Inode:

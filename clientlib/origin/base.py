@@ -7,9 +7,10 @@ with :class:`VersionMismatch` instead of mixing two versions' bytes into one blo
 
 A file system over an origin (mountd) also needs one level of a tree
 (:meth:`Origin.listdir`) and the writes (:meth:`Origin.write`, :meth:`Origin.delete`,
-:meth:`Origin.rename`, :meth:`Origin.mkdir`, :meth:`Origin.rmdir`). Directories are key
-prefixes ending in ``/``; an origin without a real directory (S3) keeps an empty marker
-object named after the prefix, the convention of s3fs and rclone. The write methods are
+:meth:`Origin.rename`, :meth:`Origin.rename_dir`, :meth:`Origin.mkdir`,
+:meth:`Origin.rmdir`). Directories are key prefixes ending in ``/``; an origin without a
+real directory (S3) keeps an empty marker object named after the prefix, the convention
+of s3fs and rclone, and moves a directory object by object. The write methods are
 optional: the defaults refuse with :class:`Forbidden`, so a read-only origin stays small.
 
 POSIX attributes (:class:`PosixAttrs`: mode, owner, mtime) are optional too. S3 keeps
@@ -23,20 +24,29 @@ listing knows for free, :meth:`Origin.stat_posix` costs one HEAD.
 from __future__ import annotations
 
 import abc
+import errno
 import stat as stat_
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from clientlib.errors import Forbidden
+from clientlib.errors import Forbidden, RingcacheError
 
-__all__ = ["ObjectInfo", "Origin", "PosixAttrs", "Progress"]
+__all__ = ["ObjectInfo", "Origin", "PosixAttrs", "Progress", "TooManyObjects"]
 
 #: Called from a worker thread with the bytes an upload has sent so far (since the last
 #: call; negative when a retry rewinds). It may block: that throttles the upload.
 Progress = Callable[[int], None]
 
 _POSIX_KEYS = ("mode", "uid", "gid", "mtime")
+
+
+class TooManyObjects(RingcacheError):
+    """A directory holds more objects than the caller let :meth:`Origin.rename_dir` move
+    one by one; nothing was moved. Its errno, ``EXDEV``, is what makes ``mv(1)`` copy and
+    delete the tree file by file itself."""
+
+    errno = errno.EXDEV
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +207,22 @@ class Origin(abc.ABC):
 
     async def rename(self, src: str, dst: str) -> ObjectInfo:
         """Move the object ``src`` to ``dst`` (replacing it); the version at ``dst``."""
+        raise Forbidden(f"{type(self).__name__} cannot rename {src}")
+
+    async def rename_dir(
+        self, src: str, dst: str, *, max_objects: int, parallel: int
+    ) -> dict[str, ObjectInfo]:
+        """Move the directory ``src`` and everything under it to ``dst`` (both ending in
+        ``/``); ``dst`` must not exist or be an empty directory (callers check, as for
+        :meth:`rmdir`), and must not be inside ``src``.
+
+        An origin without a directory rename copies each object (markers included), at
+        most ``parallel`` at a time, and deletes the sources only once every copy is
+        made: a failure leaves ``src`` whole. Such an origin raises
+        :class:`TooManyObjects`, before it copies anything, when ``src`` holds more than
+        ``max_objects`` objects. Returns the files now under ``dst`` by their name
+        relative to it, with their versions there (a copy may be a new version).
+        """
         raise Forbidden(f"{type(self).__name__} cannot rename {src}")
 
     async def mkdir(self, url: str, posix: PosixAttrs | None = None) -> None:

@@ -8,14 +8,17 @@ retry mode rather than a loop of our own. The version tag is the ETag; reads sen
 
 Writes go through boto3's managed transfers (``upload_file``, ``copy``): multipart above
 ``multipart_threshold`` with parts uploaded in parallel, straight from a file on disk, so
-a large upload never sits in memory.
+a large upload never sits in memory. A directory rename is a server-side copy of each
+object under the prefix, then deletes (:meth:`S3Origin.rename_dir`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,15 @@ import boto3.s3.transfer
 import botocore.config
 import botocore.exceptions
 
-from clientlib.errors import BadRequest, NotFound, OriginError, VersionMismatch
+from clientlib.errors import (
+    BadRequest,
+    NotFound,
+    OriginError,
+    RingcacheError,
+    VersionMismatch,
+)
 from clientlib.metrics import ORIGIN_BYTES, ORIGIN_REQUESTS
-from clientlib.origin.base import ObjectInfo, Origin, PosixAttrs, Progress
+from clientlib.origin.base import ObjectInfo, Origin, PosixAttrs, Progress, TooManyObjects
 from clientlib.urls import join_url, split_url
 
 __all__ = ["S3Origin"]
@@ -46,6 +55,40 @@ def _listed(origin: str, item: dict[str, Any]) -> ObjectInfo:
         item["ETag"].strip('"'),
         item["LastModified"].timestamp(),
     )
+
+
+def _copied(url: str, item: dict[str, Any], result: dict[str, Any]) -> ObjectInfo:
+    """The object ``url`` made by copying the listed ``item`` (CopyObject's ``result``)."""
+    origin, key = split_url(url)
+    return ObjectInfo(
+        url,
+        origin,
+        key,
+        int(item["Size"]),
+        result["ETag"].strip('"'),
+        result["LastModified"].timestamp(),
+    )
+
+
+async def _bounded(
+    jobs: list[Callable[[], Awaitable[None]]], parallel: int, *, keep_going: bool = False
+) -> list[RingcacheError]:
+    """Run ``jobs``, at most ``parallel`` at once; their failures. Unless ``keep_going``,
+    the jobs not started when the first one fails are skipped."""
+    gate = asyncio.Semaphore(parallel)
+    failures: list[RingcacheError] = []
+
+    async def run(job: Callable[[], Awaitable[None]]) -> None:
+        async with gate:
+            if failures and not keep_going:
+                return
+            try:
+                await job()
+            except RingcacheError as exc:
+                failures.append(exc)
+
+    await asyncio.gather(*(run(job) for job in jobs))
+    return failures
 
 
 class S3Origin(Origin):
@@ -130,10 +173,15 @@ class S3Origin(Origin):
         ORIGIN_BYTES.inc(len(data))
         return data
 
-    def _list_sync(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    def _list_sync(
+        self, bucket: str, prefix: str, max_items: int | None = None
+    ) -> list[dict[str, Any]]:
         paginator = self._client.get_paginator("list_objects_v2")
+        pages: dict[str, Any] = {}
+        if max_items is not None:
+            pages["PaginationConfig"] = {"MaxItems": max_items}
         out: list[dict[str, Any]] = []
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **pages):
             out.extend(page.get("Contents", []))
         return out
 
@@ -331,6 +379,111 @@ class S3Origin(Origin):
         info = await self.stat(dst)
         await self.delete(src)
         return info
+
+    def _copy_sync(
+        self, bucket: str, key: str, size: int, dst_bucket: str, dst_key: str
+    ) -> dict[str, Any] | None:
+        """A server-side copy keeping the metadata; CopyObject's result, or None after a
+        multipart copy (over 5 GiB), which has none."""
+        source = {"Bucket": bucket, "Key": key}
+        if size <= self._MAX_COPY:
+            resp = self._client.copy_object(Bucket=dst_bucket, Key=dst_key, CopySource=source)
+            return resp["CopyObjectResult"]  # type: ignore[no-any-return]
+        self._client.copy(source, dst_bucket, dst_key, Config=self._transfer)
+        return None
+
+    async def _delete_all(self, urls: list[str], parallel: int) -> list[RingcacheError]:
+        """Delete every one of ``urls``, ``parallel`` at a time; the failures."""
+        return await _bounded(
+            [functools.partial(self.delete, url) for url in urls], parallel, keep_going=True
+        )
+
+    async def rename_dir(
+        self, src: str, dst: str, *, max_objects: int, parallel: int
+    ) -> dict[str, ObjectInfo]:
+        """S3 has no directory rename: one listing (of at most ``max_objects`` + 1 keys),
+        a server-side copy per object, then a delete per object.
+
+        The first failed copy stops the copying; the copies made are deleted again and
+        the error is an :class:`OriginError`. The source's own marker is copied last, so
+        that an empty directory being replaced is still as it was after a failure. When
+        the source has no marker, the target's (an empty directory's) is deleted with the
+        sources: the moved directory keeps none of the replaced one's attributes.
+        """
+        src_origin, src_prefix = split_url(src)
+        dst_origin, dst_prefix = split_url(dst)
+        if not src_prefix.endswith("/") or not dst_prefix.endswith("/"):
+            raise BadRequest(f"not two directories: {src} -> {dst}")
+        if src_origin == dst_origin and dst_prefix.startswith(src_prefix):
+            raise BadRequest(f"cannot move {src} into itself ({dst})")
+        ORIGIN_REQUESTS.labels("list").inc()
+        items = await self._call(
+            lambda: self._list_sync(src_origin[5:], src_prefix, max_objects + 1), src
+        )
+        if len(items) > max_objects:
+            raise TooManyObjects(f"{src} holds more than {max_objects} objects")
+        if not items:
+            raise NotFound(f"no such directory: {src}")
+        started = time.monotonic()
+        moved: dict[str, ObjectInfo] = {}
+        copied: list[str] = []
+
+        async def copy(item: dict[str, Any]) -> None:
+            name = item["Key"][len(src_prefix) :]
+            source, target = join_url(src_origin, item["Key"]), dst + name
+            ORIGIN_REQUESTS.labels("copy").inc()
+            result = await self._call(
+                functools.partial(
+                    self._copy_sync,
+                    src_origin[5:],
+                    item["Key"],
+                    int(item["Size"]),
+                    dst_origin[5:],
+                    dst_prefix + name,
+                ),
+                source,
+            )
+            copied.append(target)
+            if name and not name.endswith("/"):
+                moved[name] = (
+                    await self.stat(target) if result is None else _copied(target, item, result)
+                )
+
+        objects = [item for item in items if item["Key"] != src_prefix]
+        marker = [item for item in items if item["Key"] == src_prefix]
+        failures = await _bounded([functools.partial(copy, item) for item in objects], parallel)
+        if not failures:
+            failures = await _bounded([functools.partial(copy, item) for item in marker], 1)
+        if failures:
+            left = await self._delete_all(copied, parallel)
+            if left:
+                log.error(
+                    "renaming %s to %s failed; %d of its %d copies under %s are left: %s",
+                    src,
+                    dst,
+                    len(left),
+                    len(copied),
+                    dst,
+                    left[0],
+                )
+            raise OriginError(f"renaming {src} to {dst} failed, {src} is unchanged: {failures[0]}")
+        doomed = [join_url(src_origin, item["Key"]) for item in items]
+        if not marker:
+            doomed.append(dst)
+        left = await self._delete_all(doomed, parallel)
+        if left:
+            raise OriginError(
+                f"renamed {src} to {dst}, but {len(left)} of the {len(doomed)} old objects "
+                f"could not be deleted: {left[0]}"
+            )
+        log.info(
+            "renamed %s to %s: %d objects in %.2fs",
+            src,
+            dst,
+            len(items),
+            time.monotonic() - started,
+        )
+        return moved
 
     async def mkdir(self, url: str, posix: PosixAttrs | None = None) -> None:
         origin, key = split_url(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from cachenode.fairshare import FairScheduler
 
@@ -65,3 +66,41 @@ async def test_a_waiter_that_gives_up_frees_nothing_it_did_not_take():
     async with asyncio.timeout(1), scheduler.slot("c", 1):
         pass
     assert scheduler.queued == 0
+
+
+async def test_a_paused_slot_serves_others_and_is_taken_back_in_turn():
+    scheduler = FairScheduler(slots=1)
+    served: list[str] = []
+    origin = asyncio.Event()
+
+    async def miss() -> None:
+        async with scheduler.slot("a", 1) as slot:
+            async with slot.paused():  # waiting for the origin
+                await origin.wait()
+            served.append("miss")
+
+    async def hit() -> None:
+        async with scheduler.slot("b", 1):
+            served.append("hit")
+
+    waiting = asyncio.create_task(miss())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(hit(), 1)  # the only slot was free while the miss waited
+    assert served == ["hit"]
+    origin.set()
+    await waiting
+    assert served == ["hit", "miss"]
+    async with scheduler.slot("c", 1):  # every slot was given back exactly once
+        assert not scheduler.try_acquire()
+    assert scheduler.try_acquire()
+    scheduler.release()
+
+
+async def test_a_slot_paused_by_a_failed_fetch_is_not_given_back_twice():
+    scheduler = FairScheduler(slots=1)
+    with contextlib.suppress(RuntimeError):
+        async with scheduler.slot("a", 1) as slot, slot.paused():
+            raise RuntimeError("origin failed")
+    assert scheduler.try_acquire()  # the one slot is free...
+    assert not scheduler.try_acquire()  # ...and only one
+    scheduler.release()

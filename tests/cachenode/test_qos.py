@@ -10,6 +10,7 @@ import time
 import aiohttp
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from clientlib.blocks import block_id
 from tests.conftest import cachectl, run_cachectl
 
 
@@ -90,3 +91,40 @@ async def test_config_get_shows_the_settings_and_bad_input_is_one_line(make_clus
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
     final = await run_cachectl(*ctl(cluster, "config", "get"))
     assert "replicas = 3" in final.stdout.decode()
+
+
+async def test_misses_waiting_on_a_slow_origin_do_not_hold_the_serving_slots(
+    make_cluster, faulty_s3, s3, bucket
+):
+    slow = await faulty_s3(2.0)
+    node = make_cluster(
+        1, env={**os.environ, "AWS_ENDPOINT_URL": slow}, extra=["--serve-slots", "1"]
+    ).nodes[0]
+
+    def source(key: str, body: bytes) -> tuple[str, dict[str, str]]:
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        etag = s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        query = {"src": f"s3://{bucket}/{key}", "ver": etag, "size": str(len(body))}
+        query.update(bs=str(BS), i="0")
+        return f"{node.url}/v1/blocks/{block_id(f's3://{bucket}', key, etag, BS, 0)}", query
+
+    hot_url, hot_query = source("hot", b"h" * 1000)
+    cold_url, cold_query = source("cold", b"c" * 2000)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(hot_url, params=hot_query) as resp:  # cached now
+            assert await resp.read() == b"h" * 1000
+        answered = asyncio.Event()
+
+        async def cold_read() -> bytes:
+            async with session.get(cold_url, params=cold_query) as resp:
+                answered.set()  # headers first: the miss now waits on the origin
+                return await resp.read()
+
+        cold = asyncio.create_task(cold_read())
+        await asyncio.wait_for(answered.wait(), 10)
+        # The node's only slot is not held by the waiting miss: the hit is served now,
+        # while the origin still holds the cold block back.
+        async with session.get(hot_url, params=hot_query) as resp:
+            assert await resp.read() == b"h" * 1000
+        assert not cold.done()
+        assert await cold == b"c" * 2000

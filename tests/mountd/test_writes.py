@@ -5,15 +5,23 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import subprocess
 
 import pytest
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from clientlib.origin.base import TooManyObjects
+from clientlib.origin.s3 import S3Origin
 
 
 def s3_bytes(s3, bucket: str, key: str) -> bytes:  # type: ignore[no-untyped-def]
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def s3_keys(s3, bucket: str, prefix: str) -> list[str]:  # type: ignore[no-untyped-def]
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
 
 def test_written_file_is_in_s3_on_close_and_read_by_another_mount_without_origin_request(
@@ -95,22 +103,134 @@ def test_mkdir_rmdir_unlink_rename_behave_with_posix_errnos(make_cluster, mount,
     assert (m.path / "g").read_bytes() == b"payload"
     assert sorted(os.listdir(m.path)) == ["d", "g"]
     os.mkdir(m.path / "e")
-    with pytest.raises(OSError) as exc:
-        os.rename(m.path / "e", m.path / "e2")
-    assert exc.value.errno == errno.EXDEV  # mv(1) falls back to copy and delete
+    os.rename(m.path / "e", m.path / "e2")  # an empty directory: its marker moves
+    assert s3_keys(s3, bucket, "e") == ["e2/"]
     os.unlink(m.path / "g")
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="g")
     os.rmdir(d)
-    assert sorted(os.listdir(m.path)) == ["e"]
+    assert sorted(os.listdir(m.path)) == ["e2"]
     with pytest.raises(FileNotFoundError):
         os.unlink(m.path / "g")
     with pytest.raises(FileNotFoundError):
         os.rmdir(m.path / "nope")
     with pytest.raises(OSError) as exc:
-        os.symlink("e", m.path / "link")
+        os.symlink("e2", m.path / "link")
     assert exc.value.errno == errno.EPERM
-    os.chmod(m.path / "e", 0o700)  # stored in the marker object's metadata
-    assert (m.path / "e").stat().st_mode & 0o777 == 0o700
+    os.chmod(m.path / "e2", 0o700)  # stored in the marker object's metadata
+    assert (m.path / "e2").stat().st_mode & 0o777 == 0o700
+
+
+def test_directory_rename_moves_every_object_and_the_mount_shows_only_the_new_tree(
+    make_cluster, mount, s3, bucket
+):
+    big = os.urandom(2 * BS + 5)
+    tree = {
+        "src/a.txt": b"alpha",
+        "src/sub/b.bin": big,
+        "src/sub/deeper/c.txt": b"gamma",
+        "src/sub/": b"",  # a subdirectory's marker moves too
+    }
+    for key, body in tree.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    s3.put_object(Bucket=bucket, Key="src/", Body=b"", Metadata={"mode": str(0o40750)})
+    s3.put_object(Bucket=bucket, Key="srcfoo/x", Body=b"not under src/")
+    m = mount(make_cluster(1), f"s3://{bucket}", "--attr-ttl", "60")  # stale caches would show
+    src, dst = m.path / "src", m.path / "dst"
+    (src / "written.txt").write_bytes(b"through the mount")
+    # Fill the mount's caches: listings of both levels, inodes the kernel holds.
+    assert sorted(os.listdir(src)) == ["a.txt", "sub", "written.txt"]
+    assert sorted(os.listdir(src / "sub")) == ["b.bin", "deeper"]
+    ino = os.stat(src / "sub" / "b.bin").st_ino
+    assert (src / "sub" / "b.bin").read_bytes() == big
+
+    os.rename(src, dst)
+    moved = {**tree, "src/": b"", "src/written.txt": b"through the mount"}
+    expected = {"dst/" + key[len("src/") :]: body for key, body in moved.items()}
+    assert s3_keys(s3, bucket, "dst/") == sorted(expected)
+    assert all(s3_bytes(s3, bucket, key) == body for key, body in expected.items())
+    assert s3.head_object(Bucket=bucket, Key="dst/")["Metadata"] == {"mode": str(0o40750)}
+    assert s3_keys(s3, bucket, "src/") == []
+    assert s3_bytes(s3, bucket, "srcfoo/x") == b"not under src/"
+    assert sorted(os.listdir(m.path)) == ["dst", "srcfoo"]
+    assert not src.exists()
+    assert sorted(os.listdir(dst)) == ["a.txt", "sub", "written.txt"]
+    assert sorted(os.listdir(dst / "sub")) == ["b.bin", "deeper"]
+    assert os.listdir(dst / "sub" / "deeper") == ["c.txt"]
+    assert (dst / "sub" / "b.bin").read_bytes() == big
+    assert os.stat(dst / "sub" / "b.bin").st_ino == ino  # the kernel's inode moved with it
+    assert (dst / "sub" / "deeper" / "c.txt").read_bytes() == b"gamma"
+    assert (dst / "written.txt").read_bytes() == b"through the mount"
+    assert stat.S_IMODE(os.stat(dst).st_mode) == 0o750
+
+
+def test_directory_rename_refuses_what_posix_refuses_and_open_writers(
+    make_cluster, mount, s3, bucket
+):
+    for key in ("a/f", "a/sub/g", "full/h", "empty/", "file"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    m = mount(make_cluster(1), f"s3://{bucket}")
+    for dst, code in (
+        ("a/sub/inside", errno.EINVAL),  # into its own subtree
+        ("full", errno.ENOTEMPTY),
+        ("file", errno.ENOTDIR),
+    ):
+        with pytest.raises(OSError) as exc:
+            os.rename(m.path / "a", m.path / dst)
+        assert exc.value.errno == code, dst
+    with open(m.path / "a" / "sub" / "open.txt", "wb") as fh:
+        fh.write(b"being written")
+        with pytest.raises(OSError) as exc:
+            os.rename(m.path / "a", m.path / "b")
+        assert exc.value.errno == errno.EBUSY  # its upload would land under the old name
+    assert s3_keys(s3, bucket, "a/") == ["a/f", "a/sub/g", "a/sub/open.txt"]
+    os.rename(m.path / "a", m.path / "empty")  # an empty directory is replaced
+    assert s3_keys(s3, bucket, "a") == []
+    assert s3_keys(s3, bucket, "empty") == ["empty/f", "empty/sub/g", "empty/sub/open.txt"]
+    assert sorted(os.listdir(m.path)) == ["empty", "file", "full"]
+    assert (m.path / "empty" / "sub" / "open.txt").read_bytes() == b"being written"
+
+
+def test_directory_rename_whose_copy_fails_is_eio_and_leaves_the_old_tree_whole(
+    make_cluster, mount, s3, bucket
+):
+    keys = [f"d/f{i:02d}" for i in range(40)]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    # S3 refuses to copy an archived object: a failure among successful copies.
+    s3.put_object(Bucket=bucket, Key="d/f20", Body=b"cold", StorageClass="GLACIER")
+    m = mount(make_cluster(1), f"s3://{bucket}")
+    assert len(os.listdir(m.path / "d")) == 40
+    with pytest.raises(OSError) as exc:
+        os.rename(m.path / "d", m.path / "moved")
+    assert exc.value.errno == errno.EIO
+    assert s3_keys(s3, bucket, "d/") == keys
+    assert s3_bytes(s3, bucket, "d/f07") == b"d/f07"
+    assert s3_keys(s3, bucket, "moved") == []  # the copies made were deleted again
+    assert sorted(os.listdir(m.path)) == ["d"]
+    assert len(os.listdir(m.path / "d")) == 40
+    assert (m.path / "d" / "f07").read_bytes() == b"d/f07"
+
+
+async def test_directory_rename_over_the_object_cap_is_exdev_and_copies_nothing(s3, bucket):
+    # The mount's cap (MAX_RENAME_OBJECTS, 10,000) is too many objects to create for a
+    # test; the origin's refusal is the same with a small cap, and its errno is the one
+    # the mount returns.
+    for key in ("t/1", "t/2", "t/3"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    origin = S3Origin()
+    try:
+        with pytest.raises(TooManyObjects) as exc:
+            await origin.rename_dir(
+                f"s3://{bucket}/t/", f"s3://{bucket}/u/", max_objects=2, parallel=4
+            )
+        assert exc.value.errno == errno.EXDEV
+        moved = await origin.rename_dir(
+            f"s3://{bucket}/t/", f"s3://{bucket}/u/", max_objects=3, parallel=4
+        )
+    finally:
+        origin.close()
+    assert sorted(moved) == ["1", "2", "3"]
+    assert s3_keys(s3, bucket, "") == ["u/1", "u/2", "u/3"]
 
 
 def test_read_only_mount_refuses_every_change_with_erofs(make_cluster, mount, s3, bucket):
