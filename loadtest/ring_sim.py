@@ -552,7 +552,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# The consistent-hash ring at 10, 100 and 1000 nodes (simulation)",
         "",
-        f"`clientlib.ring.Ring` (uhashring, xxh3_64 points named `<id>-<k>`, bisect lookups), current "
+        "`clientlib.ring.Ring` (uhashring, xxh3_64 points named `<id>-<k>`, bisect lookups), "
+        "current "
         f"`VNODES` = {r['vnodes_current']}; {r['keys']:,} random 32-hex block ids; "
         f"{r['trials']} node-id sets per cell (mean; worst in brackets). Times are CPU time "
         "of one core (robust to other load on the machine). *Exact* = each "

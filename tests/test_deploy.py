@@ -417,7 +417,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def relocate(example: Path, tmp_path: Path, uncomment: bool) -> Path:
     """A copy of ``example`` whose absolute paths live under ``tmp_path`` (and exist as
-    directories, or as token files holding a test secret), with its commented-out ``# key = value`` settings switched on if asked."""
+    directories, or as token files holding a test secret), with its commented-out
+    ``# key = value`` settings switched on if asked."""
     text = example.read_text()
     if uncomment:
         text = re.sub(r"(?m)^# (\w+ = )", r"\1", text)

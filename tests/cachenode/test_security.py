@@ -78,9 +78,7 @@ async def test_scoped_token_cannot_read_another_teams_blocks_even_when_cached(
     team = await client_for(cluster, token_file=str(token))
     assert await team.read(alpha_url) == alpha[1]
     # Served bytes are accounted to the token's tenant (fair share and its metrics).
-    assert cluster.metric("ringcache_tenant_served_bytes_total", 'tenant="alpha"') >= len(
-        alpha[1]
-    )
+    assert cluster.metric("ringcache_tenant_served_bytes_total", 'tenant="alpha"') >= len(alpha[1])
     before = cluster.metric("ringcache_served_bytes_total")
     # The team's client is refused by the cache and reads the other bucket with its own
     # S3 credentials (here: the test's): the cache served it nothing.

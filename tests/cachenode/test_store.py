@@ -331,9 +331,7 @@ def read_block_file(block: BlockFile) -> bytes:
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE])
-async def test_open_verified_gives_bytes_when_small_and_a_verified_fd_when_large(
-    make_store, size
-):
+async def test_open_verified_gives_bytes_when_small_and_a_verified_fd_when_large(make_store, size):
     store = make_store(4 * MiB)
     block_id, data = new_id(), os.urandom(size)
     assert await store.open_verified(block_id) is None
