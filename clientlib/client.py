@@ -104,6 +104,9 @@ class CacheClient:
             ),
             timeout=self._timeout,
             auto_decompress=False,
+            # Blocks are read whole: let a response's bytes pile up to a block before
+            # the socket is paused (the default 64 KiB pauses it dozens of times a block).
+            read_bufsize=DEFAULT_BLOCK_SIZE,
         )
         if self._watcher is not None:
             await self._watcher.start()
