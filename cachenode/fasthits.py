@@ -193,9 +193,9 @@ class HitServer:
             # does: a separate small head segment costs the reader a wakeup per block.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             transport.write(b"".join(response))
-            sent = self._send_inline(transport, found)
+            sent = self._send_inline(transport, found, block_id)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-            if sent == nbytes:
+            if sent < 0 or sent == nbytes:
                 found.close()
                 self.done(block_id, head.close, transport)
             else:
@@ -213,14 +213,18 @@ class HitServer:
         self._tally.report()
 
     @staticmethod
-    def _send_inline(transport: asyncio.Transport, block: BlockFile) -> int:
-        """Send what the socket takes of the file now; returns how much that was."""
+    def _send_inline(transport: asyncio.Transport, block: BlockFile, block_id: str) -> int:
+        """Send what the socket takes of the file now; returns how much that was, or -1
+        if sending failed (the connection is then aborted: part of the body may be out,
+        and the client must see a broken response, never a wrong one)."""
         if transport.get_write_buffer_size():
             return 0  # the head is still queued: the body must not overtake it
         try:
             return send_now(transport.get_extra_info("socket").fileno(), block.fd, 0, block.nbytes)
-        except OSError:
-            return 0  # the waiting path meets the error again and aborts
+        except OSError as exc:
+            log.debug("hit of block %s: send failed after headers: %s", block_id, exc)
+            transport.abort()
+            return -1
 
     async def _send_rest(
         self,
