@@ -81,13 +81,16 @@ def _setup_logging(config: MountConfig) -> None:
 READ_AHEAD_KB = 4096
 
 
-def _raise_read_ahead(mountpoint: str) -> None:
+async def _raise_read_ahead(mountpoint: str) -> None:
     """Best effort (needs root): set the read-ahead of the mount's backing device info.
 
-    The bdi is found in /proc/self/mountinfo, not by stat()ing the mount point, which
-    would ask this very process before its FUSE loop runs.
+    Only once the kernel has taken the INIT reply, which caps the read-ahead to the
+    128 KiB libfuse answers with: a raise before that is undone (strace showed every
+    FUSE read at 128 KiB). A stat of the mount point, answered by this process's FUSE
+    loop, proves INIT is done. The bdi is found in /proc/self/mountinfo.
     """
     try:
+        await asyncio.to_thread(os.stat, mountpoint)
         with open("/proc/self/mountinfo") as fh:
             lines = fh.read().splitlines()
         devices = [line.split()[2] for line in lines if line.split()[4] == mountpoint]
@@ -170,7 +173,7 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
         except RuntimeError as exc:
             raise RingcacheError(f"cannot mount on {config.mountpoint}: {exc}") from None
         mounted = True
-        _raise_read_ahead(str(config.mountpoint))
+        raise_read_ahead = asyncio.create_task(_raise_read_ahead(str(config.mountpoint)))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, pyfuse3.terminate)
         log.info(
@@ -182,6 +185,7 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
         )
         _report(report_fd, "ok")
         await pyfuse3.main(max_tasks=256)
+        raise_read_ahead.cancel()
         log.info("unmounting %s", config.mountpoint)
     finally:
         if mounted:
