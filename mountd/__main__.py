@@ -151,6 +151,7 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
     fetcher = BlockFetcher(client, tier, download)
     fs = RingcacheFS(config, client, fetcher, upload)
     mounted = False
+    raise_read_ahead: asyncio.Task[None] | None = None
     try:
         # Fail at start, with the reason, when the source is not there or not reachable.
         async with asyncio.timeout(config.op_timeout):
@@ -185,9 +186,10 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
         )
         _report(report_fd, "ok")
         await pyfuse3.main(max_tasks=256)
-        raise_read_ahead.cancel()
         log.info("unmounting %s", config.mountpoint)
     finally:
+        if raise_read_ahead is not None:
+            raise_read_ahead.cancel()
         if mounted:
             await fs.flush_all()
             pyfuse3.close(unmount=True)
