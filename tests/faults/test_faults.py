@@ -54,7 +54,11 @@ async def test_hung_node_is_passed_over_by_hedging_not_by_timeouts(
     url = f"s3://{bucket}/k"
     warm = await client_for(cluster)
     assert await warm.read(url) == data
-    hung = cluster.nodes[0]
+    # Hang the owner of the first block, so at least one block must be hedged (with 3
+    # nodes and 6 blocks, a node chosen blindly owns none of them 9% of the time).
+    first = warm.block_ref(await warm.stat(url), 0).id
+    owner = warm.ring.owners(first, 1)[0]
+    hung = next(n for n in cluster.nodes if n.addr == owner.addr)
     hung.signal(signal.SIGSTOP)
     try:
         # The hung node's requests would only end by the 60 s peer timeout: the read
