@@ -593,12 +593,10 @@ class BlockStore:
         :meth:`get`.
         """
         key = _key(block_id)
-        for d in self._up:
-            entry = d.policy.lookup(key)
-            if entry is not None:
-                break
-        else:
+        found = self._indexed(key)
+        if found is None:
             return None
+        d, entry = found
         nbytes, checksum = entry
         small = nbytes <= INLINE_READ_MAX
         if small and (data := self._remembered(block_id, checksum)) is not None:
@@ -631,6 +629,14 @@ class BlockStore:
             return BlockFile(result, nbytes)
         return self._remember(block_id, checksum, result) if small else result
 
+    def _indexed(self, key: int) -> tuple[_CacheDir, tuple[int, int]] | None:
+        """The dir that holds block ``key`` and its index entry (length, checksum)."""
+        for d in self._up:
+            entry = d.policy.lookup(key)
+            if entry is not None:
+                return d, entry
+        return None
+
     def read_now(self, block_id: str) -> bytes | BlockFile | None:
         """The block, verified and counted as a hit, if that needs no wait for the disk.
 
@@ -644,12 +650,10 @@ class BlockStore:
         can (:meth:`_remembered`).
         """
         key = _key(block_id)
-        for d in self._up:
-            entry = d.policy.lookup(key)
-            if entry is not None:
-                break
-        else:
+        found = self._indexed(key)
+        if found is None:
             return None
+        d, entry = found
         nbytes, checksum = entry
         small = nbytes <= INLINE_READ_MAX
         if small:

@@ -45,29 +45,28 @@ __all__ = ["S3Origin"]
 log = logging.getLogger(__name__)
 
 
+def _info(url: str, origin: str, key: str, size: int, version: dict[str, Any]) -> ObjectInfo:
+    """An object's info; ``version`` is the S3 answer that carries its ``ETag`` and
+    ``LastModified`` (a listing item, a HEAD, a CopyObject result)."""
+    return ObjectInfo(
+        url,
+        origin,
+        key,
+        int(size),
+        version["ETag"].strip('"'),
+        version["LastModified"].timestamp(),
+    )
+
+
 def _listed(origin: str, item: dict[str, Any]) -> ObjectInfo:
     """An object as a ListObjectsV2 page describes it."""
-    return ObjectInfo(
-        join_url(origin, item["Key"]),
-        origin,
-        item["Key"],
-        int(item["Size"]),
-        item["ETag"].strip('"'),
-        item["LastModified"].timestamp(),
-    )
+    return _info(join_url(origin, item["Key"]), origin, item["Key"], item["Size"], item)
 
 
 def _copied(url: str, item: dict[str, Any], result: dict[str, Any]) -> ObjectInfo:
     """The object ``url`` made by copying the listed ``item`` (CopyObject's ``result``)."""
     origin, key = split_url(url)
-    return ObjectInfo(
-        url,
-        origin,
-        key,
-        int(item["Size"]),
-        result["ETag"].strip('"'),
-        result["LastModified"].timestamp(),
-    )
+    return _info(url, origin, key, item["Size"], result)
 
 
 async def _bounded(
@@ -138,19 +137,16 @@ class S3Origin(Origin):
             raise OriginError(f"S3 unreachable for {url}: {exc}") from None
 
     async def stat(self, url: str) -> ObjectInfo:
+        return (await self._head(url))[0]
+
+    async def _head(self, url: str) -> tuple[ObjectInfo, dict[str, Any]]:
+        """One HEAD of the object ``url``: its info and the whole answer."""
         origin, key = split_url(url)
         if not key or key.endswith("/"):
             raise NotFound(f"not an object: {url}")
         ORIGIN_REQUESTS.labels("stat").inc()
         head = await self._call(self._client.head_object, url, Bucket=origin[5:], Key=key)
-        return ObjectInfo(
-            url,
-            origin,
-            key,
-            int(head["ContentLength"]),
-            head["ETag"].strip('"'),
-            head["LastModified"].timestamp(),
-        )
+        return _info(url, origin, key, head["ContentLength"], head), head
 
     def _get_sync(self, bucket: str, key: str, offset: int, length: int, etag: str) -> bytes:
         resp = self._client.get_object(
@@ -268,19 +264,7 @@ class S3Origin(Origin):
 
     async def stat_posix(self, url: str) -> tuple[ObjectInfo, PosixAttrs]:
         """One HEAD: the object's size and ETag, and its s3fs-style user metadata."""
-        origin, key = split_url(url)
-        if not key or key.endswith("/"):
-            raise NotFound(f"not an object: {url}")
-        ORIGIN_REQUESTS.labels("stat").inc()
-        head = await self._call(self._client.head_object, url, Bucket=origin[5:], Key=key)
-        info = ObjectInfo(
-            url,
-            origin,
-            key,
-            int(head["ContentLength"]),
-            head["ETag"].strip('"'),
-            head["LastModified"].timestamp(),
-        )
+        info, head = await self._head(url)
         return info, PosixAttrs.from_metadata(head.get("Metadata") or {})
 
     async def dir_posix(self, url: str) -> PosixAttrs:
