@@ -303,6 +303,22 @@ SLOW_DOWN = (
 )
 
 
+async def forward(session: ClientSession, upstream: str, request: web.Request) -> web.Response:
+    """``request`` as ``upstream`` answers it (test and benchmark proxies in front of S3)."""
+    from aiohttp import web
+
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+    async with session.request(
+        request.method, upstream + request.path_qs, headers=headers, data=await request.read()
+    ) as answer:
+        body = await answer.read()
+        skip = ("transfer-encoding", "connection")
+        if request.method != "HEAD":  # aiohttp sets the length of a body it sends
+            skip += ("content-length",)
+        out = {k: v for k, v in answer.headers.items() if k.lower() not in skip}
+        return web.Response(status=answer.status, body=body, headers=out)
+
+
 class S3Proxy:
     """A reverse proxy in front of an S3 endpoint that delays or throttles requests.
 
@@ -332,19 +348,7 @@ class S3Proxy:
             if request.method == "GET" and (self.fail_gets < 0 or self.failures < self.fail_gets):
                 self.failures += 1
                 return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
-            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-            async with session.request(
-                request.method,
-                self.upstream + request.path_qs,
-                headers=headers,
-                data=await request.read(),
-            ) as upstream:
-                body = await upstream.read()
-                skip = ("transfer-encoding", "connection")
-                if request.method != "HEAD":  # aiohttp sets the length of a body it sends
-                    skip += ("content-length",)
-                out = {k: v for k, v in upstream.headers.items() if k.lower() not in skip}
-                return web.Response(status=upstream.status, body=body, headers=out)
+            return await forward(session, self.upstream, request)
 
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", forward)

@@ -33,6 +33,8 @@ import boto3
 import botocore.exceptions
 from aiohttp import ClientSession, web
 
+from clientlib.localcluster import forward
+
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 #: Headers of the upstream's whole-object answer that a ranged answer repeats.
@@ -125,19 +127,7 @@ class Model:
 
     async def forward(self, request: web.Request) -> web.Response:
         assert self.session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with self.session.request(
-            request.method,
-            self.upstream + request.path_qs,
-            headers=headers,
-            data=await request.read(),
-        ) as up:
-            body = await up.read()
-            skip = ("transfer-encoding", "connection")
-            if request.method != "HEAD":
-                skip += ("content-length",)
-            out = {k: v for k, v in up.headers.items() if k.lower() not in skip}
-            return web.Response(status=up.status, body=body, headers=out)
+        return await forward(self.session, self.upstream, request)
 
 
 async def serve(args: argparse.Namespace) -> None:
