@@ -109,16 +109,23 @@ async def test_read_succeeds_when_every_node_is_gone(make_cluster, client_for, o
     assert await client.read(url) == data
 
 
-async def test_restarted_node_serves_its_old_blocks_as_hits(make_cluster, client_for, obj):
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+async def test_restarted_node_serves_its_old_blocks_as_hits(make_cluster, client_for, obj, stop):
     url, data = obj
     cluster = make_cluster(1)
     first = await client_for(cluster)
     assert await first.read(url) == data
+    if stop == "sigkill":
+        cluster.nodes[0].kill()
     node = cluster.restart(cluster.nodes[0])
     second = await client_for(cluster)
     assert await second.read(url) == data
     assert node_metric(node, "ringcache_block_hits_total") == 4
     assert node_metric(node, "ringcache_origin_requests_total", 'op="get"') == 0
+    # A clean stop saved the index and the start loaded it; after a crash it was rebuilt
+    # from the files (cachenode/indexsnapshot.py).
+    loaded = "index loaded from its snapshot" in node.log_path.read_text()
+    assert loaded == (stop == "sigterm")
 
 
 async def test_corrupted_block_file_is_never_served(make_cluster, client_for, obj):

@@ -6,11 +6,14 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from clientlib.localcluster import wait_until
+from mountd.__main__ import READ_AHEAD_KB
 
 SIZE = 3 * BS + 12345  # the last block is short
 
@@ -127,3 +130,14 @@ def test_local_disk_tier_serves_blocks_after_the_nodes_are_gone(
     assert (second.path / "bars" / "2024.bin").read_bytes() == obj
     # Nothing asked of the client, not even its memory: all from the disk tier.
     assert second.metric("ringcache_client_block_reads_total") == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may raise a bdi's read-ahead")
+def test_the_mount_reads_ahead_so_the_kernel_asks_in_1_mib_requests(make_cluster, mount, bucket):
+    """The read-ahead must be raised after the kernel took FUSE INIT, whose 128 KiB
+    answer would undo it (every read then reached mountd as 128 KiB)."""
+    m = mount(make_cluster(1), f"s3://{bucket}")
+    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    device = next(line.split()[2] for line in mountinfo if line.split()[4] == str(m.path))
+    read_ahead = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    wait_until(lambda: read_ahead.read_text().strip() == str(READ_AHEAD_KB), 10, "read-ahead")

@@ -43,6 +43,20 @@ def test_inode_numbers_are_stable_across_lookups_and_mounts(make_cluster, mount,
     assert os.stat(first.path / "d").st_ino != ino
 
 
+def assert_listed_once(m, path: Path, count: int) -> None:  # type: ignore[no-untyped-def]
+    """``ls -l path`` shows ``count`` files ``f<i>`` of ``i % 7`` bytes, from one listing
+    of the directory (the kernel asks for the names in many small batches, each served
+    from the listing opendir took) and no stat per entry."""
+    assert path.is_dir()
+    before_stat = m.metric("ringcache_origin_requests_total", 'op="stat"')
+    before_list = m.metric("ringcache_origin_requests_total", 'op="list"')
+    entries = {e.name: e.stat().st_size for e in os.scandir(path)}  # ls -l
+    assert len(entries) == count
+    assert all(size == int(name[1:]) % 7 for name, size in entries.items())
+    assert m.metric("ringcache_origin_requests_total", 'op="stat"') == before_stat
+    assert m.metric("ringcache_origin_requests_total", 'op="list"') - before_list == 1
+
+
 def test_large_directory_is_listed_once_without_a_request_per_entry(
     make_cluster, mount, s3, bucket
 ):
@@ -55,17 +69,8 @@ def test_large_directory_is_listed_once_without_a_request_per_entry(
             )
         )
     m = mount(make_cluster(1), f"s3://{bucket}", "--attr-ttl", "60")  # no expiry mid-test
-    assert (m.path / "big").is_dir()
-    before_stat = m.metric("ringcache_origin_requests_total", 'op="stat"')
-    before_list = m.metric("ringcache_origin_requests_total", 'op="list"')
-    entries = {e.name: e.stat().st_size for e in os.scandir(m.path / "big")}  # ls -l
-    assert len(entries) == count
-    assert all(size == int(name[1:]) % 7 for name, size in entries.items())
-    assert m.metric("ringcache_origin_requests_total", 'op="stat"') == before_stat
-    # The counter counts listing operations, not HTTP requests: one listing of the
-    # directory, through both ListObjectsV2 pages, for the whole readdir (the kernel asks
-    # for the names in many small batches, each served from the listing opendir took).
-    assert m.metric("ringcache_origin_requests_total", 'op="list"') - before_list == 1
+    # Two ListObjectsV2 pages, one listing operation (what the counter counts).
+    assert_listed_once(m, m.path / "big", count)
 
 
 def test_directory_of_10k_entries_is_listed_once(make_cluster, mount, tmp_path):
@@ -78,14 +83,7 @@ def test_directory_of_10k_entries_is_listed_once(make_cluster, mount, tmp_path):
     for i in range(count):
         (big / f"f{i:05d}").write_bytes(b"x" * (i % 7))
     m = mount(make_cluster(1), f"file://{src}", "--attr-ttl", "60")
-    assert (m.path / "big").is_dir()
-    before_stat = m.metric("ringcache_origin_requests_total", 'op="stat"')
-    before_list = m.metric("ringcache_origin_requests_total", 'op="list"')
-    entries = {e.name: e.stat().st_size for e in os.scandir(m.path / "big")}  # ls -l
-    assert len(entries) == count
-    assert all(size == int(name[1:]) % 7 for name, size in entries.items())
-    assert m.metric("ringcache_origin_requests_total", 'op="stat"') == before_stat
-    assert m.metric("ringcache_origin_requests_total", 'op="list"') - before_list == 1
+    assert_listed_once(m, m.path / "big", count)
 
 
 def test_statfs_reports_free_space_and_name_length(make_cluster, mount, bucket):
