@@ -343,7 +343,7 @@ class S3Proxy:
         session = ClientSession(auto_decompress=False)
         self._session = session
 
-        async def forward(request: web.Request) -> web.Response:
+        async def handle(request: web.Request) -> web.Response:
             await asyncio.sleep(self.delay)
             if request.method == "GET" and (self.fail_gets < 0 or self.failures < self.fail_gets):
                 self.failures += 1
@@ -351,7 +351,7 @@ class S3Proxy:
             return await forward(session, self.upstream, request)
 
         app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", forward)
+        app.router.add_route("*", "/{tail:.*}", handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._runner = runner
