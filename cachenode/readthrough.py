@@ -83,7 +83,7 @@ class ReadThrough:
 
     def check(self, ref: BlockRef) -> None:
         """Refuse now what the origin would refuse (e.g. a file outside the roots)."""
-        self._origins.for_url(ref.url).check(ref.url)
+        self._origins.check(ref.url)
 
     async def get(self, ref: BlockRef, block_id: str) -> tuple[bytes, bool]:
         """Return ``(data, was_hit)`` for the block ``ref`` (whose id is ``block_id``)."""
@@ -115,9 +115,8 @@ class ReadThrough:
             data = await self._handoff.fetch(block_id, ref.length)
         if data is None:
             async with self._shield.request(ref.length):
-                data = await self._origins.for_url(ref.url).read(
-                    ref.url, ref.offset, ref.length, ref.version
-                )
+                origin = await self._origins.get(ref.url)
+                data = await origin.read(ref.url, ref.offset, ref.length, ref.version)
         if len(data) != ref.length:
             raise OriginError(
                 f"origin returned {len(data)} bytes for block {block_id} of {ref.url}, "

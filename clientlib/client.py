@@ -136,7 +136,7 @@ class CacheClient:
         """Size and version of ``url`` (cached for ``stat_ttl`` seconds)."""
         info = self._stats.get(url)
         if info is None:
-            info = await self._origins.for_url(url).stat(url)
+            info = await (await self._origins.get(url)).stat(url)
             self._stats[url] = info
         return info
 
@@ -387,9 +387,8 @@ class CacheClient:
 
     async def _from_origin(self, ref: BlockRef) -> bytes:
         async with self._origin_slots:
-            data = await self._origins.for_url(ref.url).read(
-                ref.url, ref.offset, ref.length, ref.version
-            )
+            origin = await self._origins.get(ref.url)
+            data = await origin.read(ref.url, ref.offset, ref.length, ref.version)
         if len(data) != ref.length:
             raise OriginError(f"origin returned {len(data)} of {ref.length} bytes for {ref.url}")
         CLIENT_BLOCK_READS.labels("origin").inc()
