@@ -27,6 +27,7 @@ from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, OriginError, VersionMismatch
 from clientlib.metrics import CLIENT_BLOCK_READS, CLIENT_FALLBACKS
 from clientlib.origin import ObjectInfo, Origin, Origins
+from clientlib.peerwire import PeerWire
 from clientlib.ring import Ring, RingWatcher
 from clientlib.tls import client_context
 
@@ -84,6 +85,8 @@ class CacheClient:
         self._hot: cachetools.TTLCache[str, bool] = cachetools.TTLCache(maxsize=4096, ttl=10)
         self._parallel = asyncio.Semaphore(parallelism)
         self._session: aiohttp.ClientSession | None = None
+        # Block GETs, the bulk of the bytes, bypass aiohttp (see clientlib.peerwire).
+        self._wire = PeerWire(connect_timeout, peer_read_timeout, peer_timeout, self._ssl)
 
     async def __aenter__(self) -> CacheClient:
         await self.start()
@@ -104,9 +107,6 @@ class CacheClient:
             ),
             timeout=self._timeout,
             auto_decompress=False,
-            # Blocks are read whole: let a response's bytes pile up to a block before
-            # the socket is paused (the default 64 KiB pauses it dozens of times a block).
-            read_bufsize=DEFAULT_BLOCK_SIZE,
         )
         if self._watcher is not None:
             await self._watcher.start()
@@ -116,6 +116,7 @@ class CacheClient:
             task.cancel()
         if self._watcher is not None:
             await self._watcher.close()
+        self._wire.close()
         if self._session is not None:
             await self._session.close()
         self._origins.close()
@@ -273,37 +274,34 @@ class CacheClient:
 
         ``answered`` is set as soon as the owner's response headers arrive.
         """
-        assert self._session is not None, "CacheClient used before start()"
-        url = URL(f"{node.url}/v1/blocks/{block_id}?{query}", encoded=True)
+        path_qs = f"/v1/blocks/{block_id}?{query}"
         try:
-            headers = self._auth.headers("GET", url.raw_path_qs)
-            async with self._session.get(url, headers=headers) as resp:
-                answered.set()
-                if resp.status == 200:
-                    data = await resp.read()
-                    if len(data) == ref.length:
-                        CLIENT_BLOCK_READS.labels("peer").inc()
-                        if "X-Ringcache-Hot" in resp.headers:
-                            self._hot[block_id] = True
-                        return data
-                    reason = "short_body"
-                elif resp.status == 409:
-                    raise VersionMismatch(f"{ref.url} changed (node {node.id})")
-                else:
-                    reason = f"status_{resp.status}"
-                    body = await resp.text()
-                    log.warning(
-                        "node %s answered %d for block %s of %s: %s",
-                        node.id,
-                        resp.status,
-                        block_id,
-                        ref.url,
-                        body[:200],
-                    )
+            reply = await self._wire.get(
+                node.url, path_qs, self._auth.headers("GET", path_qs), answered
+            )
+            if reply.status == 200 and len(reply.body) == ref.length:
+                CLIENT_BLOCK_READS.labels("peer").inc()
+                if "x-ringcache-hot" in reply.headers:
+                    self._hot[block_id] = True
+                return reply.body
+            if reply.status == 200:
+                reason = "short_body"
+            elif reply.status == 409:
+                raise VersionMismatch(f"{ref.url} changed (node {node.id})")
+            else:
+                reason = f"status_{reply.status}"
+                log.warning(
+                    "node %s answered %d for block %s of %s: %s",
+                    node.id,
+                    reply.status,
+                    block_id,
+                    ref.url,
+                    reply.body[:200].decode("utf-8", "replace"),
+                )
         except TimeoutError:
             reason = "timeout"
             log.warning("node %s timed out on block %s of %s", node.id, block_id, ref.url)
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             reason = "error"
             log.warning("node %s failed block %s of %s: %r", node.id, block_id, ref.url, exc)
         CLIENT_FALLBACKS.labels(reason).inc()

@@ -1,0 +1,192 @@
+"""PeerWire against real HTTP servers on loopback: aiohttp's, and raw ones that misbehave.
+
+The read path tests cover block GETs from real cache nodes through it; these cover what a
+node rarely does: closing a kept connection, chunked or oversized answers, going silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from aiohttp import web
+
+from clientlib.peerwire import MAX_HEAD, PeerProtocolError, PeerWire
+
+BODY = os.urandom(3 * 1024 * 1024 + 17)
+
+
+@pytest.fixture
+async def node():
+    """An aiohttp server answering like a node; records the client ports it served."""
+    connections: set[int] = set()
+
+    async def block(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        connections.add(request.transport.get_extra_info("peername")[1])
+        if request.query.get("close"):
+            return web.Response(body=BODY, headers={"Connection": "close"})
+        if request.query.get("chunked"):
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await response.write(b"abc")
+            await response.write_eof()
+            return response
+        if request.query.get("status"):
+            return web.Response(status=int(request.query["status"]), text="no such block")
+        return web.Response(body=BODY, headers={"X-Seen": request.headers.get("X-Sig", "")})
+
+    app = web.Application()
+    app.router.add_get("/v1/blocks/{id}", block)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}", connections
+    await runner.cleanup()
+
+
+async def raw_server(handler) -> tuple[asyncio.AbstractServer, str]:  # type: ignore[no-untyped-def]
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_bodies_are_exact_and_connections_are_kept(node):
+    url, connections = node
+    wire = PeerWire(1.0, 5.0, 30.0)
+    answered = asyncio.Event()
+    reply = await wire.get(url, "/v1/blocks/a?x=1", {"X-Sig": "s1"}, answered)
+    assert answered.is_set()
+    assert reply.status == 200 and reply.body == BODY and reply.headers["x-seen"] == "s1"
+    for _ in range(5):
+        assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY
+    assert len(connections) == 1  # one kept-alive connection for six requests
+    replies = await asyncio.gather(*(wire.get(url, "/v1/blocks/b", {}) for _ in range(4)))
+    assert all(r.body == BODY for r in replies)
+    assert len(connections) == 4  # concurrent requests take a connection each
+    wire.close()
+
+
+async def test_error_statuses_come_back_with_their_body(node):
+    url, _ = node
+    wire = PeerWire(1.0, 5.0, 30.0)
+    reply = await wire.get(url, "/v1/blocks/a?status=404", {})
+    assert reply.status == 404 and bytes(reply.body) == b"no such block"
+    assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY  # the connection still works
+    wire.close()
+
+
+async def test_connection_close_is_honoured(node):
+    url, connections = node
+    wire = PeerWire(1.0, 5.0, 30.0)
+    for _ in range(3):
+        assert (await wire.get(url, "/v1/blocks/a?close=1", {})).body == BODY
+    assert len(connections) == 3
+    wire.close()
+
+
+async def test_chunked_answers_are_refused(node):
+    url, _ = node
+    wire = PeerWire(1.0, 5.0, 30.0)
+    with pytest.raises(PeerProtocolError, match="Content-Length"):
+        await wire.get(url, "/v1/blocks/a?chunked=1", {})
+    assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY
+    wire.close()
+
+
+async def test_a_kept_connection_the_node_closed_is_replaced():
+    """The node may close an idle kept connection just as it is reused: the request goes
+    again on a new connection, once, because the node had not answered any of it."""
+    accepted = 0
+
+    async def one_answer_per_connection(reader, writer):  # type: ignore[no-untyped-def]
+        nonlocal accepted
+        accepted += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        await writer.drain()
+        writer.close()  # no Connection: close header: the client thinks it is kept
+
+    server, url = await raw_server(one_answer_per_connection)
+    wire = PeerWire(1.0, 5.0, 30.0)
+    for _ in range(3):
+        assert bytes((await wire.get(url, "/v1/blocks/a", {})).body) == b"hello"
+        await asyncio.sleep(0.05)
+    assert accepted == 3
+    wire.close()
+    server.close()
+
+
+async def test_a_node_that_breaks_off_an_answer_is_an_error_not_a_retry():
+    async def half_a_body(reader, writer):  # type: ignore[no-untyped-def]
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+        await writer.drain()
+        writer.close()
+
+    server, url = await raw_server(half_a_body)
+    wire = PeerWire(1.0, 5.0, 30.0)
+    with pytest.raises(ConnectionError):
+        await wire.get(url, "/v1/blocks/a", {})
+    wire.close()
+    server.close()
+
+
+async def test_a_silent_node_times_out_and_a_slow_one_does_not():
+    async def silent(reader, writer):  # type: ignore[no-untyped-def]
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(30)
+
+    async def trickle(reader, writer):  # type: ignore[no-untyped-def]
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+        for byte in b"slowly":  # a byte every 0.1 s: 0.6 s in all, over the 0.25 s limit
+            await asyncio.sleep(0.1)
+            writer.write(bytes([byte]))
+            await writer.drain()
+
+    server, url = await raw_server(silent)
+    wire = PeerWire(1.0, 0.25, 30.0)
+    with pytest.raises(TimeoutError):
+        await wire.get(url, "/v1/blocks/a", {})
+    server.close()
+    server, url = await raw_server(trickle)
+    assert bytes((await wire.get(url, "/v1/blocks/a", {})).body) == b"slowly"
+    wire.close()
+    server.close()
+
+
+async def test_malformed_answers_are_refused():
+    answers = [
+        b"SPDY/3 200 OK\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+    ]
+    for answer in answers:
+
+        async def send(reader, writer, answer=answer):  # type: ignore[no-untyped-def]
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+            await asyncio.sleep(1)
+            writer.close()
+
+        server, url = await raw_server(send)
+        wire = PeerWire(1.0, 5.0, 30.0)
+        with pytest.raises(PeerProtocolError):
+            await wire.get(url, "/v1/blocks/a", {})
+        wire.close()
+        server.close()
+
+
+async def test_an_unreachable_node_is_a_connection_error():
+    server, url = await raw_server(lambda r, w: None)
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(ConnectionError):
+        await PeerWire(1.0, 5.0, 30.0).get(url, "/v1/blocks/a", {})
