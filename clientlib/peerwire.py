@@ -91,14 +91,14 @@ class _Connection(asyncio.BufferedProtocol):
     # -- the protocol's side ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._body is not None:
             return memoryview(self._body)[self._got :]
         if self._head_len == len(self._head):
-            self._head.extend(bytes(len(self._head)))
+            # A new buffer, not a resize: the loop may still hold a view of the old one.
+            self._head = self._head + bytes(len(self._head))
         return memoryview(self._head)[self._head_len :]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -157,6 +157,7 @@ class _Connection(asyncio.BufferedProtocol):
         reply, self._reply = self._reply, None
         assert reply is not None and self._body is not None
         body, self._body = self._body, None
+        self._head_len = 0
         if len(self._head) > _FIRST_HEAD_BUFFER:
             self._head = bytearray(_FIRST_HEAD_BUFFER)
         if not reply.done():
@@ -272,9 +273,11 @@ class PeerWire:
         if scheme == "https" and tls is None:
             tls = ssl_module.create_default_context()
         async with asyncio.timeout(self._connect_timeout):
-            _, conn = await loop.create_connection(
+            transport, conn = await loop.create_connection(
                 _Connection, host, port, ssl=tls, server_hostname=host if tls else None
             )
+        # uvloop calls connection_made on the next loop turn, after this returns.
+        conn.transport = transport
         return conn
 
     def close(self) -> None:

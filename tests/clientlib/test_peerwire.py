@@ -7,9 +7,11 @@ node rarely does: closing a kept connection, chunked or oversized answers, going
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from clientlib.peerwire import MAX_HEAD, PeerProtocolError, PeerWire
@@ -17,8 +19,14 @@ from clientlib.peerwire import MAX_HEAD, PeerProtocolError, PeerWire
 BODY = os.urandom(3 * 1024 * 1024 + 17)
 
 
-@pytest.fixture
-async def node():
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Every test on both loops: the daemons run on uvloop, whose transports differ."""
+    return uvloop.run if request.param == "uvloop" else asyncio.run
+
+
+@contextlib.asynccontextmanager
+async def node_server():
     """An aiohttp server answering like a node; records the client ports it served."""
     connections: set[int] = set()
 
@@ -54,50 +62,70 @@ async def raw_server(handler) -> tuple[asyncio.AbstractServer, str]:  # type: ig
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
-async def test_bodies_are_exact_and_connections_are_kept(node):
-    url, connections = node
-    wire = PeerWire(1.0, 5.0, 30.0)
-    answered = asyncio.Event()
-    reply = await wire.get(url, "/v1/blocks/a?x=1", {"X-Sig": "s1"}, answered)
-    assert answered.is_set()
-    assert reply.status == 200 and reply.body == BODY and reply.headers["x-seen"] == "s1"
-    for _ in range(5):
+def test_bodies_are_exact_and_connections_are_kept(run):
+    run(_bodies_are_exact_and_connections_are_kept())
+
+
+async def _bodies_are_exact_and_connections_are_kept():
+    async with node_server() as (url, connections):
+        wire = PeerWire(1.0, 5.0, 30.0)
+        answered = asyncio.Event()
+        reply = await wire.get(url, "/v1/blocks/a?x=1", {"X-Sig": "s1"}, answered)
+        assert answered.is_set()
+        assert reply.status == 200 and reply.body == BODY and reply.headers["x-seen"] == "s1"
+        for _ in range(5):
+            assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY
+        assert len(connections) == 1  # one kept-alive connection for six requests
+        replies = await asyncio.gather(*(wire.get(url, "/v1/blocks/b", {}) for _ in range(4)))
+        assert all(r.body == BODY for r in replies)
+        assert len(connections) == 4  # concurrent requests take a connection each
+        wire.close()
+
+
+def test_error_statuses_come_back_with_their_body(run):
+    run(_error_statuses_come_back_with_their_body())
+
+
+async def _error_statuses_come_back_with_their_body():
+    async with node_server() as (url, _):
+        wire = PeerWire(1.0, 5.0, 30.0)
+        reply = await wire.get(url, "/v1/blocks/a?status=404", {})
+        assert reply.status == 404 and bytes(reply.body) == b"no such block"
+        assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY  # the connection still works
+        wire.close()
+
+
+def test_connection_close_is_honoured(run):
+    run(_connection_close_is_honoured())
+
+
+async def _connection_close_is_honoured():
+    async with node_server() as (url, connections):
+        wire = PeerWire(1.0, 5.0, 30.0)
+        for _ in range(3):
+            assert (await wire.get(url, "/v1/blocks/a?close=1", {})).body == BODY
+        assert len(connections) == 3
+        wire.close()
+
+
+def test_chunked_answers_are_refused(run):
+    run(_chunked_answers_are_refused())
+
+
+async def _chunked_answers_are_refused():
+    async with node_server() as (url, _):
+        wire = PeerWire(1.0, 5.0, 30.0)
+        with pytest.raises(PeerProtocolError, match="Content-Length"):
+            await wire.get(url, "/v1/blocks/a?chunked=1", {})
         assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY
-    assert len(connections) == 1  # one kept-alive connection for six requests
-    replies = await asyncio.gather(*(wire.get(url, "/v1/blocks/b", {}) for _ in range(4)))
-    assert all(r.body == BODY for r in replies)
-    assert len(connections) == 4  # concurrent requests take a connection each
-    wire.close()
+        wire.close()
 
 
-async def test_error_statuses_come_back_with_their_body(node):
-    url, _ = node
-    wire = PeerWire(1.0, 5.0, 30.0)
-    reply = await wire.get(url, "/v1/blocks/a?status=404", {})
-    assert reply.status == 404 and bytes(reply.body) == b"no such block"
-    assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY  # the connection still works
-    wire.close()
+def test_a_kept_connection_the_node_closed_is_replaced(run):
+    run(_a_kept_connection_the_node_closed_is_replaced())
 
 
-async def test_connection_close_is_honoured(node):
-    url, connections = node
-    wire = PeerWire(1.0, 5.0, 30.0)
-    for _ in range(3):
-        assert (await wire.get(url, "/v1/blocks/a?close=1", {})).body == BODY
-    assert len(connections) == 3
-    wire.close()
-
-
-async def test_chunked_answers_are_refused(node):
-    url, _ = node
-    wire = PeerWire(1.0, 5.0, 30.0)
-    with pytest.raises(PeerProtocolError, match="Content-Length"):
-        await wire.get(url, "/v1/blocks/a?chunked=1", {})
-    assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY
-    wire.close()
-
-
-async def test_a_kept_connection_the_node_closed_is_replaced():
+async def _a_kept_connection_the_node_closed_is_replaced():
     """The node may close an idle kept connection just as it is reused: the request goes
     again on a new connection, once, because the node had not answered any of it."""
     accepted = 0
@@ -120,7 +148,11 @@ async def test_a_kept_connection_the_node_closed_is_replaced():
     server.close()
 
 
-async def test_a_node_that_breaks_off_an_answer_is_an_error_not_a_retry():
+def test_a_node_that_breaks_off_an_answer_is_an_error_not_a_retry(run):
+    run(_a_node_that_breaks_off_an_answer_is_an_error_not_a_retry())
+
+
+async def _a_node_that_breaks_off_an_answer_is_an_error_not_a_retry():
     async def half_a_body(reader, writer):  # type: ignore[no-untyped-def]
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
@@ -135,7 +167,11 @@ async def test_a_node_that_breaks_off_an_answer_is_an_error_not_a_retry():
     server.close()
 
 
-async def test_a_silent_node_times_out_and_a_slow_one_does_not():
+def test_a_silent_node_times_out_and_a_slow_one_does_not(run):
+    run(_a_silent_node_times_out_and_a_slow_one_does_not())
+
+
+async def _a_silent_node_times_out_and_a_slow_one_does_not():
     async def silent(reader, writer):  # type: ignore[no-untyped-def]
         await reader.readuntil(b"\r\n\r\n")
         await asyncio.sleep(30)
@@ -159,7 +195,11 @@ async def test_a_silent_node_times_out_and_a_slow_one_does_not():
     server.close()
 
 
-async def test_malformed_answers_are_refused():
+def test_malformed_answers_are_refused(run):
+    run(_malformed_answers_are_refused())
+
+
+async def _malformed_answers_are_refused():
     answers = [
         b"SPDY/3 200 OK\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
@@ -184,7 +224,11 @@ async def test_malformed_answers_are_refused():
         server.close()
 
 
-async def test_an_unreachable_node_is_a_connection_error():
+def test_an_unreachable_node_is_a_connection_error(run):
+    run(_an_unreachable_node_is_a_connection_error())
+
+
+async def _an_unreachable_node_is_a_connection_error():
     server, url = await raw_server(lambda r, w: None)
     server.close()
     await server.wait_closed()
