@@ -76,10 +76,10 @@ _HEAD_RE = re.compile(
     rb"GET (/v1/blocks/([0-9a-f]{32})(?:\?([!-~]*))?) HTTP/1\.1\r\n"
     rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*)"
 )
-#: The headers the fast path looks at: those that make a request more than a plain GET,
-#: and the two it uses.
+#: The headers the fast path looks at: those that make a request more than a plain GET
+#: (a ``Range`` is aiohttp's to serve, see cachenode.server), and the two it uses.
 _SPECIAL_RE = re.compile(
-    rb"^(content-length|transfer-encoding|expect|upgrade|authorization|connection):"
+    rb"^(content-length|transfer-encoding|expect|upgrade|authorization|connection|range):"
     rb"[\t ]*(.*?)[\t ]*\r$",
     re.IGNORECASE | re.MULTILINE,
 )
@@ -120,7 +120,7 @@ def parse_head(head: bytes | bytearray) -> _Head | None:
                 return None
             close = b"close" in tokens
         else:
-            return None  # a body, an upgrade, an expectation, or a second Authorization
+            return None  # a body, an upgrade, an expectation, a range, or a second Authorization
     return _Head(target.decode(), block_id.decode(), (query or b"").decode(), authorization, close)
 
 

@@ -14,7 +14,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 from aiohttp import web
@@ -47,7 +47,7 @@ from clientlib.blocks import (
     check_block_size,
 )
 from clientlib.cluster import NodeInfo
-from clientlib.errors import BadRequest, RingcacheError
+from clientlib.errors import BadRequest, RangeNotSatisfiable, RingcacheError
 from clientlib.status import collect_details
 from clientlib.urls import split_url
 
@@ -258,7 +258,11 @@ def counters() -> dict[str, int]:
 
 
 async def _send_block_file(
-    request: web.Request, response: web.StreamResponse, block_id: str, block: BlockFile
+    request: web.Request,
+    response: web.StreamResponse,
+    block_id: str,
+    block: BlockFile,
+    span: _Span,
 ) -> web.StreamResponse:
     """Send the headers with aiohttp, then the verified block file with ``sendfile``
     (:mod:`cachenode.sendfile`; aiohttp's ``FileResponse`` would read and write, as
@@ -278,7 +282,7 @@ async def _send_block_file(
         await _wait_flushed(writer, transport)
         if transport.is_closing():
             return response
-        await send_file(transport, block.fd, block.nbytes)
+        await send_file(transport, block.fd, span.stop, span.start)
     except ConnectionError as exc:
         log.debug("hit of block %s: client gone mid-body: %s", block_id, exc)
         transport.abort()
@@ -292,6 +296,48 @@ async def _send_block_file(
         raise
     await response.write_eof()
     return response
+
+
+class _Span(NamedTuple):
+    """The part of a block a ``Range`` header asks for: ``[start, stop)`` of ``length``."""
+
+    start: int
+    stop: int
+    length: int
+
+    @property
+    def partial(self) -> bool:
+        return self.stop - self.start != self.length
+
+    @property
+    def status(self) -> int:
+        return 206 if self.partial else 200
+
+    def headers(self) -> dict[str, str]:
+        if not self.partial:
+            return {}
+        return {"Content-Range": f"bytes {self.start}-{self.stop - 1}/{self.length}"}
+
+
+def _span(request: web.Request, length: int) -> _Span:
+    """The one byte range of a block ``request`` asks for (all of it without ``Range``).
+
+    Readers of a few KiB of a block (a Parquet footer, a seek into an index) ask for
+    just those instead of the whole 4 MiB. One range only: a client that wants several
+    parts of a block asks for the block.
+    """
+    if "Range" not in request.headers:
+        return _Span(0, length, length)
+    try:
+        asked = request.http_range  # aiohttp: bytes=A-B, A- or -N; one range only
+    except ValueError as exc:
+        raise RangeNotSatisfiable(f"bad Range header: {exc}") from None
+    within = range(length)[asked]
+    if asked.step not in (None, 1) or not within or within.start >= length:
+        raise RangeNotSatisfiable(
+            f"Range {request.headers['Range'][:100]!r} is not inside the block's {length} bytes"
+        )
+    return _Span(within.start, within.stop, length)
 
 
 async def _wait_flushed(writer: AbstractStreamWriter, transport: asyncio.Transport) -> None:
@@ -364,24 +410,33 @@ def make_app(
             # Tell clients to spread this block over its replicas (clientlib.client).
             headers["X-Ringcache-Hot"] = "1"
         if isinstance(cached, bytes):
-            HIT_BYTES.inc(len(cached))
+            span = _span(request, len(cached))
+            body = cached[span.start : span.stop] if span.partial else cached
+            HIT_BYTES.inc(len(body))
             GET_HIT_SECONDS.observe(time.perf_counter() - started)
-            return web.Response(body=cached, headers=headers)
+            return web.Response(
+                body=body, status=span.status, headers={**headers, **span.headers()}
+            )
         try:
-            HIT_BYTES.inc(cached.nbytes)
+            span = _span(request, cached.nbytes)
+            HIT_BYTES.inc(span.stop - span.start)
             GET_HIT_SECONDS.observe(time.perf_counter() - started)
-            response = web.StreamResponse(headers=headers)
+            response = web.StreamResponse(status=span.status, headers={**headers, **span.headers()})
             response.content_type = "application/octet-stream"
-            response.content_length = cached.nbytes
-            return await _send_block_file(request, response, block_id, cached)
+            response.content_length = span.stop - span.start
+            return await _send_block_file(request, response, block_id, cached, span)
         finally:
             cached.close()
 
     async def stream_when_ready(
-        request: web.Request, response: web.StreamResponse, data: Awaitable[bytes | None]
+        request: web.Request,
+        response: web.StreamResponse,
+        data: Awaitable[bytes | None],
+        span: _Span | None = None,
     ) -> bool:
-        """Send the headers now and the body once ``data`` resolves; abort the connection
-        if it resolves to None (the client sees a broken response, never a short one)."""
+        """Send the headers now and the body (its ``span``) once ``data`` resolves; abort
+        the connection if it resolves to None (the client sees a broken response, never a
+        short one)."""
         await response.prepare(request)
         slot: Slot | None = request.get("slot")
         if slot is None:
@@ -394,6 +449,8 @@ def make_app(
             if request.transport is not None:
                 request.transport.abort()
             return False
+        if span is not None and span.partial:
+            body = memoryview(body)[span.start : span.stop]
         await response.write(body)
         await response.write_eof()
         SERVED_BYTES.labels("miss").inc(len(body))
@@ -410,11 +467,12 @@ def make_app(
         the next owner or the origin itself.
         """
         readthrough.check(ref)
-        headers = {"X-Ringcache-Result": "miss"}
+        span = _span(request, ref.length)
+        headers = {"X-Ringcache-Result": "miss", **span.headers()}
         if concurrent >= HOT_CONCURRENCY:
             headers["X-Ringcache-Hot"] = "1"
-        response = web.StreamResponse(headers=headers)
-        response.content_length = ref.length
+        response = web.StreamResponse(status=span.status, headers=headers)
+        response.content_length = span.stop - span.start
 
         async def fetch() -> bytes | None:
             try:
@@ -425,14 +483,15 @@ def make_app(
                 )
                 return None
 
-        if await stream_when_ready(request, response, fetch()):
+        if await stream_when_ready(request, response, fetch(), span):
             REQUEST_SECONDS.labels("get_miss").observe(time.perf_counter() - started)
         return response
 
     async def serve_join(request: web.Request, block_id: str) -> web.StreamResponse:
         """A lookup of a block this node is fetching right now: headers at once (so the
         asking node knows this one is alive, see cachenode.handoff), the body when the
-        fetch is done; the connection is aborted if it fails."""
+        fetch is done; the connection is aborted if it fails. The length is not known
+        before the body, so a ``Range`` is ignored here: the whole block comes back."""
         response = web.StreamResponse(headers={"X-Ringcache-Result": "miss"})
         await stream_when_ready(request, response, readthrough.join(block_id))
         return response

@@ -27,13 +27,29 @@ from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, OriginError, VersionMismatch
 from clientlib.metrics import CLIENT_BLOCK_READS, CLIENT_FALLBACKS
 from clientlib.origin import ObjectInfo, Origin, Origins
-from clientlib.peerwire import PeerWire
+from clientlib.peerwire import PeerReply, PeerWire
 from clientlib.ring import Ring, RingWatcher
 from clientlib.tls import client_context
 
 __all__ = ["CacheClient"]
 
 log = logging.getLogger(__name__)
+
+
+def _asked_for(reply: PeerReply, length: int, span: tuple[int, int] | None) -> bytes | None:
+    """The bytes asked for from a node's answer, or ``None`` if it does not hold them.
+
+    A node may answer a ranged request with the whole block (a lookup it joins to a
+    fetch in flight does), so a whole block is sliced here.
+    """
+    if reply.status == 200 and len(reply.body) == length:
+        return reply.body if span is None else reply.body[span[0] : span[1]]
+    if span is not None and reply.status == 206:
+        start, stop = span
+        expected = f"bytes {start}-{stop - 1}/{length}"
+        if reply.headers.get("content-range") == expected and len(reply.body) == stop - start:
+            return reply.body
+    return None
 
 
 class CacheClient:
@@ -198,6 +214,27 @@ class CacheClient:
             task.add_done_callback(lambda _t: self._inflight.pop(block_id, None))
         return await asyncio.shield(task)
 
+    async def read_part(self, info: ObjectInfo, index: int, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of block ``index``, fetching only those if need be.
+
+        For small random reads (a Parquet footer, a seek into an index): the owner sends
+        just the range, so a 64 KiB read costs 64 KiB on the wire and in this process,
+        not the whole block. The part is not kept in the memory tier, which holds whole
+        blocks only; a whole block already here or on its way is used instead.
+        """
+        ref = self.block_ref(info, index)
+        block_id = ref.id
+        data = self._memory.get(block_id)
+        if data is not None:
+            CLIENT_BLOCK_READS.labels("local").inc()
+            return data[start:stop]
+        if (task := self._inflight.get(block_id)) is not None:
+            return (await asyncio.shield(task))[start:stop]
+        part = await self._from_peers(ref, block_id, (start, stop))
+        if part is None:
+            part = await self._from_origin(ref, (start, stop))
+        return part
+
     async def _fetch(self, ref: BlockRef, block_id: str) -> bytes:
         data = await self._from_peers(ref, block_id)
         if data is None:
@@ -215,13 +252,16 @@ class CacheClient:
         pick = random.randrange(min(replicas, len(owners))) if owners else 0
         return [owners[pick], *owners[:pick], *owners[pick + 1 :]][: self._owners_to_try]
 
-    async def _from_peers(self, ref: BlockRef, block_id: str) -> bytes | None:
+    async def _from_peers(
+        self, ref: BlockRef, block_id: str, span: tuple[int, int] | None = None
+    ) -> bytes | None:
         """The block from its owners, hedged: a hung owner does not hold the read up.
 
         An owner answers with headers at once, even on a miss it is still fetching from
         the origin. If the asked owner has not answered within ``hedge_delay`` seconds
         (hung, or overloaded), the next owner is asked too and the first good answer
         wins; a failed owner moves on to the next at once. ``None``: no owner served it.
+        With ``span``, only those bytes of the block are asked for and returned.
         """
         owners = self._owners(block_id)
         if not owners:
@@ -244,7 +284,7 @@ class CacheClient:
         try:
             for node in owners:
                 answered = asyncio.Event()
-                task = asyncio.create_task(self._ask(node, ref, block_id, query, answered))
+                task = asyncio.create_task(self._ask(node, ref, block_id, query, answered, span))
                 pending.add(task)
                 waiter = asyncio.create_task(answered.wait())
                 await asyncio.wait({task, waiter}, timeout=self._hedge_delay)
@@ -268,23 +308,32 @@ class CacheClient:
                 task.cancel()
 
     async def _ask(
-        self, node: NodeInfo, ref: BlockRef, block_id: str, query: str, answered: asyncio.Event
+        self,
+        node: NodeInfo,
+        ref: BlockRef,
+        block_id: str,
+        query: str,
+        answered: asyncio.Event,
+        span: tuple[int, int] | None,
     ) -> bytes | None:
-        """One owner's answer for one block: the bytes, or ``None`` (reason counted).
+        """One owner's answer for one block (or its ``span``): the bytes, or ``None``
+        (reason counted).
 
         ``answered`` is set as soon as the owner's response headers arrive.
         """
         path_qs = f"/v1/blocks/{block_id}?{query}"
+        headers = self._auth.headers("GET", path_qs)
+        if span is not None:
+            headers["Range"] = f"bytes={span[0]}-{span[1] - 1}"
         try:
-            reply = await self._wire.get(
-                node.url, path_qs, self._auth.headers("GET", path_qs), answered
-            )
-            if reply.status == 200 and len(reply.body) == ref.length:
+            reply = await self._wire.get(node.url, path_qs, headers, answered)
+            body = _asked_for(reply, ref.length, span)
+            if body is not None:
                 CLIENT_BLOCK_READS.labels("peer").inc()
                 if "x-ringcache-hot" in reply.headers:
                     self._hot[block_id] = True
-                return reply.body
-            if reply.status == 200:
+                return body
+            if reply.status in (200, 206):
                 reason = "short_body"
             elif reply.status == 409:
                 raise VersionMismatch(f"{ref.url} changed (node {node.id})")
@@ -383,12 +432,13 @@ class CacheClient:
             }
         )
 
-    async def _from_origin(self, ref: BlockRef) -> bytes:
+    async def _from_origin(self, ref: BlockRef, span: tuple[int, int] | None = None) -> bytes:
+        start, stop = span or (0, ref.length)
         async with self._origin_slots:
             origin = await self._origins.get(ref.url)
-            data = await origin.read(ref.url, ref.offset, ref.length, ref.version)
-        if len(data) != ref.length:
-            raise OriginError(f"origin returned {len(data)} of {ref.length} bytes for {ref.url}")
+            data = await origin.read(ref.url, ref.offset + start, stop - start, ref.version)
+        if len(data) != stop - start:
+            raise OriginError(f"origin returned {len(data)} of {stop - start} bytes for {ref.url}")
         CLIENT_BLOCK_READS.labels("origin").inc()
         return data
 

@@ -41,6 +41,12 @@ class BadRequest(RingcacheError):
     errno = errno.EINVAL
 
 
+class RangeNotSatisfiable(BadRequest):
+    """A ``Range`` that is malformed, asks for several parts, or lies outside the block."""
+
+    http_status = 416
+
+
 class Unauthorized(RingcacheError):
     """The request is not signed with a valid, unexpired token."""
 

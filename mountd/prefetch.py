@@ -6,7 +6,8 @@ what it fetched on the local disk, and charging ``--download-limit`` for every b
 is not already on this machine. :class:`FileReader` serves the kernel's reads of one
 open file version: a reader that keeps going forward gets the next ``depth`` blocks
 fetched in parallel ahead of it, while a random reader (a Parquet footer, a seek into an
-index) only ever costs the blocks it touches.
+index) only ever costs the bytes it reads: those are asked of the block's owner as a
+byte range, not as the whole block.
 """
 
 from __future__ import annotations
@@ -56,6 +57,20 @@ class BlockFetcher:
         data = await self._pull(info, index)
         loop.run_in_executor(self._disk, self.tier.put, block_id, data)
         return data
+
+    async def get_part(self, info: ObjectInfo, index: int, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of a block, for a random read: sliced from the local
+        disk tier if the block is there, else only those bytes are fetched (and charged
+        to the download limit)."""
+        ref = self.client.block_ref(info, index)
+        if self.tier is not None:
+            loop = asyncio.get_running_loop()
+            data = await loop.run_in_executor(self._disk, self.tier.get, ref.id)
+            if data is not None:
+                return data[start:stop]
+        if self.download is not None and not self.client.has_local(ref.id):
+            await self.download.charge(stop - start)
+        return await self.client.read_part(info, index, start, stop)
 
     async def _pull(self, info: ObjectInfo, index: int) -> bytes:
         """The block through the client; concurrent pulls of one block share one (and
@@ -138,8 +153,12 @@ class FileReader:
         if self._streak >= 2 and self._depth:
             self._prefetch(last + 1, min(last + 1 + self._depth, self._nblocks))
         if first == last:
-            data = await self._block(first)
             base = first * self._bs
+            if self._streak < 2 and offset > 0 and not self._holds(first):
+                # A jump (a Parquet footer, an index lookup): fetch just these bytes. A
+                # read from the start, or a second one in a row, takes the whole block.
+                return await self._fetcher.get_part(self.info, first, offset - base, end - base)
+            data = await self._block(first)
             return memoryview(data)[offset - base : end - base]
         blocks = await asyncio.gather(*(self._block(i) for i in range(first, last + 1)))
         out = b"".join(blocks)
@@ -152,6 +171,10 @@ class FileReader:
                 task = asyncio.create_task(self._fetcher.get(self.info, index))
                 task.add_done_callback(_consume)
                 self._ahead[index] = task
+
+    def _holds(self, index: int) -> bool:
+        """Whether block ``index`` is here or on its way (read-ahead)."""
+        return index in self._ahead or (self._current is not None and self._current[0] == index)
 
     async def _block(self, index: int) -> bytes:
         current = self._current

@@ -48,6 +48,7 @@ def test_parse_head_takes_plain_block_gets_only() -> None:
         head(f"GET /v1/blocks/{bid} HTTP/1.1", "Content-Length: 3"),  # a body
         head(f"GET /v1/blocks/{bid} HTTP/1.1", "Transfer-Encoding: chunked"),
         head(f"GET /v1/blocks/{bid} HTTP/1.1", "Expect: 100-continue"),
+        head(f"GET /v1/blocks/{bid} HTTP/1.1", "Range: bytes=0-99"),  # served by aiohttp
         head(f"GET /v1/blocks/{bid} HTTP/1.1", "Connection: Upgrade", "Upgrade: h2c"),
         head(f"GET /v1/blocks/{bid} HTTP/1.1", "Authorization: a", "Authorization: b"),
         head(f"GET /v1/blocks/{bid} HTTP/1.1", "Host : x"),  # malformed: aiohttp's 400

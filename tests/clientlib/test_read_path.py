@@ -109,6 +109,32 @@ async def test_read_succeeds_when_every_node_is_gone(make_cluster, client_for, o
     assert await client.read(url) == data
 
 
+async def test_parts_of_blocks_are_exact_from_nodes_memory_and_origin(
+    make_cluster, client_for, obj
+):
+    """``read_part``: a byte range of one block, from the owner (miss, then hit), from
+    the memory tier once the whole block is here, and from the origin with no node."""
+    url, data = obj
+    cluster = make_cluster(2)
+    client = await client_for(cluster, memory_cache_bytes=0)
+    info = await client.stat(url)
+    spans = [(1, 0, 1), (1, 1000, 70_000), (1, 70_000, BS), (0, BS - 1, BS), (2, 5, 12345)]
+    for _ in range(2):  # misses, then hits
+        for index, start, stop in spans:
+            got = await client.read_part(info, index, start, stop)
+            assert got == data[index * BS + start : index * BS + stop], (index, start)
+    sent = sum(node_metric(n, "ringcache_served_bytes_total") for n in cluster.nodes)
+    assert sent == 2 * sum(stop - start for _, start, stop in spans)
+    cached = await client_for(cluster)
+    await cached.read_block(info, 1)
+    sent = sum(node_metric(n, "ringcache_served_bytes_total") for n in cluster.nodes)
+    assert await cached.read_part(info, 1, 10, 20) == data[BS + 10 : BS + 20]
+    assert sum(node_metric(n, "ringcache_served_bytes_total") for n in cluster.nodes) == sent
+    for node in cluster.nodes:
+        node.kill()
+    assert await client.read_part(info, 2, 100, 5000) == data[2 * BS + 100 : 2 * BS + 5000]
+
+
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 async def test_restarted_node_serves_its_old_blocks_as_hits(make_cluster, client_for, obj, stop):
     url, data = obj

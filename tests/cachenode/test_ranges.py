@@ -1,0 +1,75 @@
+"""Byte ranges inside a block from a real node: on a miss, on small and large hits, and
+the ranges it refuses (416, the node keeps serving)."""
+
+from __future__ import annotations
+
+import os
+
+import aiohttp
+
+from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from clientlib.blocks import block_id
+
+SIZE = BS + 70_000  # block 0 is whole (large hit, sendfile); block 1 is 70,000 bytes
+
+
+async def test_ranges_of_misses_and_hits_are_exact(make_cluster, s3, bucket):
+    node = make_cluster(1).nodes[0]
+    data = os.urandom(SIZE)
+    s3.put_object(Bucket=bucket, Key="r", Body=data)
+    etag = s3.head_object(Bucket=bucket, Key="r")["ETag"].strip('"')
+    url = f"s3://{bucket}/r"
+
+    def query(index: int) -> dict[str, str]:
+        return {"src": url, "ver": etag, "size": str(SIZE), "bs": str(BS), "i": str(index)}
+
+    async with aiohttp.ClientSession() as session:
+        for index, block in ((0, data[:BS]), (1, data[BS:])):
+            bid = block_id(f"s3://{bucket}", "r", etag, BS, index)
+            # The first is a miss (the node fetches the whole block), then hits.
+            for header, start, stop, result in (
+                ("bytes=100-199", 100, 200, "miss"),
+                ("bytes=100-199", 100, 200, "hit"),
+                ("bytes=0-0", 0, 1, "hit"),
+                (f"bytes={len(block) - 10}-", len(block) - 10, len(block), "hit"),
+                ("bytes=-4096", len(block) - 4096, len(block), "hit"),
+                (f"bytes=5-{len(block) + 100}", 5, len(block), "hit"),  # clamped to the end
+            ):
+                async with session.get(
+                    f"{node.url}/v1/blocks/{bid}", params=query(index), headers={"Range": header}
+                ) as resp:
+                    assert resp.status == 206, (index, header)
+                    assert resp.headers["X-Ringcache-Result"] == result
+                    assert resp.headers["Content-Range"] == f"bytes {start}-{stop - 1}/{len(block)}"
+                    assert await resp.read() == block[start:stop], (index, header)
+            # The whole block as a range is the whole block, as a 200.
+            async with session.get(
+                f"{node.url}/v1/blocks/{bid}", headers={"Range": f"bytes=0-{len(block) - 1}"}
+            ) as resp:
+                assert resp.status == 200 and "Content-Range" not in resp.headers
+                assert await resp.read() == block
+
+
+async def test_bad_ranges_are_416_and_the_node_keeps_serving(make_cluster, s3, bucket):
+    node = make_cluster(1).nodes[0]
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 1000)
+    etag = s3.head_object(Bucket=bucket, Key="k")["ETag"].strip('"')
+    bid = block_id(f"s3://{bucket}", "k", etag, BS, 0)
+    query = {"src": f"s3://{bucket}/k", "ver": etag, "size": "1000", "bs": str(BS), "i": "0"}
+    async with aiohttp.ClientSession() as session:
+        for header, message in (
+            ("bytes=1000-1001", "not inside"),  # past the end of the block
+            ("bytes=50-10", "Range"),  # backwards
+            ("bytes=0-1,5-6", "Range"),  # several ranges
+            ("items=0-5", "Range"),
+            ("bytes=x-y", "Range"),
+        ):
+            async with session.get(
+                f"{node.url}/v1/blocks/{bid}", params=query, headers={"Range": header}
+            ) as resp:
+                doc = await resp.json(content_type=None)
+                assert resp.status == 416, (header, resp.status, doc)
+                assert message in doc["error"], (header, doc)
+        async with session.get(f"{node.url}/v1/blocks/{bid}", params=query) as resp:
+            assert resp.status == 200 and await resp.read() == b"x" * 1000
+    assert node.alive()
