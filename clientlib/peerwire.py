@@ -192,6 +192,7 @@ class PeerWire:
         self._total_timeout = total_timeout
         self._ssl = ssl
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._closed = False
 
     async def get(
         self,
@@ -261,7 +262,7 @@ class PeerWire:
 
     def _keep(self, key: tuple[str, str, int], conn: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
-        if len(idle) < MAX_IDLE_PER_PEER:
+        if not self._closed and len(idle) < MAX_IDLE_PER_PEER:
             idle.append(conn)
         else:
             conn.close()
@@ -282,6 +283,7 @@ class PeerWire:
 
     def close(self) -> None:
         """Close every idle connection (those in use close when their answer ends)."""
+        self._closed = True
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

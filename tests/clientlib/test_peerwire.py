@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
+import subprocess
 
 import pytest
 import uvloop
@@ -26,7 +28,7 @@ def run(request):
 
 
 @contextlib.asynccontextmanager
-async def node_server():
+async def node_server(tls: ssl.SSLContext | None = None):
     """An aiohttp server answering like a node; records the client ports it served."""
     connections: set[int] = set()
 
@@ -50,10 +52,10 @@ async def node_server():
     app.router.add_get("/v1/blocks/{id}", block)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}", connections
+    yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", connections
     await runner.cleanup()
 
 
@@ -234,3 +236,27 @@ async def _an_unreachable_node_is_a_connection_error():
     await server.wait_closed()
     with pytest.raises(ConnectionError):
         await PeerWire(1.0, 5.0, 30.0).get(url, "/v1/blocks/a", {})
+
+
+def test_answers_over_tls_are_exact(run, tmp_path):
+    key, pem = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=ringcache-test", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(pem)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    run(_answers_over_tls_are_exact(pem, key))
+
+
+async def _answers_over_tls_are_exact(pem, key):  # type: ignore[no-untyped-def]
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(pem, key)
+    async with node_server(server_side) as (url, connections):
+        wire = PeerWire(1.0, 5.0, 30.0, ssl.create_default_context(cafile=str(pem)))
+        for _ in range(3):
+            assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY
+        assert len(connections) == 1
+        wire.close()
+        with pytest.raises(ssl.SSLError):  # a client that does not trust the node
+            await PeerWire(1.0, 5.0, 30.0).get(url, "/v1/blocks/a", {})
