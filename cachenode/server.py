@@ -333,7 +333,7 @@ def _span(request: web.Request, length: int) -> _Span:
     except ValueError as exc:
         raise RangeNotSatisfiable(f"bad Range header: {exc}") from None
     within = range(length)[asked]
-    if asked.step not in (None, 1) or not within or within.start >= length:
+    if asked.step not in (None, 1) or not within:
         raise RangeNotSatisfiable(
             f"Range {request.headers['Range'][:100]!r} is not inside the block's {length} bytes"
         )

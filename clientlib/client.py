@@ -184,12 +184,12 @@ class CacheClient:
         slices = slices_for_range(info.size, self.block_size, offset, length)
         if len(slices) == 1:
             s = slices[0]
-            return (await self.read_block(info, s.index))[s.start : s.stop]
+            return bytes(memoryview(await self.read_block(info, s.index))[s.start : s.stop])
 
-        async def part(index: int, start: int, stop: int) -> bytes:
+        async def part(index: int, start: int, stop: int) -> memoryview:
             async with self._parallel:
                 data = await self.read_block(info, index)
-            return data[start:stop]
+            return memoryview(data)[start:stop]
 
         parts = await asyncio.gather(*(part(s.index, s.start, s.stop) for s in slices))
         return b"".join(parts)
@@ -200,7 +200,11 @@ class CacheClient:
         )
 
     async def read_block(self, info: ObjectInfo, index: int) -> bytes:
-        """One whole block: memory tier, then owners, then the origin."""
+        """One whole block: memory tier, then owners, then the origin.
+
+        A block from a peer is the ``bytearray`` it was received into (see
+        :mod:`clientlib.peerwire`), shared with the memory tier: read it, never change it.
+        """
         ref = self.block_ref(info, index)
         block_id = ref.id
         data = self._memory.get(block_id)

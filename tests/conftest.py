@@ -142,6 +142,18 @@ def metric_sum(text: str, name: str, labels: str = "") -> float:
     return total
 
 
+def self_signed_cert(where: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files in ``where``)."""
+    key, pem = where / "key.pem", where / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=ringcache-test", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(pem)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return pem, key
+
+
 def node_metric(node: Node, name: str, labels: str = "") -> float:
     """A sample of a node's /metrics (summed over label sets if unspecified)."""
     return metric_sum(local_get(node.url + "/metrics").decode(), name, labels)

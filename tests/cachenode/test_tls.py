@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from tests.conftest import run_cachectl
+from tests.conftest import run_cachectl, self_signed_cert
 
 
 @pytest.fixture
 def cert(tmp_path):  # type: ignore[no-untyped-def]
-    key, pem = tmp_path / "node-key.pem", tmp_path / "node.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=ringcache-test", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(pem)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return pem, key
+    return self_signed_cert(tmp_path)
 
 
 async def test_tls_nodes_serve_clients_that_trust_their_ca_and_refuse_plain_http(

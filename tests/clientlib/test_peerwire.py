@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import os
 import ssl
-import subprocess
 
 import pytest
 import uvloop
 from aiohttp import web
 
 from clientlib.peerwire import MAX_HEAD, PeerProtocolError, PeerWire
+from tests.conftest import self_signed_cert
 
 BODY = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -62,6 +62,18 @@ async def node_server(tls: ssl.SSLContext | None = None):
 async def raw_server(handler) -> tuple[asyncio.AbstractServer, str]:  # type: ignore[no-untyped-def]
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def refused(handler, error: type[Exception], read_timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """A GET from a raw server answering with ``handler`` raises ``error``."""
+    server, url = await raw_server(handler)
+    wire = PeerWire(1.0, read_timeout, 30.0)
+    try:
+        with pytest.raises(error):
+            await wire.get(url, "/v1/blocks/a", {})
+    finally:
+        wire.close()
+        server.close()
 
 
 def test_bodies_are_exact_and_connections_are_kept(run):
@@ -161,12 +173,7 @@ async def _a_node_that_breaks_off_an_answer_is_an_error_not_a_retry():
         await writer.drain()
         writer.close()
 
-    server, url = await raw_server(half_a_body)
-    wire = PeerWire(1.0, 5.0, 30.0)
-    with pytest.raises(ConnectionError):
-        await wire.get(url, "/v1/blocks/a", {})
-    wire.close()
-    server.close()
+    await refused(half_a_body, ConnectionError)
 
 
 def test_a_silent_node_times_out_and_a_slow_one_does_not(run):
@@ -186,12 +193,9 @@ async def _a_silent_node_times_out_and_a_slow_one_does_not():
             writer.write(bytes([byte]))
             await writer.drain()
 
-    server, url = await raw_server(silent)
-    wire = PeerWire(1.0, 0.25, 30.0)
-    with pytest.raises(TimeoutError):
-        await wire.get(url, "/v1/blocks/a", {})
-    server.close()
+    await refused(silent, TimeoutError, read_timeout=0.25)
     server, url = await raw_server(trickle)
+    wire = PeerWire(1.0, 0.25, 30.0)
     assert bytes((await wire.get(url, "/v1/blocks/a", {})).body) == b"slowly"
     wire.close()
     server.close()
@@ -218,12 +222,7 @@ async def _malformed_answers_are_refused():
             await asyncio.sleep(1)
             writer.close()
 
-        server, url = await raw_server(send)
-        wire = PeerWire(1.0, 5.0, 30.0)
-        with pytest.raises(PeerProtocolError):
-            await wire.get(url, "/v1/blocks/a", {})
-        wire.close()
-        server.close()
+        await refused(send, PeerProtocolError)
 
 
 def test_an_unreachable_node_is_a_connection_error(run):
@@ -239,14 +238,7 @@ async def _an_unreachable_node_is_a_connection_error():
 
 
 def test_answers_over_tls_are_exact(run, tmp_path):
-    key, pem = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=ringcache-test", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(pem)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    run(_answers_over_tls_are_exact(pem, key))
+    run(_answers_over_tls_are_exact(*self_signed_cert(tmp_path)))
 
 
 async def _answers_over_tls_are_exact(pem, key):  # type: ignore[no-untyped-def]
