@@ -45,18 +45,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import functools
 import json
-import multiprocessing as mp
 import os
-import platform
 import random
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -66,49 +61,29 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import harness  # noqa: E402
+
 from clientlib.localcluster import Node, start_etcd, start_node  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CLUSTER = "fairshare"
 
 
 # ----------------------------------------------------------------------------- workers
 
 
-def worker(label: str, cfg: dict[str, Any], go: Any, start_at: Any, out: Any) -> None:
-    """One tenant's readers in their own process; results to ``out``."""
-    import uvloop
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-    try:
-        out.put(("result", label, uvloop.run(_worker(label, cfg, go, start_at, out))))
-    except BaseException as exc:
-        out.put(("error", label, repr(exc)))
-        raise
-
-
 async def _worker(label: str, cfg: dict[str, Any], go: Any, start_at: Any, out: Any) -> dict:
+    """One tenant's readers, in a worker process of ``run_once``'s ``harness.WorkerGroup``."""
     from clientlib import CacheClient
 
-    expected = {url: Path(url.removeprefix("file://")).read_bytes() for url in cfg["urls"]}
+    expected = {url: harness.file_url_bytes(url) for url in cfg["urls"]}
     urls = list(expected)
     clients = [
         CacheClient(cfg["etcd"], CLUSTER, memory_cache_bytes=0, token_file=cfg["token_file"])
         for _ in range(max(1, -(-cfg["concurrency"] // 32)))
     ]
-    for client in clients:
-        await client.start()
-    try:
-        deadline = time.monotonic() + 30
-        while any(len(c.ring) != 1 for c in clients):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{label}: clients did not see the node")
-            await asyncio.sleep(0.05)
-        out.put(("ready", label, None))
-        if not await asyncio.to_thread(go.wait, 120):
-            raise TimeoutError(f"{label}: no start signal")
-        t0 = start_at.value
-        await asyncio.sleep(max(0.0, t0 - time.time()))
+    async with harness.started_clients(clients):
+        await harness.wait_for_ring(clients, 1, f"{label}: clients did not see the node")
+        t0 = await harness.ready_then_start(label, label, go, start_at, out)
         measure_from, end = t0 + cfg["warmup"], t0 + cfg["warmup"] + cfg["duration"]
         lats: list[float] = []
         nbytes = 0
@@ -147,26 +122,9 @@ async def _worker(label: str, cfg: dict[str, Any], go: Any, start_at: Any, out: 
             "error_count": len(errors),
             "cpu_seconds": sum(os.times()[:2]) - cpu0,
         }
-    finally:
-        for client in clients:
-            await client.close()
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
 
 
 def tenant_metrics(node: Node) -> dict[str, dict[str, float]]:
@@ -192,38 +150,22 @@ def run_once(
     workers: list[Any],
 ) -> dict[str, Any]:
     """One run: a worker process per group (label, tenant, token file, readers)."""
-    ctx = mp.get_context("spawn")
-    go, start_at, out = ctx.Event(), ctx.Value("d", 0.0), ctx.Queue()
-    procs = []
-    for label, _tenant, token_file, concurrency in groups:
-        wcfg = {**cfg, "token_file": token_file, "concurrency": concurrency}
-        p = ctx.Process(target=worker, args=(label, wcfg, go, start_at, out), daemon=True)
-        p.start()
-        procs.append(p)
-        workers.append(p)
-    ready = 0
-    while ready < len(groups):
-        kind, label, payload = out.get(timeout=90)
-        if kind == "error":
-            raise RuntimeError(f"{name}: worker {label} failed: {payload}")
-        ready += kind == "ready"
-    t0 = time.time() + 0.5
-    start_at.value = t0
-    go.set()
+    group = harness.WorkerGroup(
+        _worker,
+        (
+            (label, {**cfg, "token_file": token_file, "concurrency": concurrency})
+            for label, _tenant, token_file, concurrency in groups
+        ),
+        workers,
+    )
+    group.wait_ready(f"{name}: ")
+    t0 = group.start(0.5)
     time.sleep(max(0.0, t0 + cfg["warmup"] - time.time()))
-    metrics0, cpu0 = tenant_metrics(node), cpu_seconds(node.pid)
+    metrics0, cpu0 = tenant_metrics(node), harness.cpu_seconds(node.pid)
     time.sleep(max(0.0, t0 + cfg["warmup"] + cfg["duration"] - time.time()))
-    metrics1, node_cpu = tenant_metrics(node), cpu_seconds(node.pid) - cpu0
-    load = [round(x, 2) for x in os.getloadavg()]
-    results: dict[str, dict[str, Any]] = {}
-    while len(results) < len(groups):
-        kind, label, payload = out.get(timeout=60)
-        if kind == "error":
-            raise RuntimeError(f"{name}: worker {label} failed: {payload}")
-        if kind == "result":
-            results[label] = payload
-    for p in procs:
-        p.join(10)
+    metrics1, node_cpu = tenant_metrics(node), harness.cpu_seconds(node.pid) - cpu0
+    load = harness.load_avg()
+    results = group.results(lambda: 60, f"{name}: ")
     total_bytes = sum(r["bytes"] for r in results.values())
     tenants = []
     for label, tenant, _tok, concurrency in groups:
@@ -241,9 +183,7 @@ def run_once(
                 "reads_per_second": round(len(lats) / cfg["duration"], 1),
                 "mib_per_second": round(r["bytes"] / cfg["duration"] / 2**20, 1),
                 "share": round(r["bytes"] / total_bytes, 4) if total_bytes else 0.0,
-                "p50_ms": round(percentile(lats, 0.50) * 1e3, 2),
-                "p99_ms": round(percentile(lats, 0.99) * 1e3, 2),
-                "max_ms": round(max(lats, default=float("nan")) * 1e3, 2),
+                **harness.latency_ms(lats),
                 "errors": r["error_count"],
                 "error_samples": r["errors"][:5],
                 "client_cpu_seconds": round(r["cpu_seconds"], 2),
@@ -264,10 +204,10 @@ def run_once(
     return row
 
 
-def make_token(cachectl: str, secret: Path, scope: str, tenant: str, path: Path) -> str:
+def make_token(secret: Path, scope: str, tenant: str, path: Path) -> str:
     create = ["--scope", scope, "--tenant", tenant]
     token = subprocess.run(
-        [cachectl, "--token-file", str(secret), "token", "create", *create],
+        [harness.CACHECTL, "--token-file", str(secret), "token", "create", *create],
         check=True,
         capture_output=True,
         text=True,
@@ -281,32 +221,18 @@ def make_token(cachectl: str, secret: Path, scope: str, tenant: str, path: Path)
 def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[Any]) -> dict:
     rng = random.Random(args.seed)
     block = args.block_kib * 1024
-    data = root / "data"
-    data.mkdir()
-    urls = []
-    for i in range(args.objects):
-        path = data / f"obj-{i:03d}.bin"
-        path.write_bytes(rng.randbytes(block))
-        urls.append(f"file://{path}")
+    data, urls = harness.write_objects(root, args.objects, block, rng)
     secret = root / "cluster.secret"
     secret.write_text(os.urandom(32).hex() + "\n")
     secret.chmod(0o600)
-    cachectl = str(Path(sys.executable).with_name("cachectl"))
     scope = f"file://{data}/"
     tokens = {
-        t: make_token(cachectl, secret, scope, t, root / f"{t}.token")
-        for t in ("heavy", "light", "shared")
+        t: make_token(secret, scope, t, root / f"{t}.token") for t in ("heavy", "light", "shared")
     }
 
     etcd = start_etcd(root / "etcd")
     procs.append(etcd)
-    config = ["config", "set", "block_size", str(block)]
-    subprocess.run(
-        [cachectl, "--etcd", etcd.url, "--cluster", CLUSTER, "--token-file", str(secret), *config],
-        check=True,
-        timeout=30,
-        stdout=subprocess.DEVNULL,
-    )
+    harness.set_block_size(etcd.url, CLUSTER, block, "--token-file", str(secret))
     node = start_node(
         etcd.url,
         CLUSTER,
@@ -376,9 +302,7 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
         "ratio_fair_to_alone": round(light_p99("fair share") / alone, 2),
         "ratio_no_fair_to_alone": round(light_p99("no fair share (one tenant)") / alone, 2),
         "target_ratio": 2.0,
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
+        **harness.machine_info(),
     }
 
 
@@ -386,29 +310,10 @@ async def warm(etcd_url: str, urls: list[str], secret: str) -> None:
     from clientlib import CacheClient
 
     async with CacheClient(etcd_url, CLUSTER, memory_cache_bytes=0, token_file=secret) as client:
-        deadline = time.monotonic() + 30
-        while len(client.ring) != 1:
-            if time.monotonic() > deadline:
-                raise TimeoutError("warm-up client did not see the node")
-            await asyncio.sleep(0.05)
+        await harness.wait_for_ring([client], 1, "warm-up client did not see the node")
         for url in urls:
-            if await client.read(url) != Path(url.removeprefix("file://")).read_bytes():
+            if await client.read(url) != harness.file_url_bytes(url):
                 raise RuntimeError(f"warm-up read of {url} returned other bytes")
-
-
-def stop_all(procs: list[Any], workers: list[Any]) -> None:
-    """Stop the workers, then the node, then etcd; each even if another fails."""
-    for p in workers:
-        with contextlib.suppress(Exception):
-            if p.is_alive():
-                p.terminate()
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-    for proc in reversed(procs):
-        with contextlib.suppress(Exception):
-            proc.stop()
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -470,15 +375,10 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = r["runs"]
     names = [row["run"].replace(" (", "\n(").replace(", again", "\nagain") for row in runs]
     pos = list(range(len(runs)))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, (ax1, ax2) = harness.two_panels((11, 4.4))
 
     def tenant(row: dict[str, Any], label: str) -> dict[str, Any] | None:
         return next((t for t in row["tenants"] if t["label"] == label), None)
@@ -528,9 +428,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax2.set_yscale("log")
     ax2.set_title("Light tenant latency")
     ax2.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path)
 
 
 def main() -> None:
@@ -543,33 +441,16 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=16)
     parser.add_argument("--block-kib", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--name", default="fairshare", help="results file stem")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
+    harness.add_output_options(parser, "fairshare")
     args = parser.parse_args()
-
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
-    root = Path(tempfile.mkdtemp(prefix="ringcache-fair-"))
-    procs: list[Any] = []
-    workers: list[Any] = []
-    started = time.perf_counter()
-    try:
-        result = run(args, root, procs, workers)
-    finally:
-        stop_all(procs, workers)
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    plot(result, RESULTS / f"{args.name}.png")
-    print(markdown(result))
+    harness.run_and_save(
+        functools.partial(run, args),
+        temp_prefix="ringcache-fair-",
+        keep=args.keep,
+        name=args.name,
+        markdown=markdown,
+        plot=plot,
+    )
 
 
 if __name__ == "__main__":

@@ -37,18 +37,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import multiprocessing as mp
+import functools
 import os
-import platform
 import random
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +49,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import harness  # noqa: E402
+
 from clientlib.localcluster import Etcd, Node, free_port, start_etcd, start_node  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 NODES = 3
 CLUSTER = "faultload"
 AFTER_KILL_WINDOW = 5.0
@@ -67,31 +61,13 @@ AFTER_KILL_WINDOW = 5.0
 # ----------------------------------------------------------------------------- workers
 
 
-def worker(
-    idx: int,
-    cfg: dict[str, Any],
-    go: Any,
-    start_at: Any,
-    out: Any,
-) -> None:
-    """One load process: its share of the tasks and clients, results to ``out``."""
-    import uvloop
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-    try:
-        result = uvloop.run(_worker(idx, cfg, go, start_at, out))
-        out.put(("result", idx, result))
-    except BaseException as exc:
-        out.put(("error", idx, repr(exc)))
-        raise
-
-
 async def _worker(idx: int, cfg: dict[str, Any], go: Any, start_at: Any, out: Any) -> dict:
+    """One load process's share of the tasks and clients (a ``harness.WorkerGroup`` worker)."""
     from prometheus_client import REGISTRY
 
     from clientlib import CacheClient
 
-    expected = {url: Path(url.removeprefix("file://")).read_bytes() for url in cfg["urls"]}
+    expected = {url: harness.file_url_bytes(url) for url in cfg["urls"]}
     urls = list(expected)
     clients = [
         CacheClient(
@@ -102,19 +78,11 @@ async def _worker(idx: int, cfg: dict[str, Any], go: Any, start_at: Any, out: An
         )
         for _ in range(cfg["clients"])
     ]
-    for client in clients:
-        await client.start()
-    try:
-        deadline = time.monotonic() + 30
-        while any(len(c.ring) != NODES for c in clients):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"worker {idx}: clients did not see {NODES} nodes")
-            await asyncio.sleep(0.05)
-        out.put(("ready", idx, None))
-        if not await asyncio.to_thread(go.wait, 120):
-            raise TimeoutError(f"worker {idx}: no start signal")
-        t0 = start_at.value
-        await asyncio.sleep(max(0.0, t0 - time.time()))
+    async with harness.started_clients(clients):
+        await harness.wait_for_ring(
+            clients, NODES, f"worker {idx}: clients did not see {NODES} nodes"
+        )
+        t0 = await harness.ready_then_start(f"worker {idx}", idx, go, start_at, out)
         end = t0 + cfg["duration"]
         cpu0 = sum(os.times()[:2])
         starts: list[float] = []
@@ -171,9 +139,6 @@ async def _worker(idx: int, cfg: dict[str, Any], go: Any, start_at: Any, out: An
             "fallbacks": samples("ringcache_client_fallbacks_total", "reason"),
             "block_reads": samples("ringcache_client_block_reads_total", "source"),
         }
-    finally:
-        for client in clients:
-            await client.close()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -187,32 +152,8 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float:
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
-
-
-def node_stats(node: Node) -> dict[str, Any]:
-    with urllib.request.urlopen(node.url + "/v1/stats", timeout=5) as resp:
-        return dict(json.loads(resp.read()))
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def lat_summary(values: list[float]) -> dict[str, float]:
-    return {
-        "reads": len(values),
-        "p50_ms": round(percentile(values, 0.50) * 1e3, 2),
-        "p99_ms": round(percentile(values, 0.99) * 1e3, 2),
-        "max_ms": round(max(values, default=float("nan")) * 1e3, 2),
-    }
+    return {"reads": len(values), **harness.latency_ms(values)}
 
 
 def rss_under_load(timeline: list[dict[str, Any]]) -> dict[str, dict[str, int | None]]:
@@ -231,10 +172,6 @@ def rss_under_load(timeline: list[dict[str, Any]]) -> dict[str, dict[str, int | 
     return out
 
 
-def load_avg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -251,26 +188,13 @@ def start_cluster_node(etcd: Etcd, root: Path, data: Path, i: int, port: int) ->
 
 def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[Any]) -> dict:
     rng = random.Random(args.seed)
-    data = root / "data"
-    data.mkdir()
     object_bytes = args.object_mib * 2**20
-    urls = []
-    for i in range(args.objects):
-        path = data / f"obj-{i:03d}.bin"
-        path.write_bytes(rng.randbytes(object_bytes))
-        urls.append(f"file://{path}")
+    data, urls = harness.write_objects(root, args.objects, object_bytes, rng)
     os.sync()
 
     etcd = start_etcd(root / "etcd")
     procs.append(etcd)
-    cachectl = str(Path(sys.executable).with_name("cachectl"))
-    set_block_size = ["config", "set", "block_size", str(args.block_kib * 1024)]
-    subprocess.run(
-        [cachectl, "--etcd", etcd.url, "--cluster", CLUSTER, *set_block_size],
-        check=True,
-        timeout=30,
-        stdout=subprocess.DEVNULL,
-    )
+    harness.set_block_size(etcd.url, CLUSTER, args.block_kib * 1024)
     ports = [free_port() for _ in range(NODES)]
     nodes: list[Node] = []
     procs.append(nodes)
@@ -281,7 +205,7 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
     started = time.perf_counter()
     asyncio.run(warm(etcd.url, urls))
     warm_seconds = time.perf_counter() - started
-    warm_stats = [node_stats(n) for n in nodes]
+    warm_stats = [harness.node_stats(n) for n in nodes]
     blocks_total = args.objects * -(-object_bytes // (args.block_kib * 1024))
     print(
         f"warm: {blocks_total} blocks in {warm_seconds:.1f} s, nodes hold "
@@ -290,8 +214,6 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
     )
 
     # Workers.
-    ctx = mp.get_context("spawn")
-    go, start_at, out = ctx.Event(), ctx.Value("d", 0.0), ctx.Queue()
     tasks = [
         args.concurrency // args.procs + (i < args.concurrency % args.procs)
         for i in range(args.procs)
@@ -308,23 +230,13 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
         "hedge_delay": args.hedge_delay,
         "seed": args.seed,
     }
-    for i in range(args.procs):
-        p = ctx.Process(target=worker, args=(i, cfg, go, start_at, out), daemon=True)
-        p.start()
-        workers.append(p)
-    ready = 0
-    while ready < args.procs:
-        kind, idx, payload = out.get(timeout=90)
-        if kind == "error":
-            raise RuntimeError(f"worker {idx} failed: {payload}")
-        ready += kind == "ready"
+    group = harness.WorkerGroup(_worker, ((i, cfg) for i in range(args.procs)), workers)
+    group.wait_ready()
 
     rss_before = {n.addr: rss_kib(n.pid) for n in nodes}
-    node_cpu0 = {n.addr: cpu_seconds(n.pid) for n in nodes}
-    stats_before = [node_stats(n) for n in nodes]
-    t0 = time.time() + 1.0
-    start_at.value = t0
-    go.set()
+    node_cpu0 = {n.addr: harness.cpu_seconds(n.pid) for n in nodes}
+    stats_before = [harness.node_stats(n) for n in nodes]
+    t0 = group.start(1.0)
     print(
         f"load: {args.concurrency} tasks in {args.procs} processes for {args.duration}s", flush=True
     )
@@ -343,7 +255,7 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
             events["victim"] = victim.addr
             events["victim_rss_kib_at_kill"] = rss_kib(victim.pid)
             events["victim_cpu_seconds_at_kill"] = round(
-                cpu_seconds(victim.pid) - node_cpu0[victim.addr], 2
+                harness.cpu_seconds(victim.pid) - node_cpu0[victim.addr], 2
             )
             victim.kill()
             events["killed_at"] = round(time.time() - t0, 3)
@@ -355,7 +267,7 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
             nodes[victim_index] = restarted
             node_cpu0[restarted.addr] = 0.0
             events["restarted_healthy_at"] = round(time.time() - t0, 3)
-            events["restarted_blocks_at_start"] = node_stats(restarted)["blocks"]
+            events["restarted_blocks_at_start"] = harness.node_stats(restarted)["blocks"]
             print(
                 f"t={events['restarted_healthy_at']:.1f}s restarted {restarted.addr} "
                 f"with {events['restarted_blocks_at_start']} blocks on disk",
@@ -369,19 +281,11 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
         )
         time.sleep(min(0.5, max(0.01, args.duration - now)))
 
-    results: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + args.read_timeout + 60
-    while len(results) < args.procs:
-        kind, idx, payload = out.get(timeout=max(1.0, deadline - time.monotonic()))
-        if kind == "error":
-            raise RuntimeError(f"worker {idx} failed: {payload}")
-        if kind == "result":
-            results[idx] = payload
-    for p in workers:
-        p.join(10)
+    results = group.results(lambda: max(1.0, deadline - time.monotonic()))
     rss_after = {n.addr: rss_kib(n.pid) for n in nodes}
-    node_cpu = {n.addr: round(cpu_seconds(n.pid) - node_cpu0[n.addr], 2) for n in nodes}
-    stats_after = [node_stats(n) for n in nodes]
+    node_cpu = {n.addr: round(harness.cpu_seconds(n.pid) - node_cpu0[n.addr], 2) for n in nodes}
+    stats_after = [harness.node_stats(n) for n in nodes]
 
     starts = [s for r in results.values() for s in r["starts"]]
     lats = [x for r in results.values() for x in r["latencies"]]
@@ -406,7 +310,7 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
                 "t": second,
                 "reads": len(window),
                 "failed": sum(not ok for _, ok in window),
-                "p99_ms": round(percentile([lat for lat, _ in window], 0.99) * 1e3, 1),
+                "p99_ms": round(harness.percentile([lat for lat, _ in window], 0.99) * 1e3, 1),
             }
         )
 
@@ -464,10 +368,8 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
         ],
         "per_second": per_second,
         "rss_timeline": timeline[:: max(1, len(timeline) // 120)],
-        "load_average_end": load_avg(),
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
+        "load_average_end": harness.load_avg(),
+        **harness.machine_info(),
     }
 
 
@@ -475,36 +377,16 @@ async def warm(etcd_url: str, urls: list[str]) -> None:
     from clientlib import CacheClient
 
     async with CacheClient(etcd_url, CLUSTER, memory_cache_bytes=0) as client:
-        deadline = time.monotonic() + 30
-        while len(client.ring) != NODES:
-            if time.monotonic() > deadline:
-                raise TimeoutError("warm-up client did not see the nodes")
-            await asyncio.sleep(0.05)
+        await harness.wait_for_ring([client], NODES, "warm-up client did not see the nodes")
         sem = asyncio.Semaphore(8)
 
         async def one(url: str) -> None:
             async with sem:
                 data = await client.read(url)
-            if data != Path(url.removeprefix("file://")).read_bytes():
+            if data != harness.file_url_bytes(url):
                 raise RuntimeError(f"warm-up read of {url} returned other bytes")
 
         await asyncio.gather(*(one(u) for u in urls))
-
-
-def stop_all(procs: list[Any], workers: list[Any]) -> None:
-    """Stop the workers, then the nodes, then etcd; each even if another fails."""
-    for p in workers:
-        with contextlib.suppress(Exception):
-            if p.is_alive():
-                p.terminate()
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-    for item in reversed(procs):
-        for proc in item if isinstance(item, list) else [item]:
-            with contextlib.suppress(Exception):
-                proc.stop()
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -616,34 +498,17 @@ def main() -> None:
     parser.add_argument("--read-timeout", type=float, default=30.0)
     parser.add_argument("--hedge-delay", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--name", default="fault_load", help="results file stem")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
+    harness.add_output_options(parser, "fault_load")
     args = parser.parse_args()
     if not 0 < args.kill_at < args.restart_at < args.duration:
         parser.error("need 0 < --kill-at < --restart-at < --duration")
-
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
-    root = Path(tempfile.mkdtemp(prefix="ringcache-fault-"))
-    procs: list[Any] = []
-    workers: list[Any] = []
-    started = time.perf_counter()
-    try:
-        result = run(args, root, procs, workers)
-    finally:
-        stop_all(procs, workers)
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    harness.run_and_save(
+        functools.partial(run, args),
+        temp_prefix="ringcache-fault-",
+        keep=args.keep,
+        name=args.name,
+        markdown=markdown,
+    )
 
 
 if __name__ == "__main__":

@@ -32,18 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import random
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import harness  # noqa: E402
 from eviction_sim import replay, zipf_requests  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 
@@ -58,17 +54,11 @@ from cachenode.eviction import make_policy  # noqa: E402
 from clientlib import CacheClient  # noqa: E402
 from clientlib.localcluster import Etcd, Node, start_etcd, start_node  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 NODES = 3
 
 
-def node_stats(node: Node) -> dict[str, Any]:
-    with urllib.request.urlopen(node.url + "/v1/stats", timeout=5) as resp:
-        return dict(json.loads(resp.read()))
-
-
 async def cluster_stats(nodes: list[Node]) -> list[dict[str, Any]]:
-    return await asyncio.gather(*(asyncio.to_thread(node_stats, n) for n in nodes))
+    return await asyncio.gather(*(asyncio.to_thread(harness.node_stats, n) for n in nodes))
 
 
 def delta(after: list[dict[str, Any]], before: list[dict[str, Any]], key: str) -> int:
@@ -80,21 +70,6 @@ def client_origin_reads() -> float:
     return (
         REGISTRY.get_sample_value("ringcache_client_block_reads_total", {"source": "origin"}) or 0.0
     )
-
-
-def cpu_seconds(nodes: list[Node]) -> float:
-    """User + system CPU seconds the node processes have used so far (Linux /proc)."""
-    total = 0
-    for node in nodes:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{node.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def drive(
@@ -149,11 +124,9 @@ async def run_policy(
     try:
         for client in clients:
             await client.start()
-        deadline = time.monotonic() + 20
-        while any(len(c.ring) != NODES for c in clients):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"clients did not see {NODES} nodes in the ring")
-            await asyncio.sleep(0.05)
+        await harness.wait_for_ring(
+            clients, NODES, f"clients did not see {NODES} nodes in the ring", 20
+        )
         warmup = int(len(trace) * args.warmup_fraction)
         start_stats = await cluster_stats(nodes)
         origin0 = client_origin_reads()
@@ -161,13 +134,13 @@ async def run_policy(
         _, warm_errors = await drive(clients, urls, trace[:warmup], args.concurrency)
         warm_seconds = time.perf_counter() - started
         mid_stats = await cluster_stats(nodes)
-        cpu_mid = cpu_seconds(nodes)
+        cpu_mid = harness.cpu_seconds(*(n.pid for n in nodes))
         origin_mid = client_origin_reads()
         started = time.perf_counter()
         latencies, errors = await drive(clients, urls, trace[warmup:], args.concurrency)
         seconds = time.perf_counter() - started
         end_stats = await cluster_stats(nodes)
-        node_cpu = cpu_seconds(nodes) - cpu_mid
+        node_cpu = harness.cpu_seconds(*(n.pid for n in nodes)) - cpu_mid
         origin_end = client_origin_reads()
     finally:
         for client in clients:
@@ -199,9 +172,9 @@ async def run_policy(
         "node_cpu_ms_per_read": round(node_cpu / max(1, len(latencies)) * 1e3, 3),
         "evictions": delta(end_stats, start_stats, "evictions"),
         "latency_ms": {
-            "p50": percentile(latencies, 0.50) * 1e3,
-            "p90": percentile(latencies, 0.90) * 1e3,
-            "p99": percentile(latencies, 0.99) * 1e3,
+            "p50": harness.percentile(latencies, 0.50) * 1e3,
+            "p90": harness.percentile(latencies, 0.90) * 1e3,
+            "p99": harness.percentile(latencies, 0.99) * 1e3,
             "mean": statistics.fmean(latencies) * 1e3,
         },
         "nodes": [
@@ -220,14 +193,8 @@ async def run_policy(
 
 async def run(args: argparse.Namespace, root: Path, procs: list[Any]) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    data = root / "data"
-    data.mkdir()
     object_bytes = args.object_kib * 1024
-    urls = []
-    for i in range(args.objects):
-        path = data / f"obj-{i:04d}.bin"
-        path.write_bytes(rng.randbytes(object_bytes))
-        urls.append(f"file://{path}")
+    data, urls = harness.write_objects(root, args.objects, object_bytes, rng, digits=4)
     os.sync()  # no writeback of the data set during the first policy's run
     dataset_bytes = object_bytes * args.objects
     per_node_bytes = int(dataset_bytes * args.capacity_fraction / NODES)
@@ -272,14 +239,6 @@ async def run(args: argparse.Namespace, root: Path, procs: list[Any]) -> dict[st
         "machine": platform.machine(),
         "runs": runs,
     }
-
-
-def stop_all(procs: list[Any]) -> None:
-    """Stop nodes first, then etcd; every one even if another fails to stop."""
-    for item in reversed(procs):
-        for proc in item if isinstance(item, list) else [item]:
-            with contextlib.suppress(Exception):
-                proc.stop()
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -327,15 +286,10 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(r: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(r: dict[str, Any], path: Path) -> None:
     runs = r["runs"]
     names = [x["policy"] for x in runs]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, (ax1, ax2) = harness.two_panels((10, 4.2))
     pos = range(len(runs))
     ax1.bar([p - 0.2 for p in pos], [x["hit_ratio"] for x in runs], 0.4, label="3-node cluster")
     ax1.bar(
@@ -381,9 +335,7 @@ def plot(r: dict[str, Any]) -> None:
     ax2.set_ylabel("read latency, ms")
     ax2.set_title(f"Read latency ({r['concurrency']} concurrent readers)")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "skewed_load.png", dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path)
 
 
 def main() -> None:
@@ -398,31 +350,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--policies", nargs="+", default=["s3fifo", "lru"])
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
+    harness.add_output_options(parser)
     args = parser.parse_args()
-
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
-    root = Path(tempfile.mkdtemp(prefix="ringcache-skew-"))
-    procs: list[Any] = []
-    started = time.perf_counter()
-    try:
-        result = asyncio.run(run(args, root, procs))
-    finally:
-        stop_all(procs)
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "skewed_load.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "skewed_load.md").write_text(markdown(result))
-    plot(result)
-    print(markdown(result))
+    harness.run_and_save(
+        lambda root, procs, _workers: asyncio.run(run(args, root, procs)),
+        temp_prefix="ringcache-skew-",
+        keep=args.keep,
+        name="skewed_load",
+        markdown=markdown,
+        plot=plot,
+    )
 
 
 if __name__ == "__main__":
