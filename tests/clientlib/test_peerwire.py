@@ -10,6 +10,10 @@ import asyncio
 import contextlib
 import os
 import ssl
+import tempfile
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -21,10 +25,16 @@ from tests.conftest import self_signed_cert
 BODY = os.urandom(3 * 1024 * 1024 + 17)
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request):
-    """Every test on both loops: the daemons run on uvloop, whose transports differ."""
-    return uvloop.run if request.param == "uvloop" else asyncio.run
+def on_both_loops(body: Callable[[], Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """The test ``body`` run on asyncio's loop and on uvloop's: the daemons run on uvloop,
+    whose transports differ (``create_connection``'s transport, buffer protocols)."""
+
+    @pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+    def test(run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+        run(body())
+
+    test.__doc__ = body.__doc__
+    return test
 
 
 @contextlib.asynccontextmanager
@@ -76,11 +86,8 @@ async def refused(handler, error: type[Exception], read_timeout: float = 5.0) ->
         server.close()
 
 
-def test_bodies_are_exact_and_connections_are_kept(run):
-    run(_bodies_are_exact_and_connections_are_kept())
-
-
-async def _bodies_are_exact_and_connections_are_kept():
+@on_both_loops
+async def test_bodies_are_exact_and_connections_are_kept() -> None:
     async with node_server() as (url, connections):
         wire = PeerWire(1.0, 5.0, 30.0)
         answered = asyncio.Event()
@@ -96,11 +103,8 @@ async def _bodies_are_exact_and_connections_are_kept():
         wire.close()
 
 
-def test_error_statuses_come_back_with_their_body(run):
-    run(_error_statuses_come_back_with_their_body())
-
-
-async def _error_statuses_come_back_with_their_body():
+@on_both_loops
+async def test_error_statuses_come_back_with_their_body() -> None:
     async with node_server() as (url, _):
         wire = PeerWire(1.0, 5.0, 30.0)
         reply = await wire.get(url, "/v1/blocks/a?status=404", {})
@@ -109,11 +113,8 @@ async def _error_statuses_come_back_with_their_body():
         wire.close()
 
 
-def test_connection_close_is_honoured(run):
-    run(_connection_close_is_honoured())
-
-
-async def _connection_close_is_honoured():
+@on_both_loops
+async def test_connection_close_is_honoured() -> None:
     async with node_server() as (url, connections):
         wire = PeerWire(1.0, 5.0, 30.0)
         for _ in range(3):
@@ -122,11 +123,8 @@ async def _connection_close_is_honoured():
         wire.close()
 
 
-def test_chunked_answers_are_refused(run):
-    run(_chunked_answers_are_refused())
-
-
-async def _chunked_answers_are_refused():
+@on_both_loops
+async def test_chunked_answers_are_refused() -> None:
     async with node_server() as (url, _):
         wire = PeerWire(1.0, 5.0, 30.0)
         with pytest.raises(PeerProtocolError, match="Content-Length"):
@@ -135,11 +133,8 @@ async def _chunked_answers_are_refused():
         wire.close()
 
 
-def test_a_kept_connection_the_node_closed_is_replaced(run):
-    run(_a_kept_connection_the_node_closed_is_replaced())
-
-
-async def _a_kept_connection_the_node_closed_is_replaced():
+@on_both_loops
+async def test_a_kept_connection_the_node_closed_is_replaced() -> None:
     """The node may close an idle kept connection just as it is reused: the request goes
     again on a new connection, once, because the node had not answered any of it."""
     accepted = 0
@@ -162,11 +157,8 @@ async def _a_kept_connection_the_node_closed_is_replaced():
     server.close()
 
 
-def test_a_node_that_breaks_off_an_answer_is_an_error_not_a_retry(run):
-    run(_a_node_that_breaks_off_an_answer_is_an_error_not_a_retry())
-
-
-async def _a_node_that_breaks_off_an_answer_is_an_error_not_a_retry():
+@on_both_loops
+async def test_a_node_that_breaks_off_an_answer_is_an_error_not_a_retry() -> None:
     async def half_a_body(reader, writer):  # type: ignore[no-untyped-def]
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
@@ -176,11 +168,8 @@ async def _a_node_that_breaks_off_an_answer_is_an_error_not_a_retry():
     await refused(half_a_body, ConnectionError)
 
 
-def test_a_silent_node_times_out_and_a_slow_one_does_not(run):
-    run(_a_silent_node_times_out_and_a_slow_one_does_not())
-
-
-async def _a_silent_node_times_out_and_a_slow_one_does_not():
+@on_both_loops
+async def test_a_silent_node_times_out_and_a_slow_one_does_not() -> None:
     async def silent(reader, writer):  # type: ignore[no-untyped-def]
         await reader.readuntil(b"\r\n\r\n")
         await asyncio.sleep(30)
@@ -201,11 +190,8 @@ async def _a_silent_node_times_out_and_a_slow_one_does_not():
     server.close()
 
 
-def test_malformed_answers_are_refused(run):
-    run(_malformed_answers_are_refused())
-
-
-async def _malformed_answers_are_refused():
+@on_both_loops
+async def test_malformed_answers_are_refused() -> None:
     answers = [
         b"SPDY/3 200 OK\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
@@ -225,11 +211,8 @@ async def _malformed_answers_are_refused():
         await refused(send, PeerProtocolError)
 
 
-def test_an_unreachable_node_is_a_connection_error(run):
-    run(_an_unreachable_node_is_a_connection_error())
-
-
-async def _an_unreachable_node_is_a_connection_error():
+@on_both_loops
+async def test_an_unreachable_node_is_a_connection_error() -> None:
     server, url = await raw_server(lambda r, w: None)
     server.close()
     await server.wait_closed()
@@ -237,15 +220,15 @@ async def _an_unreachable_node_is_a_connection_error():
         await PeerWire(1.0, 5.0, 30.0).get(url, "/v1/blocks/a", {})
 
 
-def test_answers_over_tls_are_exact(run, tmp_path):
-    run(_answers_over_tls_are_exact(*self_signed_cert(tmp_path)))
-
-
-async def _answers_over_tls_are_exact(pem, key):  # type: ignore[no-untyped-def]
-    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(pem, key)
+@on_both_loops
+async def test_answers_over_tls_are_exact() -> None:
+    with tempfile.TemporaryDirectory() as temp:
+        pem, key = self_signed_cert(Path(temp))
+        server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_side.load_cert_chain(pem, key)
+        client_side = ssl.create_default_context(cafile=str(pem))
     async with node_server(server_side) as (url, connections):
-        wire = PeerWire(1.0, 5.0, 30.0, ssl.create_default_context(cafile=str(pem)))
+        wire = PeerWire(1.0, 5.0, 30.0, client_side)
         for _ in range(3):
             assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY
         assert len(connections) == 1
