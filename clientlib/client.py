@@ -199,11 +199,15 @@ class CacheClient:
             info.url, info.origin, info.key, info.version, info.size, self.block_size, index
         )
 
-    async def read_block(self, info: ObjectInfo, index: int) -> bytes:
+    async def read_block(self, info: ObjectInfo, index: int, *, keep: bool = True) -> bytes:
         """One whole block: memory tier, then owners, then the origin.
 
         A block from a peer is the ``bytearray`` it was received into (see
         :mod:`clientlib.peerwire`), shared with the memory tier: read it, never change it.
+        ``keep=False`` leaves a fetched block out of the memory tier: for a caller that
+        streams through a file once and keeps what it read elsewhere (the mount's kernel
+        page cache), so that the tier neither evicts hotter blocks for it nor holds one
+        more copy, and the block's memory is freed, and reused, once the caller is done.
         """
         ref = self.block_ref(info, index)
         block_id = ref.id
@@ -216,7 +220,10 @@ class CacheClient:
             task = asyncio.create_task(self._fetch(ref, block_id))
             self._inflight[block_id] = task
             task.add_done_callback(lambda _t: self._inflight.pop(block_id, None))
-        return await asyncio.shield(task)
+        data = await asyncio.shield(task)
+        if keep and len(data) <= self._memory.maxsize:
+            self._memory[block_id] = data
+        return data
 
     async def read_part(self, info: ObjectInfo, index: int, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of block ``index``, fetching only those if need be.
@@ -243,8 +250,6 @@ class CacheClient:
         data = await self._from_peers(ref, block_id)
         if data is None:
             data = await self._from_origin(ref)
-        if len(data) <= self._memory.maxsize:
-            self._memory[block_id] = data
         return data
 
     def _owners(self, block_id: str) -> list[NodeInfo]:

@@ -135,6 +135,27 @@ async def test_parts_of_blocks_are_exact_from_nodes_memory_and_origin(
     assert await client.read_part(info, 2, 100, 5000) == data[2 * BS + 100 : 2 * BS + 5000]
 
 
+async def test_blocks_read_without_keep_stay_out_of_the_memory_tier(make_cluster, client_for, obj):
+    """``keep=False`` (a mount's read-ahead): the block is exact but not kept, so the
+    next read asks a node again; a kept block is read from memory after that."""
+    url, data = obj
+    cluster = make_cluster(2)
+    client = await client_for(cluster)
+    info = await client.stat(url)
+
+    def sent() -> float:
+        return sum(node_metric(n, "ringcache_served_bytes_total") for n in cluster.nodes)
+
+    for _ in range(2):
+        assert await client.read_block(info, 1, keep=False) == data[BS : 2 * BS]
+        assert not client.has_local(client.block_ref(info, 1).id)
+    assert sent() == 2 * BS
+    assert await client.read_block(info, 1) == data[BS : 2 * BS]
+    assert client.has_local(client.block_ref(info, 1).id)
+    assert await client.read_block(info, 1, keep=False) == data[BS : 2 * BS]
+    assert sent() == 3 * BS
+
+
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
 async def test_restarted_node_serves_its_old_blocks_as_hits(make_cluster, client_for, obj, stop):
     url, data = obj

@@ -1,0 +1,49 @@
+"""FileReader's read-ahead as a unit: which blocks it asks for, when, and to be kept or not.
+
+The mount tests (test_reads.py) read real files through real clusters; this one counts
+the requests a sequential reader causes, which those cannot see from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from clientlib.origin import ObjectInfo
+from mountd.prefetch import FileReader
+
+BS = 8  # bytes a block: small, so the test can read many blocks
+
+
+class RecordingFetcher:
+    """Stands in for BlockFetcher: answers block ``i`` with ``BS`` bytes of value ``i``."""
+
+    block_size = BS
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, bool]] = []
+
+    async def get(self, info: ObjectInfo, index: int, *, keep: bool = True) -> bytes:
+        self.asked.append((index, keep))
+        return bytes([index]) * BS
+
+
+async def test_read_ahead_opens_up_as_a_stream_goes_on_and_is_not_kept() -> None:
+    blocks = 40
+    info = ObjectInfo("s3://b/k", "s3://b", "k", blocks * BS, "v1", 0.0)
+    fetcher = RecordingFetcher()
+    reader = FileReader(fetcher, info, depth=8)  # type: ignore[arg-type]
+    furthest = []
+    for index in range(12):
+        for offset in range(index * BS, (index + 1) * BS, BS // 2):  # two reads a block
+            assert bytes(await reader.read(offset, BS // 2)) == bytes([index]) * (BS // 2)
+        await asyncio.sleep(0)  # let the read-ahead tasks ask
+        furthest.append(max(i for i, _ in fetcher.asked))
+    # The window doubles with each block read, from 2 up to the depth of 8 (a block
+    # alone reaches the reader first, rather than sharing the links with 8 others).
+    assert furthest[:5] == [2, 5, 10, 11, 12]
+    assert furthest[-1] == 11 + 8
+    # Each block asked once; read-ahead blocks are left to the kernel's page cache.
+    assert sorted(i for i, _ in fetcher.asked) == list(range(20))
+    assert fetcher.asked[0] == (0, True)
+    assert all(not keep for _, keep in fetcher.asked[1:])
+    reader.close()
