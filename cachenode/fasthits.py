@@ -53,7 +53,7 @@ from cachenode.metrics import (
     add_observations,
 )
 from cachenode.sendfile import send_file, send_now
-from cachenode.server import HOT_CONCURRENCY, NodeState, block_ref_from_query
+from cachenode.server import NodeState, block_ref_from_query
 from cachenode.store import BlockFile, BlockStore
 from clientlib.auth import ALL_ACCESS, Claims, Verifier
 from clientlib.errors import RingcacheError
@@ -177,11 +177,11 @@ class HitServer:
         if found is None:
             state.fair.release()
             return False
-        concurrent = state.active[block_id] = state.active.get(block_id, 0) + 1
+        hot = state.begin_get(block_id)
         nbytes = found.nbytes if isinstance(found, BlockFile) else len(found)
         response = [_OK, b"Content-Length: %d\r\n" % nbytes]
-        if concurrent >= HOT_CONCURRENCY:
-            response.append(b"X-Ringcache-Hot: 1\r\n")  # see cachenode.server
+        if hot:
+            response.append(b"X-Ringcache-Hot: 1\r\n")  # see NodeState.begin_get
         if head.close:
             response.append(b"Connection: close\r\n")
         response.append(b"\r\n")
@@ -258,10 +258,7 @@ class HitServer:
         state.fair.release()
         state.inflight -= 1
         state.last_request = time.monotonic()
-        if state.active[block_id] == 1:
-            del state.active[block_id]
-        else:
-            state.active[block_id] -= 1
+        state.end_get(block_id)
         if close or self.closing:
             transport.close()
 

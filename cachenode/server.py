@@ -58,8 +58,13 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 10_000
 MAX_BATCH_BODY = 4 * 1024 * 1024
 MAX_WARM = 256
-#: Concurrent requests for one block that make it "hot": its readers then spread out.
+#: A block is "hot", and its readers are told to spread over its replicas, when it has
+#: HOT_CONCURRENCY GETs in flight at once, or HOT_REQUESTS within one HOT_WINDOW (s).
+#: The count matters where sends are fast (loopback, small blocks): 48 readers of one
+#: 4 MiB block rarely had 4 GETs in flight at once here, yet one node served them all.
 HOT_CONCURRENCY = 4
+HOT_REQUESTS = 16
+HOT_WINDOW = 1.0
 MAX_QUERY_VALUE = 2048
 MAX_OBJECT_SIZE = 1 << 50
 
@@ -87,9 +92,11 @@ class NodeState:
         self.inflight = 0
         self.last_request = time.monotonic()
         self.fair = FairScheduler(serve_slots)
-        #: Block GETs in flight, by block id, on both hit paths (aiohttp's and
-        #: cachenode.fasthits): a block with :data:`HOT_CONCURRENCY` of them is hot.
-        self.active: dict[str, int] = {}
+        #: Block GETs in flight, and GETs in the current hot window, by block id, on both
+        #: hit paths (aiohttp's and cachenode.fasthits); see :meth:`begin_get`.
+        self._active: dict[str, int] = {}
+        self._recent: dict[str, int] = {}
+        self._window_start = time.monotonic()
         #: Called before the node's counters are read (/metrics, /v1/stats): the hit fast
         #: path tallies its counts in plain ints and adds them to Prometheus here.
         self.before_report: list[Callable[[], None]] = []
@@ -98,6 +105,27 @@ class NodeState:
     def report(self) -> None:
         for hook in self.before_report:
             hook()
+
+    def begin_get(self, block_id: str) -> bool:
+        """Count a GET of ``block_id`` in; whether the block is hot (see HOT_REQUESTS).
+
+        The window's counts are dropped as a whole when it ends, so they cost one dict
+        entry per block asked for within the last second, and nothing per request later.
+        """
+        active = self._active[block_id] = self._active.get(block_id, 0) + 1
+        now = time.monotonic()
+        if now - self._window_start >= HOT_WINDOW:
+            self._recent.clear()
+            self._window_start = now
+        recent = self._recent[block_id] = self._recent.get(block_id, 0) + 1
+        return active >= HOT_CONCURRENCY or recent >= HOT_REQUESTS
+
+    def end_get(self, block_id: str) -> None:
+        """Count a GET of ``block_id`` out (answered, failed or given up)."""
+        if self._active[block_id] == 1:
+            del self._active[block_id]
+        else:
+            self._active[block_id] -= 1
 
     async def cluster_nodes(self) -> list[NodeInfo]:
         return [] if self._cluster_nodes is None else await self._cluster_nodes()
@@ -369,22 +397,17 @@ def make_app(
 ) -> web.Application:
     """Build the node's aiohttp application (``verifier`` set: signed requests only)."""
 
-    active = state.active
-
     async def get_block(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         block_id = check_block_id(request.match_info["id"])
-        concurrent = active[block_id] = active.get(block_id, 0) + 1
+        hot = state.begin_get(block_id)
         try:
-            return await serve_block(request, block_id, concurrent, started)
+            return await serve_block(request, block_id, hot, started)
         finally:
-            if active[block_id] == 1:
-                del active[block_id]
-            else:
-                active[block_id] -= 1
+            state.end_get(block_id)
 
     async def serve_block(
-        request: web.Request, block_id: str, concurrent: int, started: float
+        request: web.Request, block_id: str, hot: bool, started: float
     ) -> web.StreamResponse:
         claims: Claims = request["claims"]
         # A hot lookup has no query string: skip parsing one into a MultiDict.
@@ -394,7 +417,7 @@ def make_app(
             claims.require(ref.url)
             cached = await store.open_verified(block_id)
             if cached is None:
-                return await serve_miss(request, ref, block_id, concurrent, started)
+                return await serve_miss(request, ref, block_id, hot, started)
         else:
             claims.require_all_access("a lookup by block id alone")
             cached = await store.open_verified(block_id)
@@ -406,7 +429,7 @@ def make_app(
         # block into memory: large hits are sent from the verified file instead.
         BLOCK_HITS.inc()
         headers = {"X-Ringcache-Result": "hit"}
-        if concurrent >= HOT_CONCURRENCY:
+        if hot:
             # Tell clients to spread this block over its replicas (clientlib.client).
             headers["X-Ringcache-Hot"] = "1"
         if isinstance(cached, bytes):
@@ -457,7 +480,7 @@ def make_app(
         return True
 
     async def serve_miss(
-        request: web.Request, ref: BlockRef, block_id: str, concurrent: int, started: float
+        request: web.Request, ref: BlockRef, block_id: str, hot: bool, started: float
     ) -> web.StreamResponse:
         """A miss: headers at once, the body when the origin fetch is done.
 
@@ -469,7 +492,7 @@ def make_app(
         readthrough.check(ref)
         span = _span(request, ref.length)
         headers = {"X-Ringcache-Result": "miss", **span.headers()}
-        if concurrent >= HOT_CONCURRENCY:
+        if hot:
             headers["X-Ringcache-Hot"] = "1"
         response = web.StreamResponse(status=span.status, headers=headers)
         response.content_length = span.stop - span.start

@@ -15,6 +15,7 @@ import socket
 
 import aiohttp
 
+from cachenode import server
 from cachenode.fasthits import parse_head
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.localcluster import Node, local_get
@@ -202,3 +203,25 @@ async def test_a_small_block_served_from_memory_is_still_checked(
             assert resp.status == 200 and body == data
         assert body != b"\0" * SMALL
         cluster.stop()  # the next round's node takes the same cache dir
+
+
+async def test_a_block_is_hot_by_concurrency_or_by_rate_within_a_window(monkeypatch) -> None:
+    """``NodeState.begin_get``, the X-Ringcache-Hot signal of both hit paths: 4 GETs of
+    a block in flight, or 16 in one window, and the count starts over with the next
+    window (the clock is the one stand-in: a unit of one method)."""
+    clock = [1000.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
+    state = server.NodeState("n1")
+    assert [state.begin_get("a") for _ in range(4)] == [False, False, False, True]
+    for _ in range(4):
+        state.end_get("a")
+    clock[0] += server.HOT_WINDOW
+    one_at_a_time = []
+    for _ in range(server.HOT_REQUESTS):
+        one_at_a_time.append(state.begin_get("b"))
+        state.end_get("b")
+    assert one_at_a_time == [False] * (server.HOT_REQUESTS - 1) + [True]
+    assert not state.begin_get("a")  # another block's count is its own
+    state.end_get("a")
+    clock[0] += server.HOT_WINDOW
+    assert not state.begin_get("b")  # a new window
