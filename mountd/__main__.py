@@ -101,8 +101,9 @@ async def _raise_read_ahead(mountpoint: str) -> None:
         log.info("kernel read-ahead of %s left at its default: %s", mountpoint, exc)
 
 
-# mallopt(3) parameters from glibc's malloc.h, and the largest mmap threshold it takes
-# (half of a 64-bit heap's 64 MiB).
+# mallopt(3) parameters from glibc's malloc.h. The mmap threshold is the largest that
+# older glibc versions accept (half of a 64-bit heap's 64 MiB): blocks up to 32 MiB (the
+# default is 4 MiB) then come from the heap; larger ones are still mapped one by one.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
