@@ -142,7 +142,8 @@ class FileReader:
         self._ahead: dict[int, asyncio.Task[bytes]] = {}
         self._last_block = -1
         self._streak = 0
-        self._window = FIRST_WINDOW
+        self._first_window = min(FIRST_WINDOW, depth)
+        self._window = self._first_window
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         """``size`` bytes at ``offset`` (fewer at the end of the file).
@@ -160,7 +161,7 @@ class FileReader:
             self._streak += 1
         else:
             self._streak = 0
-            self._window = FIRST_WINDOW
+            self._window = self._first_window
         self._last_block = last
         if self._streak >= 2 and self._depth:
             self._prefetch(last + 1, min(last + 1 + self._window, self._nblocks))

@@ -47,3 +47,16 @@ async def test_read_ahead_opens_up_as_a_stream_goes_on_and_is_not_kept() -> None
     assert fetcher.asked[0] == (0, True)
     assert all(not keep for _, keep in fetcher.asked[1:])
     reader.close()
+
+
+async def test_read_ahead_never_exceeds_a_depth_below_the_first_window() -> None:
+    """`--prefetch-blocks 1` holds at most the block being read and the next one."""
+    info = ObjectInfo("s3://b/k", "s3://b", "k", 10 * BS, "v1", 0.0)
+    fetcher = RecordingFetcher()
+    reader = FileReader(fetcher, info, depth=1)  # type: ignore[arg-type]
+    for offset in range(0, 3 * BS, BS // 2):
+        await reader.read(offset, BS // 2)
+        await asyncio.sleep(0)
+        reading = offset // BS
+        assert max(i for i, _ in fetcher.asked) <= reading + 1
+    reader.close()
