@@ -14,7 +14,6 @@ block.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -125,11 +124,21 @@ def _consume(task: asyncio.Task[bytes]) -> None:
 class FileReader:
     """Reads of one open file, pinned to the object version seen at open().
 
-    Holds the block being read and at most ``depth`` prefetched ones, so its memory is
-    bounded by ``(depth + 1) * block_size``. Prefetched blocks stay out of the client's
-    memory tier: the kernel keeps the file's pages, and a block this reader has passed is
-    freed, so a stream through a large file reuses the same few blocks' memory instead
-    of faulting in (and zeroing) fresh pages for every block.
+    A block a read asked for is held while a read waits for it and, once here, while it
+    is the block being read or the one before it; read-ahead blocks are held from the
+    one before the current block up to ``depth`` after it. So memory is bounded by about
+    ``(depth + 2) * block_size`` plus blocks that reads are still waiting for. Blocks
+    stay out of the client's memory tier (``keep=False`` for read-ahead): the kernel
+    keeps the file's pages, and a block this reader has passed is freed, so a stream
+    through a large file reuses the same few blocks' memory instead of faulting in (and
+    zeroing) fresh pages for every block.
+
+    The kernel's reads of one file run concurrently and arrive, and finish, out of
+    order: the tail of block ``k`` can come after the head of ``k + 1``, and a second
+    read of a block can arrive while the first waits for it. So a block is held from
+    the moment a read asks for it, not from when it arrives, and the block before the
+    current one is kept (with only the current block held, those reads fetched a block
+    a second time: 9 block fetches for an 8-block file, seen in CI).
     """
 
     def __init__(self, fetcher: BlockFetcher, info: ObjectInfo, depth: int) -> None:
@@ -138,9 +147,9 @@ class FileReader:
         self._bs = fetcher.block_size
         self._depth = depth
         self._nblocks = (info.size + self._bs - 1) // self._bs
-        self._current: tuple[int, bytes] | None = None
-        self._ahead: dict[int, asyncio.Task[bytes]] = {}
-        self._last_block = -1
+        self._asked: dict[int, asyncio.Task[bytes]] = {}  # blocks reads asked for
+        self._ahead: dict[int, asyncio.Task[bytes]] = {}  # read-ahead nobody asked for yet
+        self._position = -1  # the block being read: the furthest a stream has reached
         self._streak = 0
         self._first_window = min(FIRST_WINDOW, depth)
         self._window = self._first_window
@@ -155,21 +164,17 @@ class FileReader:
         if offset >= end:
             return b""
         first, last = offset // self._bs, (end - 1) // self._bs
-        # The kernel's read-ahead sends several requests at once, so "sequential" is
-        # "in the block being read or the next one", not "exactly at the last end".
-        if first in (self._last_block, self._last_block + 1):
-            self._streak += 1
-        else:
-            self._streak = 0
-            self._window = self._first_window
-        self._last_block = last
+        self._follow(first, last)
         if self._streak >= 2 and self._depth:
             self._prefetch(last + 1, min(last + 1 + self._window, self._nblocks))
         if first == last:
             base = first * self._bs
-            if self._streak < 2 and offset > 0 and not self._holds(first):
+            if self._streak < 2 and first > 0 and not self._holds(first):
                 # A jump (a Parquet footer, an index lookup): fetch just these bytes. A
-                # read from the start, or a second one in a row, takes the whole block.
+                # read in the first block, or a second one in a row, takes the whole
+                # block: the kernel's first reads of a file are sent at once and can
+                # arrive in any order, so the one at offset 0 may come second, and
+                # answering an earlier one with a part fetched those bytes twice.
                 return await self._fetcher.get_part(self.info, first, offset - base, end - base)
             data = await self._block(first)
             return memoryview(data)[offset - base : end - base]
@@ -178,41 +183,65 @@ class FileReader:
         base = first * self._bs
         return out[offset - base : end - base]
 
+    def _follow(self, first: int, last: int) -> None:
+        """Track the stream: a read in the block being read, the one before it (a late
+        one) or the next one continues it; anything else is a jump."""
+        if self._position - 1 <= first <= self._position + 1:
+            self._streak += 1
+            if last > self._position >= 0:
+                # Read-ahead opens up as the stream goes on, like the kernel's: at the
+                # start all ``depth`` blocks at once would share the links with the block
+                # the reader waits for and make its first bytes ~5x later (measured:
+                # 10 ms for a block alone from a warm node, 50 ms with eight others).
+                self._window = min(self._depth, self._window * 2)
+            self._position = max(self._position, last)
+        else:
+            self._streak = 0
+            self._window = self._first_window
+            self._position = last
+        for index in [i for i in self._ahead if not self._near(i, self._depth)]:
+            self._ahead.pop(index).cancel()  # passed, or left behind by a jump
+
+    def _near(self, index: int, ahead: int) -> bool:
+        """Whether block ``index`` is within the block before the current one and
+        ``ahead`` blocks after it."""
+        return self._position - 1 <= index <= self._position + ahead
+
     def _prefetch(self, start: int, stop: int) -> None:
         for index in range(start, stop):
-            if index not in self._ahead and (self._current is None or self._current[0] != index):
+            if index not in self._ahead and index not in self._asked:
                 task = asyncio.create_task(self._fetcher.get(self.info, index, keep=False))
                 task.add_done_callback(_consume)
                 self._ahead[index] = task
 
     def _holds(self, index: int) -> bool:
-        """Whether block ``index`` is here or on its way (read-ahead)."""
-        return index in self._ahead or (self._current is not None and self._current[0] == index)
+        """Whether block ``index`` is here or on its way."""
+        return index in self._ahead or index in self._asked
 
     async def _block(self, index: int) -> bytes:
-        current = self._current
-        if current is not None and current[0] == index:
-            return current[1]
-        task = self._ahead.pop(index, None)
-        data: bytes | None = None
-        if task is not None:
-            with contextlib.suppress(Exception):
-                data = await task
-        if data is None:
+        task = self._asked.get(index)
+        if task is None:
+            task = self._ahead.pop(index, None)
+            if task is None:
+                task = asyncio.create_task(self._fetcher.get(self.info, index))
+                task.add_done_callback(_consume)
+            self._asked[index] = task
+        try:
+            data = await asyncio.shield(task)
+        except Exception:
+            # A read-ahead that failed (its owner died, say) is asked for once more,
+            # through every tier, before the read fails.
+            if self._asked.get(index) is task:
+                del self._asked[index]
             data = await self._fetcher.get(self.info, index)
-        if current is not None and index == current[0] + 1:
-            # Read-ahead opens up as the stream goes on, like the kernel's: at the start
-            # all ``depth`` blocks at once would share the links with the block the
-            # reader waits for and make its first bytes ~5x later (measured: 10 ms for a
-            # block alone from a warm node, 50 ms with eight others in flight).
-            self._window = min(self._depth, self._window * 2)
-        self._current = (index, data)
-        for stale in [i for i in self._ahead if i < index]:
-            self._ahead.pop(stale).cancel()
+        for done in [i for i, t in self._asked.items() if t.done() and not self._near(i, 0)]:
+            del self._asked[done]
         return data
 
     def close(self) -> None:
         for task in self._ahead.values():
             task.cancel()
         self._ahead.clear()
-        self._current = None
+        for task in self._asked.values():
+            task.cancel()
+        self._asked.clear()

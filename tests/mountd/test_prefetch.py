@@ -26,6 +26,10 @@ class RecordingFetcher:
         self.asked.append((index, keep))
         return bytes([index]) * BS
 
+    async def get_part(self, info: ObjectInfo, index: int, start: int, stop: int) -> bytes:
+        self.asked.append((index, False))
+        return bytes([index]) * (stop - start)
+
 
 async def test_read_ahead_opens_up_as_a_stream_goes_on_and_is_not_kept() -> None:
     blocks = 40
@@ -59,4 +63,51 @@ async def test_read_ahead_never_exceeds_a_depth_below_the_first_window() -> None
         await asyncio.sleep(0)
         reading = offset // BS
         assert max(i for i, _ in fetcher.asked) <= reading + 1
+    reader.close()
+
+
+async def test_a_late_read_of_the_block_before_is_not_fetched_again() -> None:
+    """The kernel's reads of a file run concurrently and can arrive out of order: the
+    tail of block k after the head of block k+1 must not fetch block k a second time."""
+    info = ObjectInfo("s3://b/k", "s3://b", "k", 10 * BS, "v1", 0.0)
+    fetcher = RecordingFetcher()
+    reader = FileReader(fetcher, info, depth=4)  # type: ignore[arg-type]
+    half = BS // 2
+    for index in range(6):
+        head, tail = index * BS, index * BS + half
+        if index % 2:  # odd blocks: the head of the next block overtakes this tail
+            assert bytes(await reader.read(head, half)) == bytes([index]) * half
+            assert bytes(await reader.read(head + BS, half)) == bytes([index + 1]) * half
+            assert bytes(await reader.read(tail, half)) == bytes([index]) * half
+        else:
+            assert bytes(await reader.read(head, half)) == bytes([index]) * half
+            assert bytes(await reader.read(tail, half)) == bytes([index]) * half
+        await asyncio.sleep(0)
+    asked = [i for i, _ in fetcher.asked]
+    assert len(asked) == len(set(asked)), f"blocks fetched twice: {asked}"
+    reader.close()
+
+
+async def test_reads_waiting_for_one_block_share_one_fetch() -> None:
+    """The kernel sends a file's first reads at once; while the first waits for its
+    block, the others of that block wait for the same fetch instead of starting one."""
+    info = ObjectInfo("s3://b/k", "s3://b", "k", 10 * BS, "v1", 0.0)
+    gate = asyncio.Event()
+
+    class GatedFetcher(RecordingFetcher):
+        async def get(self, info: ObjectInfo, index: int, *, keep: bool = True) -> bytes:
+            self.asked.append((index, keep))
+            await gate.wait()
+            return bytes([index]) * BS
+
+    fetcher = GatedFetcher()
+    reader = FileReader(fetcher, info, depth=4)  # type: ignore[arg-type]
+    half = BS // 2
+    reads = [asyncio.create_task(reader.read(offset, half)) for offset in range(0, 3 * BS, half)]
+    await asyncio.sleep(0)
+    gate.set()
+    got = await asyncio.gather(*reads)
+    assert [bytes(g) for g in got] == [bytes([o // BS]) * half for o in range(0, 3 * BS, half)]
+    asked = [i for i, _ in fetcher.asked]
+    assert len(asked) == len(set(asked)), f"blocks fetched twice: {asked}"
     reader.close()
