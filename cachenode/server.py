@@ -415,12 +415,12 @@ def make_app(
             ref = block_ref_from_query(block_id, request.query)
             # Checked before the store: a cached block is no less the firm's data.
             claims.require(ref.url)
-            cached = await store.open_verified(block_id)
+            cached = await store.open_verified(block_id, part=_cached_part(request, block_id))
             if cached is None:
                 return await serve_miss(request, ref, block_id, hot, started)
         else:
             claims.require_all_access("a lookup by block id alone")
-            cached = await store.open_verified(block_id)
+            cached = await store.open_verified(block_id, part=_cached_part(request, block_id))
             if cached is None:
                 if not readthrough.fetching(block_id):
                     return web.json_response({"error": "block not cached"}, status=404)
@@ -450,6 +450,17 @@ def make_app(
             return await _send_block_file(request, response, block_id, cached, span)
         finally:
             cached.close()
+
+    def _cached_part(request: web.Request, block_id: str) -> tuple[int, int] | None:
+        """The bytes a ``Range`` asks of a cached block, so the store checks only those
+        (None without a Range, or when the block is not cached: then it is a miss)."""
+        if "Range" not in request.headers:
+            return None
+        length = store.length(block_id)
+        if length is None:
+            return None
+        span = _span(request, length)
+        return span.start, span.stop
 
     async def stream_when_ready(
         request: web.Request,

@@ -4,7 +4,9 @@ What it promises:
 
 - **Never a wrong byte.** Every block file carries its length and xxh3-64 checksum in its
   name, and both are checked on every serve; a block that fails is deleted and reported
-  as absent, so the caller fetches it again.
+  as absent, so the caller fetches it again. A file also ends with a checksum per
+  256 KiB part (:mod:`cachenode.parts`), so a range is checked by reading the parts that
+  hold it rather than the whole block.
 - **Atomic writes.** A block is written to ``<dir>/tmp/`` and renamed into place, so a
   crash leaves a temp file (removed on the next :meth:`BlockStore.open`), never a
   half-written block under a block name.
@@ -51,6 +53,7 @@ from cachetools import LRUCache
 
 from cachenode import indexsnapshot
 from cachenode.eviction import POLICIES, EvictionPolicy, make_policy
+from cachenode.parts import part_trailer, parts_match, trailer_length
 from clientlib.blocks import MAX_BLOCK_SIZE, check_block_id
 from clientlib.errors import BadRequest, ConfigError
 
@@ -207,8 +210,15 @@ def _read_verified(path: str, nbytes: int, checksum: int) -> bytes | _BadRead:
         os.close(fd)
 
 
-def _open_verified(path: str, nbytes: int, checksum: int) -> int | _BadRead:
+def _open_verified(
+    path: str, nbytes: int, checksum: int, part: tuple[int, int] | None = None
+) -> int | _BadRead:
     """Open a block file and return its fd only if its length and checksum match.
+
+    With ``part``, a byte range ``[start, stop)`` the caller will send, only the parts
+    of the file holding it are read and checked against the file's part checksums
+    (:mod:`cachenode.parts`); the whole block is checked if they do not match or the
+    file has none.
 
     The check reads the file through ``read`` (not ``mmap``: a disk error while a mapping
     is paged in is a SIGBUS that kills the node, while ``read`` returns EIO, which takes
@@ -222,8 +232,11 @@ def _open_verified(path: str, nbytes: int, checksum: int) -> int | _BadRead:
         return _BadRead(exc.strerror or "open failed", exc.errno, None)
     try:
         st = os.fstat(fd)
-        if st.st_size != nbytes:
+        with_trailer = nbytes + trailer_length(nbytes)
+        if st.st_size not in (nbytes, with_trailer):
             bad = _BadRead(f"{st.st_size} bytes, want {nbytes}", None, st.st_ino)
+        elif part is not None and st.st_size == with_trailer and parts_match(fd, nbytes, *part):
+            return fd
         else:
             hasher = xxhash.xxh3_64()
             got = 0
@@ -256,7 +269,8 @@ def _unlink_quietly(paths: Iterable[str]) -> None:
 
 
 def _write_block(tmp_path: str, final_path: str, data: bytes, doomed: list[str]) -> None:
-    """Delete the victims' files, then write ``data`` to a temp file and rename it in place.
+    """Delete the victims' files, then write ``data`` and its part checksums
+    (:mod:`cachenode.parts`) to a temp file and rename it in place.
 
     No fsync: a block is a copy of origin data, and a file torn by a power loss fails its
     checksum on the next serve and is refetched, so durability would buy nothing.
@@ -264,9 +278,10 @@ def _write_block(tmp_path: str, final_path: str, data: bytes, doomed: list[str])
     _unlink_quietly(doomed)
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        for chunk in (data, part_trailer(data)):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
         os.close(fd)
         fd = -1
         os.rename(tmp_path, final_path)
@@ -579,14 +594,25 @@ class BlockStore:
         assert not isinstance(result, BlockFile)  # every block fits read_max
         return result
 
+    def length(self, block_id: str) -> int | None:
+        """The block's length in bytes if it is indexed (not a hit, no disk access)."""
+        found = self._indexed(_key(block_id))
+        return None if found is None else found[1][0]
+
     async def open_verified(
-        self, block_id: str, *, read_max: int = INLINE_READ_MAX
+        self,
+        block_id: str,
+        *,
+        read_max: int = INLINE_READ_MAX,
+        part: tuple[int, int] | None = None,
     ) -> bytes | BlockFile | None:
         """The block, verified and counted as a hit: its bytes if it has at most
         ``read_max`` of them, else an open :class:`BlockFile`; None if absent or bad.
 
         The checksum is checked before anything is returned, so a caller that sends from
-        the :class:`BlockFile` sends verified bytes only. Small blocks come back as bytes
+        the :class:`BlockFile` sends verified bytes only: with ``part`` (bytes
+        ``[start, stop)``), the caller sends only those, and only the parts of the file
+        that hold them may have been checked. Small blocks come back as bytes
         because they were read to verify them anyway and one ``write`` of headers and body
         is cheaper than a ``sendfile`` of a few pages; large ones are verified in the pool
         and sent by the caller straight from the page cache. A bad file is handled as in
@@ -614,7 +640,7 @@ class BlockStore:
             )
         else:
             job = asyncio.get_running_loop().run_in_executor(
-                self._pool(), _open_verified, path, nbytes, checksum
+                self._pool(), _open_verified, path, nbytes, checksum, part
             )
             try:
                 result = await asyncio.shield(job)

@@ -167,15 +167,27 @@ class FileReader:
         self._follow(first, last)
         if self._streak >= 2 and self._depth:
             self._prefetch(last + 1, min(last + 1 + self._window, self._nblocks))
+        indexes = range(first, last + 1)
+        if self._streak < 2 and first > 0 and not any(map(self._holds, indexes)):
+            # A jump (a Parquet footer, an index lookup): fetch just these bytes, from
+            # each block they fall in. A read in the first block, or a second one in a
+            # row, takes whole blocks: the kernel's first reads of a file are sent at
+            # once and can arrive in any order, so the one at offset 0 may come second,
+            # and answering an earlier one with a part fetched those bytes twice.
+            parts = await asyncio.gather(
+                *(
+                    self._fetcher.get_part(
+                        self.info,
+                        i,
+                        max(offset, i * self._bs) - i * self._bs,
+                        min(end, (i + 1) * self._bs) - i * self._bs,
+                    )
+                    for i in indexes
+                )
+            )
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         if first == last:
             base = first * self._bs
-            if self._streak < 2 and first > 0 and not self._holds(first):
-                # A jump (a Parquet footer, an index lookup): fetch just these bytes. A
-                # read in the first block, or a second one in a row, takes the whole
-                # block: the kernel's first reads of a file are sent at once and can
-                # arrive in any order, so the one at offset 0 may come second, and
-                # answering an earlier one with a part fetched those bytes twice.
-                return await self._fetcher.get_part(self.info, first, offset - base, end - base)
             data = await self._block(first)
             return memoryview(data)[offset - base : end - base]
         blocks = await asyncio.gather(*(self._block(i) for i in range(first, last + 1)))

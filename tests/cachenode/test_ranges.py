@@ -73,3 +73,33 @@ async def test_bad_ranges_are_416_and_the_node_keeps_serving(make_cluster, s3, b
         async with session.get(f"{node.url}/v1/blocks/{bid}", params=query) as resp:
             assert resp.status == 200 and await resp.read() == b"x" * 1000
     assert node.alive()
+
+
+async def test_a_range_of_a_damaged_block_is_a_hit_only_where_its_parts_are_whole(
+    make_cluster, s3, bucket
+):
+    """A range is checked by the 256 KiB parts that hold it (cachenode.parts), so damage
+    elsewhere in the block does not make it a miss, and damage inside it is never sent."""
+    node = make_cluster(1).nodes[0]
+    data = os.urandom(BS)
+    s3.put_object(Bucket=bucket, Key="p", Body=data)
+    etag = s3.head_object(Bucket=bucket, Key="p")["ETag"].strip('"')
+    query = {"src": f"s3://{bucket}/p", "ver": etag, "size": str(BS), "bs": str(BS), "i": "0"}
+    bid = block_id(f"s3://{bucket}", "p", etag, BS, 0)
+    async with aiohttp.ClientSession() as session:
+
+        async def get(start: int, stop: int) -> str:
+            headers = {"Range": f"bytes={start}-{stop - 1}"}
+            url = f"{node.url}/v1/blocks/{bid}"
+            async with session.get(url, params=query, headers=headers) as resp:
+                assert resp.status == 206 and await resp.read() == data[start:stop]
+                return resp.headers["X-Ringcache-Result"]
+
+        assert await get(0, 100) == "miss"
+        (path,) = (p for p in (node.cache_dir / "blocks").rglob("*") if p.is_file())
+        raw = bytearray(path.read_bytes())
+        raw[BS - 1000] ^= 0xFF  # in the last part
+        path.write_bytes(bytes(raw))
+        assert await get(1_000_000, 1_065_536) == "hit"
+        assert await get(BS - 2000, BS) == "miss"  # dropped and fetched again
+        assert await get(BS - 2000, BS) == "hit"

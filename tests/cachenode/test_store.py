@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import cachenode.store as store_mod
+from cachenode.parts import PART_SIZE, trailer_length
 from cachenode.store import (
     INLINE_READ_MAX,
     BlockFile,
@@ -325,7 +326,7 @@ async def test_concurrent_puts_of_one_id_store_one_file(make_store, tmp_path):
 
 def read_block_file(block: BlockFile) -> bytes:
     try:
-        return os.pread(block.fd, block.nbytes + 1, 0)
+        return os.pread(block.fd, block.nbytes, 0)
     finally:
         block.close()
 
@@ -544,3 +545,47 @@ async def test_index_snapshot_is_not_trusted_after_a_change(make_store, tmp_path
     assert again.block_count == len(blocks)
     for block_id, data in blocks.items():
         assert await again.get(block_id) == data
+
+
+async def test_a_range_is_checked_by_its_parts_and_a_bad_part_by_the_whole_block(
+    make_store, tmp_path
+):
+    store = make_store(16 * MiB)
+    block_id, data = new_id(), os.urandom(4 * MiB)
+    assert await store.put(block_id, data)
+    path = block_files(tmp_path / "d0")[block_id]
+    assert path.stat().st_size == len(data) + trailer_length(len(data))
+    raw = bytearray(path.read_bytes())
+    raw[3 * PART_SIZE + 5] ^= 0x01
+    path.write_bytes(bytes(raw))
+    # A range in good parts (crossing from part 1 into 2) is served: only those are read.
+    start, stop = 2 * PART_SIZE - 1000, 2 * PART_SIZE + 64 * KiB
+    got = await store.open_verified(block_id, read_max=0, part=(start, stop))
+    assert isinstance(got, BlockFile)
+    try:
+        assert os.pread(got.fd, stop - start, start) == data[start:stop]
+    finally:
+        got.close()
+    # A range touching the bad part: the whole block decides, fails, and is dropped.
+    bad_part = (3 * PART_SIZE, 3 * PART_SIZE + 10)
+    assert await store.open_verified(block_id, read_max=0, part=bad_part) is None
+    assert not path.exists() and block_id not in store
+
+
+@pytest.mark.parametrize("file", ["bad trailer", "no trailer"])
+async def test_a_range_without_good_part_checksums_is_checked_whole(make_store, tmp_path, file):
+    """A damaged trailer does not cost the block, and a file written before part
+    checksums existed is still served: both are checked against the file name's checksum."""
+    store = make_store(16 * MiB)
+    block_id, data = new_id(), os.urandom(MiB + 5)
+    assert await store.put(block_id, data)
+    path = block_files(tmp_path / "d0")[block_id]
+    raw = bytearray(path.read_bytes())
+    if file == "bad trailer":
+        raw[-1] ^= 0x01
+    else:
+        raw = raw[: len(data)]
+    path.write_bytes(bytes(raw))
+    got = await store.open_verified(block_id, read_max=0, part=(10, 20))
+    assert isinstance(got, BlockFile) and read_block_file(got) == data
+    assert await store.get(block_id) == data

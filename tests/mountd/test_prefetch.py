@@ -20,14 +20,15 @@ class RecordingFetcher:
     block_size = BS
 
     def __init__(self) -> None:
-        self.asked: list[tuple[int, bool]] = []
+        self.asked: list[tuple[int, bool]] = []  # whole blocks: (index, keep)
+        self.parts: list[tuple[int, int, int]] = []  # byte ranges: (index, start, stop)
 
     async def get(self, info: ObjectInfo, index: int, *, keep: bool = True) -> bytes:
         self.asked.append((index, keep))
         return bytes([index]) * BS
 
     async def get_part(self, info: ObjectInfo, index: int, start: int, stop: int) -> bytes:
-        self.asked.append((index, False))
+        self.parts.append((index, start, stop))
         return bytes([index]) * (stop - start)
 
 
@@ -85,6 +86,7 @@ async def test_a_late_read_of_the_block_before_is_not_fetched_again() -> None:
         await asyncio.sleep(0)
     asked = [i for i, _ in fetcher.asked]
     assert len(asked) == len(set(asked)), f"blocks fetched twice: {asked}"
+    assert fetcher.parts == []  # and no read taken for a jump
     reader.close()
 
 
@@ -110,4 +112,15 @@ async def test_reads_waiting_for_one_block_share_one_fetch() -> None:
     assert [bytes(g) for g in got] == [bytes([o // BS]) * half for o in range(0, 3 * BS, half)]
     asked = [i for i, _ in fetcher.asked]
     assert len(asked) == len(set(asked)), f"blocks fetched twice: {asked}"
+    reader.close()
+
+
+async def test_a_jump_across_a_block_boundary_fetches_only_the_bytes_read() -> None:
+    info = ObjectInfo("s3://b/k", "s3://b", "k", 10 * BS, "v1", 0.0)
+    fetcher = RecordingFetcher()
+    reader = FileReader(fetcher, info, depth=4)  # type: ignore[arg-type]
+    got = await reader.read(4 * BS - 3, 5)  # the last 3 bytes of block 3, 2 of block 4
+    assert bytes(got) == bytes([3]) * 3 + bytes([4]) * 2
+    assert fetcher.parts == [(3, BS - 3, BS), (4, 0, 2)]
+    assert fetcher.asked == []
     reader.close()
