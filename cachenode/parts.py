@@ -19,7 +19,7 @@ import os
 
 import xxhash
 
-__all__ = ["PART_SIZE", "part_trailer", "parts_match", "trailer_length"]
+__all__ = ["PART_SIZE", "part_trailer", "read_parts", "trailer_length"]
 
 #: Bytes a part. The kernel asks a FUSE mount for 128 KiB to 1 MiB at a time; 256 KiB
 #: parts keep the over-read of a 64 KiB range small while a 4 MiB block's trailer is
@@ -47,21 +47,31 @@ def part_trailer(data: bytes | bytearray | memoryview) -> bytes:
     )
 
 
-def parts_match(fd: int, nbytes: int, start: int, stop: int) -> bool:
-    """Whether the parts of the block in ``fd`` that hold bytes ``[start, stop)`` match
-    the file's trailer. False (not an error) for a file without one, a short read or a
-    mismatch: the caller then checks the whole block."""
+def read_parts(
+    fd: int, nbytes: int, start: int, stop: int, *, nowait: bool = False
+) -> memoryview | None:
+    """Bytes ``[start, stop)`` of the block in ``fd`` if the parts that hold them match
+    the file's trailer; None (not an error) for a file without one, a short read or a
+    mismatch, and the caller then checks the whole block. With ``nowait`` the reads use
+    ``RWF_NOWAIT`` and None also means "not all in the page cache": the event loop can
+    serve a cached range inline, without a hop to a thread."""
     if not trailer_length(nbytes) or not 0 <= start < stop <= nbytes:
-        return False
+        return None
     first, last = start // PART_SIZE, (stop - 1) // PART_SIZE
-    want = os.pread(fd, _DIGEST * (last - first + 1), nbytes + _DIGEST * first)
     begin, end = first * PART_SIZE, min(nbytes, (last + 1) * PART_SIZE)
-    data = os.pread(fd, end - begin, begin)
-    if len(want) != _DIGEST * (last - first + 1) or len(data) != end - begin:
-        return False
+    want = bytearray(_DIGEST * (last - first + 1))
+    data = bytearray(end - begin)
+    flags = os.RWF_NOWAIT if nowait else 0
+    try:
+        whole = os.preadv(fd, (want,), nbytes + _DIGEST * first, flags) == len(want)
+        whole = whole and os.preadv(fd, (data,), begin, flags) == len(data)
+    except BlockingIOError:  # RWF_NOWAIT: some of it is on the disk
+        return None
+    if not whole:
+        return None
     view = memoryview(data)
-    return all(
-        xxhash.xxh3_64_digest(view[i * PART_SIZE : (i + 1) * PART_SIZE])
-        == want[i * _DIGEST : (i + 1) * _DIGEST]
-        for i in range(last - first + 1)
-    )
+    for i in range(last - first + 1):
+        part = view[i * PART_SIZE : (i + 1) * PART_SIZE]
+        if xxhash.xxh3_64_digest(part) != want[i * _DIGEST : (i + 1) * _DIGEST]:
+            return None
+    return view[start - begin : stop - begin]

