@@ -5,7 +5,7 @@ What it promises:
 - **Never a wrong byte.** Every block file carries its length and xxh3-64 checksum in its
   name, and both are checked on every serve; a block that fails is deleted and reported
   as absent, so the caller fetches it again. A file also ends with a checksum per
-  256 KiB part (:mod:`cachenode.parts`), so a range is checked by reading the parts that
+  256 KiB part (:mod:`clientlib.parts`), so a range is checked by reading the parts that
   hold it rather than the whole block.
 - **Atomic writes.** A block is written to ``<dir>/tmp/`` and renamed into place, so a
   crash leaves a temp file (removed on the next :meth:`BlockStore.open`), never a
@@ -53,9 +53,9 @@ from cachetools import LRUCache
 
 from cachenode import indexsnapshot
 from cachenode.eviction import POLICIES, EvictionPolicy, make_policy
-from cachenode.parts import part_trailer, read_parts, trailer_length
 from clientlib.blocks import MAX_BLOCK_SIZE, check_block_id
 from clientlib.errors import BadRequest, ConfigError
+from clientlib.parts import part_trailer, read_parts, trailer_length
 
 __all__ = [
     "INLINE_READ_MAX",
@@ -227,7 +227,7 @@ def _open_verified(
 
     With ``part``, a byte range ``[start, stop)`` the caller will send, only the parts
     of the file holding it are read and checked against the file's part checksums
-    (:mod:`cachenode.parts`); the whole block is checked if they do not match or the
+    (:mod:`clientlib.parts`); the whole block is checked if they do not match or the
     file has none.
 
     The check reads the file through ``read`` (not ``mmap``: a disk error while a mapping
@@ -300,7 +300,7 @@ def _unlink_quietly(paths: Iterable[str]) -> None:
 
 def _write_block(tmp_path: str, final_path: str, data: bytes, doomed: list[str]) -> None:
     """Delete the victims' files, then write ``data`` and its part checksums
-    (:mod:`cachenode.parts`) to a temp file and rename it in place.
+    (:mod:`clientlib.parts`) to a temp file and rename it in place.
 
     No fsync: a block is a copy of origin data, and a file torn by a power loss fails its
     checksum on the next serve and is refetched, so durability would buy nothing.

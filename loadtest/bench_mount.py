@@ -7,7 +7,9 @@ cache is dropped before every timed read (``/proc/sys/vm/drop_caches``, so run a
 * sequential read of a large file, cold and warm. mountd warm is a *fresh second mount*
   (only the cache nodes are warm); rclone and s3fs warm is a second read through the same
   mount (their local disk cache is warm);
-* random 64 KiB reads of that file, warm;
+* random 64 KiB reads of that file, warm: from the cache nodes (a fresh mount), and from
+  a mount's ``--local-cache`` disk tier after it read the file once (like rclone's and
+  s3fs's local disk caches);
 * a directory of 1,000 small files: list it and read every file, cold;
 * N mounts reading one new file at once: bytes the origin served / file size.
 
@@ -224,7 +226,7 @@ def main() -> None:
         def origin_bytes() -> float:
             return sum(metric(n.url + "/metrics", "ringcache_origin_bytes_total") for n in nodes)
 
-        def mountd(name: str) -> tuple[Mounted, str]:
+        def mountd(name: str, *extra: str) -> tuple[Mounted, str]:
             mport = free_port()
             m = Mounted(
                 name,
@@ -243,6 +245,7 @@ def main() -> None:
                     f"127.0.0.1:{mport}",
                     "--log-level",
                     "WARNING",
+                    *extra,
                 ],
                 work / name,
                 work / f"{name}.log",
@@ -267,6 +270,12 @@ def main() -> None:
         r["random_64k_per_s"] = read_random(rnd.path / "big.bin")
         r["small_files_s"] = list_and_read(rnd.path / "small")
         rnd.close()
+        # Like for like with rclone's and s3fs's local disk caches: a mount with a local
+        # disk tier that has read the file once.
+        local, _ = mountd("mountd-local", "--local-cache", f"{work}/local-tier:1GiB")
+        read_sequential(local.path / "big.bin")
+        r["random_64k_local_tier_per_s"] = read_random(local.path / "big.bin")
+        local.close()
         shared = [mountd(f"mountd-shared{i}")[0] for i in range(args.mounts)]
         before = origin_bytes()
         drop_caches()
@@ -373,6 +382,8 @@ def main() -> None:
                 "cold_vs_s3fs_cold": md["seq_cold_mbps"] / sf["seq_cold_mbps"],
                 "warm_vs_s3fs_warm": md["seq_warm_mbps"] / sf["seq_warm_mbps"],
                 "random_vs_rclone": md["random_64k_per_s"] / rc["random_64k_per_s"],
+                "random_local_tier_vs_rclone": md["random_64k_local_tier_per_s"]
+                / rc["random_64k_per_s"],
                 "small_files_speedup_vs_rclone": rc["small_files_s"] / md["small_files_s"],
                 "small_files_speedup_vs_s3fs": sf["small_files_s"] / md["small_files_s"],
             }

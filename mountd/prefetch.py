@@ -65,15 +65,15 @@ class BlockFetcher:
         return data
 
     async def get_part(self, info: ObjectInfo, index: int, start: int, stop: int) -> bytes:
-        """Bytes ``[start, stop)`` of a block, for a random read: sliced from the local
-        disk tier if the block is there, else only those bytes are fetched (and charged
-        to the download limit)."""
+        """Bytes ``[start, stop)`` of a block, for a random read: read from the local
+        disk tier if the block is there (only the parts that hold them), else only those
+        bytes are fetched (and charged to the download limit)."""
         ref = self.client.block_ref(info, index)
         if self.tier is not None:
             loop = asyncio.get_running_loop()
-            data = await loop.run_in_executor(self._disk, self.tier.get, ref.id)
-            if data is not None:
-                return data[start:stop]
+            part = await loop.run_in_executor(self._disk, self.tier.get_part, ref.id, start, stop)
+            if part is not None:
+                return part
         if self.download is not None and not self.client.has_local(ref.id):
             await self.download.charge(stop - start)
         return await self.client.read_part(info, index, start, stop)

@@ -78,7 +78,7 @@ async def test_bad_ranges_are_416_and_the_node_keeps_serving(make_cluster, s3, b
 async def test_a_range_of_a_damaged_block_is_a_hit_only_where_its_parts_are_whole(
     make_cluster, s3, bucket
 ):
-    """A range is checked by the 256 KiB parts that hold it (cachenode.parts), so damage
+    """A range is checked by the 256 KiB parts that hold it (clientlib.parts), so damage
     elsewhere in the block does not make it a miss, and damage inside it is never sent."""
     node = make_cluster(1).nodes[0]
     data = os.urandom(BS)

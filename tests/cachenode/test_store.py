@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import cachenode.store as store_mod
-from cachenode.parts import PART_SIZE, trailer_length
 from cachenode.store import (
     INLINE_READ_MAX,
     BlockFile,
@@ -26,6 +25,7 @@ from cachenode.store import (
 )
 from clientlib.blocks import MAX_BLOCK_SIZE
 from clientlib.errors import BadRequest, ConfigError
+from clientlib.parts import PART_SIZE, trailer_length
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -142,6 +142,9 @@ def test_local_disk_tier_serves_blocks_after_the_nodes_are_gone(
     assert (first.path / "bars" / "2024.bin").read_bytes() == obj
     first.unmount()
     second = mount(cluster, f"s3://{bucket}", "--local-cache", tier)
+    with open(second.path / "bars" / "2024.bin", "rb") as fh:  # jumps: parts of blocks
+        for offset in (len(obj) - 65536, 2 * BS + 12345, BS + 7):
+            assert os.pread(fh.fileno(), 65536, offset) == obj[offset : offset + 65536]
     assert (second.path / "bars" / "2024.bin").read_bytes() == obj
     # Nothing asked of the client, not even its memory: all from the disk tier.
     assert second.metric("ringcache_client_block_reads_total") == 0

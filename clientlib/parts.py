@@ -1,16 +1,16 @@
 """Per-part checksums of a block file, so a byte range can be verified without the rest.
 
-A random reader (a Parquet column chunk, a seek into an index) asks a node for a range of
-a block, and the node promises never to send a wrong byte. With only the whole-block
-checksum of the file name, a 64 KiB range of a 4 MiB block cost a 4 MiB read and hash,
+A random reader (a Parquet column chunk, a seek into an index) wants a range of a block,
+and neither a cache node nor the mount's local disk tier may hand out a wrong byte. With
+only a whole-block checksum, a 64 KiB range of a 4 MiB block cost a 4 MiB read and hash,
 and from a cold disk that read was most of the request's time. So a block file larger
-than one part ends with a trailer: the xxh3-64 of each :data:`PART_SIZE` part of the data,
-8 big-endian bytes each (128 bytes for 4 MiB, not counted in a cache dir's size). A
+than one part has a trailer right after the data: the xxh3-64 of each :data:`PART_SIZE`
+part, 8 big-endian bytes each (128 bytes for 4 MiB, not counted in a cache's size). A
 range is served once the parts it touches match the trailer.
 
 The trailer is not trusted beyond that: when a part does not match, the caller checks
-the whole block against the checksum in the file name, which decides. A file without a
-trailer (written before it existed) is checked whole, as before.
+the whole block against its whole-block checksum, which decides. Used by the node's
+block store (:mod:`cachenode.store`) and the mount's local tier (:mod:`mountd.localtier`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 
 import xxhash
 
-__all__ = ["PART_SIZE", "part_trailer", "read_parts", "trailer_length"]
+__all__ = ["PART_SIZE", "data_length", "part_trailer", "read_parts", "trailer_length"]
 
 #: Bytes a part. A random 64 KiB read through the mount reaches the node as a 68 KiB
 #: range (measured); 256 KiB parts keep the over-read of such a range to one or two parts
@@ -35,6 +35,21 @@ def trailer_length(nbytes: int) -> int:
     if nbytes <= PART_SIZE:
         return 0
     return _DIGEST * -(-nbytes // PART_SIZE)
+
+
+def data_length(with_trailer: int) -> int | None:
+    """The data length of a file region of ``with_trailer`` bytes holding data and its
+    trailer, for a file whose name does not say (the mount's local tier); None if no
+    data length gives that size. ``n + trailer_length(n)`` grows with ``n``, so at most
+    one does."""
+    if with_trailer <= PART_SIZE:
+        return max(with_trailer, 0)
+    parts = -(-with_trailer // (PART_SIZE + _DIGEST))
+    for count in (parts - 1, parts, parts + 1):
+        nbytes = with_trailer - _DIGEST * count
+        if nbytes > 0 and nbytes + trailer_length(nbytes) == with_trailer:
+            return nbytes
+    return None
 
 
 def part_trailer(data: bytes | bytearray | memoryview) -> bytes:
