@@ -76,13 +76,19 @@ class LocalTier:
     def _path(self, block_id: str) -> Path:
         return self.root / block_id[:2] / block_id
 
-    def get(self, block_id: str) -> bytes | None:
-        """The block's bytes if they are here and whole, else None."""
+    def _used(self, block_id: str) -> Path | None:
+        """The block's file if it is indexed, which makes it the most recently used."""
         with self._lock:
             if block_id not in self._index:
                 return None
             self._index.move_to_end(block_id)
-        path = self._path(block_id)
+        return self._path(block_id)
+
+    def get(self, block_id: str) -> bytes | None:
+        """The block's bytes if they are here and whole, else None."""
+        path = self._used(block_id)
+        if path is None:
+            return None
         try:
             raw = path.read_bytes()
         except OSError:
@@ -99,11 +105,9 @@ class LocalTier:
         """Bytes ``[start, stop)`` of the block if it is here and they check out: read
         and checked by the parts that hold them, or with the whole block (:meth:`get`)
         when it has a single part or a part does not match."""
-        with self._lock:
-            if block_id not in self._index:
-                return None
-            self._index.move_to_end(block_id)
-        path = self._path(block_id)
+        path = self._used(block_id)
+        if path is None:
+            return None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
