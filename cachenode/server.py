@@ -338,6 +338,11 @@ class _Span(NamedTuple):
         return self.stop - self.start != self.length
 
     @property
+    def part(self) -> tuple[int, int]:
+        """``(start, stop)``, as :meth:`BlockStore.open_verified` takes it."""
+        return self.start, self.stop
+
+    @property
     def status(self) -> int:
         return 206 if self.partial else 200
 
@@ -415,12 +420,14 @@ def make_app(
             ref = block_ref_from_query(block_id, request.query)
             # Checked before the store: a cached block is no less the firm's data.
             claims.require(ref.url)
-            cached = await store.open_verified(block_id, part=_cached_part(request, block_id))
+            asked = _cached_span(request, block_id)
+            cached = await store.open_verified(block_id, part=None if asked is None else asked.part)
             if cached is None:
                 return await serve_miss(request, ref, block_id, hot, started)
         else:
             claims.require_all_access("a lookup by block id alone")
-            cached = await store.open_verified(block_id, part=_cached_part(request, block_id))
+            asked = _cached_span(request, block_id)
+            cached = await store.open_verified(block_id, part=None if asked is None else asked.part)
             if cached is None:
                 if not readthrough.fetching(block_id):
                     return web.json_response({"error": "block not cached"}, status=404)
@@ -432,38 +439,39 @@ def make_app(
         if hot:
             # Tell clients to spread this block over its replicas (clientlib.client).
             headers["X-Ringcache-Hot"] = "1"
-        if isinstance(cached, bytes | BlockPart):
-            if isinstance(cached, BlockPart):  # the part asked for, read inline
-                span, body = _span(request, cached.nbytes), cached.data
-            else:
-                span = _span(request, len(cached))
-                body = cached[span.start : span.stop] if span.partial else cached
-            HIT_BYTES.inc(len(body))
+        try:
+            # The span the store checked, or (no Range, or cached since that look) the
+            # block's; a bad Range is refused here too, after which the fd is closed.
+            length = len(cached) if isinstance(cached, bytes) else cached.nbytes
+            span = asked or _span(request, length)
+            HIT_BYTES.inc(span.stop - span.start)
             GET_HIT_SECONDS.observe(time.perf_counter() - started)
+            if isinstance(cached, BlockPart):  # just the bytes of ``span``, read inline
+                body = cached.data
+            elif isinstance(cached, bytes):
+                body = cached[span.start : span.stop] if span.partial else cached
+            else:
+                response = web.StreamResponse(
+                    status=span.status, headers={**headers, **span.headers()}
+                )
+                response.content_type = "application/octet-stream"
+                response.content_length = span.stop - span.start
+                return await _send_block_file(request, response, block_id, cached, span)
             return web.Response(
                 body=body, status=span.status, headers={**headers, **span.headers()}
             )
-        try:
-            span = _span(request, cached.nbytes)
-            HIT_BYTES.inc(span.stop - span.start)
-            GET_HIT_SECONDS.observe(time.perf_counter() - started)
-            response = web.StreamResponse(status=span.status, headers={**headers, **span.headers()})
-            response.content_type = "application/octet-stream"
-            response.content_length = span.stop - span.start
-            return await _send_block_file(request, response, block_id, cached, span)
         finally:
-            cached.close()
+            if isinstance(cached, BlockFile):
+                cached.close()
 
-    def _cached_part(request: web.Request, block_id: str) -> tuple[int, int] | None:
-        """The bytes a ``Range`` asks of a cached block, so the store checks only those
-        (None without a Range, or when the block is not cached: then it is a miss)."""
+    def _cached_span(request: web.Request, block_id: str) -> _Span | None:
+        """The part a ``Range`` asks of a cached block, so the store checks only those
+        bytes (None without a Range, or when the block is not cached: then it is a miss,
+        whose span comes from the request's source parameters)."""
         if "Range" not in request.headers:
             return None
         length = store.length(block_id)
-        if length is None:
-            return None
-        span = _span(request, length)
-        return span.start, span.stop
+        return None if length is None else _span(request, length)
 
     async def stream_when_ready(
         request: web.Request,
