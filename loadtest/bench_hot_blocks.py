@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Hot block GETs: one cachenode against nginx serving the very same block files.
+"""Hot block GETs: one cachenode against nginx serving the very same block bytes.
 
 What it measures: the hit path of ``GET /v1/blocks/<id>`` (no source parameters, so a
 lookup that never touches the origin) on one cachenode, against nginx (sendfile on,
-access_log off) serving the block files the node stored, from the node's own cache dir.
+access_log off) serving the blocks the node stored, as files on the same disk. A block
+file of the node ends with its part checksums (clientlib.parts, 128 bytes for 4 MiB),
+which the node never sends, so nginx serves copies of the files without them: both
+answer with exactly the block's bytes.
 Both are driven by ``wrk`` with the same threads, connections and duration, rotating
 round-robin over ``--blocks`` hot blocks, at two block sizes:
 
@@ -60,6 +63,7 @@ from clientlib.localcluster import (  # noqa: E402
     start_node,
     wait_until,
 )
+from clientlib.parts import trailer_length  # noqa: E402
 from clientlib.urls import split_url  # noqa: E402
 
 KiB = 1024
@@ -84,6 +88,7 @@ class Block:
     nbytes: int
     node_path: str  # /v1/blocks/<id>
     nginx_path: str  # /<id[:2]>/<file name in the cache dir>
+    file: Path  # the node's block file
 
 
 def make_objects(origin: Path, nblocks: int) -> dict[str, list[tuple[Path, int]]]:
@@ -125,10 +130,20 @@ def warm(node_url: str, cache_dir: Path, path: Path, index: int) -> Block:
         if resp.read() != want or resp.headers.get("X-Ringcache-Result") != "hit":
             raise RuntimeError(f"block {bid} is not a hit after warmup (first: {result})")
     files = list((cache_dir / "blocks" / bid[:2]).glob(f"{bid}.*"))
-    if len(files) != 1 or files[0].stat().st_size != nbytes:
+    if len(files) != 1 or files[0].stat().st_size != nbytes + trailer_length(nbytes):
         raise RuntimeError(f"block file of {bid} not found in {cache_dir}: {files}")
     rel = files[0].relative_to(cache_dir / "blocks")
-    return Block(bid, nbytes, f"/v1/blocks/{bid}", f"/{rel.as_posix()}")
+    return Block(bid, nbytes, f"/v1/blocks/{bid}", f"/{rel.as_posix()}", files[0])
+
+
+def nginx_root(blocks: list[Block], root: Path) -> Path:
+    """Copies of the block files, at the same paths, holding just the block's bytes."""
+    for b in blocks:
+        copy = root / b.nginx_path.lstrip("/")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        with b.file.open("rb") as f:
+            copy.write_bytes(f.read(b.nbytes))
+    return root
 
 
 # -- nginx -----------------------------------------------------------------------------
@@ -479,9 +494,10 @@ def main(argv: list[str] | None = None) -> int:
             size: [warm(node.url, cache_dir, path, i) for path, i in objects[size]]
             for size in sizes
         }
+        root = nginx_root([b for size in sizes for b in blocks[size]], tmp / "nginx-root")
         nginx: dict[int, tuple[Process, str]] = {}
         for workers in (1, 2):
-            proc, url = start_nginx(tmp / f"nginx-{workers}w", cache_dir / "blocks", workers)
+            proc, url = start_nginx(tmp / f"nginx-{workers}w", root, workers)
             started.append(proc)
             nginx[workers] = (proc, url)
             print(f"nginx {workers}w {url} (pid {proc.pid})", flush=True)
@@ -578,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{env['cpus']} cores with the server under test",
             "4MiB: 4 MiB blocks of one object; 64KiB: one-block 64 KiB objects (bs=4 MiB)",
             "cachenode URL /v1/blocks/<id> (a hit, no source parameters); nginx URL = the "
-            "block file's path under <cache dir>/blocks/",
+            "block file's path under a copy of <cache dir>/blocks/ whose files hold just the "
+            "block's bytes (the node's end with part checksums, which it never sends)",
             "nginx: sendfile on, tcp_nopush on, access_log off, keepalive_requests 1e6",
             "ratio = MiB/s at 4MiB, req/s at 64KiB, to nginx with 1 worker process",
             "CPU % = CPU time of the server process(es) / wall time (100% = one core); "
