@@ -43,10 +43,13 @@ async def test_scale_out_from_3_to_4_nodes_keeps_origin_traffic_low(
 ):
     cluster = make_cluster(3)
     objects = {}
-    for i in range(10):
-        objects[f"s3://{bucket}/o{i}"] = body = os.urandom(2 * BS)
+    # 40 one-block objects: the new node (a random id) owns about a quarter of them, and
+    # none with odds of (3/4)^40, about 1e-5 (with the 20 blocks this test used to have,
+    # 0.3%: CI saw it once).
+    for i in range(40):
+        objects[f"s3://{bucket}/o{i}"] = body = os.urandom(BS // 4)
         s3.put_object(Bucket=bucket, Key=f"o{i}", Body=body)
-    blocks = 2 * len(objects)
+    blocks = len(objects)
     warm = await client_for(cluster)
     for url, body in objects.items():
         assert await warm.read(url) == body
