@@ -198,7 +198,10 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
                 raise RingcacheError(f"--metrics-listen {host}:{port}: {exc}") from None
         options = set(pyfuse3.default_options)
         # default_permissions: the kernel enforces modes and owners (pyfuse3's default).
+        # nosuid, nodev (libfuse's default, said here so it stays): a mode stored in the
+        # bucket by whoever may write it must not make a setuid program on this machine.
         options |= {"fsname=ringcache", "subtype=ringcache", "noatime", "default_permissions"}
+        options |= {"nosuid", "nodev"}
         if config.read_only:
             options.add("ro")
         if config.allow_other:

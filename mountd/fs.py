@@ -69,6 +69,8 @@ XATTR_SOURCE = b"user.ringcache.source"
 XATTR_VERSION = b"user.ringcache.version"
 NAME_MAX = 255
 R, W, X = os.R_OK, os.W_OK, os.X_OK
+#: The bits a write by anyone but root clears (setgid only with group execute).
+SETID = stat.S_ISUID | stat.S_ISGID
 
 
 def _groups(pid: int) -> set[int]:
@@ -132,6 +134,8 @@ class _Handle:
     node: Inode
     reader: FileReader | None = None
     spool: Spool | None = None
+    #: Opened for writing by a user other than root: a write clears setuid and setgid.
+    drop_setid: bool = False
 
 
 @dataclass(slots=True)
@@ -180,9 +184,14 @@ class RingcacheFS(pyfuse3.Operations):
 
     @staticmethod
     def _name(name: bytes) -> str:
+        """A name the kernel passed: ENAMETOOLONG over NAME_MAX bytes, and EILSEQ unless
+        it is UTF-8 (object keys, URLs and block ids are; see ``utf8_name``)."""
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        return os.fsdecode(name)
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.EILSEQ) from None
 
     def _object(self, node: Inode) -> ObjectInfo:
         url = self.config.url(node.path)
@@ -289,7 +298,11 @@ class RingcacheFS(pyfuse3.Operations):
         own attributes), so every mount and s3fs see them."""
         await self.inodes.fetch_posix(node)
         perm, uid, gid = self.inodes.perms(node)
-        if ctx.uid != 0:
+        if ctx.uid != 0 and self._drops_setid(perm, attr, fields):
+            # The kernel clearing setuid/setgid before a write or truncate by another
+            # user than the owner: allowed to whoever may write the file.
+            await self._check(node, ctx, W)
+        elif ctx.uid != 0:
             # The kernel checked with the attributes it had; these are the stored ones.
             if (fields.update_uid and attr.st_uid != uid) or (
                 (fields.update_mode or fields.update_gid) and ctx.uid != uid
@@ -326,6 +339,19 @@ class RingcacheFS(pyfuse3.Operations):
                 # stays valid, and later opens read the new version.
                 self._committed(node, info)
         self.inodes.set_posix(node, new)
+
+    @staticmethod
+    def _drops_setid(
+        perm: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
+    ) -> bool:
+        """Whether a setattr changes nothing but clear setuid/setgid bits of ``perm``."""
+        new = stat.S_IMODE(attr.st_mode)
+        return (
+            fields.update_mode
+            and not (fields.update_uid or fields.update_gid or fields.update_mtime)
+            and new | SETID == perm | SETID
+            and not new & ~perm
+        )
 
     async def _truncate(self, node: Inode, size: int) -> None:
         if node.attr.is_dir:
@@ -368,7 +394,7 @@ class RingcacheFS(pyfuse3.Operations):
                 child_path(handle.node.path, name), attr, handle.posix.get(name)
             )
             if not pyfuse3.readdir_reply(
-                token, os.fsencode(name), self.inodes.attributes(node), index + 1
+                token, name.encode(), self.inodes.attributes(node), index + 1
             ):
                 self.inodes.forget(node.ino, 0)
                 return
@@ -479,7 +505,7 @@ class RingcacheFS(pyfuse3.Operations):
             await self.inodes.refresh(node, posix=writing)
         want = {os.O_RDONLY: R, os.O_WRONLY: W}.get(flags & os.O_ACCMODE, R | W)
         await self._check(node, ctx, want)
-        handle = _Handle(node)
+        handle = _Handle(node, drop_setid=writing and ctx.uid != 0)
         keep_cache = False
         if writing:
             handle.spool = await self._open_spool(node, truncate=bool(flags & os.O_TRUNC))
@@ -535,10 +561,16 @@ class RingcacheFS(pyfuse3.Operations):
         node = handle.node
         node.attr.size = handle.spool.size
         node.attr.mtime = time.time()
-        if node.posix is not None and node.posix.mtime is not None:
+        p = node.posix
+        if p is not None and p.mtime is not None:
             # A write is a new mtime: the upload's own, not one set earlier by utime.
-            p = node.posix
-            node.posix = PosixAttrs(p.mode, p.uid, p.gid, None, p.extra)
+            node.posix = p = PosixAttrs(p.mode, p.uid, p.gid, None, p.extra)
+        if handle.drop_setid and p is not None and p.mode is not None:
+            # What the kernel does on a write by another user than root, whatever the
+            # attributes it holds (a listing's defaults may not show these bits).
+            kill = p.mode & (SETID if p.mode & stat.S_IXGRP else stat.S_ISUID)
+            if kill:
+                node.posix = PosixAttrs(p.mode & ~kill, p.uid, p.gid, p.mtime, p.extra)
         return written
 
     @operation(timed=False)

@@ -26,6 +26,7 @@ import asyncio
 import errno
 import hashlib
 import logging
+import os
 import stat
 import time
 from dataclasses import dataclass, field
@@ -95,6 +96,17 @@ class Listing:
 def _hash_ino(path: str) -> int:
     digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return max(int.from_bytes(digest, "big") >> 1, ROOT_INODE + 1)
+
+
+def utf8_name(name: str) -> bool:
+    """Whether ``name`` (from the origin; ``file://`` names that are not UTF-8 arrive
+    with surrogate escapes) is UTF-8, as every name on the mount must be: object keys,
+    URLs and block ids are UTF-8, so another name could be listed but never read."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parent_of(path: str) -> str:
@@ -314,15 +326,28 @@ class InodeTable:
         node = self._by_path.get(path)
         if "" in posix and node is not None and node.attr.is_dir and node.ino != ROOT_INODE:
             self.set_posix(node, posix[""])
+        unnamed: list[str] = []
         for info in files:
             name = info.key.rpartition("/")[2]
-            if name and name not in (".", ".."):
+            if not utf8_name(name):
+                unnamed.append(name)
+            elif name and name not in (".", ".."):
                 listing.entries[name] = Attr.of(info)
         for name in dirs:
+            if not utf8_name(name):
+                unnamed.append(name)
+                continue
             if name in listing.entries:
                 log.info("%s: both an object and a prefix; showing the directory", url + name)
             if name not in (".", ".."):
                 listing.entries[name] = Attr(True, 0, self._by_ino[ROOT_INODE].attr.mtime)
+        if unnamed:
+            log.warning(
+                "%s: %d name(s) not in UTF-8 left out of the listing (EILSEQ), e.g. %r",
+                url,
+                len(unnamed),
+                os.fsencode(unnamed[0]),
+            )
         # Files written here and not yet in the origin stay visible.
         for name, node in self._local_children(path):
             listing.entries[name] = node.attr

@@ -31,6 +31,10 @@ __all__ = ["FileOrigin"]
 
 log = logging.getLogger(__name__)
 
+#: Bytes of a file's name kept in the name of its temporary copy (``.<stem>.<random>.part``,
+#: at most 1 + 200 + 1 + 8 + 5 = 215 bytes: within NAME_MAX for any final name).
+TEMP_STEM = 200
+
 
 def _version(st: os.stat_result) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
@@ -167,8 +171,10 @@ class FileOrigin(Origin):
         progress: Progress | None = None,
     ) -> None:
         # Copy beside the destination, flush it to disk, then rename over: a reader sees
-        # the old file or the whole new one, never a half-written one.
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        # the old file or the whole new one, never a half-written one. The temporary name
+        # keeps at most TEMP_STEM bytes of the final one (NAME_MAX).
+        stem = os.fsdecode(os.fsencode(dest.name)[:TEMP_STEM])
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as out, source.open("rb") as src:
                 if progress is None:
@@ -203,10 +209,12 @@ class FileOrigin(Origin):
 
     @staticmethod
     def _apply_sync(path: Path, attrs: PosixAttrs, strict: bool, fd: int | None = None) -> None:
-        """chmod, chown and utime ``path`` to ``attrs`` (fields that are None stay)."""
+        """chown, chmod and utime ``path`` to ``attrs`` (fields that are None stay).
+
+        The owner comes first: a chown clears the setuid and setgid bits of a file, even
+        root's, so the mode set after it is the mode stored.
+        """
         target: int | Path = fd if fd is not None else path
-        if attrs.perm is not None:
-            os.chmod(target, attrs.perm)
         if attrs.uid is not None or attrs.gid is not None:
             uid = -1 if attrs.uid is None else attrs.uid
             gid = -1 if attrs.gid is None else attrs.gid
@@ -216,6 +224,8 @@ class FileOrigin(Origin):
                 if strict:
                     raise
                 log.debug("cannot give %s to %d:%d; owner left as is", path, uid, gid)
+        if attrs.perm is not None:
+            os.chmod(target, attrs.perm)
         if attrs.mtime is not None:
             ns = round(attrs.mtime * 1e9)
             os.utime(target, ns=(ns, ns))
