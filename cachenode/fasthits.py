@@ -34,6 +34,7 @@ import bisect
 import itertools
 import logging
 import re
+import resource
 import socket
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from cachenode.metrics import (
     GET_HIT_SECONDS,
     HIT_BYTES,
     REQUEST_BUCKETS,
+    REQUESTS_REFUSED,
     TENANT_QUEUE_SECONDS,
     TENANT_SERVED_BYTES,
     add_observations,
@@ -62,10 +64,19 @@ __all__ = ["FastHitProtocol", "FastHitSite", "HitServer"]
 
 log = logging.getLogger(__name__)
 
-#: A request head longer than this is left to aiohttp (which has its own limits).
+#: A complete request head longer than this is left to aiohttp (which has its own limits).
 MAX_HEAD = 8190
+#: An incomplete request head longer than this is refused (431) and its connection closed.
+MAX_PARTIAL_HEAD = 64 * 1024
 #: Idle keep-alive connections are closed after this long, as aiohttp does.
 KEEPALIVE_TIMEOUT = 75.0
+#: A request head must be complete this long after its first byte (a connection's first
+#: head: after the connection was accepted), as nginx's ``client_header_timeout``; then
+#: the connection gets a 408 (or, if it sent nothing, is just closed).
+HEAD_TIMEOUT = 10.0
+#: Open files the node keeps for itself (block files being sent, origin and etcd
+#: connections, logs): client connections get the rest of its ``RLIMIT_NOFILE``.
+FD_RESERVE = 128
 _SWEEP_EVERY = 10
 _OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nX-Ringcache-Result: hit\r\n"
 
@@ -76,6 +87,33 @@ _HEAD_RE = re.compile(
     rb"GET (/v1/blocks/([0-9a-f]{32})(?:\?([!-~]*))?) HTTP/1\.1\r\n"
     rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*)"
 )
+#: What an incomplete request head can still become: a request line (method, target,
+#: version) and header lines, with no bare CR or LF and no control bytes. A buffer that
+#: is not this is answered 400 at once (aiohttp's parser might wait for more instead).
+_PARTIAL_HEAD_RE = re.compile(
+    rb"[-!#$%&'*+.^_`|~0-9A-Za-z]*(?: [!-~]*(?: [!-~]*)?)?"
+    rb"(?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]*(?::[\t -~\x80-\xff]*)?)*\r?"
+)
+
+
+def refusal(status: int, reason: str, message: str) -> bytes:
+    """A whole response that refuses a request and closes its connection."""
+    body = b'{"error": "%s"}' % message.encode()
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (status, reason.encode(), len(body), body)
+    )
+
+
+_BAD_HEAD = refusal(400, "Bad Request", "malformed request head")
+_HEAD_TOO_LARGE = refusal(
+    431, "Request Header Fields Too Large", f"request head over {MAX_PARTIAL_HEAD} bytes"
+)
+_HEAD_TIMED_OUT = refusal(
+    408, "Request Timeout", f"request head not complete within {HEAD_TIMEOUT:g} s"
+)
+
 #: The headers the fast path looks at: those that make a request more than a plain GET
 #: (a ``Range`` is aiohttp's to serve, see cachenode.server), and the two it uses.
 _SPECIAL_RE = re.compile(
@@ -140,10 +178,28 @@ class HitServer:
         #: Makes aiohttp's protocol for a connection handed over (the runner's server).
         self.fallback = fallback
         self.connections: set[FastHitProtocol] = set()
+        #: How many connections the fast path may hold (see :meth:`FastHitSite._sweep`).
+        self.max_connections = connection_budget(0)
         #: Set when the site stops: each response in progress closes its connection.
         self.closing = False
         self._tally = _Tally()
         state.before_report.append(self.report)
+
+    def admit(self, conn: FastHitProtocol) -> bool:
+        """Whether a new connection may stay: at the limit, the connection that has
+        waited longest for a request head (or idled longest) is closed to make room, as
+        nginx reuses its idle connections, so stalled clients cannot keep real ones out;
+        with none waiting, the new one is refused."""
+        if len(self.connections) < self.max_connections:
+            return True
+        waiting = (c for c in self.connections if c.sending is None)
+        oldest = min(waiting, key=FastHitProtocol.waiting_since, default=None)
+        REQUESTS_REFUSED.labels("connection_limit").inc()
+        if oldest is None:
+            return False
+        oldest.close()
+        self.connections.discard(oldest)
+        return True
 
     def claims(self, head: _Head) -> Claims | None:
         """The request's claims if it may read the block; None to let aiohttp refuse it."""
@@ -263,6 +319,14 @@ class HitServer:
             transport.close()
 
 
+def connection_budget(others: int) -> int:
+    """How many connections the fast path may hold, when ``others`` are aiohttp's."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, soft - FD_RESERVE - others)
+
+
 class _Tally:
     """Fast hits counted in plain ints, added to Prometheus by :meth:`report`.
 
@@ -316,9 +380,14 @@ class FastHitProtocol(asyncio.Protocol):
         #: further request is looked at.
         self.sending: asyncio.Future[None] | None = None
         self.last_active = time.monotonic()
+        #: When the head now awaited began (None: between requests, see HEAD_TIMEOUT).
+        self.head_since: float | None = self.last_active
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it
+        if not self._hits.admit(self):
+            self._transport.abort()
+            return
         tcp_keepalive(self._transport)
         self._hits.connections.add(self)
 
@@ -333,6 +402,8 @@ class FastHitProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buf += data
         self.last_active = time.monotonic()
+        if self.head_since is None:
+            self.head_since = self.last_active
         if self.sending is None:
             self._process()
         elif len(self._buf) > MAX_HEAD and self._transport is not None:
@@ -355,6 +426,33 @@ class FastHitProtocol(asyncio.Protocol):
     def idle(self, now: float, timeout: float) -> bool:
         """Whether the connection has had nothing to do for ``timeout`` seconds."""
         return self.sending is None and not self._buf and now - self.last_active > timeout
+
+    def waiting_since(self) -> float:
+        """Since when the connection has waited for a request head, or idled."""
+        return self.last_active if self.head_since is None else self.head_since
+
+    def head_overdue(self, now: float) -> bool:
+        """Whether a request head has been awaited for longer than :data:`HEAD_TIMEOUT`."""
+        return (
+            self.sending is None
+            and self.head_since is not None
+            and now - self.head_since > HEAD_TIMEOUT
+        )
+
+    def time_out_head(self) -> None:
+        """Close a connection whose head is overdue: with a 408 if it sent part of one."""
+        if self._buf:
+            self.refuse(_HEAD_TIMED_OUT, "head_timeout")
+        else:
+            self.close()
+
+    def refuse(self, response: bytes, reason: str) -> None:
+        """Answer the request head in progress with ``response`` and close."""
+        REQUESTS_REFUSED.labels(reason).inc()
+        self._buf.clear()
+        if self._transport is not None:
+            self._transport.write(response)
+            self._transport.close()
 
     def close(self) -> None:
         if self._transport is not None:
@@ -398,8 +496,14 @@ class FastHitProtocol(asyncio.Protocol):
         """Answer the complete request heads buffered, in order, while they are hits."""
         while (transport := self._transport) is not None and not transport.is_closing():
             end = self._buf.find(b"\r\n\r\n")
-            if end < 0 and len(self._buf) <= MAX_HEAD:
-                if self._eof:
+            if end < 0:
+                # Only complete heads (or ones aiohttp refuses at once) are handed over:
+                # aiohttp has no deadline for a head (only its keep-alive timeout).
+                if len(self._buf) > MAX_PARTIAL_HEAD:
+                    self.refuse(_HEAD_TOO_LARGE, "head_too_large")
+                elif _PARTIAL_HEAD_RE.fullmatch(self._buf) is None:
+                    self.refuse(_BAD_HEAD, "bad_head")
+                elif self._eof:
                     transport.close()  # nothing more will come
                 return  # the rest of the head is yet to come
             if transport.get_write_buffer_size():
@@ -411,6 +515,7 @@ class FastHitProtocol(asyncio.Protocol):
                 self._hand_over(transport)
                 return
             del self._buf[: end + 4]
+            self.head_since = self.last_active if self._buf else None
             if self.sending is not None:
                 return  # resume() comes when the response is sent
 
@@ -477,12 +582,19 @@ class FastHitSite(web.BaseSite):
         self._hits.closing = True
 
     async def _sweep(self) -> None:
-        """Every second, report the tallied hits; every :data:`_SWEEP_EVERY` seconds,
-        close keep-alive connections idle for :data:`KEEPALIVE_TIMEOUT`."""
+        """Every second, report the tallied hits, close connections whose request head is
+        overdue (:data:`HEAD_TIMEOUT`) and size the connection budget to the open-file
+        limit; every :data:`_SWEEP_EVERY` seconds, close keep-alive connections idle for
+        :data:`KEEPALIVE_TIMEOUT`."""
+        hits = self._hits
         for tick in itertools.count(1):
             await asyncio.sleep(1.0)
-            self._hits.report()
+            hits.report()
+            assert self._runner.server is not None
+            hits.max_connections = connection_budget(len(self._runner.server.connections))
+            now = time.monotonic()
+            for conn in [c for c in hits.connections if c.head_overdue(now)]:
+                conn.time_out_head()
             if tick % _SWEEP_EVERY == 0:
-                now = time.monotonic()
-                for conn in [c for c in self._hits.connections if c.idle(now, KEEPALIVE_TIMEOUT)]:
+                for conn in [c for c in hits.connections if c.idle(now, KEEPALIVE_TIMEOUT)]:
                     conn.close()

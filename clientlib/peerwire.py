@@ -137,7 +137,10 @@ class _Connection(asyncio.BufferedProtocol):
         version, _, rest = lines[0].partition(" ")
         if version not in ("HTTP/1.1", "HTTP/1.0"):
             raise PeerProtocolError(f"not HTTP/1.x: {lines[0][:80]!r}")
-        self._status = int(rest[:3])
+        status = rest[:3]
+        if not (status.isascii() and status.isdigit() and len(status) == 3):
+            raise PeerProtocolError(f"bad status line {lines[0][:80]!r}")
+        self._status = int(status)
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
@@ -146,9 +149,11 @@ class _Connection(asyncio.BufferedProtocol):
             headers[name.strip().lower()] = value.strip()
         if "transfer-encoding" in headers or "content-length" not in headers:
             raise PeerProtocolError("a body without Content-Length")
-        length = int(headers["content-length"])
-        if length < 0:
-            raise PeerProtocolError("negative Content-Length")
+        # ASCII digits only: int() also takes "+5", " 5", "1_0" and "٣".
+        declared = headers["content-length"]
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 20:
+            raise PeerProtocolError(f"bad Content-Length {declared[:40]!r}")
+        length = int(declared)
         self._headers = headers
         self.keep_alive = version == "HTTP/1.1" and headers.get("connection") != "close"
         return length

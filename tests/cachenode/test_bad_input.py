@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import socket
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import aiohttp
 import msgpack
 import pytest
 
+from cachenode.fasthits import HEAD_TIMEOUT
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.blocks import block_id
 from clientlib.localcluster import free_port
@@ -209,3 +212,127 @@ def test_unreachable_etcd_at_start_is_one_clear_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("cachenode: error: etcd at") and "unreachable" in last
     assert "Traceback" not in result.stderr
+
+
+def open_fds(node) -> int:  # type: ignore[no-untyped-def]
+    return len(os.listdir(f"/proc/{node.popen.pid}/fd"))
+
+
+async def raw_reply(node, raw: bytes, timeout: float = 5.0) -> bytes:  # type: ignore[no-untyped-def]
+    """What the node sends back for ``raw`` before it closes the connection (the client
+    does not half-close: an answer must not wait for the client's EOF)."""
+    host, port = node.addr.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(raw)
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+async def read_block(node, bid: str, query: dict[str, str] | None = None) -> bytes:  # type: ignore[no-untyped-def]
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"{node.url}/v1/blocks/{bid}", params=query) as resp,
+    ):
+        assert resp.status == 200, (resp.status, await resp.text())
+        return await resp.read()
+
+
+async def test_garbage_and_bare_lf_heads_get_400_and_a_close(node, s3_obj):
+    url, etag, bid = s3_obj
+    assert len(await read_block(node, bid, params(url, etag))) == 1000
+    for raw in [
+        b"GET /v1/blocks/x HTTP/1.1\n\n",
+        b"GET /v1/blocks/" + b"a" * 32 + b" HTTP/1.1\nHost: x\n\n",
+        b"GET /v1/blocks/" + b"a" * 32 + b" HTTP/1.1\r\nHost: x\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)),
+        b"\x00\x00\x00\x00",
+        b"G\xc3\x89T / HTTP/1.1\r\n",
+        b"GET /v1/blocks/\x00",
+        b"GET /v1/blocks/ HTTP/1.1\rHost: x",
+    ]:
+        reply = await raw_reply(node, raw)
+        assert reply.startswith(b"HTTP/1.1 400 "), (raw[:40], reply)
+        assert b"\r\nConnection: close\r\n" in reply and b"malformed request head" in reply
+    # After a good request on the same connection too.
+    good = f"GET /v1/blocks/{bid} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    reply = await raw_reply(node, good + b"\x16\x03\x01garbage")
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"x" * 1000 + b"HTTP/1.1 400 " in reply, reply
+    assert await read_block(node, bid) == b"x" * 1000
+
+
+async def test_partial_heads_are_answered_408_after_the_head_deadline(node, s3_obj):
+    url, etag, bid = s3_obj
+    assert len(await read_block(node, bid, params(url, etag))) == 1000  # now cached
+    host, port = node.addr.split(":")
+    before = open_fds(node)
+    stalled = [await asyncio.open_connection(host, int(port)) for _ in range(600)]
+    for _, writer in stalled:
+        writer.write(b"GET /v1/blocks/")
+    await asyncio.sleep(1.0)
+    assert open_fds(node) >= before + 590  # (nearly) all of them held for now
+    await asyncio.sleep(HEAD_TIMEOUT + 1.5)
+    replies = await asyncio.gather(*(asyncio.wait_for(r.read(), 5) for r, _ in stalled))
+    for _, writer in stalled:
+        writer.close()
+    assert all(r.startswith(b"HTTP/1.1 408 ") for r in replies), {r[:40] for r in replies}
+    assert all(b"\r\nConnection: close\r\n" in r for r in replies)
+    # The node let go of them all and serves real reads (fast path and aiohttp's).
+    assert open_fds(node) <= before + 5
+    assert await read_block(node, bid) == b"x" * 1000
+    assert await read_block(node, bid, params(url, etag)) == b"x" * 1000
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_head_deadline(node):
+    host, port = node.addr.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        assert await asyncio.wait_for(reader.read(), HEAD_TIMEOUT + 3) == b""
+    finally:
+        writer.close()
+
+
+async def test_stalled_connections_cannot_starve_real_ones(node, s3_obj):
+    url, etag, bid = s3_obj
+    assert len(await read_block(node, bid, params(url, etag))) == 1000
+    # A node allowed 400 open files; 600 stalled heads must not take them all.
+    resource.prlimit(node.popen.pid, resource.RLIMIT_NOFILE, (400, 400))
+    await asyncio.sleep(1.5)  # the node notices its limit within a second
+    host, port = node.addr.split(":")
+    stalled = []
+    for _ in range(600):
+        stalled.append(await asyncio.open_connection(host, int(port)))
+        stalled[-1][1].write(b"GET /v1/blocks/")
+    await asyncio.sleep(0.5)
+    try:
+        assert open_fds(node) < 400
+        assert await read_block(node, bid) == b"x" * 1000
+        assert await read_block(node, bid, params(url, etag)) == b"x" * 1000
+    finally:
+        for _, writer in stalled:
+            writer.close()
+    assert node.alive()
+
+
+async def test_numbers_are_ascii_digits_only(node, s3_obj):
+    """``str.isdigit`` is True for superscripts, other scripts' digits and more."""
+    url, etag, bid = s3_obj
+    async with aiohttp.ClientSession() as session:
+        for cached in (False, True):  # a miss, then a hit (which the fast path reads first)
+            for digit in ("\u00b2", "\u0663", "\uff11", "\u2460", "1\u0660"):
+                for name in ("size", "bs", "i"):
+                    async with session.get(
+                        f"{node.url}/v1/blocks/{bid}", params=params(url, etag, **{name: digit})
+                    ) as resp:
+                        status, error = await status_and_error(resp)
+                    assert status == 400 and "ASCII digits" in error, (name, digit, status, error)
+                # A lookup by id alone has no use for "bs": no 500 either.
+                async with session.get(
+                    f"{node.url}/v1/blocks/{'0' * 32}", params={"bs": digit}
+                ) as resp:
+                    assert resp.status == 404, (digit, await resp.text())
+            if not cached:
+                await read_block(node, bid, params(url, etag))
+    assert node.alive()

@@ -3,7 +3,9 @@ the ranges it refuses (416, the node keeps serving)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -56,23 +58,65 @@ async def test_bad_ranges_are_416_and_the_node_keeps_serving(make_cluster, s3, b
     etag = s3.head_object(Bucket=bucket, Key="k")["ETag"].strip('"')
     bid = block_id(f"s3://{bucket}", "k", etag, BS, 0)
     query = {"src": f"s3://{bucket}/k", "ver": etag, "size": "1000", "bs": str(BS), "i": "0"}
+    bad = [
+        ("bytes=1000-1001", "not inside"),  # past the end of the block
+        ("bytes=50-10", "Range"),  # backwards
+        ("bytes=5-3", "Range"),
+        ("bytes=-0", "Range"),  # a suffix of no bytes
+        ("bytes=-00", "Range"),
+        ("bytes=0-1,5-6", "Range"),  # several ranges
+        ("bytes=0-1, -5", "Range"),
+        ("items=0-5", "Range"),
+        ("bytes=x-y", "Range"),
+        ("bytes=-", "Range"),
+        ("bytes=", "Range"),
+        ("bytes=+1-2", "Range"),
+        ("bytes= 1-2", "Range"),
+        ("bytes=1_0-20", "Range"),
+        ("bytes=99999999999999999999999-", "not inside"),
+        ("bytes=" + "9" * 5000 + "-", "Range"),  # more digits than int() takes
+    ]
+    non_ascii = ["bytes=1-\u0663", "bytes=\u00b2-5", "bytes=-\uff13"]
     async with aiohttp.ClientSession() as session:
-        for header, message in (
-            ("bytes=1000-1001", "not inside"),  # past the end of the block
-            ("bytes=50-10", "Range"),  # backwards
-            ("bytes=0-1,5-6", "Range"),  # several ranges
-            ("items=0-5", "Range"),
-            ("bytes=x-y", "Range"),
-        ):
+        for when in ("miss", "hit"):  # the first "bytes=0-" below fills the block
+            for header, message in bad:
+                async with session.get(
+                    f"{node.url}/v1/blocks/{bid}", params=query, headers={"Range": header}
+                ) as resp:
+                    doc = await resp.json(content_type=None)
+                    assert resp.status == 416, (when, header[:40], resp.status, doc)
+                    assert message in doc["error"], (when, header[:40], doc)
+            for header in non_ascii:  # sent as UTF-8 on a raw socket
+                reply = await raw_get(node, f"/v1/blocks/{bid}", query, {"Range": header})
+                assert reply.startswith(b"HTTP/1.1 416 "), (when, header, reply[:200])
             async with session.get(
-                f"{node.url}/v1/blocks/{bid}", params=query, headers={"Range": header}
+                f"{node.url}/v1/blocks/{bid}",
+                params=query,
+                headers=[("Range", "bytes=0-1"), ("Range", "bytes=5-6")],
             ) as resp:
-                doc = await resp.json(content_type=None)
-                assert resp.status == 416, (header, resp.status, doc)
-                assert message in doc["error"], (header, doc)
-        async with session.get(f"{node.url}/v1/blocks/{bid}", params=query) as resp:
-            assert resp.status == 200 and await resp.read() == b"x" * 1000
+                assert resp.status == 416, (when, "two Range headers", resp.status)
+            # Edges that are fine: from 0 on, and numbers past the end are clamped.
+            for header in ("bytes=0-", "bytes=0-99999999999999999999999", "bytes=-5000"):
+                async with session.get(
+                    f"{node.url}/v1/blocks/{bid}", params=query, headers={"Range": header}
+                ) as resp:
+                    assert resp.status == 200 and await resp.read() == b"x" * 1000, header
+            async with session.get(f"{node.url}/v1/blocks/{bid}", params=query) as resp:
+                assert resp.status == 200 and await resp.read() == b"x" * 1000
     assert node.alive()
+
+
+async def raw_get(node, path: str, query: dict[str, str], headers: dict[str, str]) -> bytes:  # type: ignore[no-untyped-def]
+    """A GET whose header values go out as UTF-8 (aiohttp's client would refuse them)."""
+    host, port = node.addr.split(":")
+    lines = [f"GET {path}?{urlencode(query)} HTTP/1.1", f"Host: {node.addr}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
 
 
 async def test_a_range_of_a_damaged_block_is_a_hit_only_where_its_parts_are_whole(

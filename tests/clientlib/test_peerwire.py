@@ -198,6 +198,11 @@ async def test_malformed_answers_are_refused() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabc",
         b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0_5\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nContent-Length: \u0665\r\n\r\nhello".encode(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nhe",
+        b"HTTP/1.1 2_0 OK\r\nContent-Length: 1\r\n\r\nx",
     ]
     for answer in answers:
 
