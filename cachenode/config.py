@@ -13,8 +13,9 @@ from typing import Any
 
 from cachenode.store import CacheDirSpec
 from clientlib.auth import load_secret
-from clientlib.cluster import check_cluster_name, check_node_id, parse_etcd_url
+from clientlib.cluster import check_cluster_name, check_node_id
 from clientlib.config import (
+    ETCD_SETTINGS,
     OneLineParser,
     add_cluster_arguments,
     check_log_level,
@@ -23,6 +24,7 @@ from clientlib.config import (
     parse_size,
 )
 from clientlib.errors import ConfigError
+from clientlib.etcd import EtcdTarget
 
 __all__ = ["NodeConfig", "build_parser", "load_config"]
 
@@ -36,7 +38,7 @@ class NodeConfig:
     listen: tuple[str, int]
     advertise: str
     cache_dirs: list[CacheDirSpec]
-    etcd: str
+    etcd: EtcdTarget
     cluster: str
     node_id: str | None = None
     weight: float | None = None
@@ -148,7 +150,7 @@ NAMES = [
     "listen",
     "advertise",
     "cache_dir",
-    "etcd",
+    *ETCD_SETTINGS,
     "cluster",
     "node_id",
     "weight",
@@ -207,7 +209,7 @@ def load_config(argv: list[str] | None = None) -> NodeConfig:
     dirs = [_cache_dir(d) for d in s["cache_dir"]]
     if len({d.path for d in dirs}) != len(dirs):
         raise ConfigError("--cache-dir: the same directory is given twice")
-    parse_etcd_url(s["etcd"])
+    etcd = EtcdTarget.from_settings(s)
     kwargs: dict[str, Any] = {}
     if s.get("weight") is not None:
         kwargs["weight"] = _number(s, "weight", float, 0.001, 1e6)
@@ -248,7 +250,7 @@ def load_config(argv: list[str] | None = None) -> NodeConfig:
         listen=listen,
         advertise=advertise,
         cache_dirs=dirs,
-        etcd=s["etcd"],
+        etcd=etcd,
         cluster=check_cluster_name(s.get("cluster") or "default"),
         node_id=check_node_id(s["node_id"]) if s.get("node_id") else None,
         file_roots=[Path(r).resolve() for r in s.get("file_root", [])],

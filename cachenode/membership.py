@@ -26,8 +26,8 @@ from clientlib.cluster import (
     node_key,
     nodes_prefix,
 )
-from clientlib.errors import BadRequest, ConfigError
-from clientlib.etcd import ETCD_ERRORS, connect
+from clientlib.errors import BadRequest
+from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error, forget_token
 
 __all__ = ["Membership", "stable_node_id"]
 
@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 class Membership:
     """Registers one node and keeps its lease alive until :meth:`leave`."""
 
-    def __init__(self, etcd_url: str, cluster: str, info: NodeInfo, ttl: int = 10) -> None:
-        self._url = etcd_url
+    def __init__(self, etcd: EtcdTarget | str, cluster: str, info: NodeInfo, ttl: int = 10) -> None:
+        self._target = EtcdTarget.of(etcd)
         self._cluster = cluster
         self.info = info
         self._ttl = ttl
-        self._etcd = connect(etcd_url)
+        self._etcd = connect(self._target)
         self._lease: aetcd.Lease | None = None
         self._task: asyncio.Task[None] | None = None
         self.cluster_config = ClusterConfig(DEFAULT_BLOCK_SIZE)
@@ -57,9 +57,7 @@ class Membership:
             await asyncio.wait_for(self._ensure_config(), timeout=10)
             await asyncio.wait_for(self._register(), timeout=10)
         except ETCD_ERRORS as exc:
-            raise ConfigError(
-                f"etcd at {self._url} is unreachable: {exc or type(exc).__name__}"
-            ) from None
+            raise etcd_error(self._target, exc) from None
         self._task = asyncio.create_task(self._keepalive(), name="lease-keepalive")
         log.info("node %s joined cluster %s as %s", self.info.id, self._cluster, self.info.addr)
 
@@ -98,6 +96,7 @@ class Membership:
                 if healthy:
                     log.warning("node %s: etcd unreachable, still serving: %s", self.info.id, exc)
                 healthy = False
+                await forget_token(self._etcd, exc)
 
     async def list_nodes(self) -> list[NodeInfo]:
         """Every node record of the cluster (malformed ones skipped)."""

@@ -10,7 +10,6 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE, check_block_size
 from clientlib.errors import BadRequest, ConfigError
@@ -22,7 +21,6 @@ __all__ = [
     "config_key",
     "node_key",
     "nodes_prefix",
-    "parse_etcd_url",
 ]
 
 DEFAULT_REPLICAS = 3
@@ -44,18 +42,6 @@ def check_node_id(node_id: str) -> str:
     if not NODE_ID_RE.fullmatch(node_id):
         raise ConfigError(f"bad node id {node_id!r}: use letters, digits, '.', '_', '-'")
     return node_id
-
-
-def parse_etcd_url(url: str) -> tuple[str, int]:
-    """``http://host:port`` -> ``(host, port)``; anything else is a :class:`ConfigError`."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    try:
-        port = parts.port or 2379
-    except ValueError as exc:
-        raise ConfigError(f"bad etcd URL {url!r}: {exc}") from None
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
-        raise ConfigError(f"bad etcd URL {url!r}: want http://HOST:PORT")
-    return parts.hostname, port
 
 
 def nodes_prefix(cluster: str) -> bytes:

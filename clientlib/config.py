@@ -18,8 +18,10 @@ import humanfriendly
 from clientlib.errors import ConfigError
 
 __all__ = [
+    "ETCD_SETTINGS",
     "OneLineParser",
     "add_cluster_arguments",
+    "add_etcd_arguments",
     "check_log_level",
     "layered_settings",
     "parse_hostport",
@@ -89,10 +91,40 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+#: Settings that say how to reach etcd (``clientlib.etcd.EtcdTarget.from_settings``).
+ETCD_SETTINGS = ["etcd", "etcd_ca", "etcd_cert", "etcd_key", "etcd_user", "etcd_password_file"]
+
+
+def add_etcd_arguments(p: argparse.ArgumentParser, url_help: str = "(required)") -> None:
+    """The flags of :data:`ETCD_SETTINGS`: every command that talks to etcd takes them.
+
+    There is no password flag (it would show in ``ps``): the password comes from
+    ``--etcd-password-file`` or ``$RINGCACHE_ETCD_PASSWORD``.
+    """
+    p.add_argument("--etcd", metavar="URL", help=f"etcd endpoint, http(s)://HOST:PORT {url_help}")
+    p.add_argument(
+        "--etcd-ca",
+        dest="etcd_ca",
+        metavar="PEM",
+        help="CA to verify an https:// etcd with (default: system store)",
+    )
+    p.add_argument(
+        "--etcd-cert", dest="etcd_cert", metavar="PEM", help="client certificate for etcd"
+    )
+    p.add_argument("--etcd-key", dest="etcd_key", metavar="PEM", help="the key of --etcd-cert")
+    p.add_argument("--etcd-user", dest="etcd_user", metavar="NAME", help="etcd user name")
+    p.add_argument(
+        "--etcd-password-file",
+        dest="etcd_password_file",
+        metavar="PATH",
+        help="file holding the password of --etcd-user (or set $RINGCACHE_ETCD_PASSWORD)",
+    )
+
+
 def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags every daemon shares: its config file, the cluster, logging, and CA."""
+    """The flags every daemon shares: its config file, etcd, the cluster, logging, and CA."""
     p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below")
-    p.add_argument("--etcd", metavar="URL", help="etcd endpoint, http://HOST:PORT (required)")
+    add_etcd_arguments(p)
     p.add_argument("--cluster", metavar="NAME", help="cluster name (default: default)")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(

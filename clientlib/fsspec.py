@@ -28,6 +28,7 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from clientlib.client import CacheClient
 from clientlib.errors import NotFound
+from clientlib.etcd import EtcdTarget
 from clientlib.origin import ObjectInfo, Origins
 
 __all__ = ["S3", "OriginFileSystem", "RingcacheFileSystem"]
@@ -97,15 +98,24 @@ class _ReadOnly(AbstractFileSystem):
 
 
 class RingcacheFileSystem(_ReadOnly, ChainedFileSystem):
-    """Reads ``<target_protocol>://...`` objects through a ringcache cluster."""
+    """Reads ``<target_protocol>://...`` objects through a ringcache cluster.
+
+    A secured etcd takes the daemons' settings as options: ``etcd_ca``, ``etcd_cert``,
+    ``etcd_key``, ``etcd_user`` and ``etcd_password_file`` (or ``$RINGCACHE_ETCD_PASSWORD``).
+    """
 
     protocol = "ringcache"
 
     def __init__(
         self,
-        etcd: str | None = None,
+        etcd: EtcdTarget | str | None = None,
         cluster: str = "default",
         token_file: str | None = None,
+        etcd_ca: str | None = None,
+        etcd_cert: str | None = None,
+        etcd_key: str | None = None,
+        etcd_user: str | None = None,
+        etcd_password_file: str | None = None,
         target_protocol: str | None = None,
         target_options: dict[str, Any] | None = None,
         fo: str | None = None,
@@ -114,6 +124,17 @@ class RingcacheFileSystem(_ReadOnly, ChainedFileSystem):
         super().__init__(**kwargs)
         self.target_protocol = target_protocol or "s3"
         self._loop = get_loop()
+        if isinstance(etcd, str):
+            etcd = EtcdTarget.from_settings(
+                {
+                    "etcd": etcd,
+                    "etcd_ca": etcd_ca,
+                    "etcd_cert": etcd_cert,
+                    "etcd_key": etcd_key,
+                    "etcd_user": etcd_user,
+                    "etcd_password_file": etcd_password_file,
+                }
+            )
         self.client = CacheClient(etcd, cluster, token_file=token_file)
         sync(self._loop, self.client.start)
 

@@ -12,7 +12,7 @@ from typing import Any
 from clientlib.cluster import SETTINGS, ClusterConfig, config_key
 from clientlib.config import parse_size
 from clientlib.errors import BadRequest, ConfigError, RingcacheError
-from clientlib.etcd import ETCD_ERRORS, connect
+from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error
 
 __all__ = ["SIZED", "get_settings", "parse_setting", "set_setting"]
 
@@ -31,20 +31,22 @@ def parse_setting(key: str, value: str) -> int:
     return int(value)
 
 
-async def get_settings(etcd_url: str, cluster: str) -> ClusterConfig:
+async def get_settings(etcd_target: EtcdTarget | str, cluster: str) -> ClusterConfig:
     try:
-        async with connect(etcd_url, timeout=5) as etcd:
+        async with connect(etcd_target, timeout=5) as etcd:
             got = await etcd.get(config_key(cluster))
     except ETCD_ERRORS as exc:
-        raise ConfigError(f"etcd at {etcd_url} is unreachable: {exc}") from None
+        raise etcd_error(etcd_target, exc) from None
     return ClusterConfig.from_json(got.value) if got else ClusterConfig()
 
 
-async def set_setting(etcd_url: str, cluster: str, key: str, value: str) -> ClusterConfig:
+async def set_setting(
+    etcd_target: EtcdTarget | str, cluster: str, key: str, value: str
+) -> ClusterConfig:
     """Validate and store one setting; returns the new config."""
     number = parse_setting(key, value)
     try:
-        async with connect(etcd_url, timeout=5) as etcd:
+        async with connect(etcd_target, timeout=5) as etcd:
             for _ in range(10):
                 got = await etcd.get(config_key(cluster))
                 current: dict[str, Any] = (
@@ -70,5 +72,5 @@ async def set_setting(etcd_url: str, cluster: str, key: str, value: str) -> Clus
                 if ok:
                     return new
     except ETCD_ERRORS as exc:
-        raise ConfigError(f"etcd at {etcd_url} is unreachable: {exc}") from None
+        raise etcd_error(etcd_target, exc) from None
     raise RingcacheError("the cluster config kept changing under us; try again")

@@ -14,21 +14,21 @@ from typing import Any
 import aiohttp
 
 from clientlib.cluster import ClusterConfig, NodeInfo, config_key, nodes_prefix
-from clientlib.errors import BadRequest, ConfigError
-from clientlib.etcd import ETCD_ERRORS, connect
+from clientlib.errors import BadRequest
+from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error
 from clientlib.tls import client_context
 
 __all__ = ["cluster_status", "collect_details", "collect_status", "list_nodes"]
 
 
-async def list_nodes(etcd_url: str, cluster: str) -> tuple[ClusterConfig, list[NodeInfo]]:
+async def list_nodes(etcd: EtcdTarget | str, cluster: str) -> tuple[ClusterConfig, list[NodeInfo]]:
     """The cluster config and node records, straight from etcd (no watch)."""
     try:
-        async with connect(etcd_url, timeout=5) as etcd:
-            raw_config = await etcd.get(config_key(cluster))
-            records = await etcd.get_prefix(nodes_prefix(cluster))
+        async with connect(etcd, timeout=5) as client:
+            raw_config = await client.get(config_key(cluster))
+            records = await client.get_prefix(nodes_prefix(cluster))
     except ETCD_ERRORS as exc:
-        raise ConfigError(f"etcd at {etcd_url} is unreachable: {exc}") from None
+        raise etcd_error(etcd, exc) from None
     config = ClusterConfig.from_json(raw_config.value) if raw_config else ClusterConfig()
     nodes = []
     for kv in records:
@@ -73,10 +73,10 @@ async def _node_stats(
 
 
 async def cluster_status(
-    etcd_url: str, cluster: str, ssl_context: ssl.SSLContext | None = None
+    etcd: EtcdTarget | str, cluster: str, ssl_context: ssl.SSLContext | None = None
 ) -> dict[str, Any]:
     """``{"cluster", "block_size", "hit_rate", "nodes": [...]}`` as in the design."""
-    config, nodes = await list_nodes(etcd_url, cluster)
+    config, nodes = await list_nodes(etcd, cluster)
     return await collect_status(cluster, config.block_size, nodes, ssl_context)
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from clientlib.auth import Credentials
-from clientlib.cluster import check_cluster_name, parse_etcd_url
+from clientlib.cluster import check_cluster_name
 from clientlib.config import (
+    ETCD_SETTINGS,
     OneLineParser,
     add_cluster_arguments,
     check_log_level,
@@ -24,6 +25,7 @@ from clientlib.config import (
     parse_size,
 )
 from clientlib.errors import BadRequest, ConfigError
+from clientlib.etcd import EtcdTarget
 from clientlib.urls import split_url
 
 __all__ = ["MountConfig", "build_parser", "load_config"]
@@ -37,7 +39,7 @@ class MountConfig:
 
     source: str
     mountpoint: Path
-    etcd: str
+    etcd: EtcdTarget
     cluster: str = "default"
     local_cache: Path | None = None
     local_cache_bytes: int = 0
@@ -210,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 NAMES = [
     "source",
     "mountpoint",
-    "etcd",
+    *ETCD_SETTINGS,
     "cluster",
     "local_cache",
     "read_only",
@@ -286,9 +288,7 @@ def load_config(argv: list[str] | None = None) -> MountConfig:
     for required in ("source", "mountpoint"):
         if not s.get(required):
             raise ConfigError(f"{required.upper()} is required: mountd SOURCE MOUNTPOINT")
-    if not s.get("etcd"):
-        raise ConfigError("--etcd is required")
-    parse_etcd_url(s["etcd"])
+    etcd = EtcdTarget.from_settings(s)
     mountpoint = Path(s["mountpoint"]).absolute()
     if not mountpoint.is_dir():
         raise ConfigError(f"MOUNTPOINT {mountpoint}: not a directory")
@@ -351,7 +351,7 @@ def load_config(argv: list[str] | None = None) -> MountConfig:
     return MountConfig(
         source=_source(s["source"]),
         mountpoint=mountpoint,
-        etcd=s["etcd"],
+        etcd=etcd,
         cluster=check_cluster_name(s.get("cluster") or "default"),
         read_only=_flag(s.get("read_only", False)),
         foreground=_flag(s.get("foreground", False)),

@@ -9,19 +9,18 @@ import os
 import sys
 
 from clientlib.cli import cat, config, drain, status, token, top, warmup
-from clientlib.cluster import check_cluster_name, parse_etcd_url
-from clientlib.config import OneLineParser
+from clientlib.cluster import check_cluster_name
+from clientlib.config import ETCD_SETTINGS, OneLineParser, add_etcd_arguments, layered_settings
 from clientlib.errors import RingcacheError
+from clientlib.etcd import EtcdTarget
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="cachectl", description="Operate a ringcache cluster.")
-    p.add_argument(
-        "--etcd",
-        default=os.environ.get("RINGCACHE_ETCD", "http://127.0.0.1:2379"),
-        metavar="URL",
-        help="etcd endpoint (default: $RINGCACHE_ETCD or http://127.0.0.1:2379)",
-    )
+    # Each --etcd* flag also comes from its RINGCACHE_ETCD* variable (see main()).
+    add_etcd_arguments(p, f"(default: $RINGCACHE_ETCD or {DEFAULT_ETCD})")
     p.add_argument(
         "--cluster",
         default=os.environ.get("RINGCACHE_CLUSTER", "default"),
@@ -54,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        parse_etcd_url(args.etcd)
+        args.etcd = EtcdTarget.from_settings(
+            {"etcd": DEFAULT_ETCD, **layered_settings(args, ETCD_SETTINGS, None)}
+        )
         check_cluster_name(args.cluster)
         code = asyncio.run(args.run(args))
     except RingcacheError as exc:
