@@ -52,7 +52,8 @@ class Origins:
                 self._s3 = await asyncio.to_thread(self._make_s3)
 
     def check(self, url: str) -> None:
-        """Refuse now, without I/O, what the backend of ``url`` would refuse."""
+        """Refuse now what the backend of ``url`` would refuse (no request to an object
+        store; a node's file origin looks the path up beneath its root)."""
         if split_url(url)[0] == "file://":
             self._file.check(url)
 

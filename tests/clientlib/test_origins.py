@@ -1,16 +1,22 @@
-"""The origin registry builds its S3 backend once and off the event loop (a unit)."""
+"""The origin registry (S3 built once, off the event loop) and the file origin's
+containment in its roots on a node (units, on real files)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import stat
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from clientlib.errors import BadRequest, Forbidden
-from clientlib.origin import Origins
+from clientlib.errors import BadRequest, Forbidden, NotFound, VersionMismatch
+from clientlib.origin import Origins, beneath
+from clientlib.origin.base import PosixAttrs
+from clientlib.origin.local import FileOrigin
 
 
 async def test_s3_backend_is_built_once_on_a_thread(monkeypatch):
@@ -43,3 +49,241 @@ def test_check_refuses_without_building_s3(monkeypatch):
         origins.check("gs://bucket/key")
     with pytest.raises(Forbidden, match="outside"):
         origins.check("file:///etc/passwd")
+
+
+# The file origin on a node (``allowed_roots`` set) opens only what it checked: beneath
+# its root, never through a symlink, never a directory, FIFO or device as an object.
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def beneath_mode(request, monkeypatch):  # type: ignore[no-untyped-def]
+    """Run a test with openat2 and again with the component walk older kernels get."""
+    if request.param == "walk":
+        monkeypatch.setattr(beneath, "_have_openat2", False)
+    else:
+        assert beneath._openat2_works(), "openat2 is missing here: only the walk is tested"
+    return request.param
+
+
+@pytest.fixture
+def tree(tmp_path):  # type: ignore[no-untyped-def]
+    """``root/`` with a file, a subdirectory and symlinks in and out; ``outside/`` a secret."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "inside.bin").write_bytes(b"inside" * 100)
+    (root / "sub" / "f.bin").write_bytes(b"f" * 10)
+    (outside / "secret.bin").write_bytes(b"SECRET" * 100)
+    (outside / "f.bin").write_bytes(b"SECRET" * 2)
+    (root / "out.bin").symlink_to(outside / "secret.bin")
+    (root / "in.bin").symlink_to("inside.bin")  # stays inside, still not followed
+    (root / "outdir").symlink_to(outside)
+    return root, outside
+
+
+def _v(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+async def test_node_reads_files_beneath_its_root(tree, beneath_mode):
+    root, _ = tree
+    origin = FileOrigin([root])
+    url = f"file://{root}/inside.bin"
+    info = await origin.stat(url)
+    origin.check(url)
+    assert await origin.read(url, 6, 12, info.version, size=600) == b"inside" * 2
+    assert (await origin.stat(f"file://{root}/sub/f.bin")).size == 10
+    dirs, files = await origin.listdir(f"file://{root}/")
+    assert sorted(dirs) == ["sub"]
+    assert [f.key for f in files] == [f"{root}/inside.bin"]  # no symlinks listed
+    listed = await origin.list(f"file://{root}/")
+    assert [f.key for f in listed] == [f"{root}/inside.bin", f"{root}/sub/f.bin"]
+    _, _, attrs = await origin.listdir_posix(f"file://{root}/")
+    assert set(attrs) == {"", "sub", "inside.bin"}
+
+
+@pytest.mark.parametrize("name", ["out.bin", "in.bin", "outdir/secret.bin", "outdir/f.bin"])
+async def test_node_never_opens_through_a_symlink(tree, beneath_mode, name):
+    root, outside = tree
+    origin = FileOrigin([root])
+    url = f"file://{root}/{name}"
+    secret_version = _v(outside / "secret.bin")
+    with pytest.raises(NotFound):
+        origin.check(url)
+    with pytest.raises(NotFound):
+        await origin.stat(url)
+    with pytest.raises(NotFound):
+        await origin.stat_posix(url)
+    with pytest.raises(NotFound):
+        await origin.read(url, 0, 600, secret_version)
+    assert await origin.list(url) == []
+    with pytest.raises(NotFound):
+        await origin.listdir(f"file://{root}/outdir/")
+    with pytest.raises(NotFound):
+        await origin.listdir_posix(f"file://{root}/outdir/")
+    with pytest.raises(NotFound):
+        await origin.dir_posix(f"file://{root}/outdir/")
+
+
+async def test_node_changes_nothing_through_a_symlinked_directory(tree, beneath_mode, tmp_path):
+    root, outside = tree
+    origin = FileOrigin([root])
+    before = sorted(p.name for p in outside.iterdir())
+    src = tmp_path / "upload.bin"
+    src.write_bytes(b"new")
+    via = f"file://{root}/outdir"
+    with pytest.raises(NotFound):
+        await origin.write(f"{via}/f.bin", src)
+    with pytest.raises(NotFound):
+        await origin.delete(f"{via}/f.bin")
+    with pytest.raises(NotFound):
+        await origin.rename(f"{via}/f.bin", f"file://{root}/stolen.bin")
+    with pytest.raises(NotFound):
+        await origin.rename(f"file://{root}/inside.bin", f"{via}/f.bin")
+    with pytest.raises(NotFound):
+        await origin.mkdir(f"{via}/new/")
+    with pytest.raises(NotADirectoryError):  # rmdir acts on the link itself, by name
+        await origin.rmdir(f"{via}/")
+    with pytest.raises(NotFound):
+        await origin.set_posix(f"{via}/f.bin", PosixAttrs(mode=0o100600))
+    with pytest.raises(NotFound):
+        await origin.set_posix(f"file://{root}/out.bin", PosixAttrs(mode=0o100600))
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert (outside / "f.bin").read_bytes() == b"SECRET" * 2
+    assert (outside / "secret.bin").stat().st_mode & 0o777 != 0o600
+    assert (root / "inside.bin").exists() and (root / "outdir").is_symlink()
+
+
+async def test_node_writes_and_renames_beneath_its_root(tree, beneath_mode, tmp_path):
+    root, _ = tree
+    origin = FileOrigin([root])
+    src = tmp_path / "upload.bin"
+    src.write_bytes(b"new bytes")
+    info = await origin.write(f"file://{root}/sub/w.bin", src, posix=PosixAttrs(mode=0o100640))
+    assert (root / "sub" / "w.bin").read_bytes() == b"new bytes" and info.size == 9
+    assert (root / "sub" / "w.bin").stat().st_mode & 0o777 == 0o640
+    await origin.rename(f"file://{root}/sub/w.bin", f"file://{root}/w.bin")
+    await origin.set_posix(f"file://{root}/w.bin", PosixAttrs(mode=0o100600))
+    assert (root / "w.bin").stat().st_mode & 0o777 == 0o600
+    await origin.mkdir(f"file://{root}/d/", PosixAttrs(mode=0o40700))
+    assert (root / "d").stat().st_mode & 0o777 == 0o700
+    moved = await origin.rename_dir(
+        f"file://{root}/sub/", f"file://{root}/d/sub/", max_objects=10, parallel=1
+    )
+    assert list(moved) == ["f.bin"]
+    await origin.delete(f"file://{root}/w.bin")
+    await origin.delete(f"file://{root}/d/sub/f.bin")
+    await origin.rmdir(f"file://{root}/d/sub/")
+    assert sorted(p.name for p in (root / "d").iterdir()) == []
+    with pytest.raises(Forbidden):
+        await origin.write(f"file://{root.parent}/outside/x.bin", src)
+
+
+async def test_node_read_never_returns_a_file_a_symlink_flips_to(tree, beneath_mode):
+    """Check-then-open: the link flips between a file inside the root and a secret
+    outside it; a read asking for the secret's version gets it never."""
+    root, outside = tree
+    origin = FileOrigin([root])
+    secret = outside / "secret.bin"
+    link = root / "flip.bin"
+    stop = threading.Event()
+
+    def flip() -> None:
+        targets = [str(root / "inside.bin"), str(secret)]
+        i = 0
+        while not stop.is_set():
+            tmp = root / f".flip{i % 2}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(targets[i % 2])
+            tmp.replace(link)
+            i += 1
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    url, version = f"file://{link}", _v(secret)
+    leaked = refused = 0
+    try:
+        for _ in range(3000):
+            try:
+                data = await origin.read(url, 0, 600, version)
+            except (NotFound, Forbidden, VersionMismatch):
+                refused += 1
+                continue
+            leaked += b"SECRET" in data
+    finally:
+        stop.set()
+        flipper.join()
+    assert leaked == 0
+    assert refused == 3000
+
+
+async def test_directory_fifo_and_device_are_not_objects(tree, beneath_mode):
+    root, _ = tree
+    os.mkfifo(root / "fifo")
+    node, client = FileOrigin([root]), FileOrigin()
+    names = ["sub", "fifo"]
+    if os.geteuid() == 0:
+        os.mknod(root / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        names.append("null")
+    for origin in (node, client):
+        for name in names:
+            url = f"file://{root}/{name}"
+            with pytest.raises(NotFound):
+                await origin.stat(url)
+            with pytest.raises(NotFound):
+                await origin.stat_posix(url)
+            version = _v(root / name)
+            with pytest.raises(NotFound):  # a FIFO's open would block without O_NONBLOCK
+                await asyncio.wait_for(origin.read(url, 0, 10, version), 5)
+            with pytest.raises(NotFound):
+                node.check(url)
+        files = ["inside.bin", "sub/f.bin"]
+        if origin is client:  # a client follows the symlinks to files
+            files = ["in.bin", "inside.bin", "out.bin", "sub/f.bin"]
+        listed = await origin.list(f"file://{root}/")
+        assert [f.key for f in listed] == [f"{root}/{name}" for name in files]
+
+
+async def test_client_follows_symlinks_as_before(tree):
+    root, _ = tree
+    client = FileOrigin()
+    url = f"file://{root}/outdir/secret.bin"
+    info = await client.stat(url)
+    assert await client.read(url, 0, 6, info.version) == b"SECRET"
+    assert (await client.stat(f"file://{root}/in.bin")).size == 600
+    _, files = await client.listdir(f"file://{root}/")
+    assert sorted(f.key.rsplit("/", 1)[1] for f in files) == ["in.bin", "inside.bin", "out.bin"]
+
+
+def test_node_matches_a_url_to_its_root_by_whole_components(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data-other").mkdir()
+    (tmp_path / "data-other" / "x").write_bytes(b"x")
+    origin = FileOrigin([tmp_path / "data"])
+    with pytest.raises(Forbidden):
+        origin.check(f"file://{tmp_path}/data-other/x")
+    with pytest.raises(Forbidden):
+        origin.check(f"file://{tmp_path}/data/../data-other/x")
+    with pytest.raises(NotFound):
+        origin.check(f"file://{tmp_path}/data/missing")
+
+
+def test_open_beneath_refuses_dot_dot_and_absolute_symlinks(tree, beneath_mode):
+    root, _ = tree
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ValueError):
+            beneath.open_beneath(fd, "../outside/secret.bin", os.O_RDONLY)
+        for rel in ("out.bin", "in.bin", "outdir/f.bin"):
+            with pytest.raises(OSError) as caught:
+                beneath.open_beneath(fd, rel, os.O_RDONLY)
+            assert caught.value.errno == errno.ELOOP
+        with pytest.raises(OSError) as caught:
+            beneath.open_beneath(fd, "out.bin", os.O_PATH)
+        assert caught.value.errno == errno.ELOOP
+        inner = beneath.open_beneath(fd, "sub/f.bin", os.O_RDONLY)
+        assert os.read(inner, 10) == b"f" * 10
+        os.close(inner)
+    finally:
+        os.close(fd)
