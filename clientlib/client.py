@@ -21,10 +21,11 @@ import cachetools
 import msgpack
 from yarl import URL
 
-from clientlib.auth import Credentials, body_digest
+from clientlib.auth import DIGEST_HEADER, WRITE, Credentials, body_digest
 from clientlib.blocks import DEFAULT_BLOCK_SIZE, BlockRef, slices_for_range
 from clientlib.cluster import NodeInfo
-from clientlib.errors import BadRequest, OriginError, VersionMismatch
+from clientlib.errors import BadRequest, ConfigError, OriginError, VersionMismatch
+from clientlib.etcd import EtcdTarget
 from clientlib.metrics import CLIENT_BLOCK_READS, CLIENT_FALLBACKS
 from clientlib.origin import ObjectInfo, Origin, Origins
 from clientlib.peerwire import PeerReply, PeerWire
@@ -55,13 +56,15 @@ def _asked_for(reply: PeerReply, length: int, span: tuple[int, int] | None) -> b
 class CacheClient:
     """Reads objects through the cache cluster ``cluster`` registered in ``etcd``.
 
-    ``etcd=None`` gives a client with no cluster (every block from the origin), which is
-    what a job falls back to when it has no cache at all. Use as an async context manager.
+    ``etcd`` is a URL or, for a secured etcd, an :class:`~clientlib.etcd.EtcdTarget`
+    (CA, client certificate, user). ``etcd=None`` gives a client with no cluster (every
+    block from the origin), which is what a job falls back to when it has no cache at
+    all. Use as an async context manager.
     """
 
     def __init__(
         self,
-        etcd: str | None = None,
+        etcd: EtcdTarget | str | None = None,
         cluster: str = "default",
         *,
         memory_cache_bytes: int = 128 * 1024 * 1024,
@@ -77,7 +80,8 @@ class CacheClient:
         origin_max_inflight: int = 8,
         ca_file: str | None = None,
     ) -> None:
-        self._watcher = RingWatcher(etcd, cluster) if etcd else None
+        # With the cluster's CA given, only TLS nodes are trusted (see RingWatcher).
+        self._watcher = RingWatcher(etcd, cluster, tls_only=ca_file is not None) if etcd else None
         self._origins = origins or Origins()
         self._owners_to_try = owners_to_try
         self._auth = Credentials.from_file(token_file)
@@ -125,7 +129,11 @@ class CacheClient:
             auto_decompress=False,
         )
         if self._watcher is not None:
-            await self._watcher.start()
+            try:
+                await self._watcher.start()
+            except ConfigError:
+                await self.close()
+                raise
 
     async def close(self) -> None:
         for task in list(self._inflight.values()):
@@ -241,16 +249,10 @@ class CacheClient:
             return data[start:stop]
         if (task := self._inflight.get(block_id)) is not None:
             return (await asyncio.shield(task))[start:stop]
-        part = await self._from_peers(ref, block_id, (start, stop))
-        if part is None:
-            part = await self._from_origin(ref, (start, stop))
-        return part
+        return await self._race(ref, block_id, (start, stop))
 
     async def _fetch(self, ref: BlockRef, block_id: str) -> bytes:
-        data = await self._from_peers(ref, block_id)
-        if data is None:
-            data = await self._from_origin(ref)
-        return data
+        return await self._race(ref, block_id)
 
     def _owners(self, block_id: str) -> list[NodeInfo]:
         """Owners to try in order: the primary first, or a random replica if hot."""
@@ -261,60 +263,88 @@ class CacheClient:
         pick = random.randrange(min(replicas, len(owners))) if owners else 0
         return [owners[pick], *owners[:pick], *owners[pick + 1 :]][: self._owners_to_try]
 
-    async def _from_peers(
+    async def _race(
         self, ref: BlockRef, block_id: str, span: tuple[int, int] | None = None
-    ) -> bytes | None:
-        """The block from its owners, hedged: a hung owner does not hold the read up.
+    ) -> bytes:
+        """The block (or its ``span``) from its owners, hedged, then from the origin too.
 
-        An owner answers with headers at once, even on a miss it is still fetching from
-        the origin. If the asked owner has not answered within ``hedge_delay`` seconds
-        (hung, or overloaded), the next owner is asked too and the first good answer
-        wins; a failed owner moves on to the next at once. ``None``: no owner served it.
-        With ``span``, only those bytes of the block are asked for and returned.
+        The first owner is asked at once; each next one when the one before has had
+        ``hedge_delay`` seconds without answering (hung, or overloaded), or at once when
+        it failed. An owner that answers with headers (a miss it is fetching from the
+        origin for us) holds the next *owner* back, so two nodes do not fetch one block.
+        Once every owner has had its hedge delay, the origin is asked too, whatever the
+        owners are doing, and the first good answer wins: no mix of dead, hung and slow
+        nodes holds a read up for more than ``hedge_delay`` per owner plus one origin read.
         """
+        loop = asyncio.get_running_loop()
         owners = self._owners(block_id)
         if not owners:
             CLIENT_FALLBACKS.labels("no_nodes").inc()
-            return None
+            return await self._from_origin(ref, span)
         query = self._source_query(ref)
-        pending: set[asyncio.Task[bytes | None]] = set()
-
-        async def first_good(until_all_done: bool) -> bytes | None:
-            nonlocal pending
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+        origin_at = loop.time() + self._hedge_delay * len(owners)
+        waiting = list(owners)
+        next_ask = loop.time()
+        peers: dict[asyncio.Task[bytes | None], asyncio.Event] = {}
+        origin: asyncio.Task[bytes] | None = None
+        origin_error: BaseException | None = None
+        try:
+            while True:
+                now = loop.time()
+                held = any(e.is_set() for e in peers.values())
+                if waiting and not held and (now >= next_ask or not peers):
+                    node = waiting.pop(0)
+                    if peers:
+                        CLIENT_FALLBACKS.labels("hedge").inc()
+                        log.info("owners slow on block %s, asking node %s too", block_id, node.id)
+                    answered = asyncio.Event()
+                    task = asyncio.create_task(
+                        self._ask(node, ref, block_id, query, answered, span)
+                    )
+                    peers[task] = answered
+                    next_ask = now + self._hedge_delay
+                if origin is None and (now >= origin_at or not (waiting or peers)):
+                    if peers:
+                        CLIENT_FALLBACKS.labels("hedge_origin").inc()
+                        log.info(
+                            "owners of block %s of %s slow: asking the origin", block_id, ref.url
+                        )
+                    origin = asyncio.create_task(self._from_origin(ref, span))
+                if origin_error is not None and not (waiting or peers):
+                    raise origin_error
+                racing: set[asyncio.Future[Any]] = set(peers)
+                if origin is not None and origin_error is None:
+                    racing.add(origin)
+                # Wake on: an answer, an owner's headers, the next hedge, the origin's turn.
+                answers = {
+                    asyncio.ensure_future(e.wait()) for e in peers.values() if not e.is_set()
+                }
+                wake = [] if origin is not None else [origin_at]
+                if waiting and not held:
+                    wake.append(next_ask)
+                timeout = max(0.0, min(wake) - loop.time()) if wake else None
+                try:
+                    done, _ = await asyncio.wait(
+                        racing | answers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for waiter in answers:
+                        waiter.cancel()
+                for task in done & peers.keys():
+                    del peers[task]
                     if (data := task.result()) is not None:
                         return data
-                if not until_all_done:
-                    break
-            return None
-
-        try:
-            for node in owners:
-                answered = asyncio.Event()
-                task = asyncio.create_task(self._ask(node, ref, block_id, query, answered, span))
-                pending.add(task)
-                waiter = asyncio.create_task(answered.wait())
-                await asyncio.wait({task, waiter}, timeout=self._hedge_delay)
-                waiter.cancel()
-                if task.done() and (data := task.result()) is not None:
-                    return data
-                if task.done():
-                    pending.discard(task)
-                    continue  # failed: the next owner at once
-                if answered.is_set():
-                    # The owner is on it (perhaps fetching from the origin): wait for it
-                    # rather than making a second node fetch the same block.
-                    if (data := await first_good(until_all_done=True)) is not None:
-                        return data
-                    continue
-                CLIENT_FALLBACKS.labels("hedge").inc()
-                log.info("node %s slow on block %s, asking the next owner", node.id, block_id)
-            return await first_good(until_all_done=True)
+                    next_ask = loop.time()  # it failed: the next owner at once
+                if origin is not None and origin in done:
+                    if origin.exception() is None or not (waiting or peers):
+                        return origin.result()
+                    origin_error = origin.exception()
+                    log.info("origin failed on block %s; its owners may still answer", block_id)
         finally:
-            for task in pending:
+            for task in peers:
                 task.cancel()
+            if origin is not None and not origin.done():
+                origin.cancel()
 
     async def _ask(
         self,
@@ -331,7 +361,7 @@ class CacheClient:
         ``answered`` is set as soon as the owner's response headers arrive.
         """
         path_qs = f"/v1/blocks/{block_id}?{query}"
-        headers = self._auth.headers("GET", path_qs)
+        headers = self._auth.headers("GET", path_qs, node=node.id)
         if span is not None:
             headers["Range"] = f"bytes={span[0]}-{span[1] - 1}"
         try:
@@ -373,7 +403,8 @@ class CacheClient:
         """Push one block of a just-written object version to its owners.
 
         Returns how many owners stored it. Best effort: a node that is down or full only
-        means the next reader misses, so failures are logged, never raised.
+        means the next reader misses, so failures are logged, never raised. A token
+        without the ``write`` right on ``info.url`` fills nothing (nodes would refuse).
         """
         ref = self.block_ref(info, index)
         if len(data) != ref.length:
@@ -382,10 +413,16 @@ class CacheClient:
         if len(data) <= self._memory.maxsize:
             self._memory[block_id] = data
         assert self._session is not None, "CacheClient used before start()"
+        if not self._auth.may(WRITE, info.url):
+            log.debug("token has no write right on %s: block %s not filled", info.url, block_id)
+            return 0
+        digest = await asyncio.to_thread(body_digest, data) if self._auth.signing else ""
         stored = 0
         for node in self.ring.owners(block_id, 1):
             url = URL(f"{node.url}/v1/blocks/{block_id}?{self._source_query(ref)}", encoded=True)
-            headers = self._auth.headers("PUT", url.raw_path_qs)
+            headers = self._auth.headers("PUT", url.raw_path_qs, digest, node=node.id)
+            if digest:
+                headers[DIGEST_HEADER] = digest
             try:
                 async with self._session.put(url, data=data, headers=headers) as resp:
                     stored += resp.status == 201
@@ -411,7 +448,7 @@ class CacheClient:
         body = msgpack.packb(doc)
         headers = {
             "Content-Type": "application/msgpack",
-            **self._auth.headers("POST", path, body_digest(body)),
+            **self._auth.headers("POST", path, body_digest(body), node=node.id),
         }
         try:
             async with self._session.post(

@@ -33,6 +33,8 @@ def parse_size(value: str | int, what: str) -> int:
     """``"4GiB"``, ``"500M"`` or ``4096`` -> bytes (``K``/``M``/``G`` are binary units)."""
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
+    elif not str(value).isascii():
+        raise ConfigError(f"{what}: {value!r} is not a size: use ASCII digits (try 4GiB)")
     else:
         try:
             size = humanfriendly.parse_size(str(value), binary=True)
@@ -46,7 +48,7 @@ def parse_size(value: str | int, what: str) -> int:
 def parse_hostport(value: str, what: str) -> tuple[str, int]:
     """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``."""
     host, sep, port = str(value).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"{what}: {value!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,9 +22,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from aetcd import rpc
+
+from clientlib.auth import Credentials
+from clientlib.etcd import EtcdTarget, connect
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession, web
@@ -34,7 +42,9 @@ __all__ = [
     "Process",
     "S3Proxy",
     "free_port",
+    "issue_cert",
     "local_get",
+    "make_ca",
     "start_etcd",
     "start_mount",
     "start_node",
@@ -57,15 +67,19 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def local_get(url: str, timeout: float = 5) -> bytes:
+def local_get(url: str, timeout: float = 5, headers: dict[str, str] | None = None) -> bytes:
     """GET a URL of a local test server; TLS certificates are not checked (self-signed)."""
     context = ssl._create_unverified_context() if url.startswith("https:") else None
-    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
         return bytes(resp.read())
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, cert: Path | None = None, key: Path | None = None) -> bool:
+    """Whether ``url`` answers 200 (TLS unchecked; ``cert``/``key``: a client certificate)."""
     context = ssl._create_unverified_context() if url.startswith("https:") else None
+    if context is not None and cert and key:
+        context.load_cert_chain(cert, key)
     try:
         with urllib.request.urlopen(url, timeout=1, context=context) as resp:
             return bool(resp.status == 200)
@@ -136,20 +150,148 @@ class Process:
 
 @dataclass
 class Etcd(Process):
+    """A local etcd; with TLS, ``ca`` signed its certificate and the client certificate
+    ``client_cert``/``client_key`` (CN ``ringcache``); with auth, ``users`` holds the
+    passwords of ``root`` and of ``ringcache``, whose role may use ``/ringcache/`` only."""
+
     url: str = ""
     peer_port: int = 0
+    ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    users: dict[str, str] = field(default_factory=dict)
 
     @property
     def client_port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
 
+    def wait_healthy(self, timeout: float = 20) -> None:
+        """Wait until etcd answers ``/health``; stop it and say why if it never does."""
+        try:
+            wait_until(lambda: http_ok(self.url + "/health", self.client_cert, self.client_key),
+                       timeout, "etcd to start")  # fmt: skip
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"etcd did not start:\n{self.log_tail()}") from None
 
-def start_etcd(workdir: Path, client: int | None = None, peer: int | None = None) -> Etcd:
-    """Start a single-member etcd on loopback (free ports unless given), data in ``workdir``."""
+    def restart(self) -> None:
+        """Stop and start again on the same data, ports and certificates (etcd forgets
+        its auth tokens: clients must authenticate again)."""
+        self.stop()
+        self.start()
+        self.wait_healthy()
+
+    def target(self, user: str | None = None, *, cert: bool = False) -> EtcdTarget:
+        """How a client reaches this etcd: its CA, and ``user``'s password or the client
+        certificate if asked for."""
+        return EtcdTarget(
+            self.url,
+            ca=self.ca,
+            cert=self.client_cert if cert else None,
+            key=self.client_key if cert else None,
+            user=user,
+            password=self.users[user] if user else None,
+        )
+
+    def flags(self, user: str | None = None, *, cert: bool = False) -> list[str]:
+        """The ``--etcd*`` flags of :meth:`target` (the password as a file next to the log)."""
+        out = ["--etcd", self.url]
+        if self.ca:
+            out += ["--etcd-ca", str(self.ca)]
+        if cert and self.client_cert and self.client_key:
+            out += ["--etcd-cert", str(self.client_cert), "--etcd-key", str(self.client_key)]
+        if user:
+            secret = self.log_path.parent / f"etcd-password-{user}"
+            secret.write_text(self.users[user] + "\n")
+            secret.chmod(0o600)
+            out += ["--etcd-user", user, "--etcd-password-file", str(secret)]
+        return out
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_ca(where: Path, name: str = "ringcache-test-ca") -> tuple[Path, Path]:
+    """A throwaway certificate authority: ``(ca.pem, ca-key.pem)`` in ``where``."""
+    where.mkdir(parents=True, exist_ok=True)
+    pem, key = where / f"{name}.pem", where / f"{name}-key.pem"
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout", str(key), "-out", str(pem),
+    )  # fmt: skip
+    return pem, key
+
+
+def issue_cert(ca: tuple[Path, Path], where: Path, name: str) -> tuple[Path, Path]:
+    """A certificate with common name ``name`` for 127.0.0.1 and localhost, signed by ``ca``,
+    good for servers and clients: ``(cert.pem, key.pem)`` in ``where``."""
+    pem, key, csr = where / f"{name}.pem", where / f"{name}-key.pem", where / f"{name}.csr"
+    ext = where / f"{name}.ext"
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+    )
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", str(key), "-out", str(csr))  # fmt: skip
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+             "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(pem))  # fmt: skip
+    return pem, key
+
+
+async def _enable_auth(etcd: Etcd) -> None:
+    """Add ``root`` and ``ringcache`` (read-write on ``/ringcache/`` only), then turn
+    authentication on: what an operator does once with ``etcdctl user/role/auth``."""
+    prefix = b"/ringcache/"
+    range_end = prefix[:-1] + bytes([prefix[-1] + 1])
+    async with connect(etcd.target(cert=etcd.client_cert is not None), timeout=10) as client:
+        stub = rpc.AuthStub(client.channel)
+        for user in etcd.users:
+            await stub.UserAdd(rpc.AuthUserAddRequest(name=user, password=etcd.users[user]))
+        await stub.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
+        await stub.RoleAdd(rpc.AuthRoleAddRequest(name="ringcache"))
+        permission = rpc.Permission(permType=rpc.Permission.READWRITE, key=prefix,
+                                    range_end=range_end)  # fmt: skip
+        await stub.RoleGrantPermission(
+            rpc.AuthRoleGrantPermissionRequest(name="ringcache", perm=permission)
+        )
+        await stub.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="ringcache", role="ringcache"))
+        await stub.AuthEnable(rpc.AuthEnableRequest())
+
+
+def start_etcd(
+    workdir: Path,
+    client: int | None = None,
+    peer: int | None = None,
+    *,
+    tls: bool = False,
+    client_cert_auth: bool = False,
+    auth: bool = False,
+) -> Etcd:
+    """Start a single-member etcd on loopback (free ports unless given), data in ``workdir``.
+
+    ``tls`` serves clients over TLS with a certificate of a CA made here (``Etcd.ca``);
+    ``client_cert_auth`` also demands a client certificate of that CA (its common name is
+    the etcd user); ``auth`` creates users (``Etcd.users``) and turns authentication on.
+    """
     etcd_bin = shutil.which("etcd") or "/usr/bin/etcd"
     client, peer = client or free_port(), peer or free_port()
-    url = f"http://127.0.0.1:{client}"
+    tls = tls or client_cert_auth
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{client}"
     data = workdir / "etcd-data"
+    tls_flags: list[str] = []
+    ca = client_cert = client_key = None
+    if tls:
+        authority = make_ca(workdir / "tls")
+        ca = authority[0]
+        server_cert, server_key = issue_cert(authority, workdir / "tls", "etcd-server")
+        client_cert, client_key = issue_cert(authority, workdir / "tls", "ringcache")
+        tls_flags = ["--cert-file", str(server_cert), "--key-file", str(server_key)]
+        if client_cert_auth:
+            tls_flags += ["--client-cert-auth", "--trusted-ca-file", str(ca)]
     proc = Etcd(
         "etcd",
         [
@@ -170,17 +312,26 @@ def start_etcd(workdir: Path, client: int | None = None, peer: int | None = None
             f"ringcache-local=http://127.0.0.1:{peer}",
             "--log-level",
             "warn",
+            *tls_flags,
         ],
         workdir / "etcd.log",
         url=url,
         peer_port=peer,
+        ca=ca,
+        client_cert=client_cert,
+        client_key=client_key,
     )
     proc.start()
-    try:
-        wait_until(lambda: http_ok(url + "/health"), 20, "etcd to start")
-    except TimeoutError:
-        proc.stop()
-        raise RuntimeError(f"etcd did not start:\n{proc.log_tail()}") from None
+    proc.wait_healthy()
+    if auth:
+        proc.users = {user: secrets.token_urlsafe(16) for user in ("root", "ringcache")}
+        try:
+            # In a thread of its own: callers may be inside an event loop already.
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(lambda: asyncio.run(_enable_auth(proc))).result()
+        except BaseException:
+            proc.stop()
+            raise
     return proc
 
 
@@ -189,10 +340,22 @@ class Node(Process):
     addr: str = ""
     cache_dir: Path = Path()
     scheme: str = "http"
+    #: The node's id (read from its /v1/stats once it is up): signed requests name it.
+    node_id: str = ""
+    #: The cluster secret the node was started with, if any.
+    token_file: Path | None = None
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://{self.addr}"
+
+    def get(self, path: str) -> bytes:
+        """GET ``path`` of this node, signed with the cluster secret if it has one."""
+        headers = {}
+        if self.token_file is not None:
+            credentials = Credentials.from_file(self.token_file)
+            headers = credentials.headers("GET", path, node=self.node_id)
+        return local_get(self.url + path, headers=headers)
 
 
 def start_node(
@@ -233,6 +396,9 @@ def start_node(
         addr=addr,
         cache_dir=cache_dir,
         scheme="https" if "--tls-cert" in (extra or []) else "http",
+        token_file=Path(extra[extra.index("--token-file") + 1])
+        if extra and "--token-file" in extra
+        else None,
     )
     node.start()
     if wait:
@@ -243,6 +409,7 @@ def start_node(
             raise
         if not node.alive():
             raise RuntimeError(f"cachenode exited at start:\n{node.log_tail()}")
+        node.node_id = json.loads(local_get(node.url + "/v1/stats"))["id"]
     return node
 
 

@@ -28,7 +28,7 @@ from clientlib.cluster import (
     nodes_prefix,
 )
 from clientlib.errors import BadRequest
-from clientlib.etcd import ETCD_ERRORS, connect
+from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error, forget_token, misconfigured
 
 __all__ = ["Ring", "RingWatcher"]
 
@@ -125,24 +125,46 @@ class RingWatcher:
     Each round reads the whole cluster prefix, then watches it from the next revision;
     any event (or ``resync`` seconds without one, which also covers a watch that silently
     died with its etcd) starts the next round. Errors keep the previous ring.
+
+    ``tls_only`` (a client or node given the cluster's CA) leaves out records of nodes
+    that do not serve TLS: a record someone wrote into etcd to point at a plain-HTTP
+    server of theirs must not downgrade the client past its certificate check.
     """
 
-    def __init__(self, etcd_url: str, cluster: str, resync: float = 5.0) -> None:
-        self._url = etcd_url
+    def __init__(
+        self,
+        etcd: EtcdTarget | str,
+        cluster: str,
+        resync: float = 5.0,
+        *,
+        tls_only: bool = False,
+    ) -> None:
+        self._tls_only = tls_only
+        self._target = EtcdTarget.of(etcd)
+        self._url = self._target.url
         self.cluster = check_cluster_name(cluster)
         self._resync = resync
         self.ring = Ring()
         self.config = ClusterConfig(DEFAULT_BLOCK_SIZE)
-        self._etcd = connect(etcd_url)
+        self._etcd = connect(self._target)
+        self._refusal: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.synced = False
 
     async def start(self, wait: float = 5.0) -> None:
-        """Start watching; wait up to ``wait`` seconds for a first ring (not an error)."""
+        """Start watching; wait up to ``wait`` seconds for a first ring.
+
+        An unreachable etcd is not an error (reads go to the origin until it is back);
+        an etcd that refuses our credentials or certificate is a :class:`ConfigError`: a
+        misconfigured client must not quietly send every read to the origin.
+        """
         self._task = asyncio.create_task(self._run(), name=f"ring-watch-{self.cluster}")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._changed.wait(), wait)
+        if self._refusal is not None and not self.synced:
+            await self.close()
+            raise etcd_error(self._target, self._refusal)
         if not self.synced:
             log.warning("etcd at %s unreachable: no ring yet, reading from the origin", self._url)
 
@@ -170,9 +192,18 @@ class RingWatcher:
         for kv in result:
             if kv.key.startswith(nodes_prefix(self.cluster)):
                 try:
-                    nodes.append(NodeInfo.from_json(kv.value))
+                    node = NodeInfo.from_json(kv.value)
                 except BadRequest as exc:
                     log.warning("skipping node record %r: %s", kv.key, exc)
+                    continue
+                if kv.key != nodes_prefix(self.cluster) + node.id.encode():
+                    log.warning("skipping node record %r: it names node %s", kv.key, node.id)
+                elif self._tls_only and node.scheme != "https":
+                    log.warning(
+                        "skipping node %s at %s: not TLS, and a CA is set", node.id, node.addr
+                    )
+                else:
+                    nodes.append(node)
             elif kv.key == config_key(self.cluster):
                 try:
                     self.config = ClusterConfig.from_json(kv.value)
@@ -207,6 +238,10 @@ class RingWatcher:
                     await asyncio.wait_for(anext(events), self._resync)
             except ETCD_ERRORS as exc:
                 failures += 1
+                if misconfigured(exc) and not self.synced:
+                    self._refusal = exc
+                    self._changed.set()
+                await forget_token(self._etcd, exc)
                 if failures == 1:
                     log.warning("etcd at %s unreachable, keeping the last ring: %s", self._url, exc)
                 await asyncio.sleep(min(5.0, 0.2 * 2**failures))

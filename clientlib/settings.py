@@ -26,7 +26,7 @@ def parse_setting(key: str, value: str) -> int:
         raise ConfigError(f"unknown setting {key!r}: known are {', '.join(sorted(SETTINGS))}")
     if key in SIZED:
         return parse_size(value.removesuffix("/s"), key)
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise ConfigError(f"{key}: {value!r} is not a non-negative integer")
     return int(value)
 
