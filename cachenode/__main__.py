@@ -20,7 +20,7 @@ import uvloop
 from aiohttp import web
 
 from cachenode.config import NodeConfig, load_config
-from cachenode.fasthits import FastHitSite
+from cachenode.fasthits import KEEPALIVE_TIMEOUT, FastHitSite
 from cachenode.handoff import Handoff
 from cachenode.membership import Membership, stable_node_id
 from cachenode.metrics import CACHE_CAPACITY, EVICTIONS
@@ -73,18 +73,31 @@ async def run(config: NodeConfig) -> None:
         "https" if config.tls_cert else "http",
     )
     membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)
-    state = NodeState(node_id, config.cluster, membership.list_nodes, config.serve_slots)
+    watcher = RingWatcher(config.etcd, config.cluster, tls_only=config.tls_cert is not None)
+    state = NodeState(
+        node_id,
+        config.cluster,
+        membership.list_nodes,
+        config.serve_slots,
+        block_size=lambda: watcher.config.block_size,
+    )
     secret = load_secret(config.token_file) if config.token_file else None
     credentials = Credentials.for_secret(secret) if secret else Credentials()
-    watcher = RingWatcher(config.etcd, config.cluster)
     peer_ssl = client_context(config.ca)
     handoff = Handoff(watcher, node_id, credentials, ssl_context=peer_ssl)
     state.peer_ssl = peer_ssl
     shield = OriginShield(node_id, config.origin_max_inflight, watcher)
     readthrough = ReadThrough(store, origins, shield, handoff)
-    verifier = Verifier(secret) if secret else None
+    verifier = Verifier(secret, node_id) if secret else None
     app = make_app(store, readthrough, state, verifier)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
+    # aiohttp's own keep-alive default is an hour: a connection handed over by the fast
+    # path (or any TLS one) must not sit idle between requests that long.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=config.shutdown_timeout,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+    )
     await runner.setup()
     tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
     host, port = config.listen

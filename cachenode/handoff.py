@@ -14,6 +14,11 @@ origin and so can never recurse):
 
 Only if none has it does the miss go to the origin, so a scale-out or a drain does not
 crash the hit rate or send a burst to the origin.
+
+On a secured cluster both sides prove they hold the cluster secret: the lookup is signed
+with it (for that node only), and the answer must carry the node's proof over the bytes
+sent (:data:`clientlib.auth.PROOF_HEADER`). Bytes without a valid proof are dropped, so a
+record in etcd pointing at a server of someone else's never puts its bytes in the cache.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import ssl
 import aiohttp
 
 from cachenode.metrics import HANDOFFS
-from clientlib.auth import Credentials
+from clientlib.auth import PROOF_HEADER, Credentials, body_digest
 from clientlib.cluster import NodeInfo
 from clientlib.ring import Ring, RingWatcher
 from clientlib.tls import client_context
@@ -126,7 +131,7 @@ class Handoff:
         for node in self.sources(block_id):
             try:
                 path = f"/v1/blocks/{block_id}"
-                headers = self._credentials.headers("GET", path)
+                headers = self._credentials.headers("GET", path, node=node.id)
                 # A live node answers at once (hit, 404, or headers while it finishes
                 # its own fetch); one that does not within `answer_timeout` is hung.
                 resp = await asyncio.wait_for(
@@ -135,7 +140,7 @@ class Handoff:
                 async with resp:
                     if resp.status == 200:
                         data = await resp.read()
-                        if len(data) == length:
+                        if len(data) == length and await self._proven(node, headers, resp, data):
                             HANDOFFS.labels("hit").inc()
                             log.debug("block %s handed off from node %s", block_id, node.id)
                             return data
@@ -143,3 +148,26 @@ class Handoff:
                 log.info("handoff lookup of %s on node %s failed: %r", block_id, node.id, exc)
         HANDOFFS.labels("miss").inc()
         return None
+
+    async def _proven(
+        self,
+        node: NodeInfo,
+        headers: dict[str, str],
+        resp: aiohttp.ClientResponse,
+        data: bytes,
+    ) -> bool:
+        """Whether ``node`` proved that it holds the cluster secret and sent ``data``
+        (always true on a cluster without a secret, where there is nothing to prove)."""
+        if not self._credentials.signing:
+            return True
+        digest = await asyncio.to_thread(body_digest, data)
+        if self._credentials.check_proof(headers, digest, resp.headers.get(PROOF_HEADER)):
+            return True
+        HANDOFFS.labels("unproven").inc()
+        log.warning(
+            "node %s (%s) answered block lookups without proving the cluster secret: "
+            "its bytes are dropped; is its etcd record genuine?",
+            node.id,
+            node.addr,
+        )
+        return False

@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import cachetools
+
 from cachenode.handoff import Handoff
 from cachenode.metrics import BLOCK_HITS, BLOCK_MISSES
 from cachenode.shield import OriginShield
 from cachenode.store import BlockStore
 from clientlib.blocks import BlockRef
-from clientlib.errors import OriginError, RingcacheError
-from clientlib.origin import Origins
+from clientlib.errors import OriginError, RingcacheError, VersionMismatch
+from clientlib.origin import ObjectInfo, Origins
 
 __all__ = ["ReadThrough"]
 
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: How long a lookup waits for a fetch of the same block already in flight here.
 JOIN_TIMEOUT = 10.0
+#: How long an object's stat is trusted when a fill is checked against the origin.
+STAT_TTL = 1.0
 
 
 class ReadThrough:
@@ -43,6 +47,9 @@ class ReadThrough:
         self._handoff = handoff
         self._inflight: dict[str, asyncio.Task[bytes]] = {}
         self._shield = shield
+        self._stats: cachetools.TTLCache[str, ObjectInfo] = cachetools.TTLCache(
+            maxsize=4096, ttl=STAT_TTL
+        )
 
     async def cached(self, block_id: str) -> bytes | None:
         """The verified block if the store has it (a hit) or is fetching it, else ``None``."""
@@ -85,6 +92,22 @@ class ReadThrough:
         """Refuse now what the origin would refuse (e.g. a file outside the roots)."""
         self._origins.check(ref.url)
 
+    async def check_current(self, ref: BlockRef) -> None:
+        """Refuse (:class:`VersionMismatch`) a block of any object version but the one the
+        origin has now, or of another size: what a fill must be for (a stat at most
+        :data:`STAT_TTL` seconds old, so a burst of fills of one object costs one)."""
+        self.check(ref)
+        info = self._stats.get(ref.url)
+        if info is None:
+            async with self._shield.request(0):
+                info = await (await self._origins.get(ref.url)).stat(ref.url)
+            self._stats[ref.url] = info
+        if info.version != ref.version or info.size != ref.size:
+            raise VersionMismatch(
+                f"{ref.url} is version {info.version} of {info.size} bytes in the origin, "
+                f"not {ref.version} of {ref.size}"
+            )
+
     async def get(self, ref: BlockRef, block_id: str) -> tuple[bytes, bool]:
         """Return ``(data, was_hit)`` for the block ``ref`` (whose id is ``block_id``)."""
         data = await self.cached(block_id)
@@ -116,7 +139,9 @@ class ReadThrough:
         if data is None:
             async with self._shield.request(ref.length):
                 origin = await self._origins.get(ref.url)
-                data = await origin.read(ref.url, ref.offset, ref.length, ref.version)
+                data = await origin.read(
+                    ref.url, ref.offset, ref.length, ref.version, size=ref.size
+                )
         if len(data) != ref.length:
             raise OriginError(
                 f"origin returned {len(data)} bytes for block {block_id} of {ref.url}, "

@@ -22,6 +22,7 @@ from aiohttp.abc import AbstractStreamWriter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from cachenode import dashboard
+from cachenode.bodies import BodyBudget
 from cachenode.fairshare import FairScheduler, Slot
 from cachenode.metrics import (
     BLOCK_HITS,
@@ -38,7 +39,17 @@ from cachenode.metrics import (
 from cachenode.readthrough import ReadThrough
 from cachenode.sendfile import send_file
 from cachenode.store import BlockFile, BlockPart, BlockStore
-from clientlib.auth import ALL_ACCESS, Claims, Verifier, body_digest
+from clientlib.auth import (
+    ALL_ACCESS,
+    DIGEST_HEADER,
+    METRICS,
+    PROOF_HEADER,
+    WRITE,
+    Claims,
+    Verifier,
+    body_digest,
+    check_digest,
+)
 from clientlib.blocks import (
     DEFAULT_BLOCK_SIZE,
     MAX_BLOCK_SIZE,
@@ -49,7 +60,7 @@ from clientlib.blocks import (
 from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, RangeNotSatisfiable, RingcacheError
 from clientlib.status import collect_details
-from clientlib.urls import split_url
+from clientlib.urls import canonical_url, split_url
 
 __all__ = ["MAX_BATCH", "NodeState", "make_app"]
 
@@ -73,7 +84,9 @@ class NodeState:
     """What the routes need to know about the node beyond its store.
 
     ``cluster_nodes`` lists the cluster's members from etcd (for service discovery and
-    the dashboard); ``stop`` is set to drain the node, by SIGTERM or ``cachectl drain``.
+    the dashboard); ``stop`` is set to drain the node, by SIGTERM or ``cachectl drain``;
+    ``block_size`` is the cluster's setting, which block geometry is taken from (never
+    from a request alone).
     """
 
     def __init__(
@@ -82,8 +95,12 @@ class NodeState:
         cluster: str = "default",
         cluster_nodes: Callable[[], Awaitable[list[NodeInfo]]] | None = None,
         serve_slots: int = 64,
+        block_size: Callable[[], int] = lambda: DEFAULT_BLOCK_SIZE,
     ) -> None:
         self.node_id = node_id
+        #: The cluster's block size now (from etcd): the only one this node stores.
+        self.block_size = block_size
+        self.bodies = BodyBudget()
         self.cluster = cluster
         self.draining = False
         self.joined = False
@@ -146,20 +163,30 @@ def make_middleware(
     no data and stay open (Prometheus and probes have no token)."""
 
     async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if verifier is None:
-            request["claims"] = ALL_ACCESS
-            return await fair(request, handler)
-        digest = ""
         if request.method == "POST":
+            # Batch bodies are read here, within the node's body budget, before anything
+            # else: the signature covers their digest.
             if request.content_length is None or request.content_length > MAX_BATCH_BODY:
                 raise web.HTTPRequestEntityTooLarge(
                     max_size=MAX_BATCH_BODY, actual_size=request.content_length or 0
                 )
-            digest = body_digest(await request.read())
-        claims = verifier.verify(
-            request.method, request.raw_path, request.headers.get("Authorization"), digest
-        )
-        request["claims"] = claims
+            async with state.bodies.admit(request.content_length):
+                body = await state.bodies.read(request)
+                return await signed(request, handler, body_digest(body) if verifier else "")
+        digest = ""
+        if request.method == "PUT" and verifier is not None:
+            # The body is checked against this declared digest once read (put_block), so
+            # the signature is checked before a byte of it is taken into memory.
+            digest = check_digest(request.headers.get(DIGEST_HEADER))
+        return await signed(request, handler, digest)
+
+    async def signed(request: web.Request, handler: Handler, digest: str) -> web.StreamResponse:
+        if verifier is None:
+            request["claims"] = ALL_ACCESS
+        else:
+            request["claims"] = verifier.verify(
+                request.method, request.raw_path, request.headers.get("Authorization"), digest
+            )
         return await fair(request, handler)
 
     async def fair(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -167,9 +194,7 @@ def make_middleware(
         if request.method != "GET":
             return await handler(request)
         tenant = request["claims"].tenant
-        bs = request.query.get("bs", "") if request.query_string else ""
-        cost = int(bs) if bs.isdigit() and len(bs) < 10 else DEFAULT_BLOCK_SIZE
-        async with state.fair.slot(tenant, cost) as slot:
+        async with state.fair.slot(tenant, state.block_size()) as slot:
             request["slot"] = slot
             response = await handler(request)
         TENANT_SERVED_BYTES.labels(tenant).inc(response.content_length or 0)
@@ -213,31 +238,44 @@ def _int(query: Any, name: str, lo: int, hi: int) -> int:
     raw = query.get(name)
     if raw is None:
         raise BadRequest(f"query parameter {name!r} is required")
-    if not raw.isdigit() or len(raw) > 20:
-        raise BadRequest(f"query parameter {name!r} must be a non-negative integer")
+    # ASCII digits only: str.isdigit() is True for "²" (which int() refuses) and "٣" (3).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
+        raise BadRequest(f"query parameter {name!r} must be a non-negative integer in ASCII digits")
     value = int(raw)
     if not lo <= value <= hi:
         raise BadRequest(f"query parameter {name!r}={value} is outside [{lo}, {hi}]")
     return value
 
 
-def block_ref_from_query(block_id: str, query: Mapping[str, str]) -> BlockRef:
+def block_ref_from_query(
+    block_id: str, query: Mapping[str, str], block_size: int | None = None
+) -> BlockRef:
     """Rebuild the :class:`BlockRef` a request names and check it hashes to ``block_id``.
 
     The check means a client cannot make a node store one object's bytes under another
-    block's id: the id is derived from the source, never trusted on its own.
+    block's id: the id is derived from the source, never trusted on its own. The URL is
+    made canonical first (:func:`canonical_url`), so the scope check, the id and the
+    origin all see one spelling. ``block_size`` is the cluster's: a request for another
+    is refused, so no request can make a node fetch or store blocks of a size of its
+    choosing (the object's size is checked against the origin when it is read).
     """
-    url = query.get("src", "")
+    raw_url = query.get("src", "")
     version = query.get("ver", "")
-    if not url or not version:
+    if not raw_url or not version:
         raise BadRequest("query parameters 'src' and 'ver' are required on a miss")
-    if len(url) > MAX_QUERY_VALUE or len(version) > MAX_QUERY_VALUE:
+    if len(raw_url) > MAX_QUERY_VALUE or len(version) > MAX_QUERY_VALUE:
         raise BadRequest("query parameter too long")
-    origin, key = split_url(url)
+    origin, key = split_url(raw_url)
+    url = canonical_url(raw_url)
     size = _int(query, "size", 1, MAX_OBJECT_SIZE)
-    block_size = check_block_size(_int(query, "bs", 1, MAX_BLOCK_SIZE))
-    index = _int(query, "i", 0, size // block_size)
-    ref = BlockRef(url, origin, key, version, size, block_size, index)
+    asked_block_size = check_block_size(_int(query, "bs", 1, MAX_BLOCK_SIZE))
+    if block_size is not None and asked_block_size != block_size:
+        raise BadRequest(
+            f"block size {asked_block_size} is not the cluster's {block_size}: re-read "
+            "the cluster config"
+        )
+    index = _int(query, "i", 0, size // asked_block_size)
+    ref = BlockRef(url, origin, key, version, size, asked_block_size, index)
     if ref.offset >= size:
         raise BadRequest(f"block {index} is past the end of a {size}-byte object")
     if ref.id != block_id:
@@ -260,12 +298,31 @@ async def _msgpack_body(request: web.Request, max_str_len: int = 64) -> Any:
         raise BadRequest(f"malformed msgpack body: {exc}") from None
 
 
-async def _ids_from_body(request: web.Request) -> list[str]:
-    doc = await _msgpack_body(request)
+def _ids_from_doc(doc: Any) -> list[str]:
     ids = doc.get("ids") if isinstance(doc, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise BadRequest("body must be a map {'ids': [block id, ...]}")
     return [check_block_id(i) for i in ids]
+
+
+def _refs_from_doc(
+    doc: Any, claims: Claims, block_size: int, limit: int = MAX_BATCH
+) -> list[tuple[str, BlockRef]]:
+    """The blocks a ``{"blocks": [{"id", "src", "ver", "size", "bs", "i"}, ...]}`` body
+    names, each checked against its id, the cluster's block size and ``claims``."""
+    items = doc.get("blocks") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or len(items) > limit:
+        raise BadRequest(f"body must be a map {{'blocks': [...]}} of at most {limit}")
+    refs = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise BadRequest("each block is a map with 'id', 'src', 'ver', 'size', 'bs', 'i'")
+        query = {k: str(v) for k, v in item.items() if k != "id"}
+        block_id = check_block_id(item["id"])
+        ref = block_ref_from_query(block_id, query, block_size)
+        claims.require(ref.url)
+        refs.append((block_id, ref))
+    return refs
 
 
 def counters() -> dict[str, int]:
@@ -361,10 +418,15 @@ def _span(request: web.Request, length: int) -> _Span:
     """
     if "Range" not in request.headers:
         return _Span(0, length, length)
+    if len(request.headers.getall("Range")) > 1:
+        raise RangeNotSatisfiable("several Range headers: one range only")
     try:
-        asked = request.http_range  # aiohttp: bytes=A-B, A- or -N; one range only
+        asked = request.http_range  # aiohttp: bytes=A-B, A- or -N in ASCII digits
     except ValueError as exc:
         raise RangeNotSatisfiable(f"bad Range header: {exc}") from None
+    if asked.start == 0 and asked.stop is None and "=-" in request.headers["Range"]:
+        # "bytes=-0", a suffix of no bytes, is slice(0, None) to aiohttp: the whole block.
+        raise RangeNotSatisfiable(f"Range {request.headers['Range'][:100]!r} asks for no bytes")
     within = range(length)[asked]
     if asked.step not in (None, 1) or not within:
         raise RangeNotSatisfiable(
@@ -417,7 +479,7 @@ def make_app(
         claims: Claims = request["claims"]
         # A hot lookup has no query string: skip parsing one into a MultiDict.
         if request.query_string and "src" in request.query:
-            ref = block_ref_from_query(block_id, request.query)
+            ref = block_ref_from_query(block_id, request.query, state.block_size())
             # Checked before the store: a cached block is no less the firm's data.
             claims.require(ref.url)
             asked = _cached_span(request, block_id)
@@ -426,6 +488,8 @@ def make_app(
                 return await serve_miss(request, ref, block_id, hot, started)
         else:
             claims.require_all_access("a lookup by block id alone")
+            if verifier is not None:
+                return await serve_proven(request, block_id)
             asked = _cached_span(request, block_id)
             cached = await store.open_verified(block_id, part=None if asked is None else asked.part)
             if cached is None:
@@ -532,6 +596,26 @@ def make_app(
             REQUEST_SECONDS.labels("get_miss").observe(time.perf_counter() - started)
         return response
 
+    async def serve_proven(request: web.Request, block_id: str) -> web.Response:
+        """A lookup by id on a secured cluster (another node's handoff): the whole block,
+        once it is here (a hit, or a fetch in flight joined), with this node's proof that
+        it knows the cluster secret and sent these bytes (:meth:`Verifier.prove`). The
+        asking node stores nothing without that proof, so a rogue server registered in
+        etcd cannot get its bytes into the cache. No early headers: the proof covers the
+        body, so it goes out once the body is known."""
+        assert verifier is not None
+        data = await readthrough.cached(block_id)
+        if data is None:
+            return web.json_response({"error": "block not cached"}, status=404)
+        digest = await asyncio.to_thread(body_digest, data)
+        proof = verifier.prove(request.headers["Authorization"], digest)
+        SERVED_BYTES.labels("hit").inc(len(data))
+        return web.Response(
+            body=data,
+            content_type="application/octet-stream",
+            headers={"X-Ringcache-Result": "hit", PROOF_HEADER: proof},
+        )
+
     async def serve_join(request: web.Request, block_id: str) -> web.StreamResponse:
         """A lookup of a block this node is fetching right now: headers at once (so the
         asking node knows this one is alive, see cachenode.handoff), the body when the
@@ -542,47 +626,52 @@ def make_app(
         return response
 
     async def put_block(request: web.Request) -> web.Response:
+        """Fill-on-write: store a block a writer pushes, if everything about it holds.
+
+        Checked before a byte of the body is read: the token's ``write`` right on the
+        source, the cluster's block size, the object's version and size *now* in the
+        origin (so no made-up version can take cache space), the exact block length,
+        and room in the node's body budget. Then the body must arrive in time and match
+        the SHA-256 the signature covers.
+        """
         started = time.perf_counter()
         block_id = check_block_id(request.match_info["id"])
-        ref = block_ref_from_query(block_id, request.query)
-        request["claims"].require(ref.url)
+        ref = block_ref_from_query(block_id, request.query, state.block_size())
+        request["claims"].require(ref.url, WRITE)
         if request.content_length is None:
             raise BadRequest("Content-Length is required")
         if request.content_length != ref.length:
             raise BadRequest(f"body must be the block's {ref.length} bytes")
-        try:
-            data = await request.read()
-        except ConnectionError as exc:
-            raise BadRequest(f"truncated body: {exc}") from None
-        if len(data) != ref.length:
-            raise BadRequest(f"body has {len(data)} bytes, the block has {ref.length}")
-        stored = await readthrough.fill(block_id, data)
+        await readthrough.check_current(ref)
+        declared = request.headers.get(DIGEST_HEADER)
+        async with state.bodies.admit(ref.length):
+            data = await state.bodies.read(request)
+            if declared is not None and body_digest(data) != check_digest(declared):
+                raise BadRequest(f"body does not match its {DIGEST_HEADER}")
+            stored = await readthrough.fill(block_id, data)
         REQUEST_SECONDS.labels("put").observe(time.perf_counter() - started)
         return web.json_response({"stored": stored}, status=201 if stored else 507)
 
     async def query_blocks(request: web.Request) -> web.Response:
-        ids = await _ids_from_body(request)
-        return _msgpack({"present": [i in store for i in ids]})
+        """Which blocks are cached. By id alone for operators; a scoped token names each
+        block's source (as for warm), so it learns nothing about blocks outside its
+        scope."""
+        doc = await _msgpack_body(request, max_str_len=MAX_QUERY_VALUE)
+        if isinstance(doc, dict) and "blocks" in doc:
+            refs = _refs_from_doc(doc, request["claims"], state.block_size())
+            return _msgpack({"present": [block_id in store for block_id, _ in refs]})
+        request["claims"].require_all_access("a presence query by block id alone")
+        return _msgpack({"present": [i in store for i in _ids_from_doc(doc)]})
 
     async def evict_blocks(request: web.Request) -> web.Response:
         request["claims"].require_all_access("evicting blocks")
-        ids = await _ids_from_body(request)
+        ids = _ids_from_doc(await _msgpack_body(request))
         return _msgpack({"evicted": await store.evict(ids)})
 
     async def warm_blocks(request: web.Request) -> web.Response:
         """Fetch blocks into the store without sending them back (cachectl warmup)."""
         doc = await _msgpack_body(request, max_str_len=MAX_QUERY_VALUE)
-        items = doc.get("blocks") if isinstance(doc, dict) else None
-        if not isinstance(items, list) or len(items) > MAX_WARM:
-            raise BadRequest(f"body must be a map {{'blocks': [...]}} of at most {MAX_WARM}")
-        refs = []
-        for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-                raise BadRequest("each block is a map with 'id', 'src', 'ver', 'size', 'bs', 'i'")
-            query = {k: str(v) for k, v in item.items() if k != "id"}
-            ref = block_ref_from_query(item["id"], query)
-            request["claims"].require(ref.url)
-            refs.append((check_block_id(item["id"]), ref))
+        refs = _refs_from_doc(doc, request["claims"], state.block_size(), MAX_WARM)
 
         async def warm(block_id: str, ref: BlockRef) -> tuple[str, int, str]:
             if block_id in store:
@@ -647,7 +736,16 @@ def make_app(
             ]
         )
 
-    async def metrics(_: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.Response:
+        """Prometheus text. On a secured node its tenant labels are not for everyone: it
+        needs a ``metrics`` right, from a signed request or (Prometheus cannot sign) an
+        ``Authorization: Bearer <token>`` of a ``cachectl token create --metrics`` token."""
+        if verifier is not None:
+            header = request.headers.get("Authorization")
+            if header is not None and header.startswith("Bearer "):
+                verifier.verify_bearer(header, METRICS)
+            else:
+                verifier.verify("GET", request.raw_path, header).require_right(METRICS)
         state.report()
         CACHE_USED.set(store.used_bytes)
         CACHE_CAPACITY.set(store.capacity_bytes)

@@ -4,6 +4,16 @@
 into origin ``file://`` and key ``/dir/f`` (normalised, so ``/a/../b`` and ``/b`` are one
 object and one set of block ids). Everything else is a :class:`BadRequest` with a message
 a user can act on.
+
+Security rests on one spelling per object: token scopes are checked against
+:func:`canonical_url`, the same string block ids are made of and origins open, so no
+spelling reaches another object than the one its scope check saw. Hence:
+
+- ``file://`` paths are normalised (``.``, ``..``, ``//``) and are *not* percent-decoded:
+  ``%2e%2e`` is a file of that name, never ``..`` (no layer decodes it later);
+- S3 keys are taken as they are, except that ``.`` and ``..`` segments are refused: S3
+  stores them literally, but HTTP stacks on the way (and some S3 servers) resolve them,
+  so ``s3://b/team/../other`` could reach ``other`` past a scope on ``team``.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import re
 
 from clientlib.errors import BadRequest
 
-__all__ = ["join_url", "split_url"]
+__all__ = ["canonical_url", "join_url", "split_url"]
 
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MAX_KEY_BYTES = 1024
@@ -29,6 +39,8 @@ def split_url(url: str) -> tuple[str, str]:
             raise BadRequest(f"bad S3 bucket name in {url[:200]!r}")
         if len(key.encode()) > MAX_KEY_BYTES:
             raise BadRequest(f"S3 key longer than {MAX_KEY_BYTES} bytes")
+        if any(segment in (".", "..") for segment in key.split("/")):
+            raise BadRequest(f"S3 key with a '.' or '..' segment: {url[:200]!r}")
         return f"s3://{bucket}", key
     if url.startswith("file://"):
         path = url[7:]
@@ -48,3 +60,8 @@ def join_url(origin: str, key: str) -> str:
     if origin == "file://":
         return origin + key
     return f"{origin}/{key}"
+
+
+def canonical_url(url: str) -> str:
+    """The one spelling of ``url`` that scopes, block ids and origins all use."""
+    return join_url(*split_url(url))

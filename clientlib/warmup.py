@@ -42,7 +42,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SOURCE_XATTR = "user.ringcache.source"
-QUERY_BATCH = 5000
+#: Blocks per presence query or eviction: a query names each block with its source
+#: (up to 2 KiB), and a body must stay under the node's 4 MiB limit.
+QUERY_BATCH = 1000
 WARM_BATCH = 8
 
 Progress = Callable[[int, int], None]
@@ -142,7 +144,9 @@ async def _present(client: CacheClient, node: NodeInfo, refs: list[BlockRef]) ->
     present: list[bool] = []
     for start in range(0, len(refs), QUERY_BATCH):
         batch = refs[start : start + QUERY_BATCH]
-        answer = await client.node_call(node, "/v1/blocks/query", {"ids": [r.id for r in batch]})
+        # Each block with its source: a scoped token may only ask about its own blocks.
+        doc = {"blocks": [_warm_item(r) for r in batch]}
+        answer = await client.node_call(node, "/v1/blocks/query", doc)
         present.extend(bool(p) for p in answer["present"])
     return present
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -27,7 +28,6 @@ from clientlib.localcluster import (
     S3Proxy,
     free_port,
     http_ok,
-    local_get,
     start_etcd,
     start_node,
     wait_until,
@@ -142,6 +142,25 @@ def metric_sum(text: str, name: str, labels: str = "") -> float:
     return total
 
 
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """A cluster secret (what a node's and an operator's --token-file hold)."""
+    path = tmp_path / "cluster.secret"
+    path.write_text(os.urandom(24).hex() + "\n")
+    return path
+
+
+async def make_token(cluster, secret: Path, scope: str, *extra: str) -> Path:  # type: ignore[no-untyped-def]
+    """A token file made by the real ``cachectl token create`` (extra: its flags)."""
+    result = await run_cachectl(
+        "--token-file", str(secret), "token", "create", "--scope", scope, *extra
+    )
+    assert result.returncode == 0, result.stderr
+    path = secret.parent / f"token-{time.monotonic_ns()}"
+    path.write_bytes(result.stdout)
+    return path
+
+
 def self_signed_cert(where: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key (PEM files in ``where``)."""
     key, pem = where / "key.pem", where / "cert.pem"
@@ -156,7 +175,7 @@ def self_signed_cert(where: Path) -> tuple[Path, Path]:
 
 def node_metric(node: Node, name: str, labels: str = "") -> float:
     """A sample of a node's /metrics (summed over label sets if unspecified)."""
-    return metric_sum(local_get(node.url + "/metrics").decode(), name, labels)
+    return metric_sum(node.get("/metrics").decode(), name, labels)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import argparse
 
 import humanfriendly
 
-from clientlib.auth import create_token, load_secret
+from clientlib.auth import METRICS, READ, WRITE, create_token, load_secret
 from clientlib.errors import ConfigError
 
 
@@ -20,13 +20,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     create.add_argument(
         "--scope",
         action="append",
-        required=True,
+        default=[],
         metavar="URL_PREFIX",
-        help="objects the token may read, e.g. s3://market-data/bars/ (repeatable)",
+        help="objects the token may read, e.g. s3://market-data/bars (repeatable; a scope "
+        "covers whole path segments: s3://b/team never covers s3://b/team-other)",
     )
     create.add_argument("--tenant", default="default", help="team the token belongs to")
     create.add_argument(
         "--ttl", metavar="DURATION", help="lifetime, e.g. 12h or 30d (default: none)"
+    )
+    create.add_argument(
+        "--write",
+        action="store_true",
+        help="may also fill the cache with blocks it wrote (a mount that writes needs it)",
+    )
+    create.add_argument(
+        "--metrics",
+        action="store_true",
+        help="a token for Prometheus to scrape /metrics with (as a bearer token); "
+        "it reads no data, and takes no --scope",
     )
     create.set_defaults(run=run)
 
@@ -42,5 +54,14 @@ async def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--ttl {args.ttl!r} is not a duration (try 12h or 30d)") from None
         if ttl <= 0:
             raise ConfigError("--ttl must be positive")
-    print(create_token(load_secret(args.token_file), args.scope, args.tenant, ttl))
+    if args.metrics:
+        if args.scope or args.write:
+            raise ConfigError("--metrics makes a scrape-only token: no --scope or --write")
+        scopes, rights = [], frozenset({METRICS})
+    else:
+        if not args.scope:
+            raise ConfigError("--scope URL_PREFIX is required (or --metrics)")
+        scopes = args.scope
+        rights = frozenset({READ, WRITE}) if args.write else frozenset({READ})
+    print(create_token(load_secret(args.token_file), scopes, args.tenant, ttl, rights))
     return 0

@@ -125,17 +125,22 @@ class Origin(abc.ABC):
     """An object store reachable by URL. Implementations are safe to share across tasks."""
 
     def check(self, url: str) -> None:  # noqa: B027 - most origins allow every URL
-        """Raise now if this origin would refuse ``url`` (cheap, no I/O)."""
+        """Raise now if this origin would refuse ``url`` (cheap: no request, at most a
+        local path lookup)."""
 
     @abc.abstractmethod
     async def stat(self, url: str) -> ObjectInfo:
         """Size and version tag of the object at ``url``; :class:`NotFound` if absent."""
 
     @abc.abstractmethod
-    async def read(self, url: str, offset: int, length: int, version: str) -> bytes:
+    async def read(
+        self, url: str, offset: int, length: int, version: str, *, size: int | None = None
+    ) -> bytes:
         """Bytes ``[offset, offset+length)`` of ``url`` at ``version``.
 
-        Raises :class:`VersionMismatch` when the object is no longer at ``version``.
+        Raises :class:`VersionMismatch` when the object is no longer at ``version`` or,
+        if ``size`` is given, is not ``size`` bytes long: a node checks the size a
+        request claims, since the block's length follows from it.
         """
 
     @abc.abstractmethod

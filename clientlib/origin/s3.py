@@ -148,7 +148,9 @@ class S3Origin(Origin):
         head = await self._call(self._client.head_object, url, Bucket=origin[5:], Key=key)
         return _info(url, origin, key, head["ContentLength"], head), head
 
-    def _get_sync(self, bucket: str, key: str, offset: int, length: int, etag: str) -> bytes:
+    def _get_sync(
+        self, bucket: str, key: str, offset: int, length: int, etag: str, size: int | None
+    ) -> bytes:
         resp = self._client.get_object(
             Bucket=bucket,
             Key=key,
@@ -156,15 +158,22 @@ class S3Origin(Origin):
             IfMatch=f'"{etag}"',
         )
         with resp["Body"] as body:
-            return body.read()
+            data = body.read()
+        # "bytes A-B/TOTAL": the object's size, for free with the bytes.
+        total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+        if size is not None and total != str(size):
+            raise VersionMismatch(f"s3://{bucket}/{key} is {total or '?'} bytes, not {size}")
+        return data
 
-    async def read(self, url: str, offset: int, length: int, version: str) -> bytes:
+    async def read(
+        self, url: str, offset: int, length: int, version: str, *, size: int | None = None
+    ) -> bytes:
         origin, key = split_url(url)
         ORIGIN_REQUESTS.labels("get").inc()
         if length == 0:
             return b""
         data = await self._call(
-            lambda: self._get_sync(origin[5:], key, offset, length, version), url
+            lambda: self._get_sync(origin[5:], key, offset, length, version, size), url
         )
         ORIGIN_BYTES.inc(len(data))
         return data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from unittest import mock
 
 import aiohttp
@@ -13,14 +14,8 @@ from yarl import URL
 from clientlib import CacheClient
 from clientlib.auth import Credentials
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from tests.conftest import cachectl, node_metric, run_cachectl
-
-
-@pytest.fixture
-def secret(tmp_path):  # type: ignore[no-untyped-def]
-    path = tmp_path / "cluster.secret"
-    path.write_text(os.urandom(24).hex() + "\n")
-    return path
+from clientlib.errors import OriginError
+from tests.conftest import cachectl, make_token, node_metric, run_cachectl
 
 
 @pytest.fixture
@@ -34,16 +29,6 @@ def two_buckets(s3):  # type: ignore[no-untyped-def]
     return out
 
 
-async def make_token(cluster, secret, scope: str, *extra: str):  # type: ignore[no-untyped-def]
-    result = await run_cachectl(
-        "--token-file", str(secret), "token", "create", "--scope", scope, *extra
-    )
-    assert result.returncode == 0, result.stderr
-    path = secret.parent / f"token-{time.monotonic_ns()}"
-    path.write_bytes(result.stdout)
-    return path
-
-
 async def get_block(node, client: CacheClient, url: str, credentials: Credentials) -> int:  # type: ignore[no-untyped-def]
     info = await client.stat(url)
     ref = client.block_ref(info, 0)
@@ -51,7 +36,9 @@ async def get_block(node, client: CacheClient, url: str, credentials: Credential
     target = URL(f"{node.url}/v1/blocks/{ref.id}?{query}", encoded=True)
     async with (
         aiohttp.ClientSession() as session,
-        session.get(target, headers=credentials.headers("GET", target.raw_path_qs)) as resp,
+        session.get(
+            target, headers=credentials.headers("GET", target.raw_path_qs, node=node.node_id)
+        ) as resp,
     ):
         return resp.status
 
@@ -106,15 +93,17 @@ async def test_expired_tampered_replayed_and_missing_signatures_are_refused(
     class Stale(Credentials):
         """Signs as two minutes ago: a captured request replayed later."""
 
-        def headers(self, method: str, path_qs: str, digest: str = "") -> dict[str, str]:
+        def headers(
+            self, method: str, path_qs: str, digest: str = "", node: str = ""
+        ) -> dict[str, str]:
             with mock.patch("clientlib.auth.time.time", return_value=time.time() - 120):
-                return good.headers(method, path_qs, digest)
+                return good.headers(method, path_qs, digest, node)
 
     assert await get_block(node, operator, url, Stale()) == 401
     assert await get_block(node, operator, url, good) == 200
 
     async with aiohttp.ClientSession() as session:
-        for path in ("/metrics", "/healthz", "/v1/stats"):
+        for path in ("/healthz", "/v1/stats"):
             async with session.get(node.url + path) as resp:
                 assert resp.status == 200, path
         async with session.post(f"{node.url}/v1/admin/drain") as resp:
@@ -141,3 +130,98 @@ def test_token_command_mistakes_are_one_line(tmp_path, secret):
         lines = result.stderr.decode().strip().splitlines()
         assert result.returncode != 0, args
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+
+
+async def test_scopes_end_at_path_segments_and_file_urls_are_normalised_first(
+    make_cluster, client_for, secret, s3, tmp_path
+):
+    cluster = make_cluster(1, extra=["--token-file", str(secret)])
+    node = cluster.nodes[0]
+    stem = f"seg-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    for bucket in (stem, f"{stem}-other"):
+        s3.create_bucket(Bucket=bucket)
+        for key in ("team/x", "team-other/x"):
+            s3.put_object(Bucket=bucket, Key=key, Body=os.urandom(1000))
+    private = tmp_path / "private"
+    (tmp_path / "pub").mkdir()
+    private.mkdir()
+    (tmp_path / "pub" / "ok.txt").write_bytes(b"public")
+    (private / "k.txt").write_bytes(b"the firm's key")
+    operator = await client_for(cluster, token_file=str(secret))
+
+    async def status(scope: str, url: str) -> int:
+        creds = Credentials.from_file(await make_token(cluster, secret, scope))
+        return await get_block(node, operator, url, creds)
+
+    assert await status(f"s3://{stem}/team", f"s3://{stem}/team/x") == 200
+    assert await status(f"s3://{stem}/team", f"s3://{stem}/team-other/x") == 403
+    assert await status(f"s3://{stem}", f"s3://{stem}/team-other/x") == 200
+    assert await status(f"s3://{stem}", f"s3://{stem}-other/team/x") == 403
+    pub = f"file://{tmp_path}/pub/"
+    assert await status(pub, f"file://{tmp_path}/pub/ok.txt") == 200
+    assert await status(pub, f"file://{tmp_path}/pub/../private/k.txt") == 403
+    assert await status(pub, f"file://{tmp_path}/pub//../private/k.txt") == 403
+    # A key with dot segments never reaches another object past a scope check.
+    creds = Credentials.from_file(await make_token(cluster, secret, f"s3://{stem}/team/"))
+    async with aiohttp.ClientSession() as session:
+        path = f"/v1/blocks/{'0' * 32}?src=s3://{stem}/team/../team-other/x&ver=v&size=1000&bs={BS}&i=0"
+        headers = creds.headers("GET", path, node=node.node_id)
+        async with session.get(URL(node.url + path, encoded=True), headers=headers) as resp:
+            assert resp.status == 400
+    # A token with several scopes covers each of them, and nothing between.
+    multi = Credentials.from_file(
+        await make_token(cluster, secret, f"s3://{stem}/team/", "--scope", pub)
+    )
+    assert await get_block(node, operator, f"s3://{stem}/team/x", multi) == 200
+    assert await get_block(node, operator, f"file://{tmp_path}/pub/ok.txt", multi) == 200
+    assert await get_block(node, operator, f"s3://{stem}/team-other/x", multi) == 403
+
+
+async def test_presence_queries_and_metrics_tell_a_token_holder_nothing_outside_its_rights(
+    make_cluster, client_for, secret, two_buckets
+):
+    cluster = make_cluster(1, extra=["--token-file", str(secret)])
+    node = cluster.nodes[0]
+    alpha, beta = two_buckets["alpha"], two_buckets["beta"]
+    operator = await client_for(cluster, token_file=str(secret))
+    beta_url = f"s3://{beta[0]}/signals.parquet"
+    await operator.read(beta_url)  # cached now
+    beta_ref = operator.block_ref(await operator.stat(beta_url), 0)
+    token = await make_token(cluster, secret, f"s3://{alpha[0]}/", "--tenant", "alpha")
+    team = await client_for(cluster, token_file=str(token))
+    with pytest.raises(OriginError, match="403"):
+        await team.node_call(
+            operator.ring.nodes[node.node_id], "/v1/blocks/query", {"ids": [beta_ref.id]}
+        )
+    item = {"id": beta_ref.id, "src": beta_url, "ver": beta_ref.version, "size": beta_ref.size,
+            "bs": BS, "i": 0}  # fmt: skip
+    with pytest.raises(OriginError, match="403"):
+        await team.node_call(
+            operator.ring.nodes[node.node_id], "/v1/blocks/query", {"blocks": [item]}
+        )
+    answer = await operator.node_call(
+        operator.ring.nodes[node.node_id], "/v1/blocks/query", {"blocks": [item]}
+    )
+    assert answer == {"present": [True]}
+
+    # /metrics names tenants: not for anyone, nor for a read token; a --metrics token
+    # works as Prometheus sends it (a static bearer), and reads no data.
+    scrape = await run_cachectl("--token-file", str(secret), "token", "create", "--metrics")
+    assert scrape.returncode == 0, scrape.stderr
+    bearer = scrape.stdout.decode().strip()
+    reader = Path(token).read_text().strip()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(node.url + "/metrics") as resp:
+            assert resp.status == 401
+        async with session.get(
+            node.url + "/metrics", headers={"Authorization": f"Bearer {reader}"}
+        ) as resp:
+            assert resp.status == 403
+        async with session.get(
+            node.url + "/metrics", headers={"Authorization": f"Bearer {bearer}"}
+        ) as resp:
+            assert resp.status == 200
+            assert "ringcache_block_hits_total" in await resp.text()
+    scrape_file = Path(token).parent / "scrape.token"
+    scrape_file.write_text(bearer)
+    assert await get_block(node, operator, beta_url, Credentials.from_file(scrape_file)) == 403

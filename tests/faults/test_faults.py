@@ -73,9 +73,16 @@ async def test_hung_node_is_passed_over_by_hedging_not_by_timeouts(
         assert await client.read(url) == data
         assert sample("ringcache_client_fallbacks_total", reason="hedge") > before["hedge"]
         assert sample("ringcache_client_fallbacks_total", reason="timeout") == before["timeout"]
-        # Every block came from a live peer; none had to fall back to the origin.
-        assert sample("ringcache_client_block_reads_total", source="peer") == peer_reads + 6
-        assert sample("ringcache_client_block_reads_total", source="origin") == origin_reads
+        # Every block came from a live peer or, once both owners had had their hedge
+        # delay (the next owner's miss first asks the hung node for 1 s by handoff), from
+        # the origin: never from waiting out the hung node.
+        peer = sample("ringcache_client_block_reads_total", source="peer") - peer_reads
+        origin = sample("ringcache_client_block_reads_total", source="origin") - origin_reads
+        info = await warm.stat(url)
+        hung_owns = sum(
+            warm.ring.owners(warm.block_ref(info, i).id, 1)[0].addr == hung.addr for i in range(6)
+        )
+        assert peer + origin == 6 and peer >= 6 - hung_owns
     finally:
         hung.signal(signal.SIGCONT)
 
