@@ -7,6 +7,8 @@ cachenode processes) and is unmounted at teardown, with SIGTERM and, if that fai
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,3 +76,22 @@ def mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     yield make
     for m in mounts:
         m.unmount()
+
+
+@pytest.fixture
+def open_mount() -> Iterator[Callable[..., Mount]]:
+    """Like ``mount``, on a mount point that other users can reach (tmp_path is 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="ringcache-shared-", dir="/tmp"))
+    root.chmod(0o755)
+    mounts: list[Mount] = []
+
+    def make(cluster, source: str, *extra: str) -> Mount:  # type: ignore[no-untyped-def]
+        m = start_mount(cluster, source, root, "--allow-other", *extra)
+        m.path.parent.chmod(0o755)
+        mounts.append(m)
+        return m
+
+    yield make
+    for m in mounts:
+        m.unmount()
+    shutil.rmtree(root, ignore_errors=True)

@@ -8,14 +8,10 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.mountd.conftest import Mount, start_mount
 
 NOBODY = 65534
 LONG = "n" * 251 + ".csv"  # 255 bytes, the most a name may have
@@ -176,25 +172,6 @@ def test_setuid_setgid_and_sticky_bits_shown_are_the_ones_a_fresh_mount_shows(
         assert int(meta["mode"]) == stat.S_IFREG | 0o4755
     fresh = mount(cluster, source_of(origin, bucket, src))
     assert {n: stat.S_IMODE(os.stat(fresh.path / n).st_mode) for n in want} == want
-
-
-@pytest.fixture
-def open_mount() -> Iterator[Callable[..., Mount]]:
-    """Like ``mount``, on a mount point that other users can reach (tmp_path is 0700)."""
-    root = Path(tempfile.mkdtemp(prefix="ringcache-names-", dir="/tmp"))
-    root.chmod(0o755)
-    mounts: list[Mount] = []
-
-    def make(cluster, source: str, *extra: str) -> Mount:  # type: ignore[no-untyped-def]
-        m = start_mount(cluster, source, root, "--allow-other", *extra)
-        m.path.parent.chmod(0o755)
-        mounts.append(m)
-        return m
-
-    yield make
-    for m in mounts:
-        m.unmount()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_stored_setuid_bit_gives_no_privileges_the_mount_is_nosuid_and_nodev(

@@ -5,34 +5,9 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
-
-from tests.mountd.conftest import Mount, start_mount
 
 NOBODY = 65534
-
-
-@pytest.fixture
-def open_mount() -> Iterator[Callable[..., Mount]]:
-    """Like ``mount``, on a mount point that other users can reach (tmp_path is 0700)."""
-    root = Path(tempfile.mkdtemp(prefix="ringcache-perm-", dir="/tmp"))
-    root.chmod(0o755)
-    mounts: list[Mount] = []
-
-    def make(cluster, source: str, *extra: str) -> Mount:  # type: ignore[no-untyped-def]
-        m = start_mount(cluster, source, root, "--allow-other", *extra)
-        m.path.parent.chmod(0o755)
-        mounts.append(m)
-        return m
-
-    yield make
-    for m in mounts:
-        m.unmount()
 
 
 def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
