@@ -13,7 +13,7 @@ import pytest
 from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.blocks import block_id
-from tests.conftest import node_metric
+from tests.conftest import client_metric, node_metric
 
 SIZE = 3 * BS + 12345  # odd size: the last block is short
 
@@ -92,12 +92,16 @@ async def test_read_succeeds_when_an_owner_was_killed(make_cluster, client_for, 
     cluster = make_cluster(3)
     warm = await client_for(cluster)
     assert await warm.read(url) == data
-    victim = cluster.nodes[0]
+    first = warm.block_ref(await warm.stat(url), 0).id
+    owner = warm.ring.owners(first, 1)[0]
+    victim = next(n for n in cluster.nodes if n.addr == owner.addr)
     victim.signal(signal.SIGKILL)
     victim.popen.wait()
     # The dead node is still on the ring until its lease expires: the read must go on.
     client = await client_for(cluster, nodes=3)
+    errors = client_metric("ringcache_client_fallbacks_total", reason="error")
     assert await client.read(url) == data
+    assert client_metric("ringcache_client_fallbacks_total", reason="error") > errors
 
 
 async def test_read_succeeds_when_every_node_is_gone(make_cluster, client_for, obj):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -11,10 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from clientlib.localcluster import wait_until
+from clientlib.localcluster import Node, wait_until
 from mountd.__main__ import READ_AHEAD_KB
-from tests.conftest import node_metric
+from tests.conftest import Cluster, node_metric, wait_ring
 
 SIZE = 3 * BS + 12345  # the last block is short
 
@@ -35,6 +37,19 @@ def block_reads(m) -> float:  # type: ignore[no-untyped-def]
     return m.metric("ringcache_client_block_reads_total", 'source="peer"') + m.metric(
         "ringcache_client_block_reads_total", 'source="origin"'
     )
+
+
+def owner_of(cluster: Cluster, url: str, index: int) -> Node:
+    """The node that owns block ``index`` of ``url`` on the cluster's ring."""
+
+    async def find() -> Node:
+        async with CacheClient(cluster.etcd.url, cluster.name) as client:
+            await wait_ring(client, len(cluster.nodes))
+            ref = client.block_ref(await client.stat(url), index)
+            owner = client.ring.owners(ref.id, 1)[0]
+        return next(n for n in cluster.nodes if n.addr == owner.addr)
+
+    return asyncio.run(find())
 
 
 def test_whole_and_offset_reads_equal_the_object(make_cluster, mount, bucket, obj):
@@ -109,7 +124,8 @@ def test_killed_cache_node_does_not_fail_a_read_in_progress(make_cluster, mount,
     s3.put_object(Bucket=bucket, Key="big.bin", Body=data)
     cluster = make_cluster(3)
     m = mount(cluster, f"s3://{bucket}", "--prefetch-blocks", "2")
-    victim = cluster.nodes[1]
+    # The owner of block 8, which the mount has neither read nor prefetched at the kill.
+    victim = owner_of(cluster, f"s3://{bucket}/big.bin", 8)
     got = bytearray()
     with open(m.path / "big.bin", "rb", buffering=0) as fh:
         while chunk := fh.read(1024 * 1024):
@@ -118,6 +134,7 @@ def test_killed_cache_node_does_not_fail_a_read_in_progress(make_cluster, mount,
                 threading.Thread(target=victim.signal, args=(signal.SIGKILL,)).start()
     assert bytes(got) == data
     assert not victim.alive() or victim.popen.wait(5) is not None  # type: ignore[union-attr]
+    assert m.metric("ringcache_client_fallbacks_total") > 0  # the dead owner was asked
 
 
 def test_pandas_reads_csv_and_parquet_from_the_mount(make_cluster, mount, s3, bucket, tmp_path):
@@ -141,6 +158,7 @@ def test_local_disk_tier_serves_blocks_after_the_nodes_are_gone(
     first = mount(cluster, f"s3://{bucket}", "--local-cache", tier)
     assert (first.path / "bars" / "2024.bin").read_bytes() == obj
     first.unmount()
+    cluster.stop()
     second = mount(cluster, f"s3://{bucket}", "--local-cache", tier)
     with open(second.path / "bars" / "2024.bin", "rb") as fh:  # jumps: parts of blocks
         for offset in (len(obj) - 65536, 2 * BS + 12345, BS + 7):
