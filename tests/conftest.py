@@ -185,11 +185,13 @@ def metric_sum(text: str, name: str, labels: str = "") -> float:
             names = set(_declared_labels(family) or ())
         missing = set(wanted) - names
         assert not missing, f"metric {name!r} has no label {sorted(missing)}: {sorted(names)}"
-    return sum(
-        value
-        for metric, got, value in samples
-        if metric == name and all(got.get(k) == v for k, v in wanted.items())
-    ) + 0.0
+    return float(
+        sum(
+            value
+            for metric, got, value in samples
+            if metric == name and all(got.get(k) == v for k, v in wanted.items())
+        )
+    )
 
 
 @pytest.fixture
