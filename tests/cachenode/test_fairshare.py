@@ -1,11 +1,18 @@
-"""The fair-share scheduler (a unit: one class, no servers)."""
+"""The fair-share scheduler: as a unit (one class, no servers), then on a real node."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+
+import aiohttp
+from yarl import URL
 
 from cachenode.fairshare import FairScheduler
+from clientlib.auth import Credentials
+from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from tests.conftest import make_token, node_metric
 
 
 async def test_a_light_tenant_is_not_starved_by_a_heavy_one():
@@ -104,3 +111,58 @@ async def test_a_slot_paused_by_a_failed_fetch_is_not_given_back_twice():
     assert scheduler.try_acquire()  # the one slot is free...
     assert not scheduler.try_acquire()  # ...and only one
     scheduler.release()
+
+
+async def test_a_light_tenant_is_served_its_share_of_a_real_node_a_heavy_tenant_floods(
+    make_cluster, client_for, secret, s3, bucket
+):
+    """One real node with one serving slot, hits only, two tenants' tokens: a heavy
+    tenant with 24 block GETs in flight and a light one with 3 are served about equal
+    bytes (in arrival order the light tenant would get 3 in 27)."""
+    cluster = make_cluster(1, extra=["--token-file", str(secret), "--serve-slots", "1"])
+    node = cluster.nodes[0]
+    urls = [f"s3://{bucket}/o{i}" for i in range(4)]
+    for url in urls:
+        s3.put_object(Bucket=bucket, Key=url.rsplit("/", 1)[1], Body=os.urandom(BS))
+    operator = await client_for(cluster, token_file=str(secret))
+    targets = []
+    for url in urls:
+        await operator.read(url)  # cached: what follows is hits only
+        ref = operator.block_ref(await operator.stat(url), 0)
+        query = operator._source_query(ref)
+        targets.append(URL(f"{node.url}/v1/blocks/{ref.id}?{query}", encoded=True))
+    credentials = {}
+    for tenant in ("heavy", "light"):
+        token = await make_token(cluster, secret, f"s3://{bucket}/", "--tenant", tenant)
+        credentials[tenant] = Credentials.from_file(token)
+    stop = asyncio.Event()
+
+    async def reader(session: aiohttp.ClientSession, tenant: str, n: int) -> None:
+        while not stop.is_set():
+            target = targets[n % len(targets)]
+            headers = credentials[tenant].headers("GET", target.raw_path_qs, node=node.node_id)
+            async with session.get(target, headers=headers) as resp:
+                assert resp.status == 200
+                assert len(await resp.read()) == BS
+
+    def served() -> dict[str, float]:
+        return {
+            t: node_metric(node, "ringcache_tenant_served_bytes_total", f'tenant="{t}"')
+            for t in ("heavy", "light")
+        }
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = [asyncio.create_task(reader(session, "heavy", n)) for n in range(24)]
+        tasks += [asyncio.create_task(reader(session, "light", n)) for n in range(3)]
+        try:
+            await asyncio.sleep(1)  # the flood is on
+            before = await asyncio.to_thread(served)
+            await asyncio.sleep(3)
+            after = await asyncio.to_thread(served)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    heavy, light = (after[t] - before[t] for t in ("heavy", "light"))
+    assert heavy > 0 and light > 0
+    assert light / (heavy + light) > 0.35, (heavy, light)

@@ -11,7 +11,8 @@ import aiohttp
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.blocks import block_id
-from tests.conftest import cachectl, run_cachectl
+from clientlib.localcluster import S3Proxy
+from tests.conftest import cachectl, node_metric, run_cachectl
 
 
 def ctl(cluster, *args: str) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
@@ -128,3 +129,65 @@ async def test_misses_waiting_on_a_slow_origin_do_not_hold_the_serving_slots(
             assert await resp.read() == b"h" * 1000
         assert not cold.done()
         assert await cold == b"c" * 2000
+
+
+async def test_a_node_never_has_more_origin_gets_in_flight_than_its_limit(
+    make_cluster, client_for, s3_endpoint, s3, bucket
+):
+    """``--origin-max-inflight``, then the cluster's ``origin_max_inflight`` set live,
+    bound the GETs a node has open at a slow origin while 8 misses want it at once."""
+    bodies = {f"s3://{bucket}/f/{i}": os.urandom(64 * 1024 + i) for i in range(16)}
+    for url, body in bodies.items():
+        s3.put_object(Bucket=bucket, Key=url.split("/", 3)[3], Body=body)
+    proxy = S3Proxy(s3_endpoint, delay=0.3)
+    await proxy.start()
+    try:
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url}
+        cluster = make_cluster(1, env=env, extra=["--origin-max-inflight", "3"])
+        node = cluster.nodes[0]
+        # The client reads through the node only: no hedge to the origin of its own.
+        client = await client_for(cluster, hedge_delay=60, memory_cache_bytes=0)
+        urls = list(bodies)
+
+        async def read_all(batch: list[str]) -> None:
+            got = await asyncio.gather(*(client.read(url) for url in batch))
+            assert got == [bodies[url] for url in batch]
+
+        await read_all(urls[:8])
+        assert proxy.gets >= 8
+        assert proxy.max_gets_in_flight == 3  # reached, never passed
+
+        await run_cachectl(*ctl(cluster, "config", "set", "origin_max_inflight", "2"))
+        await wait_stat(node, "origin_max_inflight", 2)
+        proxy.max_gets_in_flight = 0
+        await read_all(urls[8:])
+        assert proxy.max_gets_in_flight == 2
+    finally:
+        await proxy.stop()
+
+
+async def test_a_cluster_block_size_of_1_mib_splits_reads_into_1_mib_blocks(
+    make_cluster, client_for, s3, bucket
+):
+    """The block size set in etcd before the nodes start is the one clients cut objects
+    by and nodes fetch and store: 3.5 MiB is four blocks of 1 MiB, not one of 4 MiB."""
+    mib = 1024 * 1024
+    cluster = make_cluster(0)
+    result = await run_cachectl(*ctl(cluster, "config", "set", "block_size", "1MiB"))
+    assert result.returncode == 0, result.stderr
+    node = cluster.add()
+    data = os.urandom(3 * mib + mib // 2)
+    s3.put_object(Bucket=bucket, Key="k", Body=data)
+    etag = s3.head_object(Bucket=bucket, Key="k")["ETag"].strip('"')
+    client = await client_for(cluster, memory_cache_bytes=0)
+    assert client.block_size == mib
+    assert await client.read(f"s3://{bucket}/k") == data
+    assert await client.read(f"s3://{bucket}/k", mib - 10, 20) == data[mib - 10 : mib + 10]
+    ids = {block_id(f"s3://{bucket}", "k", etag, mib, i) for i in range(4)}
+    stored = {p.name.split(".")[0]: p for p in (node.cache_dir / "blocks").rglob("*.*")}
+    assert set(stored) == ids
+    sizes = sorted(int(p.name.split(".")[1], 16) for p in stored.values())
+    assert sizes == [mib // 2, mib, mib, mib]
+    assert node_metric(node, "ringcache_block_misses_total") == 4
+    assert node_metric(node, "ringcache_origin_bytes_total") == len(data)
+    assert (await node_stats(node))["blocks"] == 4
