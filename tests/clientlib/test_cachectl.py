@@ -7,7 +7,7 @@ import os
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.localcluster import free_port
-from tests.conftest import cachectl, run_cachectl
+from tests.conftest import cachectl, make_token, run_cachectl
 
 
 async def test_status_json_has_the_design_fields_with_correct_numbers(
@@ -80,3 +80,26 @@ def test_cachectl_mistakes_are_one_line(etcd, s3_endpoint):
         assert result.returncode in (1, 2), (args, result.stderr)
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
         assert lines[0].startswith("cachectl: error:")
+
+
+async def test_warmup_cat_and_status_work_with_a_scoped_token(make_cluster, s3, bucket, secret):
+    cluster = make_cluster(2, extra=["--token-file", str(secret)])
+    data = os.urandom(BS + 999)
+    s3.put_object(Bucket=bucket, Key="w/a", Body=data)
+    token = await make_token(cluster, secret, f"s3://{bucket}/w/")
+    common = ("--etcd", cluster.etcd.url, "--cluster", cluster.name, "--token-file", str(token))
+    warm = await run_cachectl(*common, "warmup", f"s3://{bucket}/w/", "--json")
+    assert warm.returncode == 0, warm.stderr
+    report = json.loads(warm.stdout)
+    assert report["blocks_fetched"] == 2 and report["errors"] == 0
+    cat = await run_cachectl(*common, "cat", f"s3://{bucket}/w/a")
+    assert cat.returncode == 0, cat.stderr
+    assert cat.stdout == data
+    assert cluster.metric("ringcache_block_hits_total") == 2  # served by the warmed nodes
+    assert cluster.metric("ringcache_requests_refused_total") == 0
+    status = await run_cachectl(*common, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    nodes = json.loads(status.stdout)["nodes"]
+    assert {n["addr"] for n in nodes} == {n.addr for n in cluster.nodes}
+    assert sum(n["blocks"] for n in nodes) == 2
+    assert sum(n["hits"] for n in nodes) == 2
