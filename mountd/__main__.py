@@ -1,7 +1,7 @@
 """``mountd SOURCE MOUNTPOINT``: mount a bucket or directory through the ringcache cluster.
 
 A thin shell: parse the configuration, become a daemon (unless ``--foreground``), start
-the client, mount, and serve FUSE requests on uvloop until SIGTERM, SIGINT or
+the client, mount, and serve FUSE requests on uvloop until SIGTERM, SIGINT, SIGHUP or
 ``fusermount3 -u``. As a daemon the parent process waits until the mount is up (or has
 failed) so ``mountd ... && ls MOUNTPOINT`` works and a failure is the command's exit
 status with a one-line reason.
@@ -212,7 +212,9 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
             raise RingcacheError(f"cannot mount on {config.mountpoint}: {exc}") from None
         mounted = True
         raise_read_ahead = asyncio.create_task(_raise_read_ahead(str(config.mountpoint)))
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: a foreground mountd whose terminal closes must not leave a dead
+        # mount behind (there is no configuration to reload).
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, pyfuse3.terminate)
         log.info(
             "mounted %s on %s (cluster %s, block size %d)",
