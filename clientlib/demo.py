@@ -6,6 +6,8 @@ mounts it with mountd and runs a small "backtest" that reads every CSV through t
 with plain file I/O; then prints the cluster's hit rate as ``cachectl status`` computes
 it and where the dashboard is. Without FUSE (no /dev/fuse, not root) the job reads
 through :class:`CacheClient` instead. ``--keep`` leaves everything running to explore.
+However it ends (Ctrl-C, SIGTERM from ``timeout`` or a process manager, SIGHUP from a
+closed terminal), it stops every process it started and unmounts what it mounted.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import csv
 import logging
 import random
 import shutil
+import sys
 import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from clientlib.client import CacheClient
-from clientlib.localcluster import Process, start_etcd, start_mount, start_node
+from clientlib.localcluster import Node, ProcessGroup, Stopped, start_etcd, start_mount, start_node
 from clientlib.status import cluster_status
 from clientlib.warmup import WarmupReport, warmup
 
@@ -100,72 +103,76 @@ def demo_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, help="where to put everything (default: temp)")
     parser.add_argument("--nodes", type=int, default=3, help="cache nodes to start")
     parser.add_argument("--days", type=int, default=60, help="trading days of bars per ticker")
-    parser.add_argument("--keep", action="store_true", help="keep running until Ctrl-C")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep running until Ctrl-C, SIGTERM or SIGHUP"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ringcache-demo-"))
-    procs: list[Process] = []
     try:
-        print(f"workdir {workdir}")
-        etcd = start_etcd(workdir / "etcd")
-        procs.append(etcd)
-        print(f"etcd        {etcd.url}")
-        data = workdir / "origin"
-        paths = write_minute_bars(data, args.days)
-        size = sum(p.stat().st_size for p in paths)
-        print(f"origin      file://{data}/minute_bars  ({len(paths)} files, {size / 1e6:.1f} MB)")
-        for i in range(args.nodes):
-            node = start_node(
-                etcd.url,
-                "demo",
-                workdir / f"node{i}",
-                size="1GiB",
-                extra=["--file-root", str(data)],
-            )
-            procs.append(node)
-            print(f"cachenode   {node.url}")
-        asyncio.run(wait_nodes(etcd.url, "demo", args.nodes))
-        source = f"file://{data}/minute_bars"
-        report = asyncio.run(warm(etcd.url, "demo", source))
-        print(
-            f"warmup      {report.blocks_fetched} blocks fetched from the origin once for the "
-            f"cluster in {report.seconds:.2f}s  (cachectl warmup {source})"
-        )
-        mount = None
-        try:
-            mount = start_mount(
-                source, workdir / "mnt", etcd.url, "demo", "--read-only", "--allow-other"
-            )
-            procs.append(mount)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            print(f"mount       unavailable here ({str(exc).splitlines()[0]}); reading via the API")
-        if mount is not None:
-            print(f"mountd      {source} on {mount.path}")
-            files = sorted(mount.path.glob("*.csv"))
-            total, seconds, means = backtest(files)
-            print(
-                f"backtest    read {len(files)} CSVs ({total / 1e6:.1f} MB) through the mount "
-                f"in {seconds:.2f}s; mean close AAPL {means.get('AAPL', 0):.2f}"
-            )
-        else:
-            total, seconds = asyncio.run(read_all(etcd.url, "demo", paths))
-            print(f"job         {total / 1e6:.1f} MB in {seconds:.2f}s through the cluster")
-        status = asyncio.run(cluster_status(etcd.url, "demo"))
-        hits = sum(n["hits"] for n in status["nodes"])
-        misses = sum(n["misses"] for n in status["nodes"])
-        print(
-            f"hit rate    {status['hit_rate']:.1%}: {misses} misses (the warmup's fetches), "
-            f"{hits} hits (the job's reads)   (cachectl --etcd {etcd.url} --cluster demo status)"
-        )
-        print(f"dashboard   {procs[1].url}/dashboard   metrics {procs[1].url}/metrics")
-        if args.keep:
-            print("running; Ctrl-C to stop")
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        with ProcessGroup():
+            _demo(args, workdir)
+    except Stopped as exc:
+        sys.exit(128 + exc.signum)
     finally:
-        for proc in reversed(procs):
-            proc.stop()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _demo(args: argparse.Namespace, workdir: Path) -> None:
+    """The demo's steps; the caller's :class:`ProcessGroup` stops what they start."""
+    print(f"workdir {workdir}")
+    etcd = start_etcd(workdir / "etcd")
+    print(f"etcd        {etcd.url}")
+    data = workdir / "origin"
+    paths = write_minute_bars(data, args.days)
+    size = sum(p.stat().st_size for p in paths)
+    print(f"origin      file://{data}/minute_bars  ({len(paths)} files, {size / 1e6:.1f} MB)")
+    nodes: list[Node] = []
+    for i in range(args.nodes):
+        node = start_node(
+            etcd.url,
+            "demo",
+            workdir / f"node{i}",
+            size="1GiB",
+            extra=["--file-root", str(data)],
+        )
+        nodes.append(node)
+        print(f"cachenode   {node.url}")
+    asyncio.run(wait_nodes(etcd.url, "demo", args.nodes))
+    source = f"file://{data}/minute_bars"
+    report = asyncio.run(warm(etcd.url, "demo", source))
+    print(
+        f"warmup      {report.blocks_fetched} blocks fetched from the origin once for the "
+        f"cluster in {report.seconds:.2f}s  (cachectl warmup {source})"
+    )
+    mount = None
+    try:
+        mount = start_mount(
+            source, workdir / "mnt", etcd.url, "demo", "--read-only", "--allow-other"
+        )
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"mount       unavailable here ({str(exc).splitlines()[0]}); reading via the API")
+    if mount is not None:
+        print(f"mountd      {source} on {mount.path}")
+        files = sorted(mount.path.glob("*.csv"))
+        total, seconds, means = backtest(files)
+        print(
+            f"backtest    read {len(files)} CSVs ({total / 1e6:.1f} MB) through the mount "
+            f"in {seconds:.2f}s; mean close AAPL {means.get('AAPL', 0):.2f}"
+        )
+    else:
+        total, seconds = asyncio.run(read_all(etcd.url, "demo", paths))
+        print(f"job         {total / 1e6:.1f} MB in {seconds:.2f}s through the cluster")
+    status = asyncio.run(cluster_status(etcd.url, "demo"))
+    hits = sum(n["hits"] for n in status["nodes"])
+    misses = sum(n["misses"] for n in status["nodes"])
+    print(
+        f"hit rate    {status['hit_rate']:.1%}: {misses} misses (the warmup's fetches), "
+        f"{hits} hits (the job's reads)   (cachectl --etcd {etcd.url} --cluster demo status)"
+    )
+    print(f"dashboard   {nodes[0].url}/dashboard   metrics {nodes[0].url}/metrics")
+    if args.keep:
+        print("running; Ctrl-C (or SIGTERM, SIGHUP) stops everything")
+        while True:
+            time.sleep(3600)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -18,6 +19,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from aetcd import rpc
@@ -40,11 +43,14 @@ __all__ = [
     "Mount",
     "Node",
     "Process",
+    "ProcessGroup",
     "S3Proxy",
+    "Stopped",
     "free_port",
     "issue_cert",
     "local_get",
     "make_ca",
+    "mounted",
     "start_etcd",
     "start_mount",
     "start_node",
@@ -108,6 +114,8 @@ class Process:
                 env=self.env,
                 start_new_session=True,
             )
+        for group in _active_groups:
+            group.processes.append(self)
         return self
 
     @property
@@ -146,6 +154,69 @@ class Process:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+#: What ends a command that started children: Ctrl-C, ``kill``/``timeout``/a process
+#: manager, and a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_active_groups: list[ProcessGroup] = []
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread by a :class:`ProcessGroup` when a stop signal arrives.
+
+    A ``KeyboardInterrupt`` so that it ends ``time.sleep``, blocking waits and
+    ``asyncio.run`` the way Ctrl-C does (asyncio lets no other exception out of a
+    callback). ``signum`` is the signal; the conventional exit status is ``128 + signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class ProcessGroup:
+    """The children of a command, stopped however the command ends.
+
+    Children run in sessions of their own (a Ctrl-C or a hang-up of the terminal does not
+    reach them), so the command must stop them itself. Within ``with ProcessGroup():``
+    every :class:`Process` started (even one whose start is cut short) is recorded, and
+    SIGINT, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread. On the way out,
+    normal or not, every recorded process is stopped, newest first (a :class:`Mount`
+    unmounts), each with SIGTERM and then SIGKILL after its timeout; a repeated signal
+    meanwhile is ignored, so it cannot cut the stop short.
+    """
+
+    def __init__(self) -> None:
+        self.processes: list[Process] = []
+        self._saved: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+
+    def __enter__(self) -> ProcessGroup:
+        _active_groups.append(self)
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._saved[sig] = signal.signal(sig, self._raise)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _active_groups.remove(self)
+        for sig in self._saved:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            self.stop()
+        finally:
+            for sig, handler in self._saved.items():
+                signal.signal(sig, handler)
+
+    @staticmethod
+    def _raise(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    def stop(self) -> None:
+        """Stop every process of the group, newest first."""
+        while self.processes:
+            self.processes.pop().stop()
 
 
 @dataclass
@@ -413,6 +484,19 @@ def start_node(
     return node
 
 
+def mounted(path: Path) -> bool:
+    """Whether something is mounted on ``path``, by the kernel's mount table: unlike
+    ``os.path.ismount``, also true of a FUSE mount whose daemon died (its stat fails)."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mounts") as table:
+        for line in table:
+            fields = line.split()
+            # The table escapes space, tab, newline and backslash as octal (\040).
+            if re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1]) == target:
+                return True
+    return False
+
+
 @dataclass
 class Mount(Process):
     """A ``mountd --foreground`` process and its mount point."""
@@ -421,17 +505,25 @@ class Mount(Process):
     metrics_url: str = ""
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """Unmount (SIGTERM makes mountd unmount cleanly), then make sure it is gone."""
+        """Unmount (SIGTERM makes mountd unmount cleanly), then make sure it is gone:
+        a mount whose mountd died (SIGKILL) is detached with ``fusermount3 -u -z``."""
         code = super().stop(timeout)
-        if os.path.ismount(self.path):
+        if mounted(self.path):
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
         return code
 
 
 def start_mount(
-    source: str, path: Path, etcd_url: str, cluster: str, *extra: str, log_path: Path | None = None
+    source: str,
+    path: Path,
+    etcd_url: str,
+    cluster: str,
+    *extra: str,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Mount:
-    """Start ``mountd SOURCE PATH`` in the foreground and wait until ``path`` is mounted."""
+    """Start ``mountd SOURCE PATH`` in the foreground and wait until ``path`` is mounted
+    (``env``: mountd's whole environment, for example another ``AWS_ENDPOINT_URL``)."""
     path.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
@@ -451,7 +543,12 @@ def start_mount(
     ]
     log = log_path or path.parent / f"{path.name}.log"
     mount = Mount(
-        f"mountd-{path.name}", cmd, log, path=path, metrics_url=f"http://127.0.0.1:{port}/metrics"
+        f"mountd-{path.name}",
+        cmd,
+        log,
+        env=env,
+        path=path,
+        metrics_url=f"http://127.0.0.1:{port}/metrics",
     )
     mount.start()
     try:
@@ -492,14 +589,27 @@ class S3Proxy:
     Cloud object storage has tens of milliseconds to the first byte and throttles bursts
     with ``503 SlowDown``; a loopback S3 (moto) has neither. Nodes pointed at this proxy
     (``AWS_ENDPOINT_URL``) see ``delay`` seconds before every answer, and the first
-    ``fail_gets`` GETs (every GET if negative) answered with 503 SlowDown.
+    ``fail_gets`` GETs (every GET if negative) answered with 503 SlowDown; likewise the
+    first ``fail_writes`` PUTs and POSTs (uploads, multipart parts, their creation and
+    completion, copies). The attributes may be changed while it runs (a fault that
+    heals); ``failures`` and ``write_failures`` count the 503s sent. ``gets`` counts the
+    GETs received, ``gets_in_flight`` those not yet answered and ``max_gets_in_flight``
+    the most at once: how many origin requests its clients had open together.
     """
 
-    def __init__(self, upstream: str, delay: float = 0.0, fail_gets: int = 0) -> None:
+    def __init__(
+        self, upstream: str, delay: float = 0.0, fail_gets: int = 0, fail_writes: int = 0
+    ) -> None:
         self.upstream = upstream
         self.delay = delay
         self.fail_gets = fail_gets
+        self.fail_writes = fail_writes
         self.failures = 0
+        self.write_failures = 0
+        self.gets = 0
+        self.gets_in_flight = 0
+        self.max_gets_in_flight = 0
+        self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
 
@@ -511,9 +621,26 @@ class S3Proxy:
         self._session = session
 
         async def handle(request: web.Request) -> web.Response:
+            if request.method != "GET":
+                return await answer(request)
+            self.gets += 1
+            self.gets_in_flight += 1
+            self.max_gets_in_flight = max(self.max_gets_in_flight, self.gets_in_flight)
+            try:
+                return await answer(request)
+            finally:
+                self.gets_in_flight -= 1
+
+        async def answer(request: web.Request) -> web.Response:
             await asyncio.sleep(self.delay)
             if request.method == "GET" and (self.fail_gets < 0 or self.failures < self.fail_gets):
                 self.failures += 1
+                return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
+            if request.method in ("PUT", "POST") and (
+                self.fail_writes < 0 or self.write_failures < self.fail_writes
+            ):
+                self.write_failures += 1
+                await request.read()  # the client sent its body; it gets an answer
                 return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
             return await forward(session, self.upstream, request)
 
@@ -524,7 +651,8 @@ class S3Proxy:
         self._runner = runner
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        return f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
 
     async def stop(self) -> None:
         if self._runner is not None:
