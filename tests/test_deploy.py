@@ -421,13 +421,17 @@ def relocate(example: Path, tmp_path: Path, uncomment: bool) -> Path:
     ``# key = value`` settings switched on if asked."""
     text = example.read_text()
     if uncomment:
+        # A commented alternative of a setting replaces it, as a user would switch it.
+        alternatives = set(re.findall(r"(?m)^# (\w+) = ", text))
+        text = re.sub(r"(?m)^(\w+) = .*$", lambda m: "" if m[1] in alternatives else m[0], text)
         text = re.sub(r"(?m)^# (\w+ = )", r"\1", text)
 
     def move(match: re.Match[str]) -> str:
         path = tmp_path / match.group(1).lstrip("/")
-        if path.suffix in (".secret", ".pem") or path.name == "token":
+        if path.suffix in (".secret", ".pem", ".password") or path.name == "token":
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("0123456789abcdef0123456789abcdef\n")
+            filler = "-----BEGIN CERTIFICATE-----\n" if path.suffix == ".pem" else ""
+            path.write_text(filler + "0123456789abcdef0123456789abcdef\n")
         elif not path.suffix:
             path.mkdir(parents=True, exist_ok=True)
         return f'"{path}'
