@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Load with a fault: 200 readers on a 3-node cluster, one node SIGKILLed and restarted.
+"""Load with faults: 200 readers on a 3-node cluster, one node SIGKILLed and restarted,
+then compound faults (a node dead and another hung; etcd paused with a node hung).
 
 What it runs, all on 127.0.0.1: one etcd and 3 ``cachenode`` processes on fixed free
 ports, reading through to a ``file://`` origin (a temp dir of ``--objects`` random objects
@@ -14,18 +15,22 @@ The working set is warmed first (every object read once through the cluster). Th
 nodes), read random ranges (random object, offset, and length up to ``--max-read-kib``)
 for ``--duration`` (60) s and compare every byte with the data set. At ``--kill-at``
 (20 s) node 0 gets SIGKILL; at ``--restart-at`` (35 s) it is started again on the same
-cache dir and port (same node id, so it gets its blocks back). A read that raises, takes
+cache dir and port (same node id, so it gets its blocks back). At ``--dead-hung-at`` (45 s)
+node 1 gets SIGKILL and node 2 SIGSTOP for ``--fault-seconds`` (5 s; node 1's lease does
+not expire in that time, so it stays on every ring), then node 2 gets SIGCONT and node 1
+is restarted. At ``--etcd-pause-at`` (60 s) etcd and node 2 get SIGSTOP for
+``--fault-seconds``, then SIGCONT. A read that raises, takes
 longer than ``--read-timeout`` or returns other bytes is a failed read (target: 0).
 
 It reports reads served, failed reads, p50/p99 latency over the whole run and for reads
-started in the 5 s after the kill, the clients' ``ringcache_client_fallbacks_total`` by
+started in the 5 s after the kill, p50/p99/worst for reads started during each compound
+fault, the clients' ``ringcache_client_fallbacks_total`` by
 reason and ``ringcache_client_block_reads_total`` by source (summed over the worker
 processes' own registries), each node's RSS (``VmRSS`` in ``/proc/<pid>/status``) before
 the load and at its end, and the CPU the workers and nodes used (to see whether the load
 generator or the cluster is the limit).
 
-    .venv/bin/python loadtest/fault_load.py             # ~1.5 minutes
-    .venv/bin/python loadtest/fault_load.py --duration 20 --kill-at 6 --restart-at 12
+    .venv/bin/python loadtest/fault_load.py             # ~2 minutes
 
 Results: ``loadtest/results/fault_load.json`` and ``fault_load.md``. Every process it
 starts is stopped on exit, error or Ctrl-C, and the temp dir is removed (``--keep`` leaves
@@ -40,8 +45,10 @@ import contextlib
 import functools
 import os
 import random
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +182,69 @@ def rss_under_load(timeline: list[dict[str, Any]]) -> dict[str, dict[str, int | 
 # ----------------------------------------------------------------------------- the run
 
 
+class CompoundFault:
+    """Faults applied together at ``at`` and undone ``seconds`` later, times in ``events``."""
+
+    def __init__(
+        self,
+        name: str,
+        at: float,
+        seconds: float,
+        apply: Callable[[], None],
+        undo: Callable[[], None],
+    ) -> None:
+        self.name, self.at, self.until = name, at, at + seconds
+        self._apply, self._undo = apply, undo
+        self._state = "pending"
+
+    def step(self, now: float, events: dict[str, Any], t0: float) -> None:
+        if self._state == "pending" and now >= self.at:
+            self._apply()
+            events[f"{self.name}_at"] = round(time.time() - t0, 3)
+            self._state = "on"
+            print(f"t={events[f'{self.name}_at']:.1f}s {self.name} on", flush=True)
+        elif self._state == "on" and now >= self.until:
+            events[f"{self.name}_ended_at"] = round(time.time() - t0, 3)
+            self._undo()
+            self._state = "done"
+            print(f"t={events[f'{self.name}_ended_at']:.1f}s {self.name} off", flush=True)
+
+
+def compound_faults(
+    args: argparse.Namespace, etcd: Etcd, nodes: list[Node], restart: Callable[[int], Node]
+) -> list[CompoundFault]:
+    """Node 1 dead with node 2 hung; then etcd paused with node 2 hung."""
+
+    def dead_hung() -> None:
+        nodes[1].kill()  # its lease outlives the fault: still on every ring
+        nodes[2].signal(signal.SIGSTOP)
+
+    def dead_hung_over() -> None:
+        nodes[2].signal(signal.SIGCONT)
+        nodes[1] = restart(1)
+
+    def etcd_paused_hung() -> None:
+        etcd.signal(signal.SIGSTOP)
+        nodes[2].signal(signal.SIGSTOP)
+
+    def etcd_paused_hung_over() -> None:
+        nodes[2].signal(signal.SIGCONT)
+        etcd.signal(signal.SIGCONT)
+
+    return [
+        CompoundFault(
+            "dead_hung", args.dead_hung_at, args.fault_seconds, dead_hung, dead_hung_over
+        ),
+        CompoundFault(
+            "etcd_paused_hung",
+            args.etcd_pause_at,
+            args.fault_seconds,
+            etcd_paused_hung,
+            etcd_paused_hung_over,
+        ),
+    ]
+
+
 def start_cluster_node(etcd: Etcd, root: Path, data: Path, i: int, port: int) -> Node:
     return start_node(
         etcd.url,
@@ -247,10 +317,15 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
     timeline: list[dict[str, Any]] = []
     restarted: Node | None = None
     killed = False
+    compound = compound_faults(
+        args, etcd, nodes, lambda i: start_cluster_node(etcd, root, data, i, ports[i])
+    )
     while True:
         now = time.time() - t0
         if now >= args.duration:
             break
+        for fault in compound:
+            fault.step(now, events, t0)
         if not killed and now >= args.kill_at:
             events["victim"] = victim.addr
             events["victim_rss_kib_at_kill"] = rss_kib(victim.pid)
@@ -297,7 +372,21 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
     ]
     before_kill = [lat for s, lat in zip(starts, lats, strict=True) if s < kill_t]
     after_restart_t = events.get("restarted_healthy_at", args.restart_at)
-    after_restart = [lat for s, lat in zip(starts, lats, strict=True) if s >= after_restart_t]
+    after_restart = [
+        lat
+        for s, lat in zip(starts, lats, strict=True)
+        if after_restart_t <= s < min(f.at for f in compound)
+    ]
+    during = {
+        f.name: lat_summary(
+            [
+                lat
+                for s, lat in zip(starts, lats, strict=True)
+                if events[f"{f.name}_at"] <= s < events[f"{f.name}_ended_at"]
+            ]
+        )
+        for f in compound
+    }
     per_second = []
     for second in range(int(args.duration)):
         window = [
@@ -350,6 +439,10 @@ def run(args: argparse.Namespace, root: Path, procs: list[Any], workers: list[An
         "latency_before_kill": lat_summary(before_kill),
         "latency_after_kill_5s": lat_summary(after_kill),
         "latency_after_restart": lat_summary(after_restart),
+        "latency_during_compound_faults": during,
+        "dead_hung_at": args.dead_hung_at,
+        "etcd_pause_at": args.etcd_pause_at,
+        "fault_seconds": args.fault_seconds,
         "client_fallbacks": merged("fallbacks"),
         "client_block_reads": merged("block_reads"),
         "worker_cpu_seconds": worker_cpu,
@@ -399,7 +492,8 @@ def markdown(r: dict[str, Any]) -> str:
     )
     mib = 1024
     lines = [
-        "# Fault load: 3 nodes, one SIGKILLed and restarted under 200 readers",
+        "# Fault load: 3 nodes under 200 readers, one SIGKILLed and restarted, then compound "
+        "faults",
         "",
         f"{r['nodes']} cachenode processes and etcd on loopback, origin `file://` (a temp dir "
         f"on local disk), {r['objects']} objects of {r['object_bytes'] // 2**20} MiB, block "
@@ -414,12 +508,27 @@ def markdown(r: dict[str, Any]) -> str:
         f"noisy {r['cpus']}-core VM (load average at the end {r['load_average_end']}).",
         "",
         "| reads served | failed reads | reads/s | p50 | p99 | p99 before kill "
-        "| p50 / p99 / max, 5 s after kill | p99 after restart |",
+        "| p50 / p99 / max, 5 s after kill | p99 after restart (to the compound faults) |",
         "|---|---|---|---|---|---|---|---|",
         f"| {r['reads_ok']:,} | {r['failed_reads']} | {r['reads_per_second']:.0f} "
         f"| {la['p50_ms']:.1f} ms | {la['p99_ms']:.1f} ms | {lb['p99_ms']:.1f} ms "
         f"| {lk['p50_ms']:.1f} / {lk['p99_ms']:.1f} / {lk['max_ms']:.0f} ms "
         f"({lk['reads']:,} reads) | {lr['p99_ms']:.1f} ms |",
+        "",
+        f"Compound faults, {r['fault_seconds']:.0f} s each (reads started while the fault was "
+        "on): **dead + hung**, node 1 SIGKILLed (its lease not yet expired, so still on every "
+        "ring) and node 2 SIGSTOPped, then node 2 resumed and node 1 restarted; **etcd paused "
+        "+ hung**, etcd and node 2 SIGSTOPped, then both resumed. Peer timeouts are the "
+        "client's defaults (15 s without a byte, 60 s in all); hedge delay "
+        f"{r['hedge_delay']} s.",
+        "",
+        "| compound fault | started at | reads | p50 | p99 | worst read |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {name.replace('_', ' ')} | {ev.get(name + '_at')} s | {lat['reads']:,} "
+            f"| {lat['p50_ms']:.1f} ms | {lat['p99_ms']:.1f} ms | {lat['max_ms']:.0f} ms |"
+            for name, lat in r["latency_during_compound_faults"].items()
+        ),
         "",
         "Client fallbacks (`ringcache_client_fallbacks_total`, by reason, summed over the "
         "workers): "
@@ -451,7 +560,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Load generator CPU: {r['worker_cpu_seconds']} s per worker process over "
         f"{r['duration']} s (utilisation {r['worker_cpu_utilisation']}).",
         "",
-        "Reads per second and p99 (by start time; K = kill, R = restart):",
+        "Reads per second and p99 (by start time; K = kill, R = restart, D = dead + hung, "
+        "E = etcd paused + hung):",
         "",
         "| second | " + " | ".join(str(x["t"]) for x in r["per_second"][::5]) + " |",
         "|---|" + "---|" * len(r["per_second"][::5]),
@@ -466,6 +576,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"{max(y['p99_ms'] for y in r['per_second'][i : i + 5]):.0f} ms"
             + (" K" if i <= r["kill_at"] < i + 5 else "")
             + (" R" if i <= r["restart_at"] < i + 5 else "")
+            + (" D" if i <= r["dead_hung_at"] < i + 5 else "")
+            + (" E" if i <= r["etcd_pause_at"] < i + 5 else "")
             for i in range(0, len(r["per_second"]), 5)
         )
         + " |",
@@ -485,9 +597,12 @@ def markdown(r: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--duration", type=float, default=75.0)
     parser.add_argument("--kill-at", type=float, default=20.0)
     parser.add_argument("--restart-at", type=float, default=35.0)
+    parser.add_argument("--dead-hung-at", type=float, default=45.0)
+    parser.add_argument("--etcd-pause-at", type=float, default=60.0)
+    parser.add_argument("--fault-seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--procs", type=int, default=2, help="worker processes")
     parser.add_argument("--clients", type=int, default=8, help="CacheClients in all")
@@ -500,8 +615,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     harness.add_output_options(parser, "fault_load")
     args = parser.parse_args()
-    if not 0 < args.kill_at < args.restart_at < args.duration:
-        parser.error("need 0 < --kill-at < --restart-at < --duration")
+    if not (
+        0 < args.kill_at < args.restart_at < args.dead_hung_at
+        and args.dead_hung_at + args.fault_seconds < args.etcd_pause_at
+        and args.etcd_pause_at + args.fault_seconds < args.duration
+    ):
+        parser.error(
+            "need 0 < --kill-at < --restart-at < --dead-hung-at, and each compound fault "
+            "over (--fault-seconds) before the next one and before --duration"
+        )
     harness.run_and_save(
         functools.partial(run, args),
         temp_prefix="ringcache-fault-",
