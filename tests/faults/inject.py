@@ -99,9 +99,9 @@ def check_no_stall(grew: dict[str, float], elapsed: float, *, raced: bool) -> No
     what = f"read took {elapsed:.1f} s, fallbacks grew by {grew}"
     log.info("%s", what)
     assert grew["timeout"] == 0, f"a peer timeout was waited out: {what}"
-    assert grew["origin"] >= 1, f"no block came from the origin: {what}"
     if raced:
         assert grew["hedge_origin"] >= 1, f"the origin was not raced against the owners: {what}"
+        assert grew["origin"] >= 1, f"no block came from the origin: {what}"
 
 
 class Trickler:
