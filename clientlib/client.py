@@ -188,26 +188,44 @@ class CacheClient:
         raise AssertionError("unreachable")
 
     async def read_version(self, info: ObjectInfo, offset: int, length: int) -> bytes:
-        """Bytes of one pinned object version; raises :class:`VersionMismatch` if gone."""
-        slices = slices_for_range(info.size, self.block_size, offset, length)
+        """Bytes of one pinned object version; raises :class:`VersionMismatch` if gone.
+
+        The block size is read once: a read cut into blocks of one size must fetch blocks
+        of that size, even if the cluster setting changes while it waits.
+        """
+        bs = self.block_size
+        slices = slices_for_range(info.size, bs, offset, length)
         if len(slices) == 1:
             s = slices[0]
-            return bytes(memoryview(await self.read_block(info, s.index))[s.start : s.stop])
+            block = await self.read_block(info, s.index, block_size=bs)
+            return bytes(memoryview(block)[s.start : s.stop])
 
         async def part(index: int, start: int, stop: int) -> memoryview:
             async with self._parallel:
-                data = await self.read_block(info, index)
+                data = await self.read_block(info, index, block_size=bs)
             return memoryview(data)[start:stop]
 
         parts = await asyncio.gather(*(part(s.index, s.start, s.stop) for s in slices))
         return b"".join(parts)
 
-    def block_ref(self, info: ObjectInfo, index: int) -> BlockRef:
+    def block_ref(self, info: ObjectInfo, index: int, block_size: int | None = None) -> BlockRef:
+        """Block ``index`` of ``info``, in blocks of ``block_size`` (the cluster's now if
+        None). Callers that cut a file into blocks pass the size they cut with: the
+        cluster setting may change between the cut and the fetch, and a block index means
+        nothing without its size."""
         return BlockRef(
-            info.url, info.origin, info.key, info.version, info.size, self.block_size, index
+            info.url,
+            info.origin,
+            info.key,
+            info.version,
+            info.size,
+            block_size or self.block_size,
+            index,
         )
 
-    async def read_block(self, info: ObjectInfo, index: int, *, keep: bool = True) -> bytes:
+    async def read_block(
+        self, info: ObjectInfo, index: int, *, keep: bool = True, block_size: int | None = None
+    ) -> bytes:
         """One whole block: memory tier, then owners, then the origin.
 
         A block from a peer is the ``bytearray`` it was received into (see
@@ -217,7 +235,7 @@ class CacheClient:
         page cache), so that the tier neither evicts hotter blocks for it nor holds one
         more copy, and the block's memory is freed, and reused, once the caller is done.
         """
-        ref = self.block_ref(info, index)
+        ref = self.block_ref(info, index, block_size)
         block_id = ref.id
         data = self._memory.get(block_id)
         if data is not None:
@@ -233,7 +251,9 @@ class CacheClient:
             self._memory[block_id] = data
         return data
 
-    async def read_part(self, info: ObjectInfo, index: int, start: int, stop: int) -> bytes:
+    async def read_part(
+        self, info: ObjectInfo, index: int, start: int, stop: int, block_size: int | None = None
+    ) -> bytes:
         """Bytes ``[start, stop)`` of block ``index``, fetching only those if need be.
 
         For small random reads (a Parquet footer, a seek into an index): the owner sends
@@ -241,7 +261,7 @@ class CacheClient:
         not the whole block. The part is not kept in the memory tier, which holds whole
         blocks only; a whole block already here or on its way is used instead.
         """
-        ref = self.block_ref(info, index)
+        ref = self.block_ref(info, index, block_size)
         block_id = ref.id
         data = self._memory.get(block_id)
         if data is not None:
@@ -399,14 +419,16 @@ class CacheClient:
         """The origin backend for ``url`` (writers and listings go straight to it)."""
         return self._origins.for_url(url)
 
-    async def fill(self, info: ObjectInfo, index: int, data: bytes) -> int:
+    async def fill(
+        self, info: ObjectInfo, index: int, data: bytes, block_size: int | None = None
+    ) -> int:
         """Push one block of a just-written object version to its owners.
 
         Returns how many owners stored it. Best effort: a node that is down or full only
         means the next reader misses, so failures are logged, never raised. A token
         without the ``write`` right on ``info.url`` fills nothing (nodes would refuse).
         """
-        ref = self.block_ref(info, index)
+        ref = self.block_ref(info, index, block_size)
         if len(data) != ref.length:
             raise BadRequest(f"block {index} of {info.url} has {ref.length} bytes, not {len(data)}")
         block_id = ref.id

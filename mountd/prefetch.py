@@ -50,25 +50,26 @@ class BlockFetcher:
     def block_size(self) -> int:
         return self.client.block_size
 
-    async def get(self, info: ObjectInfo, index: int, *, keep: bool = True) -> bytes:
-        """Block ``index``; ``keep=False`` for read-ahead, whose blocks the kernel's page
-        cache keeps (see :meth:`CacheClient.read_block`), not the client's memory tier."""
+    async def get(self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True) -> bytes:
+        """Block ``index`` in blocks of ``bs`` (the size the caller cut the file with);
+        ``keep=False`` for read-ahead, whose blocks the kernel's page cache keeps (see
+        :meth:`CacheClient.read_block`), not the client's memory tier."""
         if self.tier is None:
-            return await self._pull(info, index, keep)
+            return await self._pull(info, index, bs, keep)
         loop = asyncio.get_running_loop()
-        block_id = self.client.block_ref(info, index).id
+        block_id = self.client.block_ref(info, index, bs).id
         data = await loop.run_in_executor(self._disk, self.tier.get, block_id)
         if data is not None:
             return data
-        data = await self._pull(info, index, keep)
+        data = await self._pull(info, index, bs, keep)
         loop.run_in_executor(self._disk, self.tier.put, block_id, data)
         return data
 
-    async def get_part(self, info: ObjectInfo, index: int, start: int, stop: int) -> bytes:
+    async def get_part(self, info: ObjectInfo, index: int, bs: int, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of a block, for a random read: read from the local
         disk tier if the block is there (only the parts that hold them), else only those
         bytes are fetched (and charged to the download limit)."""
-        ref = self.client.block_ref(info, index)
+        ref = self.client.block_ref(info, index, bs)
         if self.tier is not None:
             loop = asyncio.get_running_loop()
             part = await loop.run_in_executor(self._disk, self.tier.get_part, ref.id, start, stop)
@@ -76,36 +77,37 @@ class BlockFetcher:
                 return part
         if self.download is not None and not self.client.has_local(ref.id):
             await self.download.charge(stop - start)
-        return await self.client.read_part(info, index, start, stop)
+        return await self.client.read_part(info, index, start, stop, bs)
 
-    async def _pull(self, info: ObjectInfo, index: int, keep: bool) -> bytes:
+    async def _pull(self, info: ObjectInfo, index: int, bs: int, keep: bool) -> bytes:
         """The block through the client; concurrent pulls of one block share one (and
         one charge to the download limit)."""
         if self.download is None:
-            return await self.client.read_block(info, index, keep=keep)
-        block_id = self.client.block_ref(info, index).id
+            return await self.client.read_block(info, index, keep=keep, block_size=bs)
+        block_id = self.client.block_ref(info, index, bs).id
         task = self._pulls.get(block_id)
         if task is None:
-            task = asyncio.create_task(self._charged_read(info, index, keep))
+            task = asyncio.create_task(self._charged_read(info, index, bs, keep))
             self._pulls[block_id] = task
             task.add_done_callback(lambda t: self._pulls.pop(block_id, None))
             task.add_done_callback(_consume)
         return await asyncio.shield(task)
 
-    async def _charged_read(self, info: ObjectInfo, index: int, keep: bool) -> bytes:
+    async def _charged_read(self, info: ObjectInfo, index: int, bs: int, keep: bool) -> bytes:
         """Charge the download limit for a block that is not in the client's memory tier
         (which does not cross the network), then read it through the client."""
         assert self.download is not None
-        ref = self.client.block_ref(info, index)
+        ref = self.client.block_ref(info, index, bs)
         if not self.client.has_local(ref.id):
             await self.download.charge(ref.length)
-        return await self.client.read_block(info, index, keep=keep)
+        return await self.client.read_block(info, index, keep=keep, block_size=bs)
 
-    async def fill(self, info: ObjectInfo, index: int, data: bytes) -> None:
-        """Push a just-written block to its owners (and the local tier)."""
-        await self.client.fill(info, index, data)
+    async def fill(self, info: ObjectInfo, index: int, bs: int, data: bytes) -> None:
+        """Push a just-written block (of a file cut into blocks of ``bs``) to its owners
+        (and the local tier)."""
+        await self.client.fill(info, index, data, bs)
         if self.tier is not None:
-            block_id = self.client.block_ref(info, index).id
+            block_id = self.client.block_ref(info, index, bs).id
             await asyncio.get_running_loop().run_in_executor(
                 self._disk, self.tier.put, block_id, data
             )
@@ -179,6 +181,7 @@ class FileReader:
                     self._fetcher.get_part(
                         self.info,
                         i,
+                        self._bs,
                         max(offset, i * self._bs) - i * self._bs,
                         min(end, (i + 1) * self._bs) - i * self._bs,
                     )
@@ -222,7 +225,9 @@ class FileReader:
     def _prefetch(self, start: int, stop: int) -> None:
         for index in range(start, stop):
             if index not in self._ahead and index not in self._asked:
-                task = asyncio.create_task(self._fetcher.get(self.info, index, keep=False))
+                task = asyncio.create_task(
+                    self._fetcher.get(self.info, index, self._bs, keep=False)
+                )
                 task.add_done_callback(_consume)
                 self._ahead[index] = task
 
@@ -235,7 +240,7 @@ class FileReader:
         if task is None:
             task = self._ahead.pop(index, None)
             if task is None:
-                task = asyncio.create_task(self._fetcher.get(self.info, index))
+                task = asyncio.create_task(self._fetcher.get(self.info, index, self._bs))
                 task.add_done_callback(_consume)
             self._asked[index] = task
         try:
@@ -245,7 +250,7 @@ class FileReader:
             # through every tier, before the read fails.
             if self._asked.get(index) is task:
                 del self._asked[index]
-            data = await self._fetcher.get(self.info, index)
+            data = await self._fetcher.get(self.info, index, self._bs)
         for done in [i for i, t in self._asked.items() if t.done() and not self._near(i, 0)]:
             del self._asked[done]
         return data

@@ -59,7 +59,7 @@ class Spool:
         bs = fetcher.block_size
         loop = asyncio.get_running_loop()
         for index in range((info.size + bs - 1) // bs):
-            data = await fetcher.get(info, index)
+            data = await fetcher.get(info, index, bs)
             await loop.run_in_executor(None, os.pwrite, self.fd, data, index * bs)
         self.size = info.size
 
@@ -129,7 +129,7 @@ class Spool:
             async with gate:
                 length = min(bs, info.size - index * bs)
                 data = await loop.run_in_executor(None, os.pread, self.fd, length, index * bs)
-                await fetcher.fill(info, index, data)
+                await fetcher.fill(info, index, bs, data)
 
         count = (info.size + bs - 1) // bs
         results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)

@@ -22,13 +22,16 @@ class RecordingFetcher:
     def __init__(self) -> None:
         self.asked: list[tuple[int, bool]] = []  # whole blocks: (index, keep)
         self.parts: list[tuple[int, int, int]] = []  # byte ranges: (index, start, stop)
+        self.sizes: set[int] = set()  # block sizes asked with
 
-    async def get(self, info: ObjectInfo, index: int, *, keep: bool = True) -> bytes:
+    async def get(self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True) -> bytes:
         self.asked.append((index, keep))
+        self.sizes.add(bs)
         return bytes([index]) * BS
 
-    async def get_part(self, info: ObjectInfo, index: int, start: int, stop: int) -> bytes:
+    async def get_part(self, info: ObjectInfo, index: int, bs: int, start: int, stop: int) -> bytes:
         self.parts.append((index, start, stop))
+        self.sizes.add(bs)
         return bytes([index]) * (stop - start)
 
 
@@ -97,7 +100,7 @@ async def test_reads_waiting_for_one_block_share_one_fetch() -> None:
     gate = asyncio.Event()
 
     class GatedFetcher(RecordingFetcher):
-        async def get(self, info: ObjectInfo, index: int, *, keep: bool = True) -> bytes:
+        async def get(self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True) -> bytes:
             self.asked.append((index, keep))
             await gate.wait()
             return bytes([index]) * BS
@@ -124,3 +127,17 @@ async def test_a_jump_across_a_block_boundary_fetches_only_the_bytes_read() -> N
     assert fetcher.parts == [(3, BS - 3, BS), (4, 0, 2)]
     assert fetcher.asked == []
     reader.close()
+
+
+async def test_an_open_file_fetches_blocks_of_the_size_it_was_cut_with() -> None:
+    """A cluster block-size change under an open file must not mix two geometries: the
+    reader's indexes and offsets are in the size it opened with, so every fetch names it
+    (the node refuses a size that is not the cluster's; the client then reads the origin)."""
+    info = ObjectInfo("s3://b/k", "s3://b", "k", 6 * BS, "v1", 0.0)
+    fetcher = RecordingFetcher()
+    reader = FileReader(fetcher, info, depth=2)  # type: ignore[arg-type]
+    assert bytes(await reader.read(0, 4)) == b"\x00" * 4
+    fetcher.block_size = 2 * BS  # the cluster setting changes
+    assert bytes(await reader.read(3 * BS + 1, 4)) == b"\x03" * 4
+    assert bytes(await reader.read(5 * BS + 1, 4)) == b"\x05" * 4
+    assert fetcher.sizes == {BS}

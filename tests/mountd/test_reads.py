@@ -16,7 +16,7 @@ from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.localcluster import Node, wait_until
 from mountd.__main__ import READ_AHEAD_KB
-from tests.conftest import Cluster, node_metric, wait_ring
+from tests.conftest import Cluster, cachectl, node_metric, wait_ring
 
 SIZE = 3 * BS + 12345  # the last block is short
 
@@ -177,3 +177,29 @@ def test_the_mount_reads_ahead_so_the_kernel_asks_in_1_mib_requests(make_cluster
     device = next(line.split()[2] for line in mountinfo if line.split()[4] == str(m.path))
     read_ahead = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
     wait_until(lambda: read_ahead.read_text().strip() == str(READ_AHEAD_KB), 10, "read-ahead")
+
+
+def test_a_block_size_change_under_an_open_file_never_mixes_geometries(
+    make_cluster, mount, s3, bucket
+):
+    """An open file is cut into blocks of the size it was opened with; when the cluster's
+    block size changes under it, its reads still fetch blocks of that size (the nodes now
+    refuse them and the client reads the origin), never a block of the new size at an
+    index of the old one."""
+    data = payload(8 * BS)
+    s3.put_object(Bucket=bucket, Key="open.bin", Body=data)
+    cluster = make_cluster(1)
+    m = mount(cluster, f"s3://{bucket}")
+    fd = os.open(m.path / "open.bin", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == data[:4096]
+        result = cachectl(
+            "--etcd", cluster.etcd.url, "--cluster", cluster.name,
+            "config", "set", "block_size", "1MiB",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        time.sleep(3)  # the mount's ring watcher takes the new setting from etcd
+        for offset, length in [(5 * BS + 100, 65536), (7 * BS + 5, 4096), (2 * BS, BS)]:
+            assert os.pread(fd, length, offset) == data[offset : offset + length], offset
+    finally:
+        os.close(fd)
