@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -349,7 +350,8 @@ async def _send_block_file(
     block: BlockFile,
     span: _Span,
 ) -> web.StreamResponse:
-    """Send the headers with aiohttp, then the verified block file with ``sendfile``
+    """Send the headers with aiohttp, then the verified block file with ``sendfile`` (on a
+    plain TCP connection; a TLS one gets the file's bytes through its transport)
     (:mod:`cachenode.sendfile`; aiohttp's ``FileResponse`` would read and write, as
     uvloop has no ``loop.sendfile``). The file was verified before the first header byte
     (:meth:`BlockStore.open_verified`), and the fd is the one that was verified.
@@ -358,6 +360,17 @@ async def _send_block_file(
     the connection, as a failed miss does: the client sees a short body and tries the
     next owner.
     """
+    if request.transport is not None and request.transport.get_extra_info("sslcontext"):
+        # sendfile writes to the socket past TLS: the bytes would leave unencrypted (and
+        # the client, expecting a TLS record, drops the connection). Read the verified fd
+        # and send through the transport, which encrypts.
+        data = await asyncio.to_thread(os.pread, block.fd, span.stop - span.start, span.start)
+        if len(data) != span.stop - span.start:
+            raise OSError(f"block file of {block_id} ended early")
+        await response.prepare(request)
+        await response.write(data)
+        await response.write_eof()
+        return response
     writer = await response.prepare(request)
     transport = request.transport
     if writer is None or transport is None or transport.is_closing():

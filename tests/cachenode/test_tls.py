@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from tests.conftest import run_cachectl, self_signed_cert
+from tests.conftest import client_metric, run_cachectl, self_signed_cert
 
 
 @pytest.fixture
@@ -42,3 +42,22 @@ async def test_tls_nodes_serve_clients_that_trust_their_ca_and_refuse_plain_http
         "--etcd", cluster.etcd.url, "--cluster", cluster.name, "--ca", str(pem), "status"
     )
     assert status.stdout.decode().count("active") == 2, status.stdout
+
+
+async def test_hits_over_tls_are_encrypted_and_served(make_cluster, client_for, cert, s3, bucket):
+    """A hit is sent with sendfile on plain TCP; on TLS that would put the block on the wire
+    unencrypted (the client then sees a broken TLS record and reads the origin instead)."""
+    pem, key = cert
+    cluster = make_cluster(1, extra=["--tls-cert", str(pem), "--tls-key", str(key)])
+    data = os.urandom(3 * BS)
+    s3.put_object(Bucket=bucket, Key="hot", Body=data)
+    client = await client_for(cluster, ca_file=str(pem), memory_cache_bytes=0)
+    assert await client.read(f"s3://{bucket}/hot") == data  # misses: now cached
+    errors = client_metric("ringcache_client_fallbacks_total", reason="error")
+    peer = client_metric("ringcache_client_block_reads_total", source="peer")
+    hits = cluster.metric("ringcache_block_hits_total")
+    for _ in range(3):
+        assert await client.read(f"s3://{bucket}/hot") == data
+    assert client_metric("ringcache_client_fallbacks_total", reason="error") == errors
+    assert client_metric("ringcache_client_block_reads_total", source="peer") == peer + 9
+    assert cluster.metric("ringcache_block_hits_total") == hits + 9
