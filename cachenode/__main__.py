@@ -79,7 +79,11 @@ async def run(config: NodeConfig) -> None:
         config.cluster,
         membership.list_nodes,
         config.serve_slots,
-        block_size=lambda: watcher.config.block_size,
+        # The config read at join until the ring watch has its own: a restarted node
+        # must not refuse the cluster's block size in between.
+        block_size=lambda: (
+            (watcher.config if watcher.synced else membership.cluster_config).block_size
+        ),
     )
     secret = load_secret(config.token_file) if config.token_file else None
     credentials = Credentials.for_secret(secret) if secret else Credentials()

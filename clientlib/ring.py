@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 VNODES = 640
 MIN_VNODES = 160
 MAX_POINTS = 160_000
+#: Seconds :meth:`RingWatcher.close` waits for the watch to stop, and for etcd to close.
+CLOSE_TIMEOUT = 2.0
 
 
 def _point(key: str) -> int:
@@ -178,12 +180,16 @@ class RingWatcher:
         return True
 
     async def close(self) -> None:
+        """Stop watching. Bounded: after etcd was paused, a watch stream can sit in a gRPC
+        read that ignores cancellation, and a client (or a mount unmounting) must not hang
+        on it; closing the etcd channel below ends such a read."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=CLOSE_TIMEOUT)
+            if not done:
+                log.warning("ring watch of %s did not stop in %.0fs", self.cluster, CLOSE_TIMEOUT)
         with contextlib.suppress(*ETCD_ERRORS):
-            await self._etcd.close()
+            await asyncio.wait_for(self._etcd.close(), CLOSE_TIMEOUT)
 
     async def _load(self) -> int:
         prefix = cluster_prefix(self.cluster)
