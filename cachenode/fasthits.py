@@ -55,9 +55,10 @@ from cachenode.metrics import (
     add_observations,
 )
 from cachenode.sendfile import send_file, send_now
-from cachenode.server import NodeState, block_ref_from_query
+from cachenode.server import NodeState
 from cachenode.store import BlockFile, BlockStore
 from clientlib.auth import ALL_ACCESS, Claims, Verifier
+from clientlib.blocks import BlockRef
 from clientlib.errors import RingcacheError
 
 __all__ = ["FastHitProtocol", "FastHitSite", "HitServer"]
@@ -214,7 +215,7 @@ class HitServer:
                 fields = dict(pairs)
                 if len(fields) != len(pairs):
                     return None  # a repeated parameter: aiohttp's rules decide
-                ref = block_ref_from_query(head.block_id, fields, self.state.block_size())
+                ref = BlockRef.from_fields(head.block_id, fields, self.state.block_size())
                 claims.require(ref.url)
             elif self.verifier is not None:
                 return None  # another node's lookup: its answer carries a proof (server.py)

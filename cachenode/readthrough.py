@@ -21,6 +21,7 @@ from cachenode.store import BlockStore
 from clientlib.blocks import BlockRef
 from clientlib.errors import OriginError, RingcacheError, VersionMismatch
 from clientlib.origin import ObjectInfo, Origins
+from clientlib.singleflight import SingleFlight
 
 __all__ = ["ReadThrough"]
 
@@ -45,7 +46,7 @@ class ReadThrough:
         self._store = store
         self._origins = origins
         self._handoff = handoff
-        self._inflight: dict[str, asyncio.Task[bytes]] = {}
+        self._inflight: SingleFlight[str, bytes] = SingleFlight("origin fetch")
         self._shield = shield
         self._stats: cachetools.TTLCache[str, ObjectInfo] = cachetools.TTLCache(
             maxsize=4096, ttl=STAT_TTL
@@ -118,19 +119,7 @@ class ReadThrough:
     async def fetch(self, ref: BlockRef, block_id: str) -> bytes:
         """The miss path: one shared fetch (handoff, then origin) per block in flight."""
         BLOCK_MISSES.inc()
-        task = self._inflight.get(block_id)
-        if task is None:
-            task = asyncio.create_task(self._fetch(ref, block_id), name=f"fetch-{block_id}")
-            self._inflight[block_id] = task
-            task.add_done_callback(self._forget)
-        return await asyncio.shield(task)
-
-    def _forget(self, task: asyncio.Task[bytes]) -> None:
-        self._inflight.pop(task.get_name().removeprefix("fetch-"), None)
-        if not task.cancelled() and task.exception() is not None:
-            # Waiters got the error already; retrieving it here keeps asyncio quiet when
-            # every waiter had hung up.
-            log.debug("fetch %s failed: %s", task.get_name(), task.exception())
+        return await self._inflight.run(block_id, lambda: self._fetch(ref, block_id))
 
     async def _fetch(self, ref: BlockRef, block_id: str) -> bytes:
         data = None

@@ -13,7 +13,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -54,14 +54,13 @@ from clientlib.auth import (
 from clientlib.blocks import (
     DEFAULT_BLOCK_SIZE,
     MAX_BLOCK_SIZE,
+    MAX_FIELD,
     BlockRef,
     check_block_id,
-    check_block_size,
 )
 from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, RangeNotSatisfiable, RingcacheError
 from clientlib.status import collect_details
-from clientlib.urls import canonical_url, split_url
 
 __all__ = ["MAX_BATCH", "NodeState", "make_app"]
 
@@ -77,8 +76,6 @@ MAX_WARM = 256
 HOT_CONCURRENCY = 4
 HOT_REQUESTS = 16
 HOT_WINDOW = 1.0
-MAX_QUERY_VALUE = 2048
-MAX_OBJECT_SIZE = 1 << 50
 
 
 class NodeState:
@@ -235,55 +232,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
 
 
-def _int(query: Any, name: str, lo: int, hi: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        raise BadRequest(f"query parameter {name!r} is required")
-    # ASCII digits only: str.isdigit() is True for "²" (which int() refuses) and "٣" (3).
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
-        raise BadRequest(f"query parameter {name!r} must be a non-negative integer in ASCII digits")
-    value = int(raw)
-    if not lo <= value <= hi:
-        raise BadRequest(f"query parameter {name!r}={value} is outside [{lo}, {hi}]")
-    return value
-
-
-def block_ref_from_query(
-    block_id: str, query: Mapping[str, str], block_size: int | None = None
-) -> BlockRef:
-    """Rebuild the :class:`BlockRef` a request names and check it hashes to ``block_id``.
-
-    The check means a client cannot make a node store one object's bytes under another
-    block's id: the id is derived from the source, never trusted on its own. The URL is
-    made canonical first (:func:`canonical_url`), so the scope check, the id and the
-    origin all see one spelling. ``block_size`` is the cluster's: a request for another
-    is refused, so no request can make a node fetch or store blocks of a size of its
-    choosing (the object's size is checked against the origin when it is read).
-    """
-    raw_url = query.get("src", "")
-    version = query.get("ver", "")
-    if not raw_url or not version:
-        raise BadRequest("query parameters 'src' and 'ver' are required on a miss")
-    if len(raw_url) > MAX_QUERY_VALUE or len(version) > MAX_QUERY_VALUE:
-        raise BadRequest("query parameter too long")
-    origin, key = split_url(raw_url)
-    url = canonical_url(raw_url)
-    size = _int(query, "size", 1, MAX_OBJECT_SIZE)
-    asked_block_size = check_block_size(_int(query, "bs", 1, MAX_BLOCK_SIZE))
-    if block_size is not None and asked_block_size != block_size:
-        raise BadRequest(
-            f"block size {asked_block_size} is not the cluster's {block_size}: re-read "
-            "the cluster config"
-        )
-    index = _int(query, "i", 0, size // asked_block_size)
-    ref = BlockRef(url, origin, key, version, size, asked_block_size, index)
-    if ref.offset >= size:
-        raise BadRequest(f"block {index} is past the end of a {size}-byte object")
-    if ref.id != block_id:
-        raise BadRequest(f"block id {block_id} does not match its source parameters")
-    return ref
-
-
 async def _msgpack_body(request: web.Request, max_str_len: int = 64) -> Any:
     """The request's msgpack body, bounded in bytes, array length and string length."""
     if request.content_type != "application/msgpack":
@@ -320,7 +268,7 @@ def _refs_from_doc(
             raise BadRequest("each block is a map with 'id', 'src', 'ver', 'size', 'bs', 'i'")
         query = {k: str(v) for k, v in item.items() if k != "id"}
         block_id = check_block_id(item["id"])
-        ref = block_ref_from_query(block_id, query, block_size)
+        ref = BlockRef.from_fields(block_id, query, block_size)
         claims.require(ref.url)
         refs.append((block_id, ref))
     return refs
@@ -492,7 +440,7 @@ def make_app(
         claims: Claims = request["claims"]
         # A hot lookup has no query string: skip parsing one into a MultiDict.
         if request.query_string and "src" in request.query:
-            ref = block_ref_from_query(block_id, request.query, state.block_size())
+            ref = BlockRef.from_fields(block_id, request.query, state.block_size())
             # Checked before the store: a cached block is no less the firm's data.
             claims.require(ref.url)
             asked = _cached_span(request, block_id)
@@ -649,7 +597,7 @@ def make_app(
         """
         started = time.perf_counter()
         block_id = check_block_id(request.match_info["id"])
-        ref = block_ref_from_query(block_id, request.query, state.block_size())
+        ref = BlockRef.from_fields(block_id, request.query, state.block_size())
         request["claims"].require(ref.url, WRITE)
         if request.content_length is None:
             raise BadRequest("Content-Length is required")
@@ -669,7 +617,7 @@ def make_app(
         """Which blocks are cached. By id alone for operators; a scoped token names each
         block's source (as for warm), so it learns nothing about blocks outside its
         scope."""
-        doc = await _msgpack_body(request, max_str_len=MAX_QUERY_VALUE)
+        doc = await _msgpack_body(request, max_str_len=MAX_FIELD)
         if isinstance(doc, dict) and "blocks" in doc:
             refs = _refs_from_doc(doc, request["claims"], state.block_size())
             return _msgpack({"present": [block_id in store for block_id, _ in refs]})
@@ -683,7 +631,7 @@ def make_app(
 
     async def warm_blocks(request: web.Request) -> web.Response:
         """Fetch blocks into the store without sending them back (cachectl warmup)."""
-        doc = await _msgpack_body(request, max_str_len=MAX_QUERY_VALUE)
+        doc = await _msgpack_body(request, max_str_len=MAX_FIELD)
         refs = _refs_from_doc(doc, request["claims"], state.block_size(), MAX_WARM)
 
         async def warm(block_id: str, ref: BlockRef) -> tuple[str, int, str]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from clientlib.errors import BadRequest
+from clientlib.urls import canonical_url, split_url
 
 __all__ = [
     "BLOCK_ID_RE",
@@ -77,6 +79,24 @@ def block_length(size: int, block_size: int, index: int) -> int:
     return min(block_size, size - start)
 
 
+#: Longest ``src`` or ``ver`` a request may carry, and the largest object size taken.
+MAX_FIELD = 2048
+MAX_OBJECT_SIZE = 1 << 50
+
+
+def _number(fields: Mapping[str, str], name: str, lo: int, hi: int) -> int:
+    """A field's value: ASCII digits only (``str.isdigit`` is true for "²" and "٣")."""
+    raw = fields.get(name)
+    if raw is None:
+        raise BadRequest(f"query parameter {name!r} is required")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
+        raise BadRequest(f"query parameter {name!r} must be a non-negative integer in ASCII digits")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise BadRequest(f"query parameter {name!r}={value} is outside [{lo}, {hi}]")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class BlockRef:
     """Everything a node needs to fetch one block from the origin on a miss."""
@@ -100,6 +120,58 @@ class BlockRef:
     @property
     def length(self) -> int:
         return block_length(self.size, self.block_size, self.index)
+
+    def fields(self) -> dict[str, str]:
+        """The block's source as the node API's parameters (``src``, ``ver``, ``size``,
+        ``bs``, ``i``; docs/http-api.md): what a node needs to fetch it on a miss."""
+        return {
+            "src": self.url,
+            "ver": self.version,
+            "size": str(self.size),
+            "bs": str(self.block_size),
+            "i": str(self.index),
+        }
+
+    def query(self) -> str:
+        """:meth:`fields` as a URL query string (percent-encoded)."""
+        return urlencode(self.fields())
+
+    @classmethod
+    def from_fields(
+        cls, block_id: str, fields: Mapping[str, str], block_size: int | None = None
+    ) -> BlockRef:
+        """Rebuild the block a request names (:meth:`fields`) and check it hashes to
+        ``block_id``.
+
+        The check means a client cannot make a node store one object's bytes under
+        another block's id: the id is derived from the source, never trusted on its own.
+        The URL is made canonical first (:func:`canonical_url`), so the scope check, the
+        id and the origin all see one spelling. ``block_size`` is the cluster's: a
+        request for another is refused, so no request can make a node fetch or store
+        blocks of a size of its choosing (the object's size is checked against the origin
+        when it is read).
+        """
+        raw_url = fields.get("src", "")
+        version = fields.get("ver", "")
+        if not raw_url or not version:
+            raise BadRequest("query parameters 'src' and 'ver' are required on a miss")
+        if len(raw_url) > MAX_FIELD or len(version) > MAX_FIELD:
+            raise BadRequest("query parameter too long")
+        origin, key = split_url(raw_url)
+        url = canonical_url(raw_url)
+        size = _number(fields, "size", 1, MAX_OBJECT_SIZE)
+        asked = check_block_size(_number(fields, "bs", 1, MAX_BLOCK_SIZE))
+        if block_size is not None and asked != block_size:
+            raise BadRequest(
+                f"block size {asked} is not the cluster's {block_size}: re-read the cluster config"
+            )
+        index = _number(fields, "i", 0, size // asked)
+        ref = cls(url, origin, key, version, size, asked, index)
+        if ref.offset >= size:
+            raise BadRequest(f"block {index} is past the end of a {size}-byte object")
+        if ref.id != block_id:
+            raise BadRequest(f"block id {block_id} does not match its source parameters")
+        return ref
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ import logging
 import random
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlencode
 
 import aiohttp
 import cachetools
@@ -30,6 +29,7 @@ from clientlib.metrics import CLIENT_BLOCK_READS, CLIENT_FALLBACKS
 from clientlib.origin import ObjectInfo, Origin, Origins
 from clientlib.peerwire import PeerReply, PeerWire
 from clientlib.ring import Ring, RingWatcher
+from clientlib.singleflight import SingleFlight
 from clientlib.tls import client_context
 
 __all__ = ["CacheClient"]
@@ -99,7 +99,7 @@ class CacheClient:
         self._stats: cachetools.TTLCache[str, ObjectInfo] = cachetools.TTLCache(
             maxsize=65536, ttl=stat_ttl
         )
-        self._inflight: dict[str, asyncio.Task[bytes]] = {}
+        self._inflight: SingleFlight[str, bytes] = SingleFlight("block fetch")
         # Blocks a node flagged as hot: for a while, reads of them pick one of the
         # block's first `replicas` owners at random instead of always the first.
         self._hot: cachetools.TTLCache[str, bool] = cachetools.TTLCache(maxsize=4096, ttl=10)
@@ -136,8 +136,7 @@ class CacheClient:
                 raise
 
     async def close(self) -> None:
-        for task in list(self._inflight.values()):
-            task.cancel()
+        self._inflight.cancel_all()
         if self._watcher is not None:
             await self._watcher.close()
         self._wire.close()
@@ -241,12 +240,7 @@ class CacheClient:
         if data is not None:
             CLIENT_BLOCK_READS.labels("local").inc()
             return data
-        task = self._inflight.get(block_id)
-        if task is None:
-            task = asyncio.create_task(self._fetch(ref, block_id))
-            self._inflight[block_id] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(block_id, None))
-        data = await asyncio.shield(task)
+        data = await self._inflight.run(block_id, lambda: self._race(ref, block_id))
         if keep and len(data) <= self._memory.maxsize:
             self._memory[block_id] = data
         return data
@@ -270,9 +264,6 @@ class CacheClient:
         if (task := self._inflight.get(block_id)) is not None:
             return (await asyncio.shield(task))[start:stop]
         return await self._race(ref, block_id, (start, stop))
-
-    async def _fetch(self, ref: BlockRef, block_id: str) -> bytes:
-        return await self._race(ref, block_id)
 
     def _owners(self, block_id: str) -> list[NodeInfo]:
         """Owners to try in order: the primary first, or a random replica if hot."""
@@ -301,7 +292,7 @@ class CacheClient:
         if not owners:
             CLIENT_FALLBACKS.labels("no_nodes").inc()
             return await self._from_origin(ref, span)
-        query = self._source_query(ref)
+        query = ref.query()
         origin_at = loop.time() + self._hedge_delay * len(owners)
         waiting = list(owners)
         next_ask = loop.time()
@@ -441,7 +432,7 @@ class CacheClient:
         digest = await asyncio.to_thread(body_digest, data) if self._auth.signing else ""
         stored = 0
         for node in self.ring.owners(block_id, 1):
-            url = URL(f"{node.url}/v1/blocks/{block_id}?{self._source_query(ref)}", encoded=True)
+            url = URL(f"{node.url}/v1/blocks/{block_id}?{ref.query()}", encoded=True)
             headers = self._auth.headers("PUT", url.raw_path_qs, digest, node=node.id)
             if digest:
                 headers[DIGEST_HEADER] = digest
@@ -487,18 +478,6 @@ class CacheClient:
                 return msgpack.unpackb(body)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise OriginError(f"node {node.id} unreachable: {exc!r}") from None
-
-    @staticmethod
-    def _source_query(ref: BlockRef) -> str:
-        return urlencode(
-            {
-                "src": ref.url,
-                "ver": ref.version,
-                "size": ref.size,
-                "bs": ref.block_size,
-                "i": ref.index,
-            }
-        )
 
     async def _from_origin(self, ref: BlockRef, span: tuple[int, int] | None = None) -> bytes:
         start, stop = span or (0, ref.length)

@@ -145,21 +145,10 @@ async def _present(client: CacheClient, node: NodeInfo, refs: list[BlockRef]) ->
     for start in range(0, len(refs), QUERY_BATCH):
         batch = refs[start : start + QUERY_BATCH]
         # Each block with its source: a scoped token may only ask about its own blocks.
-        doc = {"blocks": [_warm_item(r) for r in batch]}
+        doc = {"blocks": [{"id": r.id, **r.fields()} for r in batch]}
         answer = await client.node_call(node, "/v1/blocks/query", doc)
         present.extend(bool(p) for p in answer["present"])
     return present
-
-
-def _warm_item(ref: BlockRef) -> dict[str, object]:
-    return {
-        "id": ref.id,
-        "src": ref.url,
-        "ver": ref.version,
-        "size": ref.size,
-        "bs": ref.block_size,
-        "i": ref.index,
-    }
 
 
 async def warmup(
@@ -188,7 +177,7 @@ async def warmup(
         async with slots:
             try:
                 answer = await client.node_call(
-                    node, "/v1/blocks/warm", {"blocks": [_warm_item(r) for r in batch]}
+                    node, "/v1/blocks/warm", {"blocks": [{"id": r.id, **r.fields()} for r in batch]}
                 )
             except RingcacheError as exc:
                 report.errors += len(batch)

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from clientlib.client import CacheClient
 from clientlib.origin import ObjectInfo
+from clientlib.singleflight import SingleFlight
 from mountd.limits import Throttle
 from mountd.localtier import LocalTier
 
@@ -43,7 +44,7 @@ class BlockFetcher:
         self.client = client
         self.tier = tier
         self.download = download
-        self._pulls: dict[str, asyncio.Task[bytes]] = {}
+        self._pulls: SingleFlight[str, bytes] = SingleFlight("block pull")
         self._disk = ThreadPoolExecutor(4, thread_name_prefix="local-tier") if tier else None
 
     @property
@@ -85,13 +86,7 @@ class BlockFetcher:
         if self.download is None:
             return await self.client.read_block(info, index, keep=keep, block_size=bs)
         block_id = self.client.block_ref(info, index, bs).id
-        task = self._pulls.get(block_id)
-        if task is None:
-            task = asyncio.create_task(self._charged_read(info, index, bs, keep))
-            self._pulls[block_id] = task
-            task.add_done_callback(lambda t: self._pulls.pop(block_id, None))
-            task.add_done_callback(_consume)
-        return await asyncio.shield(task)
+        return await self._pulls.run(block_id, lambda: self._charged_read(info, index, bs, keep))
 
     async def _charged_read(self, info: ObjectInfo, index: int, bs: int, keep: bool) -> bytes:
         """Charge the download limit for a block that is not in the client's memory tier

@@ -129,7 +129,7 @@ async def test_a_light_tenant_is_served_its_share_of_a_real_node_a_heavy_tenant_
     for url in urls:
         await operator.read(url)  # cached: what follows is hits only
         ref = operator.block_ref(await operator.stat(url), 0)
-        query = operator._source_query(ref)
+        query = ref.query()
         targets.append(URL(f"{node.url}/v1/blocks/{ref.id}?{query}", encoded=True))
     credentials = {}
     for tenant in ("heavy", "light"):

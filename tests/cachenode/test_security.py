@@ -32,7 +32,7 @@ def two_buckets(s3):  # type: ignore[no-untyped-def]
 async def get_block(node, client: CacheClient, url: str, credentials: Credentials) -> int:  # type: ignore[no-untyped-def]
     info = await client.stat(url)
     ref = client.block_ref(info, 0)
-    query = client._source_query(ref)
+    query = ref.query()
     target = URL(f"{node.url}/v1/blocks/{ref.id}?{query}", encoded=True)
     async with (
         aiohttp.ClientSession() as session,
