@@ -21,13 +21,13 @@ import msgpack
 from yarl import URL
 
 from clientlib.auth import DIGEST_HEADER, WRITE, Credentials, body_digest
+from clientlib.blockget import BlockGetClient, NodeReply
 from clientlib.blocks import DEFAULT_BLOCK_SIZE, BlockRef, slices_for_range
 from clientlib.cluster import NodeInfo
 from clientlib.errors import BadRequest, ConfigError, OriginError, VersionMismatch
 from clientlib.etcd import EtcdTarget
 from clientlib.metrics import CLIENT_BLOCK_READS, CLIENT_FALLBACKS
 from clientlib.origin import ObjectInfo, Origin, Origins
-from clientlib.peerwire import PeerReply, PeerWire
 from clientlib.ring import Ring, RingWatcher
 from clientlib.singleflight import SingleFlight
 from clientlib.tls import client_context
@@ -37,7 +37,7 @@ __all__ = ["CacheClient"]
 log = logging.getLogger(__name__)
 
 
-def _asked_for(reply: PeerReply, length: int, span: tuple[int, int] | None) -> bytes | None:
+def _asked_for(reply: NodeReply, length: int, span: tuple[int, int] | None) -> bytes | None:
     """The bytes asked for from a node's answer, or ``None`` if it does not hold them.
 
     A node may answer a ranged request with the whole block (a lookup it joins to a
@@ -105,8 +105,8 @@ class CacheClient:
         self._hot: cachetools.TTLCache[str, bool] = cachetools.TTLCache(maxsize=4096, ttl=10)
         self._parallel = asyncio.Semaphore(parallelism)
         self._session: aiohttp.ClientSession | None = None
-        # Block GETs, the bulk of the bytes, bypass aiohttp (see clientlib.peerwire).
-        self._wire = PeerWire(connect_timeout, peer_read_timeout, peer_timeout, self._ssl)
+        # Block GETs, the bulk of the bytes, bypass aiohttp (see clientlib.blockget).
+        self._wire = BlockGetClient(connect_timeout, peer_read_timeout, peer_timeout, self._ssl)
 
     async def __aenter__(self) -> CacheClient:
         await self.start()
@@ -228,7 +228,7 @@ class CacheClient:
         """One whole block: memory tier, then owners, then the origin.
 
         A block from a peer is the ``bytearray`` it was received into (see
-        :mod:`clientlib.peerwire`), shared with the memory tier: read it, never change it.
+        :mod:`clientlib.blockget`), shared with the memory tier: read it, never change it.
         ``keep=False`` leaves a fetched block out of the memory tier: for a caller that
         streams through a file once and keeps what it read elsewhere (the mount's kernel
         page cache), so that the tier neither evicts hotter blocks for it nor holds one

@@ -134,8 +134,8 @@ class FileReader:
     order: the tail of block ``k`` can come after the head of ``k + 1``, and a second
     read of a block can arrive while the first waits for it. So a block is held from
     the moment a read asks for it, not from when it arrives, and the block before the
-    current one is kept (with only the current block held, those reads fetched a block
-    a second time: 9 block fetches for an 8-block file, seen in CI).
+    current one is kept: with only the current block held, such reads fetch a block a
+    second time.
     """
 
     def __init__(self, fetcher: BlockFetcher, info: ObjectInfo, depth: int) -> None:
@@ -201,8 +201,7 @@ class FileReader:
             if last > self._position >= 0:
                 # Read-ahead opens up as the stream goes on, like the kernel's: at the
                 # start all ``depth`` blocks at once would share the links with the block
-                # the reader waits for and make its first bytes ~5x later (measured:
-                # 10 ms for a block alone from a warm node, 50 ms with eight others).
+                # the reader waits for and delay its first bytes several times over.
                 self._window = min(self._depth, self._window * 2)
             self._position = max(self._position, last)
         else:

@@ -1,19 +1,17 @@
-"""Block GETs to cache nodes, received straight into the block's buffer.
+"""The HTTP client for block GETs: each answer received straight into the block's buffer.
 
-Every block a client reads from a peer is one ``GET /v1/blocks/<id>`` answered with a
-``Content-Length`` body of up to a block (4 MiB). Through aiohttp a 4 MiB answer cost
-the client 6-7 ms of CPU: the loop reads it into bytes objects, the parser slices them
-into the body stream, and ``read()`` joins the slices. Here the connection is an
+Every block a client reads from a node is one ``GET /v1/blocks/<id>`` answered with a
+``Content-Length`` body of up to a block. Through a general HTTP client the body is read
+into bytes objects, sliced by the parser and joined again; here the connection is an
 ``asyncio.BufferedProtocol`` that, once the head is parsed, hands the kernel the rest of
-the block's own ``bytearray`` to receive into: one copy, 2.5 ms (both measured on one
-node over loopback, ``loadtest/results/mount.md``). At a mount's few hundred MB/s that
-was half of mountd's CPU.
+the block's own ``bytearray`` to receive into: one copy per block, which at a mount's few
+hundred MB/s is the difference that matters (figures: ``loadtest/results/mount.md``).
 
 It speaks exactly the HTTP/1.1 a cache node answers: one request at a time on a
 connection, a status line, headers and a ``Content-Length`` body; connections are kept
 for the next request unless the node says ``Connection: close``. Anything else (a
 chunked or unsized body, a head over 64 KiB, bytes past the body) is a
-:class:`PeerProtocolError` and the connection is dropped. Everything that is not a
+:class:`NodeProtocolError` and the connection is dropped. Everything that is not a
 block GET (fills, presence checks, stats) stays on aiohttp.
 """
 
@@ -23,7 +21,7 @@ import asyncio
 import ssl as ssl_module
 from dataclasses import dataclass
 
-__all__ = ["PeerProtocolError", "PeerReply", "PeerWire"]
+__all__ = ["BlockGetClient", "NodeProtocolError", "NodeReply"]
 
 #: Largest response head accepted, and the first buffer a head is read into.
 MAX_HEAD = 64 * 1024
@@ -32,12 +30,12 @@ _FIRST_HEAD_BUFFER = 16 * 1024
 MAX_IDLE_PER_PEER = 32
 
 
-class PeerProtocolError(ConnectionError):
+class NodeProtocolError(ConnectionError):
     """The node's answer was not the HTTP this client reads (the connection is dropped)."""
 
 
 @dataclass(frozen=True)
-class PeerReply:
+class NodeReply:
     """One answer: its status, its headers (names lower-cased) and its body."""
 
     status: int
@@ -55,7 +53,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._head_len = 0
         self._body: bytearray | None = None
         self._got = 0
-        self._reply: asyncio.Future[PeerReply] | None = None
+        self._reply: asyncio.Future[NodeReply] | None = None
         self._answered: asyncio.Event | None = None
         self._status = 0
         self._headers: dict[str, str] = {}
@@ -63,7 +61,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     # -- the caller's side ------------------------------------------------------------
 
-    def send(self, request: bytes, answered: asyncio.Event | None) -> asyncio.Future[PeerReply]:
+    def send(self, request: bytes, answered: asyncio.Event | None) -> asyncio.Future[NodeReply]:
         """Write one request; the future is its reply."""
         assert self.transport is not None and self._reply is None
         self._reply = asyncio.get_running_loop().create_future()
@@ -103,7 +101,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._reply is None:
-            self._fail(PeerProtocolError("bytes from the node with no request pending"))
+            self._fail(NodeProtocolError("bytes from the node with no request pending"))
             return
         if self._body is not None:
             self._got += nbytes
@@ -112,17 +110,17 @@ class _Connection(asyncio.BufferedProtocol):
             end = self._head.find(b"\r\n\r\n", 0, self._head_len)
             if end < 0:
                 if self._head_len >= MAX_HEAD:
-                    self._fail(PeerProtocolError(f"response head over {MAX_HEAD} bytes"))
+                    self._fail(NodeProtocolError(f"response head over {MAX_HEAD} bytes"))
                 return
             try:
                 length = self._parse_head(bytes(self._head[:end]))
-            except (PeerProtocolError, ValueError, UnicodeDecodeError) as exc:
-                self._fail(PeerProtocolError(f"bad response head: {exc}"))
+            except (NodeProtocolError, ValueError, UnicodeDecodeError) as exc:
+                self._fail(NodeProtocolError(f"bad response head: {exc}"))
                 return
             start = end + 4
             early = self._head_len - start
             if early > length:
-                self._fail(PeerProtocolError("more bytes than the Content-Length"))
+                self._fail(NodeProtocolError("more bytes than the Content-Length"))
                 return
             self._body = bytearray(length)
             self._body[:early] = self._head[start : self._head_len]
@@ -136,23 +134,23 @@ class _Connection(asyncio.BufferedProtocol):
         lines = head.decode("latin-1").split("\r\n")
         version, _, rest = lines[0].partition(" ")
         if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise PeerProtocolError(f"not HTTP/1.x: {lines[0][:80]!r}")
+            raise NodeProtocolError(f"not HTTP/1.x: {lines[0][:80]!r}")
         status = rest[:3]
         if not (status.isascii() and status.isdigit() and len(status) == 3):
-            raise PeerProtocolError(f"bad status line {lines[0][:80]!r}")
+            raise NodeProtocolError(f"bad status line {lines[0][:80]!r}")
         self._status = int(status)
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep:
-                raise PeerProtocolError(f"bad header line {line[:80]!r}")
+                raise NodeProtocolError(f"bad header line {line[:80]!r}")
             headers[name.strip().lower()] = value.strip()
         if "transfer-encoding" in headers or "content-length" not in headers:
-            raise PeerProtocolError("a body without Content-Length")
+            raise NodeProtocolError("a body without Content-Length")
         # ASCII digits only: int() also takes "+5", " 5", "1_0" and "٣".
         declared = headers["content-length"]
         if not (declared.isascii() and declared.isdigit()) or len(declared) > 20:
-            raise PeerProtocolError(f"bad Content-Length {declared[:40]!r}")
+            raise NodeProtocolError(f"bad Content-Length {declared[:40]!r}")
         length = int(declared)
         self._headers = headers
         self.keep_alive = version == "HTTP/1.1" and headers.get("connection") != "close"
@@ -166,7 +164,7 @@ class _Connection(asyncio.BufferedProtocol):
         if len(self._head) > _FIRST_HEAD_BUFFER:
             self._head = bytearray(_FIRST_HEAD_BUFFER)
         if not reply.done():
-            reply.set_result(PeerReply(self._status, self._headers, body))
+            reply.set_result(NodeReply(self._status, self._headers, body))
 
     def _fail(self, exc: Exception) -> None:
         reply, self._reply = self._reply, None
@@ -182,7 +180,7 @@ class _Connection(asyncio.BufferedProtocol):
         return False  # close our side too; a pending answer fails in connection_lost
 
 
-class PeerWire:
+class BlockGetClient:
     """Pooled keep-alive connections to the cache nodes for block GETs."""
 
     def __init__(
@@ -205,7 +203,7 @@ class PeerWire:
         path_qs: str,
         headers: dict[str, str],
         answered: asyncio.Event | None = None,
-    ) -> PeerReply:
+    ) -> NodeReply:
         """``GET path_qs`` from the node at ``base_url`` (``http[s]://host:port``).
 
         ``answered`` is set when the response head arrives. Raises :class:`TimeoutError`
@@ -235,7 +233,7 @@ class PeerWire:
         conn: _Connection,
         request: bytes,
         answered: asyncio.Event | None,
-    ) -> PeerReply:
+    ) -> NodeReply:
         reply = conn.send(request, answered)
         try:
             seen = -1

@@ -1,4 +1,4 @@
-"""PeerWire against real HTTP servers on loopback: aiohttp's, and raw ones that misbehave.
+"""BlockGetClient against real HTTP servers on loopback: aiohttp's, and raw ones that misbehave.
 
 The read path tests cover block GETs from real cache nodes through it; these cover what a
 node rarely does: closing a kept connection, chunked or oversized answers, going silent.
@@ -19,7 +19,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from clientlib.peerwire import MAX_HEAD, PeerProtocolError, PeerWire
+from clientlib.blockget import MAX_HEAD, BlockGetClient, NodeProtocolError
 from tests.conftest import self_signed_cert
 
 BODY = os.urandom(3 * 1024 * 1024 + 17)
@@ -77,7 +77,7 @@ async def raw_server(handler) -> tuple[asyncio.AbstractServer, str]:  # type: ig
 async def refused(handler, error: type[Exception], read_timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     """A GET from a raw server answering with ``handler`` raises ``error``."""
     server, url = await raw_server(handler)
-    wire = PeerWire(1.0, read_timeout, 30.0)
+    wire = BlockGetClient(1.0, read_timeout, 30.0)
     try:
         with pytest.raises(error):
             await wire.get(url, "/v1/blocks/a", {})
@@ -89,7 +89,7 @@ async def refused(handler, error: type[Exception], read_timeout: float = 5.0) ->
 @on_both_loops
 async def test_bodies_are_exact_and_connections_are_kept() -> None:
     async with node_server() as (url, connections):
-        wire = PeerWire(1.0, 5.0, 30.0)
+        wire = BlockGetClient(1.0, 5.0, 30.0)
         answered = asyncio.Event()
         reply = await wire.get(url, "/v1/blocks/a?x=1", {"X-Sig": "s1"}, answered)
         assert answered.is_set()
@@ -106,7 +106,7 @@ async def test_bodies_are_exact_and_connections_are_kept() -> None:
 @on_both_loops
 async def test_error_statuses_come_back_with_their_body() -> None:
     async with node_server() as (url, _):
-        wire = PeerWire(1.0, 5.0, 30.0)
+        wire = BlockGetClient(1.0, 5.0, 30.0)
         reply = await wire.get(url, "/v1/blocks/a?status=404", {})
         assert reply.status == 404 and bytes(reply.body) == b"no such block"
         assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY  # the connection still works
@@ -116,7 +116,7 @@ async def test_error_statuses_come_back_with_their_body() -> None:
 @on_both_loops
 async def test_connection_close_is_honoured() -> None:
     async with node_server() as (url, connections):
-        wire = PeerWire(1.0, 5.0, 30.0)
+        wire = BlockGetClient(1.0, 5.0, 30.0)
         for _ in range(3):
             assert (await wire.get(url, "/v1/blocks/a?close=1", {})).body == BODY
         assert len(connections) == 3
@@ -126,8 +126,8 @@ async def test_connection_close_is_honoured() -> None:
 @on_both_loops
 async def test_chunked_answers_are_refused() -> None:
     async with node_server() as (url, _):
-        wire = PeerWire(1.0, 5.0, 30.0)
-        with pytest.raises(PeerProtocolError, match="Content-Length"):
+        wire = BlockGetClient(1.0, 5.0, 30.0)
+        with pytest.raises(NodeProtocolError, match="Content-Length"):
             await wire.get(url, "/v1/blocks/a?chunked=1", {})
         assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY
         wire.close()
@@ -148,7 +148,7 @@ async def test_a_kept_connection_the_node_closed_is_replaced() -> None:
         writer.close()  # no Connection: close header: the client thinks it is kept
 
     server, url = await raw_server(one_answer_per_connection)
-    wire = PeerWire(1.0, 5.0, 30.0)
+    wire = BlockGetClient(1.0, 5.0, 30.0)
     for _ in range(3):
         assert bytes((await wire.get(url, "/v1/blocks/a", {})).body) == b"hello"
         await asyncio.sleep(0.05)
@@ -184,7 +184,7 @@ async def test_a_silent_node_times_out_and_a_slow_one_does_not() -> None:
 
     await refused(silent, TimeoutError, read_timeout=0.25)
     server, url = await raw_server(trickle)
-    wire = PeerWire(1.0, 0.25, 30.0)
+    wire = BlockGetClient(1.0, 0.25, 30.0)
     assert bytes((await wire.get(url, "/v1/blocks/a", {})).body) == b"slowly"
     wire.close()
     server.close()
@@ -213,7 +213,7 @@ async def test_malformed_answers_are_refused() -> None:
             await asyncio.sleep(1)
             writer.close()
 
-        await refused(send, PeerProtocolError)
+        await refused(send, NodeProtocolError)
 
 
 @on_both_loops
@@ -222,7 +222,7 @@ async def test_an_unreachable_node_is_a_connection_error() -> None:
     server.close()
     await server.wait_closed()
     with pytest.raises(ConnectionError):
-        await PeerWire(1.0, 5.0, 30.0).get(url, "/v1/blocks/a", {})
+        await BlockGetClient(1.0, 5.0, 30.0).get(url, "/v1/blocks/a", {})
 
 
 @on_both_loops
@@ -233,10 +233,10 @@ async def test_answers_over_tls_are_exact() -> None:
         server_side.load_cert_chain(pem, key)
         client_side = ssl.create_default_context(cafile=str(pem))
     async with node_server(server_side) as (url, connections):
-        wire = PeerWire(1.0, 5.0, 30.0, client_side)
+        wire = BlockGetClient(1.0, 5.0, 30.0, client_side)
         for _ in range(3):
             assert (await wire.get(url, "/v1/blocks/a", {})).body == BODY
         assert len(connections) == 1
         wire.close()
         with pytest.raises(ssl.SSLError):  # a client that does not trust the node
-            await PeerWire(1.0, 5.0, 30.0).get(url, "/v1/blocks/a", {})
+            await BlockGetClient(1.0, 5.0, 30.0).get(url, "/v1/blocks/a", {})
