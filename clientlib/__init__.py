@@ -5,16 +5,7 @@ Block ids, the consistent-hash ring and its etcd watch, the origin backends, and
 jobs use.
 """
 
+from clientlib.client import CacheClient
 from clientlib.errors import RingcacheError
 
 __all__ = ["CacheClient", "RingcacheError"]
-
-
-def __getattr__(name: str) -> object:
-    # CacheClient pulls in aiohttp and aetcd; importing it lazily keeps `cachenode`
-    # (which only needs block ids and origins from here) light.
-    if name == "CacheClient":
-        from clientlib.client import CacheClient
-
-        return CacheClient
-    raise AttributeError(name)
