@@ -28,7 +28,8 @@ from cachenode.readthrough import ReadThrough
 from cachenode.server import NodeState, make_app
 from cachenode.shield import OriginShield
 from cachenode.store import BlockStore
-from clientlib.auth import Credentials, Verifier, load_secret
+from cachenode.verifier import Verifier
+from clientlib.auth import Credentials, load_secret
 from clientlib.cluster import NodeInfo
 from clientlib.errors import RingcacheError
 from clientlib.origin import Origins

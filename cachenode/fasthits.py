@@ -57,7 +57,8 @@ from cachenode.metrics import (
 from cachenode.sendfile import send_file, send_now
 from cachenode.server import NodeState
 from cachenode.store import BlockFile, BlockStore
-from clientlib.auth import ALL_ACCESS, Claims, Verifier
+from cachenode.verifier import Verifier
+from clientlib.auth import ALL_ACCESS, Claims
 from clientlib.blocks import BlockRef
 from clientlib.errors import RingcacheError
 

@@ -40,6 +40,7 @@ from cachenode.metrics import (
 from cachenode.readthrough import ReadThrough
 from cachenode.sendfile import send_file
 from cachenode.store import BlockFile, BlockPart, BlockStore
+from cachenode.verifier import Verifier
 from clientlib.auth import (
     ALL_ACCESS,
     DIGEST_HEADER,
@@ -47,7 +48,6 @@ from clientlib.auth import (
     PROOF_HEADER,
     WRITE,
     Claims,
-    Verifier,
     body_digest,
     check_digest,
 )

@@ -26,9 +26,12 @@ tenants). The secret itself is an all-access token (scope ``""``, every right) f
 operators and for nodes talking to each other.
 
 A node answering a signed request can prove that it knows the secret too
-(:meth:`Verifier.prove`, :meth:`Credentials.check_proof`): nodes insist on that before
+(:func:`sign_answer`, :meth:`Credentials.check_proof`): nodes insist on that before
 they store a block another node handed them, so a record in etcd that points at a rogue
 server never gets its bytes into the cache.
+
+This module holds the format and the derivations both sides compute; the node's check of
+a request (:class:`cachenode.verifier.Verifier`) lives with the node.
 """
 
 from __future__ import annotations
@@ -49,20 +52,26 @@ from clientlib.urls import canonical_url
 __all__ = [
     "ALL_ACCESS",
     "DIGEST_HEADER",
+    "MAX_HEADER",
     "MAX_SKEW",
     "METRICS",
     "PROOF_HEADER",
     "READ",
     "RIGHTS",
+    "SCHEME",
+    "TOKEN_PREFIX",
     "WRITE",
     "Claims",
     "Credentials",
-    "Verifier",
     "body_digest",
     "check_digest",
     "create_token",
+    "decode_key",
     "load_secret",
     "scope_covers",
+    "sign_answer",
+    "sign_request",
+    "token_key",
 ]
 
 TOKEN_PREFIX = "rc1"
@@ -214,15 +223,29 @@ def create_token(
         raise ConfigError("a token that reads or writes needs at least one scope")
     claims = Claims(canonical, tenant, time.time() + ttl if ttl else 0.0, frozenset(rights))
     payload = claims.payload()
-    return f"{TOKEN_PREFIX}.{payload}.{_b64(_mac(secret, payload))}"
+    return f"{TOKEN_PREFIX}.{payload}.{_b64(token_key(secret, payload))}"
 
 
-def _request_message(method: str, path_qs: str, stamp: str, digest: str, node: str) -> str:
-    return f"{method}\n{path_qs}\n{stamp}\n{digest}\n{node}"
+def token_key(secret: bytes, payload: str) -> bytes:
+    """The signing key of the token with ``payload``, derived from the cluster secret."""
+    return _mac(secret, payload)
 
 
-def _proof_message(signature: str, digest: str) -> str:
-    return f"answer\n{signature}\n{digest}"
+def decode_key(text: str) -> bytes:
+    """A key as a token carries it (unpadded URL-safe base64)."""
+    return _unb64(text)
+
+
+def sign_request(key: bytes, method: str, path_qs: str, stamp: str, digest: str, node: str) -> str:
+    """The signature of one request (method, path and query, unix time, body digest and
+    the node it is sent to) with a token's ``key``."""
+    return _b64(_mac(key, f"{method}\n{path_qs}\n{stamp}\n{digest}\n{node}"))
+
+
+def sign_answer(key: bytes, signature: str, digest: str) -> str:
+    """A node's :data:`PROOF_HEADER`: over the request's ``signature`` and the answer's
+    body digest, with the key of the token that signed the request."""
+    return _b64(_mac(key, f"answer\n{signature}\n{digest}"))
 
 
 class Credentials:
@@ -255,7 +278,7 @@ class Credentials:
     def for_secret(cls, secret: bytes) -> Credentials:
         """All-access credentials of whoever holds the cluster secret (nodes, operators)."""
         payload = ALL_ACCESS.payload()
-        return cls(payload, _mac(secret, payload))
+        return cls(payload, token_key(secret, payload))
 
     @property
     def signing(self) -> bool:
@@ -273,8 +296,7 @@ class Credentials:
         if self._payload is None:
             return {}
         now = str(int(time.time()))
-        message = _request_message(method, path_qs, now, digest, node)
-        sig = _b64(_mac(self._key, message))
+        sig = sign_request(self._key, method, path_qs, now, digest, node)
         return {"Authorization": f"{SCHEME} {self._payload}.{now}.{sig}"}
 
     def check_proof(self, request_headers: dict[str, str], digest: str, proof: str | None) -> bool:
@@ -285,7 +307,7 @@ class Credentials:
         if self._payload is None or header is None or not proof or not proof.isascii():
             return False
         signature = header.rpartition(".")[2]
-        want = _b64(_mac(self._key, _proof_message(signature, digest)))
+        want = sign_answer(self._key, signature, digest)
         return hmac.compare_digest(want, proof)
 
     def bearer(self) -> str:
@@ -294,62 +316,3 @@ class Credentials:
         if self._payload is None:
             return ""
         return f"{TOKEN_PREFIX}.{self._payload}.{_b64(self._key)}"
-
-
-class Verifier:
-    """A node's check of signed requests against the cluster secret."""
-
-    def __init__(self, secret: bytes, node: str = "", max_skew: float = MAX_SKEW) -> None:
-        self._secret = secret
-        self._node = node
-        self._max_skew = max_skew
-
-    def verify(self, method: str, path_qs: str, header: str | None, digest: str = "") -> Claims:
-        """The request's claims; :class:`Unauthorized` if unsigned, forged, stale, expired
-        or signed for another node."""
-        if not header:
-            raise Unauthorized("this cluster needs a signed request (use --token-file)")
-        if len(header) > MAX_HEADER or not header.startswith(SCHEME + " "):
-            raise Unauthorized("malformed Authorization header")
-        parts = header[len(SCHEME) + 1 :].split(".")
-        if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
-            raise Unauthorized("malformed Authorization header")
-        payload, stamp, sig = parts
-        key = _mac(self._secret, payload)
-        want = _b64(_mac(key, _request_message(method, path_qs, stamp, digest, self._node)))
-        if not sig.isascii() or not hmac.compare_digest(want, sig):
-            raise Unauthorized("bad request signature (or signed for another node)")
-        if abs(time.time() - int(stamp)) > self._max_skew:
-            raise Unauthorized("request signed too long ago (or clocks disagree)")
-        claims = Claims.from_payload(payload)
-        if claims.expires and claims.expires < time.time():
-            raise Unauthorized(f"token of tenant {claims.tenant!r} has expired")
-        return claims
-
-    def prove(self, header: str, digest: str) -> str:
-        """This node's :data:`PROOF_HEADER` for an answer with body SHA-256 ``digest`` to
-        the (verified) request signed with ``header``."""
-        payload, _, signature = header[len(SCHEME) + 1 :].partition(".")
-        signature = signature.rpartition(".")[2]
-        key = _mac(self._secret, payload)
-        return _b64(_mac(key, _proof_message(signature, digest)))
-
-    def verify_bearer(self, header: str | None, right: str) -> Claims:
-        """Claims of an unsigned ``Bearer <token>`` that must carry ``right`` (only
-        ``/metrics`` takes these: Prometheus cannot sign requests)."""
-        if not header or not header.startswith("Bearer ") or len(header) > MAX_HEADER:
-            raise Unauthorized(f"needs a signed request or a bearer token with {right!r}")
-        parts = header[7:].strip().split(".")
-        if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
-            raise Unauthorized("malformed bearer token")
-        try:
-            key = _unb64(parts[2])
-        except (binascii.Error, ValueError):
-            raise Unauthorized("malformed bearer token") from None
-        if not hmac.compare_digest(_mac(self._secret, parts[1]), key):
-            raise Unauthorized("bearer token not made from this cluster's secret")
-        claims = Claims.from_payload(parts[1])
-        if claims.expires and claims.expires < time.time():
-            raise Unauthorized(f"token of tenant {claims.tenant!r} has expired")
-        claims.require_right(right)
-        return claims

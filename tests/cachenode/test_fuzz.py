@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clientlib.auth import Claims, Verifier
+from cachenode.verifier import Verifier
+from clientlib.auth import Claims
 from clientlib.blocks import check_block_id, slices_for_range
 from clientlib.errors import BadRequest, Unauthorized
 from clientlib.urls import split_url
