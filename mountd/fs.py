@@ -1,7 +1,7 @@
 """The FUSE operations of the mount (pyfuse3, asyncio mode): this module and nothing else.
 
 Each operation turns into calls on the inode table (:mod:`mountd.inodes`), the readers
-(:mod:`mountd.prefetch`), the spools (:mod:`mountd.writes`) and the origin, and every
+(:mod:`mountd.prefetch`), the spools (:mod:`mountd.spool`) and the origin, and every
 failure leaves here as an errno: ringcache's own errors carry theirs
 (``RingcacheError.errno``), ``OSError`` keeps its own, a timeout or anything unexpected is
 ``EIO``. Nothing waits forever: metadata operations and reads run under ``op_timeout``,
@@ -45,9 +45,9 @@ from mountd.inodes import (
     child_path,
     parent_of,
 )
-from mountd.limits import Throttle
 from mountd.prefetch import BlockFetcher, FileReader
-from mountd.writes import Spool
+from mountd.spool import Spool
+from mountd.throttle import Throttle
 
 __all__ = ["RingcacheFS"]
 

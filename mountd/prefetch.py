@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from clientlib.client import CacheClient
 from clientlib.origin import ObjectInfo
 from clientlib.singleflight import SingleFlight
-from mountd.limits import Throttle
 from mountd.localtier import LocalTier
+from mountd.throttle import Throttle
 
 __all__ = ["BlockFetcher", "FileReader"]
 

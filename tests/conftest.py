@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,17 +21,8 @@ import boto3
 import pytest
 
 from clientlib import CacheClient
-from clientlib.localcluster import (
-    Etcd,
-    Node,
-    Process,
-    S3Proxy,
-    free_port,
-    http_ok,
-    start_etcd,
-    start_node,
-    wait_until,
-)
+from clientlib.launcher import Etcd, Node, Process, free_port, http_ok, start_node, wait_until
+from testkit import S3Proxy, metric_sum, start_etcd
 
 _counter = itertools.count()
 
@@ -153,70 +143,6 @@ class Cluster:
             node.stop()
 
 
-_LABEL = re.compile(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"')
-#: Sample names a family of each type exports besides its own name.
-_SUFFIXES = {"histogram": ("_bucket", "_count", "_sum"), "summary": ("_count", "_sum")}
-
-
-def _declared_labels(family: str) -> tuple[str, ...] | None:
-    """Label names the project's code declares for ``family`` (None if it declares none).
-
-    A labelled family with no label set observed yet exposes only its ``# TYPE`` line, so
-    its label names come from the declaration the node and the mount run.
-    """
-    from prometheus_client import REGISTRY
-
-    import cachenode.metrics  # noqa: F401 (each import registers its metrics)
-    import clientlib.metrics  # noqa: F401
-    import mountd.limits  # noqa: F401
-
-    collector = REGISTRY._names_to_collectors.get(family)  # prometheus_client has no public lookup
-    return None if collector is None else tuple(getattr(collector, "_labelnames", ()))
-
-
-def metric_sum(text: str, name: str, labels: str = "") -> float:
-    """One sample (``name{labels}``, or the sum over label sets) of Prometheus text.
-
-    A metric the text has no ``# TYPE`` for, or a label name its family does not carry,
-    is an AssertionError naming it: a renamed metric or label must fail the test that
-    reads it, not read as 0. A label *value* never seen is a legitimate 0.
-    """
-    types: dict[str, str] = {}
-    samples: list[tuple[str, dict[str, str], float]] = []
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            family, _, kind = line[len("# TYPE ") :].partition(" ")
-            types[family] = kind.strip()
-        elif line and not line.startswith("#"):
-            sample, _, value = line.rpartition(" ")
-            metric, _, rest = sample.partition("{")
-            samples.append((metric, dict(_LABEL.findall(rest)), float(value)))
-    family = next(
-        (
-            f
-            for f, kind in types.items()
-            if name == f or any(name == f + s for s in _SUFFIXES.get(kind, ()))
-        ),
-        None,
-    )
-    assert family is not None, f"metric {name!r} is not exported (no '# TYPE' line for it)"
-    wanted = dict(_LABEL.findall(labels))
-    assert bool(wanted) == bool(labels.strip()), f"cannot parse labels {labels!r} of {name!r}"
-    if wanted:
-        names = {k for metric, got, _ in samples if metric == name for k in got}
-        if not any(metric == name for metric, _, _ in samples):
-            names = set(_declared_labels(family) or ())
-        missing = set(wanted) - names
-        assert not missing, f"metric {name!r} has no label {sorted(missing)}: {sorted(names)}"
-    return float(
-        sum(
-            value
-            for metric, got, value in samples
-            if metric == name and all(got.get(k) == v for k, v in wanted.items())
-        )
-    )
-
-
 @pytest.fixture
 def secret(tmp_path: Path) -> Path:
     """A cluster secret (what a node's and an operator's --token-file hold)."""
@@ -332,7 +258,7 @@ def private_etcd(tmp_path: Path) -> Iterator[Etcd]:
 async def faulty_s3(s3_endpoint: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
     """``await faulty_s3(delay, fail_gets=N)``: an S3 endpoint in front of moto with
     ``delay`` seconds to first byte whose first ``N`` GETs (all if < 0) get 503 SlowDown
-    (see :class:`clientlib.localcluster.S3Proxy`)."""
+    (see :class:`testkit.S3Proxy`)."""
     proxies: list[S3Proxy] = []
 
     async def start(delay: float = 0.0, fail_gets: int = 0) -> str:

@@ -14,8 +14,8 @@ import pytest
 
 from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from clientlib.localcluster import Node, wait_until
-from mountd.__main__ import READ_AHEAD_KB
+from clientlib.launcher import Node, wait_until
+from mountd.readahead import READ_AHEAD_KB
 from tests.conftest import Cluster, cachectl, node_metric, wait_ring
 
 SIZE = 3 * BS + 12345  # the last block is short

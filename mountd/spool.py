@@ -28,8 +28,8 @@ from pathlib import Path
 
 from clientlib.origin import ObjectInfo, Origin
 from clientlib.origin.base import PosixAttrs
-from mountd.limits import Throttle, UploadMeter
 from mountd.prefetch import BlockFetcher
+from mountd.throttle import Throttle, UploadMeter
 
 __all__ = ["Spool"]
 

@@ -25,20 +25,10 @@ import threading
 import time
 
 from aiolimiter import AsyncLimiter
-from prometheus_client import Counter
 
-__all__ = ["Throttle", "UploadMeter"]
+from mountd.metrics import LIMIT_WAIT, LIMITED_BYTES
 
-LIMITED_BYTES = Counter(
-    "ringcache_mount_limited_bytes_total",
-    "Bytes charged to a --download-limit or --upload-limit bucket",
-    ["direction"],
-)
-LIMIT_WAIT = Counter(
-    "ringcache_mount_limit_wait_seconds_total",
-    "Time transfers waited for a --download-limit or --upload-limit bucket",
-    ["direction"],
-)
+__all__ = ["PIECE", "Throttle", "UploadMeter"]
 
 #: Largest piece acquired from a bucket at once.
 PIECE = 1024 * 1024
