@@ -1,10 +1,10 @@
 """Eviction policies for one cache dir, swappable behind one small interface.
 
 A policy is also the dir's index: it maps a block key to the block's size and an opaque
-integer ``tag`` (the store keeps the block's checksum there, which names its file). Keeping
-both in one dict, with the per-entry state packed into a single ``int``, is what keeps the
-whole index under 200 bytes per block in CPython (measured by ``loadtest/index_rebuild.py``
-and ``tests/cachenode/test_eviction.py``).
+integer ``tag`` (the store keeps the block's checksum there, which names its file). Both
+live in one dict, with the per-entry state packed into a single ``int``, to keep the whole
+index under 200 bytes per block in CPython (``tests/cachenode/test_eviction.py`` holds it
+to that).
 
 Policies count bytes, not entries: the last block of an object is shorter than the others.
 They never touch files; the store removes the file of every victim a policy hands out.
@@ -16,6 +16,11 @@ Everything here runs on the event loop thread only, so nothing is locked.
   sequential scan do not flush the hot set. Hits only set a 2-bit counter: no list moves,
   which keeps the hit path cheap.
 - :class:`LRUPolicy`: least recently used, for comparison (``loadtest/eviction_sim.py``).
+
+:data:`POLICIES` is the one table of policy names: configuration takes its choices from it
+and :func:`make_policy` builds from it. A policy is an index with its own memory budget,
+lookups that are not hits and victims handed to the caller, which is why neither is a
+general-purpose LRU cache (``cachetools`` is used where one is all that is needed).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import NamedTuple
 from clientlib.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_POLICY",
     "POLICIES",
     "EvictionPolicy",
     "LRUPolicy",
@@ -366,13 +372,6 @@ class S3FIFOPolicy(EvictionPolicy):
         if sys.getsizeof(self._state) > _DICT_BYTES_PER_ENTRY * len(self._state) + 65536:
             self._compact_dict()
 
-    def entries(self) -> Iterator[tuple[Hashable, int, int]]:
-        """``(key, nbytes, tag)`` of every resident entry, in no promised order."""
-        for key in self.keys():
-            entry = self.lookup(key)
-            if entry is not None:
-                yield key, entry[0], entry[1]
-
     def load(self, keys: Sequence[Hashable], nbytes: Sequence[int], tags: Sequence[int]) -> None:
         """Admit entries found on disk at start straight into main, with freq 0.
 
@@ -460,10 +459,9 @@ class S3FIFOPolicy(EvictionPolicy):
         """Copy the dict into a minimal-sized one.
 
         Under churn (one insert and one eviction per put) a dict fills its entry array with
-        deleted slots, and CPython then resizes it to three times the live count: 60-120
-        bytes per entry instead of 30-60, enough to break the 200-byte budget. Copying costs
-        ~0.2 s per million entries on the event loop and happens about once per turnover of
-        the whole cache (once per ~4 TB of puts at 4 MiB blocks).
+        deleted slots, and CPython then resizes it to three times the live count, enough to
+        break the 200-byte budget. The copy happens about once per turnover of the whole
+        cache.
         """
         self._state = dict(self._state)
 
@@ -488,16 +486,23 @@ class S3FIFOPolicy(EvictionPolicy):
         return deque(kept)
 
 
-#: Names accepted by :func:`make_policy` (and by the cachenode ``policy`` setting).
-POLICIES: dict[str, type[EvictionPolicy]] = {"s3fifo": S3FIFOPolicy, "lru": LRUPolicy}
+#: Every eviction policy by its configuration name (the cachenode ``eviction`` setting):
+#: the one list of the names a node accepts.
+POLICIES: dict[str, type[EvictionPolicy]] = {
+    S3FIFOPolicy.name: S3FIFOPolicy,
+    LRUPolicy.name: LRUPolicy,
+}
+
+#: The policy a node uses unless configured otherwise.
+DEFAULT_POLICY = S3FIFOPolicy.name
 
 
 def make_policy(name: str) -> EvictionPolicy:
-    """Return a new, empty policy by its configuration name ("s3fifo" or "lru")."""
+    """A new, empty policy by its name in :data:`POLICIES`; ConfigError for another name."""
     try:
         cls = POLICIES[name]
     except KeyError:
         raise ConfigError(
-            f"unknown eviction policy {name!r}; choose one of {', '.join(sorted(POLICIES))}"
+            f"unknown eviction policy {name!r}; choose one of {', '.join(POLICIES)}"
         ) from None
     return cls()

@@ -1,14 +1,13 @@
 """The on-disk local tier of one compute node (``mountd --local-cache PATH:SIZE``).
 
-Whole blocks, one file each, named by block id under ``PATH/<2 hex>/<id>``. Because a
-block id includes the object's version, a file here can never be stale, only evicted.
-A file is the block's data, its part checksums (:mod:`clientlib.parts`) and the xxh64 of
-the data; a block that fails a check is deleted and read again from the peers, never
-served. A random read takes only the parts that hold its bytes (measured: with whole
-blocks read for each 64 KiB read, a mount read its local disk slower than it asked a
-node for the range). Writes go to a temporary name and are renamed into
-place, so a crash leaves whole blocks or nothing. Eviction is LRU by bytes, with the
-index rebuilt from the directory (oldest access time first) at start.
+Whole blocks, one block file each (:mod:`clientlib.blockfile`, the format a cache node's
+store uses too), under ``PATH/<id[:2]>/``. Because a block id includes the object's
+version, a file here can never be stale, only evicted. A block that fails a check is
+deleted and read again from the peers, never served; a random read takes only the parts
+that hold its bytes. Writes go to a temporary name and are renamed into place, so a crash
+leaves whole blocks or nothing. Eviction is LRU by bytes on disk, with the index rebuilt
+from the directory (oldest access time first) at start; files of an earlier layout are
+removed then.
 
 The methods are blocking (disk I/O) and thread-safe; mountd calls them on a small
 thread pool so the FUSE loop never waits on the disk.
@@ -20,20 +19,42 @@ import contextlib
 import logging
 import os
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
-import xxhash
+from cachetools import LRUCache
 
-from clientlib.blocks import check_block_id
-from clientlib.errors import BadRequest
-from clientlib.parts import data_length, part_trailer, read_parts
+from clientlib.blockfile import (
+    BadBlockFile,
+    block_checksum,
+    block_filename,
+    file_length,
+    parse_name,
+    read_part,
+    read_verified,
+    write_block,
+)
+from clientlib.blocks import BLOCK_ID_RE
 
 __all__ = ["LocalTier"]
 
 log = logging.getLogger(__name__)
 
-_DIGEST = 8
+#: A block's index entry: its length and checksum, which name its file.
+_Entry = tuple[int, int]
+
+
+class _Index(LRUCache[str, _Entry]):
+    """Block id to entry, least recently used first out, by bytes on disk; what leaves
+    to make room is kept in :attr:`evicted` for the caller to delete."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(max(capacity, 1), getsizeof=lambda entry: file_length(entry[0]))
+        self.evicted: list[tuple[str, _Entry]] = []
+
+    def popitem(self) -> tuple[str, _Entry]:
+        item = super().popitem()
+        self.evicted.append(item)
+        return item
 
 
 class LocalTier:
@@ -42,29 +63,43 @@ class LocalTier:
     def __init__(self, root: Path, capacity: int) -> None:
         self.root = root
         self.capacity = capacity
-        self.used = 0
-        self._index: OrderedDict[str, int] = OrderedDict()
+        self._index = _Index(capacity)
         self._lock = threading.Lock()
 
+    @property
+    def used(self) -> int:
+        """Bytes of the block files indexed here."""
+        return self._index.currsize
+
     def open(self) -> None:
-        """Create the directory, drop leftovers of interrupted writes, index the blocks."""
+        """Create the directory, drop leftovers of interrupted writes and files of an
+        earlier layout, index the blocks."""
         self.root.mkdir(parents=True, exist_ok=True)
-        found: list[tuple[float, str, int]] = []
+        found: dict[str, tuple[float, _Entry]] = {}
+        stale: list[Path] = []
         for path in self.root.glob("*/*"):
-            if path.name.endswith(".tmp"):
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            parsed = parse_name(os.fsencode(path.name))
+            if path.name.endswith(".tmp") or BLOCK_ID_RE.fullmatch(path.name):
+                stale.append(path)  # an unfinished write, or a block in an earlier layout
                 continue
+            if parsed is None or not parsed[0].startswith(path.parent.name):
+                continue  # a foreign file: not ours to index
+            block_id, nbytes, checksum = parsed
             try:
-                st = path.stat()
-                check_block_id(path.name)
-            except (OSError, BadRequest):  # a foreign file: not ours to index
+                atime = path.stat().st_atime
+            except OSError:
                 continue
-            found.append((st.st_atime, path.name, st.st_size))
-        for _, block_id, size in sorted(found):
-            self._index[block_id] = size
-            self.used += size
-        self._evict()
+            if block_id in found:
+                stale.append(self._path(block_id, *found[block_id][1]))
+            found[block_id] = (atime, (nbytes, checksum))
+        for path in stale:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        with self._lock:
+            for block_id, (_, entry) in sorted(found.items(), key=lambda item: item[1][0]):
+                if file_length(entry[0]) <= self._index.maxsize:
+                    self._index[block_id] = entry
+        self._delete_evicted()
         log.info(
             "local tier %s: %d blocks, %d of %d bytes",
             self.root,
@@ -73,31 +108,23 @@ class LocalTier:
             self.capacity,
         )
 
-    def _path(self, block_id: str) -> Path:
-        return self.root / block_id[:2] / block_id
+    def _path(self, block_id: str, nbytes: int, checksum: int) -> Path:
+        return self.root / block_id[:2] / block_filename(block_id, nbytes, checksum)
 
-    def _used(self, block_id: str) -> Path | None:
-        """The block's file if it is indexed, which makes it the most recently used."""
+    def _used(self, block_id: str) -> _Entry | None:
+        """The block's entry if it is indexed, which makes it the most recently used."""
         with self._lock:
-            if block_id not in self._index:
-                return None
-            self._index.move_to_end(block_id)
-        return self._path(block_id)
+            return self._index.get(block_id)
 
     def get(self, block_id: str) -> bytes | None:
         """The block's bytes if they are here and whole, else None."""
-        path = self._used(block_id)
-        if path is None:
+        entry = self._used(block_id)
+        if entry is None:
             return None
-        try:
-            raw = path.read_bytes()
-        except OSError:
-            self._forget(block_id)
-            return None
-        nbytes = data_length(len(raw) - _DIGEST)
-        data = raw[:nbytes] if nbytes is not None else b""
-        if nbytes is None or xxhash.xxh64_digest(data) != raw[-_DIGEST:]:
-            self._drop(block_id, path)
+        path = self._path(block_id, *entry)
+        data = read_verified(str(path), *entry)
+        if isinstance(data, BadBlockFile):
+            self._drop(block_id, entry, path, data)
             return None
         return data
 
@@ -105,73 +132,47 @@ class LocalTier:
         """Bytes ``[start, stop)`` of the block if it is here and they check out: read
         and checked by the parts that hold them, or with the whole block (:meth:`get`)
         when it has a single part or a part does not match."""
-        path = self._used(block_id)
-        if path is None:
+        entry = self._used(block_id)
+        if entry is None:
             return None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self._forget(block_id)
-            return None
-        try:
-            nbytes = data_length(os.fstat(fd).st_size - _DIGEST)
-            piece = None if nbytes is None else read_parts(fd, nbytes, start, stop)
-        except OSError:
-            piece = None
-        finally:
-            os.close(fd)
+        piece = read_part(str(self._path(block_id, *entry)), entry[0], (start, stop))
         if piece is not None:
-            return bytes(piece)
+            return piece
         data = self.get(block_id)
         return None if data is None else data[start:stop]
 
-    def _drop(self, block_id: str, path: Path) -> None:
-        log.warning("local tier: block %s at %s fails its checksum; dropped", block_id, path)
-        self._forget(block_id)
+    def _drop(self, block_id: str, entry: _Entry, path: Path, bad: BadBlockFile) -> None:
+        with self._lock:
+            if self._index.get(block_id) == entry:
+                del self._index[block_id]
+        if bad.inode is None:
+            return  # unreadable (gone, or a failing disk): forgotten, not judged
+        log.warning("local tier: block %s at %s not served: %s; dropped", block_id, path, bad)
         with contextlib.suppress(OSError):
             path.unlink()
 
     def put(self, block_id: str, data: bytes) -> None:
         """Store a block (atomically); evicts the least recently used to make room."""
-        trailer = part_trailer(data)
-        size = len(data) + len(trailer) + _DIGEST
-        if size > self.capacity:
+        if file_length(len(data)) > self.capacity:
             return
-        with self._lock:
-            if block_id in self._index:
-                self._index.move_to_end(block_id)
-                return
-        path = self._path(block_id)
+        if self._used(block_id) is not None:
+            return
+        entry = (len(data), block_checksum(data))
+        path = self._path(block_id, *entry)
         tmp = path.with_name(f"{block_id}.{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(exist_ok=True)
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.write(trailer)
-                fh.write(xxhash.xxh64_digest(data))
-            os.replace(tmp, path)
+            write_block(str(tmp), str(path), data)
         except OSError as exc:
             log.warning("local tier: cannot store block %s in %s: %s", block_id, self.root, exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             return
         with self._lock:
-            self._index[block_id] = size
-            self.used += size
-        self._evict()
+            self._index[block_id] = entry
+        self._delete_evicted()
 
-    def _forget(self, block_id: str) -> None:
+    def _delete_evicted(self) -> None:
         with self._lock:
-            size = self._index.pop(block_id, None)
-            if size is not None:
-                self.used -= size
-
-    def _evict(self) -> None:
-        while True:
-            with self._lock:
-                if self.used <= self.capacity or not self._index:
-                    return
-                block_id, size = self._index.popitem(last=False)
-                self.used -= size
+            evicted, self._index.evicted = self._index.evicted, []
+        for block_id, entry in evicted:
             with contextlib.suppress(OSError):
-                self._path(block_id).unlink()
+                self._path(block_id, *entry).unlink()

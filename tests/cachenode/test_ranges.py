@@ -122,7 +122,7 @@ async def raw_get(node, path: str, query: dict[str, str], headers: dict[str, str
 async def test_a_range_of_a_damaged_block_is_a_hit_only_where_its_parts_are_whole(
     make_cluster, s3, bucket
 ):
-    """A range is checked by the 256 KiB parts that hold it (clientlib.parts), so damage
+    """A range is checked by the 256 KiB parts that hold it (clientlib.blockfile), so damage
     elsewhere in the block does not make it a miss, and damage inside it is never sent."""
     node = make_cluster(1).nodes[0]
     data = os.urandom(BS)

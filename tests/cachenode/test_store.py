@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
+import cachenode.cachedir
 import cachenode.store as store_mod
-from cachenode.store import (
-    INLINE_READ_MAX,
+from cachenode.cachedir import CacheDirSpec
+from cachenode.store import INLINE_READ_MAX, BlockBytes, BlockPart, BlockStore
+from clientlib.blockfile import (
+    PART_SIZE,
     BlockFile,
-    BlockPart,
-    BlockStore,
-    CacheDirSpec,
     block_checksum,
     block_filename,
+    trailer_length,
 )
 from clientlib.blocks import MAX_BLOCK_SIZE
 from clientlib.errors import BadRequest, ConfigError
-from clientlib.parts import PART_SIZE, trailer_length
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -219,7 +219,7 @@ async def test_put_evicts_to_keep_free_space_ratio_of_the_disk(make_store, monke
         used = store.used_bytes if store is not None else 0
         return total, total - others - used
 
-    monkeypatch.setattr(store_mod, "disk_usage", fake_disk_usage)
+    monkeypatch.setattr(cachenode.cachedir, "disk_usage", fake_disk_usage)
     store = make_store(100 * MiB, free_space_ratio=0.1)
     allowed = total - others - int(0.1 * total)  # 300 blocks
     for _ in range(500):
@@ -229,7 +229,7 @@ async def test_put_evicts_to_keep_free_space_ratio_of_the_disk(make_store, monke
 
 
 async def test_put_is_refused_when_free_space_cannot_be_reached(make_store, monkeypatch):
-    monkeypatch.setattr(store_mod, "disk_usage", lambda path: (100 * SMALL, 5 * SMALL))
+    monkeypatch.setattr(cachenode.cachedir, "disk_usage", lambda path: (100 * SMALL, 5 * SMALL))
     store = make_store(100 * MiB, free_space_ratio=0.1)
     assert not await store.put(new_id(), os.urandom(SMALL))
     assert store.block_count == 0
@@ -343,26 +343,35 @@ def read_block_file(block: BlockFile) -> bytes:
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE])
-async def test_open_verified_gives_bytes_when_small_and_a_verified_fd_when_large(make_store, size):
+async def test_open_block_gives_bytes_when_small_and_a_verified_fd_when_large(make_store, size):
     store = make_store(4 * MiB)
     block_id, data = new_id(), os.urandom(size)
-    assert await store.open_verified(block_id) is None
+    assert await store.open_block(block_id) is None
     assert await store.put(block_id, data)
-    got = await store.open_verified(block_id)
+    got = await store.open_block(block_id)
     if size <= INLINE_READ_MAX:
-        assert got == data
+        assert got == BlockBytes(data) and got.nbytes == size
     else:
         assert isinstance(got, BlockFile) and got.nbytes == size
         assert read_block_file(got) == data
-    got = await store.open_verified(block_id, read_max=0)
+    got = await store.open_block(block_id, read_max=0)
     assert isinstance(got, BlockFile) and read_block_file(got) == data
+
+
+async def test_open_verified_still_gives_a_whole_small_block_as_bytes(make_store):
+    store = make_store(4 * MiB)
+    small, large = (new_id(), os.urandom(SMALL)), (new_id(), os.urandom(LARGE))
+    for block_id, data in (small, large):
+        assert await store.put(block_id, data)
+    assert await store.open_verified(small[0]) == small[1]
+    got = await store.open_verified(large[0])
+    assert isinstance(got, BlockFile) and read_block_file(got) == large[1]
+    assert await store.open_verified(new_id()) is None
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE])
 @pytest.mark.parametrize("damage", ["flip", "truncate", "zero_tail"])
-async def test_open_verified_refuses_and_removes_a_corrupted_file(
-    make_store, tmp_path, size, damage
-):
+async def test_open_block_refuses_and_removes_a_corrupted_file(make_store, tmp_path, size, damage):
     store = make_store(4 * MiB)
     block_id, data = new_id(), os.urandom(size)
     assert await store.put(block_id, data)
@@ -376,32 +385,32 @@ async def test_open_verified_refuses_and_removes_a_corrupted_file(
         raw[size - 512 :] = bytes(512)
     path.write_bytes(bytes(raw))
 
-    assert await store.open_verified(block_id, read_max=0) is None
+    assert await store.open_block(block_id, read_max=0) is None
     assert not path.exists()
     assert block_id not in store
     assert await store.put(block_id, data)
-    got = await store.open_verified(block_id, read_max=0)
+    got = await store.open_block(block_id, read_max=0)
     assert isinstance(got, BlockFile) and read_block_file(got) == data
 
 
-async def test_open_verified_fd_still_reads_the_block_after_eviction(make_store, tmp_path):
+async def test_open_block_fd_still_reads_the_block_after_eviction(make_store, tmp_path):
     store = make_store(4 * MiB)
     block_id, data = new_id(), os.urandom(LARGE)
     assert await store.put(block_id, data)
-    got = await store.open_verified(block_id)
+    got = await store.open_block(block_id)
     assert isinstance(got, BlockFile)
     assert await store.evict([block_id]) == 1
     assert block_id not in block_files(tmp_path / "d0")
     assert read_block_file(got) == data
 
 
-async def test_open_verified_cancelled_in_the_pool_leaks_no_fd(make_store):
+async def test_open_block_cancelled_in_the_pool_leaks_no_fd(make_store):
     store = make_store(4 * MiB)
     block_id, data = new_id(), os.urandom(LARGE)
     assert await store.put(block_id, data)
     fds_before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
-        task = asyncio.ensure_future(store.open_verified(block_id))
+        task = asyncio.ensure_future(store.open_block(block_id))
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -423,13 +432,13 @@ async def test_get_racing_evict_returns_the_bytes_or_none(make_store, size):
 
 
 async def test_evicted_block_put_again_at_once_keeps_its_new_file(make_store, monkeypatch):
-    real_unlink = store_mod._unlink_quietly
+    real_unlink = store_mod.unlink_quietly
 
     def slow_unlink(paths) -> None:
         time.sleep(0.05)  # widen the window in which the new file exists
         real_unlink(paths)
 
-    monkeypatch.setattr(store_mod, "_unlink_quietly", slow_unlink)
+    monkeypatch.setattr(store_mod, "unlink_quietly", slow_unlink)
     store = make_store(4 * MiB)
     block_id, data = new_id(), os.urandom(SMALL)
     for _ in range(3):
@@ -518,7 +527,7 @@ async def test_clean_restart_loads_the_index_from_its_snapshot(make_store, tmp_p
     store.close()
     snapshot = tmp_path / "d0" / "index.snapshot"
     assert snapshot.stat().st_size == 16 + 16 + 256 * 8 + 32 * len(blocks)
-    caplog.set_level("INFO", logger="cachenode.store")
+    caplog.set_level("INFO", logger="cachenode")
     again = make_store(64 * MiB)
     assert "index loaded from its snapshot" in caplog.text
     assert not snapshot.exists()  # used once: a crash later must not reuse it
@@ -572,10 +581,10 @@ async def test_a_range_is_checked_by_its_parts_and_a_bad_part_by_the_whole_block
     # A range in good parts (crossing from part 1 into 2) is served: only those are read,
     # on the event loop while they are in the page cache, else in the pool.
     start, stop = 2 * PART_SIZE - 1000, 2 * PART_SIZE + 64 * KiB
-    got = await store.open_verified(block_id, read_max=0, part=(start, stop))
+    got = await store.open_block(block_id, read_max=0, part=(start, stop))
     assert got == BlockPart(data[start:stop], len(data))
     evict_from_page_cache(path)
-    got = await store.open_verified(block_id, read_max=0, part=(start, stop))
+    got = await store.open_block(block_id, read_max=0, part=(start, stop))
     assert isinstance(got, BlockFile)
     try:
         assert os.pread(got.fd, stop - start, start) == data[start:stop]
@@ -583,7 +592,7 @@ async def test_a_range_is_checked_by_its_parts_and_a_bad_part_by_the_whole_block
         got.close()
     # A range touching the bad part: the whole block decides, fails, and is dropped.
     bad_part = (3 * PART_SIZE, 3 * PART_SIZE + 10)
-    assert await store.open_verified(block_id, read_max=0, part=bad_part) is None
+    assert await store.open_block(block_id, read_max=0, part=bad_part) is None
     assert not path.exists() and block_id not in store
 
 
@@ -601,6 +610,6 @@ async def test_a_range_without_good_part_checksums_is_checked_whole(make_store, 
     else:
         raw = raw[: len(data)]
     path.write_bytes(bytes(raw))
-    got = await store.open_verified(block_id, read_max=0, part=(10, 20))
+    got = await store.open_block(block_id, read_max=0, part=(10, 20))
     assert isinstance(got, BlockFile) and read_block_file(got) == data
     assert await store.get(block_id) == data

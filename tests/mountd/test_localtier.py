@@ -8,7 +8,7 @@ from pathlib import Path
 
 import xxhash
 
-from clientlib.parts import PART_SIZE, trailer_length
+from clientlib.blockfile import PART_SIZE, block_checksum, block_filename, file_length
 from mountd.localtier import LocalTier
 
 MiB = 1024 * 1024
@@ -20,8 +20,13 @@ def new_tier(root: Path) -> LocalTier:
     return tier
 
 
-def damage(tier: LocalTier, block_id: str, offset: int) -> Path:
-    path = tier.root / block_id[:2] / block_id
+def block_path(tier: LocalTier, block_id: str, data: bytes) -> Path:
+    """Where the tier keeps a block: a block file, as a cache node names it."""
+    return tier.root / block_id[:2] / block_filename(block_id, len(data), block_checksum(data))
+
+
+def damage(tier: LocalTier, block_id: str, data: bytes, offset: int) -> Path:
+    path = block_path(tier, block_id, data)
     raw = bytearray(path.read_bytes())
     raw[offset] ^= 0x01
     path.write_bytes(bytes(raw))
@@ -33,8 +38,7 @@ def test_blocks_and_ranges_come_back_as_stored(tmp_path: Path) -> None:
     blocks = {os.urandom(16).hex(): os.urandom(n) for n in (1000, PART_SIZE, 4 * MiB - 5)}
     for block_id, data in blocks.items():
         tier.put(block_id, data)
-        path = tier.root / block_id[:2] / block_id
-        assert path.stat().st_size == len(data) + trailer_length(len(data)) + 8
+        assert block_path(tier, block_id, data).stat().st_size == file_length(len(data))
     again = new_tier(tmp_path)  # a restarted mount finds them
     for block_id, data in blocks.items():
         assert again.get(block_id) == data
@@ -46,7 +50,7 @@ def test_a_range_in_good_parts_is_served_and_a_damaged_block_never_is(tmp_path: 
     tier = new_tier(tmp_path)
     block_id, data = os.urandom(16).hex(), os.urandom(4 * MiB)
     tier.put(block_id, data)
-    path = damage(tier, block_id, 3 * PART_SIZE + 1)
+    path = damage(tier, block_id, data, 3 * PART_SIZE + 1)
     # Parts 0-2 are whole: a range there is read and checked without the rest.
     assert tier.get_part(block_id, 100, 2 * PART_SIZE + 5) == data[100 : 2 * PART_SIZE + 5]
     # A range in the damaged part falls back to the whole block, which fails: dropped.
@@ -61,20 +65,39 @@ def test_a_whole_read_checks_every_byte(tmp_path: Path) -> None:
     tier = new_tier(tmp_path)
     block_id, data = os.urandom(16).hex(), os.urandom(MiB + 3)
     tier.put(block_id, data)
-    path = damage(tier, block_id, MiB)
+    path = damage(tier, block_id, data, MiB)
     assert tier.get(block_id) is None
     assert not path.exists() and tier.used == 0
 
 
-def test_a_file_from_before_part_checksums_is_dropped_not_misread(tmp_path: Path) -> None:
-    """The earlier layout (data, then its xxh64) has no trailer; a large block in it is
-    dropped and fetched again, a one-part block reads the same either way."""
+def test_files_of_the_earlier_layout_are_removed_not_served(tmp_path: Path) -> None:
+    """The earlier layout (a file named by the block id alone: data, then its xxh64) is
+    not indexed: its files are deleted at open and the blocks fetched again."""
     old = {os.urandom(16).hex(): os.urandom(n) for n in (5000, 2 * MiB)}
     for block_id, data in old.items():
         (tmp_path / block_id[:2]).mkdir(exist_ok=True)
         (tmp_path / block_id[:2] / block_id).write_bytes(data + xxhash.xxh64_digest(data))
+    foreign = tmp_path / "ab" / "notes.txt"
+    foreign.parent.mkdir(exist_ok=True)
+    foreign.write_text("not a block")
     tier = new_tier(tmp_path)
-    small, large = old
-    assert tier.get(small) == old[small]
-    assert tier.get_part(large, 10, 20) is None
-    assert tier.get(large) is None
+    for block_id in old:
+        assert tier.get(block_id) is None
+        assert not (tmp_path / block_id[:2] / block_id).exists()
+    assert foreign.exists() and tier.used == 0
+
+
+def test_least_recently_used_blocks_leave_first_by_bytes(tmp_path: Path) -> None:
+    tier = LocalTier(tmp_path, 3 * file_length(MiB))
+    tier.open()
+    blocks = {os.urandom(16).hex(): os.urandom(MiB) for _ in range(4)}
+    first, second, third, fourth = blocks
+    for block_id in (first, second, third):
+        tier.put(block_id, blocks[block_id])
+    assert tier.get(first) == blocks[first]  # now second is the least recently used
+    tier.put(fourth, blocks[fourth])
+    assert tier.get(second) is None
+    assert not block_path(tier, second, blocks[second]).exists()
+    for block_id in (first, third, fourth):
+        assert tier.get(block_id) == blocks[block_id]
+    assert tier.used == 3 * file_length(MiB)

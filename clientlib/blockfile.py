@@ -1,0 +1,368 @@
+"""The block file: how one cached block is named, laid out and checked on a disk.
+
+Both users of a disk cache keep blocks in this one format: a cache node's store
+(:mod:`cachenode.store`) and a mount's local tier (:mod:`mountd.localtier`).
+
+- **Name.** ``<id>.<length>.<xxh3-64>``: the block id, its length and the checksum of its
+  bytes, 32, 16 and 16 lowercase hex digits (:func:`block_filename`). An index is rebuilt
+  from directory listings alone, with no stat and no read (:func:`parse_name`,
+  :func:`parse_names`).
+- **Layout.** The block's bytes, then, for a block larger than one :data:`PART_SIZE`
+  part, a trailer: the xxh3-64 of each part, 8 big-endian bytes each (128 bytes for a
+  4 MiB block, not counted as block bytes). A file without a trailer (written before
+  trailers existed) is still valid: it is checked whole.
+- **Checks.** A byte comes out only after the bytes holding it matched a checksum: a whole
+  read against the name's checksum (:func:`read_verified`, :func:`open_verified`), a
+  range against the trailer's parts that hold it (:func:`read_part`). The trailer is not
+  trusted beyond that: when a part does not match, the whole block against its name's
+  checksum decides.
+- **Writes** go to a temporary name and are renamed into place (:func:`write_block`), so
+  a crash leaves a temp file, never a torn block under a block name.
+
+Every function here is blocking file work on one file; callers choose the thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import operator
+import os
+import re
+import sys
+from array import array
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import xxhash
+
+from clientlib.blocks import MAX_BLOCK_SIZE
+
+__all__ = [
+    "NAME_LENGTH",
+    "PART_SIZE",
+    "BadBlockFile",
+    "BlockFile",
+    "NameColumns",
+    "block_checksum",
+    "block_filename",
+    "file_length",
+    "open_cached",
+    "open_verified",
+    "parse_name",
+    "parse_names",
+    "part_trailer",
+    "read_part",
+    "read_verified",
+    "trailer_length",
+    "write_block",
+]
+
+#: Bytes a part. A random 64 KiB read through a mount reaches a node as a range of a
+#: little more than 64 KiB; 256 KiB parts keep the over-read of such a range to one or
+#: two parts while a 4 MiB block's trailer stays at 128 bytes.
+PART_SIZE = 256 * 1024
+
+#: Characters in a block file name: ``<32 hex>.<16 hex>.<16 hex>``.
+NAME_LENGTH = 66
+
+_DIGEST = 8
+_NAME_RE = re.compile(rb"[0-9a-f]{32}\.[0-9a-f]{16}\.[0-9a-f]{16}")
+_NAME_CHARS = b"0123456789abcdef.\n"
+
+
+# -- naming ------------------------------------------------------------------------------
+
+
+def block_checksum(data: bytes | bytearray | memoryview) -> int:
+    """The checksum a block file is named with: xxh3-64, cheap enough for every serve."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def block_filename(block_id: str, nbytes: int, checksum: int) -> str:
+    """``<id>.<length>.<checksum>``: all an index needs, read from a directory listing."""
+    return f"{block_id}.{nbytes:016x}.{checksum:016x}"
+
+
+def parse_name(name: bytes) -> tuple[str, int, int] | None:
+    """``(block_id, nbytes, checksum)`` of a block file name; None for any other name
+    (a temp file, a torn name, a length over :data:`~clientlib.blocks.MAX_BLOCK_SIZE`)."""
+    if _NAME_RE.fullmatch(name) is None:
+        return None
+    nbytes = int(name[33:49], 16)
+    if nbytes > MAX_BLOCK_SIZE:
+        return None
+    return name[:32].decode("ascii"), nbytes, int(name[50:], 16)
+
+
+#: Keys (block ids as 128-bit ints), lengths and checksums of a listing, column by column.
+NameColumns = tuple[list[int], Sequence[int], Sequence[int]]
+
+
+def parse_names(prefix: bytes, names: list[bytes]) -> NameColumns | None:
+    """Keys, lengths and checksums of a listing of block file names that all start with
+    the two characters ``prefix``; None if any name is not such a name.
+
+    The fast path of an index rebuild, with C-level loops only: every name's shape is
+    checked at once on the joined listing (separators at fixed offsets, nothing but
+    lowercase hex digits and dots, the prefix), all the hex is decoded with one
+    ``bytes.fromhex`` and each name's four 64-bit words (id high, id low, length,
+    checksum) are read from an array. On None the caller looks at each name
+    (:func:`parse_name`).
+    """
+    count = len(names)
+    stride = NAME_LENGTH + 1
+    blob = b"\n".join(names) + b"\n"
+    if (
+        len(blob) != stride * count
+        or blob[NAME_LENGTH::stride] != b"\n" * count
+        or blob[32::stride] != b"." * count
+        or blob[49::stride] != b"." * count
+        or blob.translate(None, _NAME_CHARS)
+        or blob[0::stride] != prefix[:1] * count
+        or blob[1::stride] != prefix[1:] * count
+    ):
+        return None
+    words = array("Q")
+    words.frombytes(bytes.fromhex(blob.decode("ascii").replace(".", " ")))
+    if sys.byteorder == "little":
+        words.byteswap()
+    nbytes = words[2::4]
+    if max(nbytes) > MAX_BLOCK_SIZE:
+        return None
+    keys = list(
+        map(operator.or_, map(operator.lshift, words[0::4], itertools.repeat(64)), words[1::4])
+    )
+    return keys, nbytes, words[3::4]
+
+
+# -- layout ------------------------------------------------------------------------------
+
+
+def trailer_length(nbytes: int) -> int:
+    """Bytes of the trailer of a block of ``nbytes``: none for a block of one part."""
+    if nbytes <= PART_SIZE:
+        return 0
+    return _DIGEST * -(-nbytes // PART_SIZE)
+
+
+def file_length(nbytes: int) -> int:
+    """Bytes on disk of a block file of ``nbytes`` written by :func:`write_block`."""
+    return nbytes + trailer_length(nbytes)
+
+
+def part_trailer(data: bytes | bytearray | memoryview) -> bytes:
+    """The trailer to write after ``data``."""
+    if len(data) <= PART_SIZE:
+        return b""
+    view = memoryview(data)
+    return b"".join(
+        xxhash.xxh3_64_digest(view[start : start + PART_SIZE])
+        for start in range(0, len(view), PART_SIZE)
+    )
+
+
+# -- reads -------------------------------------------------------------------------------
+
+
+class BlockFile(NamedTuple):
+    """A block file checked against its name's checksum, open for reading, so that a
+    large block can be sent with ``sendfile`` instead of through user memory.
+
+    The fd stays valid and its content fixed even if the block is evicted meanwhile:
+    block files are only ever renamed into place and unlinked, never changed in place,
+    so the bytes checked are the bytes sent (from offset 0 to ``nbytes``). The holder
+    owns ``fd`` and must :meth:`close` it.
+    """
+
+    fd: int
+    nbytes: int
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class BadBlockFile(NamedTuple):
+    """Why a block file could not be served."""
+
+    reason: str
+    #: The error of a failed open or read (the caller may judge the disk by it), else None.
+    errno: int | None
+    #: The inode of a file with wrong content, so that only that file is deleted; None
+    #: when the file could not be read at all.
+    inode: int | None
+
+
+def _os_error(exc: OSError, what: str) -> BadBlockFile:
+    return BadBlockFile(exc.strerror or f"{what} failed", exc.errno, None)
+
+
+def read_verified(path: str, nbytes: int, checksum: int) -> bytes | BadBlockFile:
+    """The block's bytes if the file at ``path`` holds ``nbytes`` matching ``checksum``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return _os_error(exc, "open")
+    try:
+        data = os.read(fd, nbytes)
+        if len(data) < nbytes:
+            # Regular files return short reads only at EOF, but loop rather than trust it.
+            chunks = [data]
+            got = len(data)
+            while got < nbytes and (chunk := os.read(fd, nbytes - got)):
+                chunks.append(chunk)
+                got += len(chunk)
+            data = b"".join(chunks)
+        if len(data) != nbytes:
+            return BadBlockFile(f"{len(data)} bytes, want {nbytes}", None, os.fstat(fd).st_ino)
+        if xxhash.xxh3_64_intdigest(data) != checksum:
+            return BadBlockFile("checksum mismatch", None, os.fstat(fd).st_ino)
+        return data
+    except OSError as exc:
+        return _os_error(exc, "read")
+    finally:
+        os.close(fd)
+
+
+def open_verified(
+    path: str, nbytes: int, checksum: int, part: tuple[int, int] | None = None
+) -> BlockFile | BadBlockFile:
+    """The file at ``path``, open, if it holds ``nbytes`` matching ``checksum``.
+
+    With ``part``, a byte range ``[start, stop)`` the caller will send, only the parts
+    holding it are read and checked against the trailer; the whole block is checked if
+    they do not match or the file has no trailer.
+
+    The check reads through ``read``, not ``mmap``: a disk error while a mapping is paged
+    in is a SIGBUS that kills the process, while ``read`` returns EIO, which the caller
+    can handle. The bytes read are dropped; the caller sends from the same fd.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return _os_error(exc, "open")
+    try:
+        st = os.fstat(fd)
+        with_trailer = file_length(nbytes)
+        if st.st_size not in (nbytes, with_trailer):
+            bad = BadBlockFile(f"{st.st_size} bytes, want {nbytes}", None, st.st_ino)
+        elif (
+            part is not None
+            and st.st_size == with_trailer
+            and _read_parts(fd, nbytes, *part) is not None
+        ):
+            return BlockFile(fd, nbytes)
+        else:
+            hasher = xxhash.xxh3_64()
+            got = 0
+            while got < nbytes and (chunk := os.pread(fd, nbytes - got, got)):
+                hasher.update(chunk)
+                got += len(chunk)
+            if got != nbytes:
+                bad = BadBlockFile(f"{got} bytes, want {nbytes}", None, st.st_ino)
+            elif hasher.intdigest() != checksum:
+                bad = BadBlockFile("checksum mismatch", None, st.st_ino)
+            else:
+                return BlockFile(fd, nbytes)
+    except OSError as exc:
+        bad = _os_error(exc, "read")
+    os.close(fd)
+    return bad
+
+
+def read_part(
+    path: str, nbytes: int, part: tuple[int, int], *, nowait: bool = False
+) -> bytes | None:
+    """Bytes ``part`` (``[start, stop)``) of the block file at ``path`` if the trailer's
+    parts that hold them match; None (not an error: the caller then checks the whole
+    block) for a block of one part, a file without a trailer, a mismatch or any fault.
+
+    With ``nowait`` the reads use ``RWF_NOWAIT``, and None also means "not all in the page
+    cache": an event loop can serve a cached range inline, without a hop to a thread.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        piece = _read_parts(fd, nbytes, *part, nowait=nowait)
+        return None if piece is None else bytes(piece)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def open_cached(
+    path: str, nbytes: int, checksum: int, buf: bytearray | memoryview
+) -> BlockFile | None:
+    """The file at ``path``, open, if all of its ``nbytes`` are in the page cache and match
+    ``checksum``; they are left in ``buf`` (``nbytes`` long). None means "not now": absent,
+    not all in memory, or not as named; the caller then waits for the disk elsewhere.
+    Never blocks on the disk (``RWF_NOWAIT``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        got = os.preadv(fd, (buf,), 0, os.RWF_NOWAIT)
+    except OSError:  # EAGAIN: not all in the page cache; or a failing disk
+        got = -1
+    if got != nbytes or xxhash.xxh3_64_intdigest(buf) != checksum:
+        os.close(fd)
+        return None
+    return BlockFile(fd, nbytes)
+
+
+def _read_parts(
+    fd: int, nbytes: int, start: int, stop: int, *, nowait: bool = False
+) -> memoryview | None:
+    """Bytes ``[start, stop)`` of the block in ``fd`` if the parts holding them match its
+    trailer, else None (see :func:`read_part`)."""
+    if not trailer_length(nbytes) or not 0 <= start < stop <= nbytes:
+        return None
+    first, last = start // PART_SIZE, (stop - 1) // PART_SIZE
+    begin, end = first * PART_SIZE, min(nbytes, (last + 1) * PART_SIZE)
+    want = bytearray(_DIGEST * (last - first + 1))
+    data = bytearray(end - begin)
+    flags = os.RWF_NOWAIT if nowait else 0
+    try:
+        whole = os.preadv(fd, (want,), nbytes + _DIGEST * first, flags) == len(want)
+        whole = whole and os.preadv(fd, (data,), begin, flags) == len(data)
+    except BlockingIOError:  # RWF_NOWAIT: some of it is on the disk
+        return None
+    if not whole:
+        return None
+    view = memoryview(data)
+    for i in range(last - first + 1):
+        chunk = view[i * PART_SIZE : (i + 1) * PART_SIZE]
+        if xxhash.xxh3_64_digest(chunk) != want[i * _DIGEST : (i + 1) * _DIGEST]:
+            return None
+    return view[start - begin : stop - begin]
+
+
+# -- writes ------------------------------------------------------------------------------
+
+
+def write_block(tmp_path: str, final_path: str, data: bytes | bytearray | memoryview) -> None:
+    """Write ``data`` and its trailer to ``tmp_path`` (which must not exist) and rename it
+    to ``final_path``; on any error no file is left at ``tmp_path`` and the error is raised.
+
+    No fsync: a block is a copy of data held elsewhere, and a file torn by a power loss
+    fails its checksum on its next read and is fetched again.
+    """
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        for chunk in (data, part_trailer(data)):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.close(fd)
+        fd = -1
+        os.rename(tmp_path, final_path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path)
+        raise
