@@ -28,8 +28,10 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from cachenode.config import SETTINGS as NODE_SETTINGS
 from cachenode.config import load_config as load_node_config
-from mountd.config import NAMES as MOUNTD_SETTINGS
+from clientlib.config import SettingsTable
+from mountd.config import SETTINGS as MOUNT_SETTINGS
 from mountd.config import load_config as load_mount_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -465,7 +467,12 @@ def test_mountd_example_config_loads(tmp_path: Path, uncomment: bool) -> None:
     assert config.read_only is uncomment
 
 
-def test_mountd_example_shows_every_setting() -> None:
-    text = (ROOT / "config" / "mountd.toml").read_text()
+@pytest.mark.parametrize(
+    ("example", "table"),
+    [("mountd.toml", MOUNT_SETTINGS), ("cachenode.toml", NODE_SETTINGS)],
+    ids=["mountd", "cachenode"],
+)
+def test_example_config_shows_every_setting(example: str, table: SettingsTable) -> None:
+    text = (ROOT / "config" / example).read_text()
     shown = set(re.findall(r"(?m)^#? ?(\w+) = ", text))
-    assert shown == set(MOUNTD_SETTINGS)
+    assert shown == set(table.toml_keys)

@@ -1,44 +1,56 @@
-"""Entry point of ``cachectl``: global flags, sub-command dispatch, one-line errors."""
+"""Entry point of ``cachectl``: global settings, sub-command dispatch, one-line errors."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
 from clientlib.cli import cat, config, drain, status, token, top, warmup
-from clientlib.cluster import check_cluster_name
-from clientlib.config import ETCD_SETTINGS, OneLineParser, add_etcd_arguments, layered_settings
+from clientlib.config import (
+    TEXT,
+    OneLineParser,
+    Setting,
+    SettingsTable,
+    cluster_setting,
+    etcd_settings,
+)
 from clientlib.errors import RingcacheError
 from clientlib.etcd import EtcdTarget
 
-DEFAULT_ETCD = "http://127.0.0.1:2379"
+__all__ = ["SETTINGS", "build_parser", "main"]
+
+#: The global settings of every cachectl command: flags and RINGCACHE_* variables.
+SETTINGS = SettingsTable(
+    "cachectl",
+    "Operate a ringcache cluster.",
+    [
+        *etcd_settings(default="http://127.0.0.1:2379"),
+        cluster_setting(),
+        Setting(
+            "token_file",
+            TEXT,
+            "token (or, for operators, the cluster secret) to sign requests with",
+            metavar="PATH",
+        ),
+        Setting(
+            "ca",
+            TEXT,
+            "CA to verify nodes' TLS certificates with (nodes started with --tls-cert)",
+            shown_default="system store",
+            metavar="PEM",
+        ),
+    ],
+    config_file=False,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="cachectl", description="Operate a ringcache cluster.")
-    # Each --etcd* flag also comes from its RINGCACHE_ETCD* variable (see main()).
-    add_etcd_arguments(p, f"(default: $RINGCACHE_ETCD or {DEFAULT_ETCD})")
-    p.add_argument(
-        "--cluster",
-        default=os.environ.get("RINGCACHE_CLUSTER", "default"),
-        metavar="NAME",
-        help="cluster name (default: $RINGCACHE_CLUSTER or 'default')",
+    p: argparse.ArgumentParser = OneLineParser(
+        prog=SETTINGS.prog, description=SETTINGS.description, epilog=SETTINGS.epilog()
     )
-    p.add_argument(
-        "--token-file",
-        default=os.environ.get("RINGCACHE_TOKEN_FILE"),
-        metavar="PATH",
-        help="token (or, for operators, the cluster secret) to sign requests with",
-    )
-    p.add_argument(
-        "--ca",
-        default=os.environ.get("RINGCACHE_CA"),
-        metavar="PEM",
-        help="CA to verify nodes' TLS certificates with (nodes started with --tls-cert)",
-    )
+    SETTINGS.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (status, warmup, top, drain, cat, config, token):
@@ -53,10 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        args.etcd = EtcdTarget.from_settings(
-            {"etcd": DEFAULT_ETCD, **layered_settings(args, ETCD_SETTINGS, None)}
-        )
-        check_cluster_name(args.cluster)
+        values = SETTINGS.resolve(args)
+        args.etcd = EtcdTarget.from_settings(values)
+        for name in ("cluster", "token_file", "ca"):
+            setattr(args, name, values[name])
         code = asyncio.run(args.run(args))
     except RingcacheError as exc:
         print(f"cachectl: error: {exc}", file=sys.stderr)

@@ -53,7 +53,7 @@ def test_bad_limit_is_a_one_line_error(tmp_path):
         ("--download-limit", "fast", "--download-limit: 'fast' is not a size"),
         ("--upload-limit", "100", "--upload-limit: '100' is below 1KiB/s"),
     ]:
-        args = ["s3://b", str(tmp_path), "--etcd", "http://127.0.0.1:1", flag, value]
+        args = ["s3://bucket", str(tmp_path), "--etcd", "http://127.0.0.1:1", flag, value]
         proc = subprocess.run(
             [sys.executable, "-m", "mountd", *args],
             capture_output=True,
