@@ -1,10 +1,10 @@
 """The index snapshot: a cache dir's index saved at a clean shutdown, for a fast restart.
 
-Rebuilding the index from directory listings takes about 2 s per million blocks, most
-of it ``getdents`` and making a Python object per file name. A node that stops cleanly
-knows its index exactly, so :meth:`BlockStore.close` writes it to ``<dir>/index.snapshot``
-(32 bytes per block, four 64-bit columns) and the next :meth:`BlockStore.open` loads it
-with a few array copies instead of listing the shards, as CacheLib's warm restart does.
+Rebuilding the index from directory listings costs a ``getdents`` and a Python object
+per file name. A node that stops cleanly knows its index exactly, so closing a cache dir
+(:meth:`cachenode.cachedir.CacheDir.save_snapshot`) writes it to ``<dir>/index.snapshot``
+(32 bytes per block, four 64-bit columns) and the next open of the dir loads it with a
+few array copies instead of listing the shards, as CacheLib's warm restart does.
 
 The snapshot is trusted only if nothing can have changed since it was written:
 
