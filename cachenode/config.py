@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cachenode.eviction import POLICIES
+from cachenode.eviction import DEFAULT_POLICY, POLICIES
 from cachenode.store import CacheDirSpec
 from clientlib.auth import load_secret
 from clientlib.cluster import check_node_id
@@ -145,7 +145,7 @@ SETTINGS = SettingsTable(
             default=64,
             metavar="N",
         ),
-        Setting("eviction", Choice(tuple(POLICIES)), "eviction policy", default="s3fifo"),
+        Setting("eviction", Choice(tuple(POLICIES)), "eviction policy", default=DEFAULT_POLICY),
         Setting("lease_ttl", Number(int, 2, 300), "etcd lease TTL", default=10, metavar="SECONDS"),
         Setting(
             "drain_grace",
