@@ -26,8 +26,8 @@ from clientlib.cluster import (
     node_key,
     nodes_prefix,
 )
-from clientlib.errors import BadRequest
 from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error, forget_token
+from clientlib.ring import node_records
 
 __all__ = ["Membership", "stable_node_id"]
 
@@ -99,14 +99,8 @@ class Membership:
                 await forget_token(self._etcd, exc)
 
     async def list_nodes(self) -> list[NodeInfo]:
-        """Every node record of the cluster (malformed ones skipped)."""
-        nodes = []
-        for kv in await self._etcd.get_prefix(nodes_prefix(self._cluster)):
-            try:
-                nodes.append(NodeInfo.from_json(kv.value))
-            except BadRequest:
-                log.warning("skipping malformed node record %r", kv.key)
-        return sorted(nodes, key=lambda n: n.id)
+        """Every node record of the cluster, sorted by id (see :func:`node_records`)."""
+        return node_records(self._cluster, await self._etcd.get_prefix(nodes_prefix(self._cluster)))
 
     async def set_state(self, state: str) -> None:
         """Publish a new state (``draining`` takes the node out of every client's ring)."""

@@ -13,7 +13,9 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import random
 from collections.abc import Iterable
+from typing import Protocol
 
 import xxhash
 from uhashring import HashRing
@@ -30,12 +32,12 @@ from clientlib.cluster import (
 from clientlib.errors import BadRequest
 from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error, forget_token, misconfigured
 
-__all__ = ["Ring", "RingWatcher"]
+__all__ = ["Ring", "RingWatcher", "node_records"]
 
 log = logging.getLogger(__name__)
 
 #: Ring points of a node of average weight: the fewest that keep max/mean load <= 1.1 at
-#: 100 nodes with some margin (loadtest/results/ring_sim.md: 160 gave 1.20, 560 1.10).
+#: 100 nodes with some margin (the sweep is in loadtest/results/ring_sim.md).
 VNODES = 640
 MIN_VNODES = 160
 MAX_POINTS = 160_000
@@ -44,8 +46,8 @@ CLOSE_TIMEOUT = 2.0
 
 
 def _point(key: str) -> int:
-    """Ring position of a key or a node's point: xxh3 (md5, uhashring's default, made a
-    1000-node ring take seconds to build; measured in loadtest/results/ring_sim.md)."""
+    """Ring position of a key or a node's point: xxh3, which keeps a 1000-node ring quick
+    to build (uhashring's default, md5, does not; see loadtest/results/ring_sim.md)."""
     return xxhash.xxh3_64_intdigest(key.encode())
 
 
@@ -53,8 +55,7 @@ class Ring:
     """An immutable snapshot of the active nodes on a consistent-hash ring.
 
     uhashring places the points; lookups walk a sorted copy of them with ``bisect``,
-    because uhashring's own ``range()`` copies the tail of the point list on every call
-    (600 us per lookup at 1000 nodes, against about 10 us this way).
+    because uhashring's own ``range()`` copies the tail of the point list on every call.
     """
 
     def __init__(
@@ -68,7 +69,7 @@ class Ring:
         if active:
             # Past a few hundred nodes the point count, not balance, is what hurts: keep
             # the ring under MAX_POINTS so a 1000-node ring still builds in well under a
-            # second (balance there is ~1.3 max/mean instead of ~1.1).
+            # second, at some cost in balance.
             vnodes = min(vnodes, max(MIN_VNODES, MAX_POINTS // len(active)))
             mean = sum(max(n.weight, 1e-9) for n in active) / len(active)
             ring = HashRing(
@@ -119,6 +120,49 @@ class Ring:
                 if len(out) == want:
                     break
         return [self._active[name] for name in out]
+
+    def read_order(
+        self, block_id: str, count: int, *, replicas: int = 1, hot: bool = False
+    ) -> list[NodeInfo]:
+        """The first ``count`` owners of ``block_id`` in the order a reader tries them: the
+        primary first; for a ``hot`` block a random one of its first ``replicas`` owners
+        first, so that the readers of one hot block spread over its replicas."""
+        if not hot:
+            return self.owners(block_id, count)
+        owners = self.owners(block_id, max(replicas, count))
+        pick = random.randrange(min(replicas, len(owners))) if owners else 0
+        return [owners[pick], *owners[:pick], *owners[pick + 1 :]][:count]
+
+
+class _Entry(Protocol):
+    """An etcd key-value pair as aetcd returns it."""
+
+    key: bytes
+    value: bytes
+
+
+def node_records(cluster: str, entries: Iterable[_Entry]) -> list[NodeInfo]:
+    """The node records among etcd ``entries`` of ``cluster``, sorted by id.
+
+    The one reader of ``nodes/<id>`` records for clients, nodes and cachectl: entries
+    outside the nodes prefix are ignored; a malformed record, or one filed under another
+    node's key, is skipped with a warning, so no reader routes to it.
+    """
+    prefix = nodes_prefix(cluster)
+    nodes: list[NodeInfo] = []
+    for kv in entries:
+        if not kv.key.startswith(prefix):
+            continue
+        try:
+            node = NodeInfo.from_json(kv.value)
+        except BadRequest as exc:
+            log.warning("skipping node record %r: %s", kv.key, exc)
+            continue
+        if kv.key != prefix + node.id.encode():
+            log.warning("skipping node record %r: it names node %s", kv.key, node.id)
+        else:
+            nodes.append(node)
+    return sorted(nodes, key=lambda n: n.id)
 
 
 class RingWatcher:
@@ -195,22 +239,13 @@ class RingWatcher:
         prefix = cluster_prefix(self.cluster)
         result = await self._etcd.get_prefix(prefix)
         nodes: list[NodeInfo] = []
+        for node in node_records(self.cluster, result):
+            if self._tls_only and node.scheme != "https":
+                log.warning("skipping node %s at %s: not TLS, and a CA is set", node.id, node.addr)
+            else:
+                nodes.append(node)
         for kv in result:
-            if kv.key.startswith(nodes_prefix(self.cluster)):
-                try:
-                    node = NodeInfo.from_json(kv.value)
-                except BadRequest as exc:
-                    log.warning("skipping node record %r: %s", kv.key, exc)
-                    continue
-                if kv.key != nodes_prefix(self.cluster) + node.id.encode():
-                    log.warning("skipping node record %r: it names node %s", kv.key, node.id)
-                elif self._tls_only and node.scheme != "https":
-                    log.warning(
-                        "skipping node %s at %s: not TLS, and a CA is set", node.id, node.addr
-                    )
-                else:
-                    nodes.append(node)
-            elif kv.key == config_key(self.cluster):
+            if kv.key == config_key(self.cluster):
                 try:
                     self.config = ClusterConfig.from_json(kv.value)
                 except BadRequest as exc:
