@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from clientlib.client import CacheClient
-from clientlib.localcluster import Node, ProcessGroup, Stopped, start_etcd, start_mount, start_node
+from clientlib.launcher import Node, ProcessGroup, Stopped, start_etcd, start_mount, start_node
 from clientlib.status import cluster_status
 from clientlib.warmup import WarmupReport, warmup
 

@@ -4,7 +4,7 @@
 What it measures: the hit path of ``GET /v1/blocks/<id>`` (no source parameters, so a
 lookup that never touches the origin) on one cachenode, against nginx (sendfile on,
 access_log off) serving the blocks the node stored, as files on the same disk. A block
-file of the node ends with its part checksums (clientlib.parts, 128 bytes for 4 MiB),
+file of the node ends with its part checksums (clientlib.blockfile, 128 bytes for 4 MiB),
 which the node never sends, so nginx serves copies of the files without them: both
 answer with exactly the block's bytes.
 Both are driven by ``wrk`` with the same threads, connections and duration, rotating
@@ -22,8 +22,8 @@ requests/s at 64 KiB.
 
 Run it from the repository root::
 
-    .venv/bin/python loadtest/bench_hot_blocks.py            # ~1.5 minutes
-    .venv/bin/python loadtest/bench_hot_blocks.py --duration 5 --warmup 1
+    .venv/bin/python -m loadtest.bench_hot_blocks            # ~1.5 minutes
+    .venv/bin/python -m loadtest.bench_hot_blocks --duration 5 --warmup 1
 
 Results go to ``loadtest/results/hot_blocks.json`` and ``loadtest/results/hot_blocks.md``.
 Every process it starts (etcd, cachenode, nginx, wrk) is stopped on exit, error or
@@ -51,20 +51,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from clientlib.blocks import DEFAULT_BLOCK_SIZE, block_id  # noqa: E402
-from clientlib.localcluster import (  # noqa: E402
+from clientlib.blockfile import trailer_length
+from clientlib.blocks import DEFAULT_BLOCK_SIZE, block_id
+from clientlib.launcher import (
     Process,
     free_port,
     start_etcd,
     start_node,
     wait_until,
 )
-from clientlib.parts import trailer_length  # noqa: E402
-from clientlib.urls import split_url  # noqa: E402
+from clientlib.urls import split_url
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -443,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conns-4m", type=int, default=16, help="wrk connections at 4 MiB (16)")
     p.add_argument("--conns-64k", type=int, default=64, help="wrk connections at 64 KiB (64)")
     p.add_argument("--sizes", default="4MiB,64KiB", help="comma list of 4MiB,64KiB")
-    p.add_argument("--out", type=Path, default=REPO / "loadtest" / "results")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--name", default="hot_blocks", help="results file stem (hot_blocks)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument(
@@ -586,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "GET of hot cached blocks: one cachenode vs nginx (sendfile) on the same files",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(
-            [".venv/bin/python loadtest/bench_hot_blocks.py", *(argv or sys.argv[1:])]
+            [".venv/bin/python -m loadtest.bench_hot_blocks", *(argv or sys.argv[1:])]
         ),
         "hot_blocks_per_size": args.blocks,
         "notes": [
@@ -610,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    command = " ".join([".venv/bin/python loadtest/bench_hot_blocks.py", *(argv or sys.argv[1:])])
+    command = " ".join([".venv/bin/python -m loadtest.bench_hot_blocks", *(argv or sys.argv[1:])])
     md = (
         "# Hot block GETs: cachenode vs nginx\n\n"
         f"{doc['date']}, {env['cpus']} CPUs, Python {env['python']}, aiohttp {env['aiohttp']}, "

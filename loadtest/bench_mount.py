@@ -18,7 +18,7 @@ costs (time to first byte, bandwidth per connection) with moto's answers. Over b
 a ranged GET of a large object costs a copy of the whole object, which no real object
 store does, so cold reads measure moto (see s3model.py).
 
-Usage: ``python loadtest/bench_mount.py [--size-mib 256] [--s3-model 50:90]``; writes
+Usage: ``python -m loadtest.bench_mount [--size-mib 256] [--s3-model 50:90]``; writes
 ``loadtest/results/mount.json`` (``mount-s3model.json`` with the model); the figures are
 discussed in ``loadtest/results/mount.md``.
 """
@@ -42,7 +42,7 @@ from pathlib import Path
 import boto3
 import boto3.s3.transfer
 
-from clientlib.localcluster import (
+from clientlib.launcher import (
     Node,
     Process,
     free_port,
@@ -51,6 +51,7 @@ from clientlib.localcluster import (
     start_node,
     wait_until,
 )
+from testkit import metric_sum
 
 RESULTS = Path(__file__).parent / "results"
 MIB = 1024 * 1024
@@ -62,17 +63,9 @@ def drop_caches() -> None:
 
 
 def metric(url: str, name: str, labels: str = "") -> float:
+    """A sample of the ``/metrics`` at ``url`` (summed over label sets if unspecified)."""
     with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        base, _, rest = sample.partition("{")
-        if base == name and (not labels or labels in rest):
-            total += float(value)
-    return total
+        return metric_sum(resp.read().decode(), name, labels)
 
 
 def read_sequential(path: Path) -> float:
@@ -177,7 +170,7 @@ def main() -> None:
         if args.s3_model:
             ttfb, _, mbps = args.s3_model.partition(":")
             s3_port = free_port()
-            model = [sys.executable, str(Path(__file__).parent / "s3model.py")]
+            model = [sys.executable, "-m", "loadtest.s3model"]
             model += ["--upstream", f"http://127.0.0.1:{port}", "--port", str(s3_port)]
             model += ["--ttfb-ms", ttfb, "--mbps-per-conn", mbps or "90"]
             procs.append(Process("s3model", model, work / "s3model.log").start())

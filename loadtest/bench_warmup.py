@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Warmup throughput: ``cachectl warmup`` against the origin's own parallel GET rate.
 
-All on 127.0.0.1: moto_server as S3, behind :class:`clientlib.localcluster.S3Proxy` with
+All on 127.0.0.1: moto_server as S3, behind :class:`testkit.S3Proxy` with
 ``--delay`` seconds to first byte (cloud object storage has tens of milliseconds; moto on
 loopback has none), one etcd and three cachenode processes. The bucket holds
 ``--objects`` objects of ``--object-mib`` MiB. Side by side, in one run:
@@ -13,7 +13,7 @@ loopback has none), one etcd and three cachenode processes. The bucket holds
   with ``--threads`` batches in flight; each block is fetched once by its owner;
 - ``warmup again``: the second warmup, which must fetch nothing.
 
-    .venv/bin/python loadtest/bench_warmup.py            # ~1 minute
+    .venv/bin/python -m loadtest.bench_warmup            # ~1 minute
 
 Results: ``loadtest/results/warmup.json`` and ``warmup.md``. Everything it starts is
 stopped on exit.
@@ -32,26 +32,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import boto3
 
-import boto3  # noqa: E402
-
-from clientlib import CacheClient  # noqa: E402
-from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS  # noqa: E402
-from clientlib.localcluster import (  # noqa: E402
+from clientlib import CacheClient
+from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from clientlib.launcher import (
     Process,
-    S3Proxy,
     free_port,
     http_ok,
     start_etcd,
     start_node,
     wait_until,
 )
-from clientlib.warmup import warmup  # noqa: E402
+from clientlib.warmup import warmup
+from testkit import S3Proxy
 
-RESULTS = REPO / "loadtest" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def boto3_parallel(bucket: str, keys: list[str], size: int, threads: int) -> float:

@@ -17,7 +17,7 @@ Cache sizes are 10% and 20% of the working set's bytes. The first 10% of every t
 warms the cache and is not counted. Results: ``loadtest/results/eviction_sim.json`` and a
 table in ``loadtest/results/eviction_sim.md``.
 
-    .venv/bin/python loadtest/eviction_sim.py [--requests 1000000] [--blocks 100000]
+    .venv/bin/python -m loadtest.eviction_sim [--requests 1000000] [--blocks 100000]
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ latency (client side), and the mean time its requests waited for a serving slot 
 (``ringcache_tenant_queue_seconds``). Target (issue 9): the light tenant's p99 with fair
 share within 2x of its p99 alone.
 
-    .venv/bin/python loadtest/fairshare_bench.py          # ~2 minutes
-    .venv/bin/python loadtest/fairshare_bench.py --duration 8 --warmup 1
+    .venv/bin/python -m loadtest.fairshare_bench          # ~2 minutes
+    .venv/bin/python -m loadtest.fairshare_bench --duration 8 --warmup 1
 
 Results: ``loadtest/results/fairshare.json``, ``fairshare.md`` and ``fairshare.png``.
 Every process it starts is stopped on exit, error or Ctrl-C, and the temp dir is removed
@@ -49,21 +49,16 @@ import functools
 import json
 import os
 import random
-import re
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from prometheus_client.parser import text_string_to_metric_families
 
-import harness  # noqa: E402
-
-from clientlib.localcluster import Node, start_etcd, start_node  # noqa: E402
+from clientlib.launcher import Node, start_etcd, start_node
+from loadtest import harness
 
 CLUSTER = "fairshare"
 
@@ -127,18 +122,21 @@ async def _worker(label: str, cfg: dict[str, Any], go: Any, start_at: Any, out: 
 # ----------------------------------------------------------------------------- helpers
 
 
+#: A node's per-tenant samples :func:`tenant_metrics` reads (after ``ringcache_tenant_``).
+TENANT_SAMPLES = ("queue_seconds_sum", "queue_seconds_count", "served_bytes_total")
+
+
 def tenant_metrics(node: Node) -> dict[str, dict[str, float]]:
     """Per tenant: queue wait sum and count, served bytes (from the node's /metrics)."""
     with urllib.request.urlopen(node.url + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
+    wanted = {f"ringcache_tenant_{name}" for name in TENANT_SAMPLES}
     out: dict[str, dict[str, float]] = {}
-    pattern = re.compile(
-        r"^ringcache_tenant_(queue_seconds_sum|queue_seconds_count|served_bytes_total)"
-        r'\{tenant="([^"]*)"\} (\S+)$',
-        re.M,
-    )
-    for name, tenant, value in pattern.findall(text):
-        out.setdefault(tenant, {})[name] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted and "tenant" in sample.labels:
+                name = sample.name.removeprefix("ringcache_tenant_")
+                out.setdefault(sample.labels["tenant"], {})[name] = sample.value
     return out
 
 

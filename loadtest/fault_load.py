@@ -30,7 +30,7 @@ processes' own registries), each node's RSS (``VmRSS`` in ``/proc/<pid>/status``
 the load and at its end, and the CPU the workers and nodes used (to see whether the load
 generator or the cluster is the limit).
 
-    .venv/bin/python loadtest/fault_load.py             # ~2 minutes
+    .venv/bin/python -m loadtest.fault_load             # ~2 minutes
 
 Results: ``loadtest/results/fault_load.json`` and ``fault_load.md``. Every process it
 starts is stopped on exit, error or Ctrl-C, and the temp dir is removed (``--keep`` leaves
@@ -46,19 +46,13 @@ import functools
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import harness  # noqa: E402
-
-from clientlib.localcluster import Etcd, Node, free_port, start_etcd, start_node  # noqa: E402
+from clientlib.launcher import Etcd, Node, free_port, start_etcd, start_node
+from loadtest import harness
 
 NODES = 3
 CLUSTER = "faultload"

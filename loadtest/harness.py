@@ -4,9 +4,9 @@
 cachenode processes (and, for the first two, worker processes with their own event loops)
 on this machine, put a ``file://`` data set in a temp dir, and write their results to
 ``loadtest/results/``. The code that does this the same way in each of them lives here,
-so that a fix to, say, how processes are stopped on Ctrl-C reaches all three. Imported as
-a sibling module (``import harness``), like ``eviction_sim``: the scripts are run as
-``python loadtest/<script>.py``, which puts ``loadtest/`` on ``sys.path``.
+so that a fix to, say, how processes are stopped on Ctrl-C reaches all three. The scripts
+run from the repository root as ``python -m loadtest.<script>`` and import it as
+``from loadtest import harness``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from clientlib import CacheClient
-    from clientlib.localcluster import Node
+    from clientlib.launcher import Node
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHECTL = str(Path(sys.executable).with_name("cachectl"))

@@ -18,7 +18,7 @@ keeps per block, for each eviction policy:
 Targets: open < 2 s and <= 200 bytes per block for 1M blocks. Results go to
 ``loadtest/results/index_rebuild.json`` and stdout. The temp dir is removed at the end.
 
-    .venv/bin/python loadtest/index_rebuild.py [--blocks 1000000] [--policy s3fifo lru]
+    .venv/bin/python -m loadtest.index_rebuild [--blocks 1000000] [--policy s3fifo lru]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ first pass to the last one. mountd's own bound (docs/mount.md) is ``--memory-cac
 plus a few blocks per file read in sequence plus up to 128 MiB of freed block buffers
 that glibc keeps; a leak shows as growth that goes on pass after pass.
 
-Usage: ``.venv/bin/python loadtest/mount_soak.py [--passes 12] [--max-seconds 600]``
+Usage: ``.venv/bin/python -m loadtest.mount_soak [--passes 12] [--max-seconds 600]``
 (needs root for FUSE and ``drop_caches``, and ``etcd`` on the PATH); writes
 ``loadtest/results/mount_soak.json`` and ``.md``.
 """
@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import harness
-from bench_mount import drop_caches
-
-from clientlib.localcluster import start_etcd, start_mount, start_node
+from clientlib.launcher import start_etcd, start_mount, start_node
+from loadtest import harness
+from loadtest.bench_mount import drop_caches
 
 MIB = 1024 * 1024
 CLUSTER = "soak"
@@ -150,7 +149,7 @@ def markdown(r: dict[str, Any]) -> str:
     )
     return f"""# mountd soak: RSS over {r["passes"]} mixed passes
 
-`python loadtest/mount_soak.py`: one mount ({r["mountd_options"]}), 3 cache nodes, a
+`python -m loadtest.mount_soak`: one mount ({r["mountd_options"]}), 3 cache nodes, a
 `file://` origin; each pass reads half of {r["files"]} files of {r["file_mib"]} MiB
 sequentially, 200 random 64 KiB reads, 100 small files, and writes, reads back and deletes
 a 16 MiB file; every byte checked. Page cache dropped before each pass.

@@ -16,8 +16,8 @@ built from ``NodeInfo`` records like the ones nodes put in etcd. What it measure
 - **build time** of a 1000-node ring per vnodes count, and what md5 point hashing (the
   ring hashed with md5 before; now xxh3_64) would cost of it, against xxh3-128.
 - **hot-key spread**: with a block flagged hot, how many distinct nodes serve 48 readers
-  that each pick through ``CacheClient._owners`` (a random one of the first ``replicas``
-  owners), and the busiest node's share of those reads.
+  that each pick through ``Ring.read_order`` (a random one of the first ``replicas``
+  owners first, as a client orders them), and the busiest node's share of those reads.
 - **lookup speed**: ``Ring.owners(id, 2)`` per second, and the client's CPU microseconds
   per block (block id hash + owner lookup), against a plain bisect over the same points.
 - **heterogeneous weights**: clusters with weights 1, 2 and 4: each node's share of ids
@@ -28,7 +28,7 @@ function (``Ring.owners`` copies the tail of the point list on every call, which
 200k lookups on a 1000-node ring take minutes); a sample is checked against
 ``Ring.owners`` on every ring, and the run stops if one id disagrees.
 
-    .venv/bin/python loadtest/ring_sim.py [--keys 200000] [--trials 5] [--quick]
+    .venv/bin/python -m loadtest.ring_sim [--keys 200000] [--trials 5] [--quick]
 
 Results: ``loadtest/results/ring_sim.json``, ``ring_sim.md``, ``ring_movement.png`` and
 ``ring_load.png``.
@@ -45,22 +45,16 @@ import random
 import statistics
 import sys
 import time
-import types
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import xxhash
 
-import xxhash  # noqa: E402
-
-from clientlib.blocks import DEFAULT_BLOCK_SIZE, block_id  # noqa: E402
-from clientlib.client import CacheClient  # noqa: E402
-from clientlib.cluster import DEFAULT_REPLICAS, ClusterConfig, NodeInfo  # noqa: E402
-from clientlib.ring import VNODES, Ring  # noqa: E402
+from clientlib.blocks import DEFAULT_BLOCK_SIZE, block_id
+from clientlib.cluster import DEFAULT_REPLICAS, NodeInfo
+from clientlib.ring import VNODES, Ring
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (10, 100, 1000)
@@ -70,6 +64,8 @@ SEARCH = (160, 240, 320, 400, 480, 560, 640, 720, 800, 880, 960, 1120, 1280)
 TARGET_MOVEMENT = 1.1
 TARGET_MAX_MEAN = 1.1
 HOT_READERS = 48
+#: Owners a client tries per block (``CacheClient``'s default ``owners_to_try``).
+OWNERS_TO_TRY = 2
 SPACE = 1 << 64  # the ring hashes points and keys to 64-bit ints (xxh3_64)
 
 
@@ -337,22 +333,22 @@ def lookup_speed(n: int, vnodes: int, keys: list[str], budget: float) -> dict[st
 
 
 def hot_spread(n: int, blocks: int) -> dict[str, Any]:
-    """Readers of a hot block through the real ``CacheClient._owners``, per replicas."""
+    """Readers of a hot block through ``Ring.read_order`` (what a client tries first),
+    per replicas."""
     ring, _ = build(make_nodes(n, seed=11))
-    client = CacheClient(None, memory_cache_bytes=0)
     rng = random.Random(5)
     hot = [f"{rng.getrandbits(128):032x}" for _ in range(blocks)]
     rows = []
     for replicas in (1, 2, DEFAULT_REPLICAS, 5):
-        client._watcher = types.SimpleNamespace(  # type: ignore[assignment]
-            ring=ring, config=ClusterConfig(replicas=replicas)
-        )
+
+        def first(bid: str, hot: bool, replicas: int = replicas) -> str:
+            return ring.read_order(bid, OWNERS_TO_TRY, replicas=replicas, hot=hot)[0].id
+
         distinct, busiest, cold_distinct = [], [], []
         for bid in hot:
-            client._hot.pop(bid, None)
-            cold_distinct.append(len({client._owners(bid)[0].id for _ in range(4)}))
-            client._hot[bid] = True  # what a node's X-Ringcache-Hot answer sets
-            picks = Counter(client._owners(bid)[0].id for _ in range(HOT_READERS))
+            cold_distinct.append(len({first(bid, False) for _ in range(4)}))
+            # hot=True: what a node's X-Ringcache-Hot answer makes the client set
+            picks = Counter(first(bid, True) for _ in range(HOT_READERS))
             distinct.append(len(picks))
             busiest.append(max(picks.values()) / HOT_READERS)
         rows.append(
@@ -656,7 +652,7 @@ def markdown(r: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"## Hot-key spread ({HOT_READERS} readers of one hot block, `CacheClient._owners`)",
+        f"## Hot-key spread ({HOT_READERS} readers of one hot block, `Ring.read_order`)",
         "",
         "| nodes | replicas | distinct serving nodes (mean, min) | busiest node's share "
         "(mean, worst) | before the block is flagged hot |",

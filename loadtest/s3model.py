@@ -18,7 +18,7 @@ Benchmarks of caches over moto therefore measure moto. This proxy makes the cost
 
 Every reader under test (mountd's cache nodes, rclone, s3fs) goes through the same proxy.
 
-    python loadtest/s3model.py --upstream http://127.0.0.1:5000 --port 5001 \
+    python -m loadtest.s3model --upstream http://127.0.0.1:5000 --port 5001 \
         [--ttfb-ms 50] [--mbps-per-conn 90]
 """
 
@@ -33,7 +33,7 @@ import boto3
 import botocore.exceptions
 from aiohttp import ClientSession, web
 
-from clientlib.localcluster import forward
+from testkit import forward
 
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")

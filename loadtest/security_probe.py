@@ -39,7 +39,7 @@ The attacks (each row: what the product promises, what was observed, pass or fai
    given ``ca_file=`` the CA reads an object and checks every byte: no wrong byte, and no
    request reaches either rogue server.
 
-    .venv/bin/python loadtest/security_probe.py          # ~1 minute
+    .venv/bin/python -m loadtest.security_probe          # ~1 minute
 
 Results: ``loadtest/results/security.md`` and ``security.json``; the exit status is 1 if
 any row failed (a "limitation" row does not fail it). Everything it starts is stopped on
@@ -73,37 +73,32 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import aiohttp
+import boto3
+import msgpack
+import numpy as np
+from aiohttp import web
+from yarl import URL
 
-import aiohttp  # noqa: E402
-import boto3  # noqa: E402
-import harness  # noqa: E402
-import msgpack  # noqa: E402
-import numpy as np  # noqa: E402
-from aiohttp import web  # noqa: E402
-from yarl import URL  # noqa: E402
-
-from cachenode.fasthits import HEAD_TIMEOUT  # noqa: E402
-from clientlib import CacheClient  # noqa: E402
-from clientlib.auth import DIGEST_HEADER, Credentials, body_digest  # noqa: E402
-from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS  # noqa: E402
-from clientlib.blocks import BlockRef  # noqa: E402
-from clientlib.cluster import node_key  # noqa: E402
-from clientlib.etcd import connect  # noqa: E402
-from clientlib.localcluster import (  # noqa: E402
+from cachenode.fasthits import HEAD_TIMEOUT
+from clientlib import CacheClient
+from clientlib.auth import DIGEST_HEADER, Credentials, body_digest
+from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from clientlib.blocks import BlockRef
+from clientlib.cluster import node_key
+from clientlib.etcd import connect
+from clientlib.launcher import (
     Node,
     Process,
     free_port,
     http_ok,
-    issue_cert,
-    make_ca,
     start_etcd,
     start_node,
     wait_until,
 )
-from clientlib.tls import client_context, server_context  # noqa: E402
+from clientlib.tls import client_context, server_context
+from loadtest import harness
+from testkit import issue_cert, make_ca, metric_sum
 
 CLUSTER = "secprobe"
 #: The second cluster, with TLS on its nodes and the CA given to its client.
@@ -550,11 +545,7 @@ class Probe:
         )
         if answer.status != 200:
             raise RuntimeError(f"/metrics with the metrics token: {answer.show()}")
-        total = 0.0
-        for line in answer.body.decode().splitlines():
-            if re.match(rf"{name}(\{{[^}}]*\}})? ", line):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric_sum(answer.body.decode(), name)
 
     # --------------------------------------------------------------------- 1. fills
 

@@ -20,8 +20,8 @@ the same trace is replayed against one cache of the whole cluster's size with th
 classes (what ``eviction_sim.py`` does): the cluster differs by splitting the capacity
 over 3 nodes by the ring, and by hot blocks that clients spread over several owners.
 
-    .venv/bin/python loadtest/skewed_load.py            # ~1-2 minutes
-    .venv/bin/python loadtest/skewed_load.py --requests 3000 --policies s3fifo
+    .venv/bin/python -m loadtest.skewed_load            # ~1-2 minutes
+    .venv/bin/python -m loadtest.skewed_load --requests 3000 --policies s3fifo
 
 Results: ``loadtest/results/skewed_load.json``, ``skewed_load.md`` and ``skewed_load.png``.
 Every process it starts is stopped on exit, error or Ctrl-C, and the temp dir is removed
@@ -42,17 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from prometheus_client import REGISTRY
 
-import harness  # noqa: E402
-from eviction_sim import replay, zipf_requests  # noqa: E402
-from prometheus_client import REGISTRY  # noqa: E402
-
-from cachenode.eviction import make_policy  # noqa: E402
-from clientlib import CacheClient  # noqa: E402
-from clientlib.localcluster import Etcd, Node, start_etcd, start_node  # noqa: E402
+from cachenode.eviction import make_policy
+from clientlib import CacheClient
+from clientlib.launcher import Etcd, Node, start_etcd, start_node
+from loadtest import harness
+from loadtest.eviction_sim import replay, zipf_requests
 
 NODES = 3
 

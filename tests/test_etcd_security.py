@@ -21,15 +21,9 @@ from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.cluster import nodes_prefix
 from clientlib.errors import ConfigError
 from clientlib.etcd import EtcdTarget, connect
-from clientlib.localcluster import (
-    Etcd,
-    free_port,
-    make_ca,
-    start_etcd,
-    start_mount,
-    start_node,
-)
+from clientlib.launcher import Etcd, free_port, start_mount, start_node
 from clientlib.status import list_nodes
+from testkit import make_ca, start_etcd
 from tests.conftest import node_metric, run_cachectl, wait_ring
 
 

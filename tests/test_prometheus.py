@@ -27,7 +27,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from cachenode import metrics as node_metrics
 from clientlib import metrics as client_metrics
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from clientlib.localcluster import Process, free_port, http_ok, wait_until
+from clientlib.launcher import Process, free_port, http_ok, wait_until
 from tests.conftest import node_metric
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"

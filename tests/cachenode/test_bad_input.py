@@ -16,7 +16,7 @@ import pytest
 from cachenode.fasthits import HEAD_TIMEOUT
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.blocks import block_id
-from clientlib.localcluster import free_port
+from clientlib.launcher import free_port
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.cluster import node_key, nodes_prefix
 from clientlib.etcd import connect
-from clientlib.localcluster import start_etcd, start_node
+from clientlib.launcher import start_etcd, start_node
 from tests.conftest import node_metric, wait_ring
 
 

@@ -20,8 +20,9 @@ from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.blocks import BlockRef
 from clientlib.cluster import NodeInfo, node_key
 from clientlib.etcd import connect
-from clientlib.localcluster import free_port, issue_cert, make_ca
+from clientlib.launcher import free_port
 from clientlib.tls import server_context
+from testkit import issue_cert, make_ca
 from tests.conftest import make_token, node_metric, self_signed_cert
 
 

@@ -11,7 +11,7 @@ import aiohttp
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.blocks import block_id
-from clientlib.localcluster import S3Proxy
+from testkit import S3Proxy
 from tests.conftest import cachectl, node_metric, run_cachectl
 
 

@@ -6,7 +6,7 @@ import json
 import os
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from clientlib.localcluster import free_port
+from clientlib.launcher import free_port
 from tests.conftest import cachectl, make_token, run_cachectl
 
 

@@ -148,7 +148,7 @@ async def test_drain_takes_the_node_out_and_it_exits(make_cluster, client_for, s
 
 
 async def test_warmup_of_a_path_inside_a_mount_uses_its_source(make_cluster, s3, bucket, tmp_path):
-    from clientlib.localcluster import start_mount
+    from clientlib.launcher import start_mount
 
     objects = put_objects(s3, bucket)
     cluster = make_cluster(2)

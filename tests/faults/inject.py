@@ -20,7 +20,7 @@ from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.cluster import NodeInfo, node_key
 from clientlib.etcd import connect
-from clientlib.localcluster import Node
+from clientlib.launcher import Node
 from tests.conftest import Cluster
 
 log = logging.getLogger(__name__)

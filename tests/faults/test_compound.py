@@ -12,7 +12,7 @@ import asyncio
 import signal
 
 from clientlib import CacheClient
-from clientlib.localcluster import Etcd
+from clientlib.launcher import Etcd
 from tests.conftest import Cluster, wait_ring
 from tests.faults.inject import Counts, Trickler, check_no_stall, node_at, owned_object
 from tests.faults.test_faults import sample

@@ -15,7 +15,7 @@ import pytest
 from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.errors import OriginError
-from clientlib.localcluster import start_node
+from clientlib.launcher import start_node
 from tests.conftest import client_metric as sample
 from tests.conftest import node_metric, wait_ring
 

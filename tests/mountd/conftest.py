@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from clientlib.localcluster import Mount as LocalMount
-from clientlib.localcluster import local_get
-from clientlib.localcluster import start_mount as start_local_mount
-from tests.conftest import Cluster, metric_sum
+from clientlib.launcher import Mount as LocalMount
+from clientlib.launcher import local_get
+from clientlib.launcher import start_mount as start_local_mount
+from testkit import metric_sum
+from tests.conftest import Cluster
 
 
 @dataclass

@@ -16,8 +16,9 @@ import time
 import pytest
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from clientlib.localcluster import S3Proxy, mounted
-from clientlib.localcluster import start_mount as start_local_mount
+from clientlib.launcher import mounted
+from clientlib.launcher import start_mount as start_local_mount
+from testkit import S3Proxy
 from tests.conftest import Cluster
 
 MiB = 1024 * 1024

@@ -1,18 +1,18 @@
-"""A throwaway ringcache cluster on this machine: etcd and cache nodes as processes.
+"""Starting ringcache's daemons on this machine as child processes, and stopping them.
 
-The demo (``ringcache-demo``), the test suite and the benchmarks all start their clusters
-with this module, so what the tests exercise is exactly what a user gets: real etcd,
-real ``cachenode`` processes on free loopback ports, stopped by signal.
+What ``ringcache-demo`` runs its cluster with: a real etcd, real ``cachenode`` and
+``mountd`` processes on free loopback ports, each with its log file, stopped by signal
+however the command that started them ends (:class:`ProcessGroup`). The test suite and
+the benchmarks start their clusters with it too (and add their own tools from
+``testkit``), so what they exercise is what a user gets.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -24,36 +24,30 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
-
-from aetcd import rpc
 
 from clientlib.auth import Credentials
-from clientlib.etcd import EtcdTarget, connect
-
-if TYPE_CHECKING:
-    from aiohttp import ClientSession, web
+from clientlib.etcd import EtcdTarget
 
 __all__ = [
+    "STOP_SIGNALS",
     "Etcd",
+    "EtcdTLS",
     "Mount",
     "Node",
     "Process",
     "ProcessGroup",
-    "S3Proxy",
     "Stopped",
     "free_port",
-    "issue_cert",
+    "http_ok",
     "local_get",
-    "make_ca",
     "mounted",
     "start_etcd",
     "start_mount",
     "start_node",
+    "wait_until",
 ]
 
 
@@ -65,6 +59,7 @@ def free_port() -> int:
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it is true; :class:`TimeoutError` naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -104,6 +99,7 @@ class Process:
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Process:
+        """Start the command in a session of its own, output to ``log_path``."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
@@ -222,8 +218,8 @@ class ProcessGroup:
 @dataclass
 class Etcd(Process):
     """A local etcd; with TLS, ``ca`` signed its certificate and the client certificate
-    ``client_cert``/``client_key`` (CN ``ringcache``); with auth, ``users`` holds the
-    passwords of ``root`` and of ``ringcache``, whose role may use ``/ringcache/`` only."""
+    ``client_cert``/``client_key``; with authentication on, ``users`` holds the password
+    of each user (``testkit.start_etcd`` adds ``root`` and ``ringcache``)."""
 
     url: str = ""
     peer_port: int = 0
@@ -279,90 +275,33 @@ class Etcd(Process):
         return out
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
+@dataclass(frozen=True)
+class EtcdTLS:
+    """The PEM files of an etcd that serves clients over TLS: its server certificate and
+    key, the CA that signed them, and a client certificate of that CA (its common name is
+    the etcd user); ``client_cert_auth`` makes etcd demand such a certificate."""
 
-
-def make_ca(where: Path, name: str = "ringcache-test-ca") -> tuple[Path, Path]:
-    """A throwaway certificate authority: ``(ca.pem, ca-key.pem)`` in ``where``."""
-    where.mkdir(parents=True, exist_ok=True)
-    pem, key = where / f"{name}.pem", where / f"{name}-key.pem"
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout", str(key), "-out", str(pem),
-    )  # fmt: skip
-    return pem, key
-
-
-def issue_cert(ca: tuple[Path, Path], where: Path, name: str) -> tuple[Path, Path]:
-    """A certificate with common name ``name`` for 127.0.0.1 and localhost, signed by ``ca``,
-    good for servers and clients: ``(cert.pem, key.pem)`` in ``where``."""
-    pem, key, csr = where / f"{name}.pem", where / f"{name}-key.pem", where / f"{name}.csr"
-    ext = where / f"{name}.ext"
-    ext.write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-    )
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-             "-keyout", str(key), "-out", str(csr))  # fmt: skip
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-             "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(pem))  # fmt: skip
-    return pem, key
-
-
-async def _enable_auth(etcd: Etcd) -> None:
-    """Add ``root`` and ``ringcache`` (read-write on ``/ringcache/`` only), then turn
-    authentication on: what an operator does once with ``etcdctl user/role/auth``."""
-    prefix = b"/ringcache/"
-    range_end = prefix[:-1] + bytes([prefix[-1] + 1])
-    async with connect(etcd.target(cert=etcd.client_cert is not None), timeout=10) as client:
-        stub = rpc.AuthStub(client.channel)
-        for user in etcd.users:
-            await stub.UserAdd(rpc.AuthUserAddRequest(name=user, password=etcd.users[user]))
-        await stub.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
-        await stub.RoleAdd(rpc.AuthRoleAddRequest(name="ringcache"))
-        permission = rpc.Permission(permType=rpc.Permission.READWRITE, key=prefix,
-                                    range_end=range_end)  # fmt: skip
-        await stub.RoleGrantPermission(
-            rpc.AuthRoleGrantPermissionRequest(name="ringcache", perm=permission)
-        )
-        await stub.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="ringcache", role="ringcache"))
-        await stub.AuthEnable(rpc.AuthEnableRequest())
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    client_cert_auth: bool = False
 
 
 def start_etcd(
-    workdir: Path,
-    client: int | None = None,
-    peer: int | None = None,
-    *,
-    tls: bool = False,
-    client_cert_auth: bool = False,
-    auth: bool = False,
+    workdir: Path, client: int | None = None, peer: int | None = None, *, tls: EtcdTLS | None = None
 ) -> Etcd:
-    """Start a single-member etcd on loopback (free ports unless given), data in ``workdir``.
-
-    ``tls`` serves clients over TLS with a certificate of a CA made here (``Etcd.ca``);
-    ``client_cert_auth`` also demands a client certificate of that CA (its common name is
-    the etcd user); ``auth`` creates users (``Etcd.users``) and turns authentication on.
-    """
+    """Start a single-member etcd on loopback (free ports unless given), data in ``workdir``,
+    and wait until it answers; ``tls`` serves clients over TLS with those certificates."""
     etcd_bin = shutil.which("etcd") or "/usr/bin/etcd"
     client, peer = client or free_port(), peer or free_port()
-    tls = tls or client_cert_auth
     url = f"{'https' if tls else 'http'}://127.0.0.1:{client}"
-    data = workdir / "etcd-data"
     tls_flags: list[str] = []
-    ca = client_cert = client_key = None
-    if tls:
-        authority = make_ca(workdir / "tls")
-        ca = authority[0]
-        server_cert, server_key = issue_cert(authority, workdir / "tls", "etcd-server")
-        client_cert, client_key = issue_cert(authority, workdir / "tls", "ringcache")
-        tls_flags = ["--cert-file", str(server_cert), "--key-file", str(server_key)]
-        if client_cert_auth:
-            tls_flags += ["--client-cert-auth", "--trusted-ca-file", str(ca)]
+    if tls is not None:
+        tls_flags = ["--cert-file", str(tls.server_cert), "--key-file", str(tls.server_key)]
+        if tls.client_cert_auth:
+            tls_flags += ["--client-cert-auth", "--trusted-ca-file", str(tls.ca)]
     proc = Etcd(
         "etcd",
         [
@@ -370,7 +309,7 @@ def start_etcd(
             "--name",
             "ringcache-local",
             "--data-dir",
-            str(data),
+            str(workdir / "etcd-data"),
             "--listen-client-urls",
             url,
             "--advertise-client-urls",
@@ -388,26 +327,19 @@ def start_etcd(
         workdir / "etcd.log",
         url=url,
         peer_port=peer,
-        ca=ca,
-        client_cert=client_cert,
-        client_key=client_key,
+        ca=tls.ca if tls else None,
+        client_cert=tls.client_cert if tls else None,
+        client_key=tls.client_key if tls else None,
     )
     proc.start()
     proc.wait_healthy()
-    if auth:
-        proc.users = {user: secrets.token_urlsafe(16) for user in ("root", "ringcache")}
-        try:
-            # In a thread of its own: callers may be inside an event loop already.
-            with ThreadPoolExecutor(1) as pool:
-                pool.submit(lambda: asyncio.run(_enable_auth(proc))).result()
-        except BaseException:
-            proc.stop()
-            raise
     return proc
 
 
 @dataclass
 class Node(Process):
+    """A ``cachenode`` process: where it listens, its cache dir, its id and secret."""
+
     addr: str = ""
     cache_dir: Path = Path()
     scheme: str = "http"
@@ -559,103 +491,3 @@ def start_mount(
     if not mount.alive():
         raise RuntimeError(f"mountd exited at start:\n{mount.log_tail()}")
     return mount
-
-
-SLOW_DOWN = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-    b"<Message>Please reduce your request rate.</Message></Error>"
-)
-
-
-async def forward(session: ClientSession, upstream: str, request: web.Request) -> web.Response:
-    """``request`` as ``upstream`` answers it (test and benchmark proxies in front of S3)."""
-    from aiohttp import web
-
-    headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-    async with session.request(
-        request.method, upstream + request.path_qs, headers=headers, data=await request.read()
-    ) as answer:
-        body = await answer.read()
-        skip = ("transfer-encoding", "connection")
-        if request.method != "HEAD":  # aiohttp sets the length of a body it sends
-            skip += ("content-length",)
-        out = {k: v for k, v in answer.headers.items() if k.lower() not in skip}
-        return web.Response(status=answer.status, body=body, headers=out)
-
-
-class S3Proxy:
-    """A reverse proxy in front of an S3 endpoint that delays or throttles requests.
-
-    Cloud object storage has tens of milliseconds to the first byte and throttles bursts
-    with ``503 SlowDown``; a loopback S3 (moto) has neither. Nodes pointed at this proxy
-    (``AWS_ENDPOINT_URL``) see ``delay`` seconds before every answer, and the first
-    ``fail_gets`` GETs (every GET if negative) answered with 503 SlowDown; likewise the
-    first ``fail_writes`` PUTs and POSTs (uploads, multipart parts, their creation and
-    completion, copies). The attributes may be changed while it runs (a fault that
-    heals); ``failures`` and ``write_failures`` count the 503s sent. ``gets`` counts the
-    GETs received, ``gets_in_flight`` those not yet answered and ``max_gets_in_flight``
-    the most at once: how many origin requests its clients had open together.
-    """
-
-    def __init__(
-        self, upstream: str, delay: float = 0.0, fail_gets: int = 0, fail_writes: int = 0
-    ) -> None:
-        self.upstream = upstream
-        self.delay = delay
-        self.fail_gets = fail_gets
-        self.fail_writes = fail_writes
-        self.failures = 0
-        self.write_failures = 0
-        self.gets = 0
-        self.gets_in_flight = 0
-        self.max_gets_in_flight = 0
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-        self._session: ClientSession | None = None
-
-    async def start(self) -> str:
-        """Serve on a free loopback port; returns the endpoint URL."""
-        from aiohttp import ClientSession, web
-
-        session = ClientSession(auto_decompress=False)
-        self._session = session
-
-        async def handle(request: web.Request) -> web.Response:
-            if request.method != "GET":
-                return await answer(request)
-            self.gets += 1
-            self.gets_in_flight += 1
-            self.max_gets_in_flight = max(self.max_gets_in_flight, self.gets_in_flight)
-            try:
-                return await answer(request)
-            finally:
-                self.gets_in_flight -= 1
-
-        async def answer(request: web.Request) -> web.Response:
-            await asyncio.sleep(self.delay)
-            if request.method == "GET" and (self.fail_gets < 0 or self.failures < self.fail_gets):
-                self.failures += 1
-                return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
-            if request.method in ("PUT", "POST") and (
-                self.fail_writes < 0 or self.write_failures < self.fail_writes
-            ):
-                self.write_failures += 1
-                await request.read()  # the client sent its body; it gets an answer
-                return web.Response(status=503, body=SLOW_DOWN, content_type="application/xml")
-            return await forward(session, self.upstream, request)
-
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        self._runner = runner
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
