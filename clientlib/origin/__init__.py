@@ -14,10 +14,20 @@ __all__ = ["ObjectInfo", "Origin", "Origins"]
 
 
 class Origins:
-    """Hands out one shared :class:`Origin` per scheme; S3 is built on first use."""
+    """Hands out one shared :class:`Origin` per scheme; S3 is built on first use.
 
-    def __init__(self, file_roots: list[Path] | None = None, max_inflight: int = 32) -> None:
-        self._file = FileOrigin(file_roots)
+    ``file`` serves ``file://`` URLs instead of a :class:`FileOrigin` of ``file_roots``
+    (a wrapped or instrumented one).
+    """
+
+    def __init__(
+        self,
+        file_roots: list[Path] | None = None,
+        max_inflight: int = 32,
+        *,
+        file: FileOrigin | None = None,
+    ) -> None:
+        self._file = file if file is not None else FileOrigin(file_roots)
         self._s3: Origin | None = None
         self._max_inflight = max_inflight
         self._building = asyncio.Lock()

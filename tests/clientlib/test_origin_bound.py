@@ -31,9 +31,8 @@ async def test_cache_outage_does_not_become_an_origin_stampede(tmp_path):
     path = tmp_path / "big.bin"
     data = bytes(range(256)) * (12 * BS // 256)
     path.write_bytes(data)
-    origins = Origins()
     counting = CountingOrigin()
-    origins._file = counting
+    origins = Origins(file=counting)
     async with CacheClient(None, origins=origins, origin_max_inflight=3, parallelism=16) as c:
         assert await c.read(f"file://{path}") == data
     assert counting.peak == 3
