@@ -36,12 +36,7 @@ from typing import NamedTuple, TypeAlias
 
 import xxhash
 
-from cachenode.cachedir import (
-    CacheDir,
-    CacheDirSpec,
-    disk_usage,
-    unlink_quietly,
-)
+from cachenode.cachedir import CacheDir, CacheDirSpec, unlink_quietly
 from cachenode.eviction import DEFAULT_POLICY
 from cachenode.memtier import MemoryTier
 from clientlib import blockfile
@@ -58,6 +53,8 @@ from clientlib.blocks import MAX_BLOCK_SIZE, check_block_id
 from clientlib.errors import BadRequest, ConfigError
 from clientlib.singleflight import SingleFlight
 
+# BlockFile, CacheDirSpec and block_filename live in clientlib.blockfile and
+# cachenode.cachedir; they are named here too for the callers that import them from here.
 __all__ = [
     "INLINE_READ_MAX",
     "BlockBytes",
@@ -66,9 +63,7 @@ __all__ = [
     "BlockStore",
     "CacheDirSpec",
     "CachedBlock",
-    "block_checksum",
     "block_filename",
-    "disk_usage",
 ]
 
 log = logging.getLogger(__name__)
