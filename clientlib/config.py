@@ -122,6 +122,13 @@ class Number(Kind):
     def arg_type(self) -> Callable[[str], Any]:  # type: ignore[override]
         return self.kind
 
+    @property
+    def bounds(self) -> str:
+        """The range, as ``--help`` shows it."""
+        return " to ".join(
+            str(int(n)) if float(n).is_integer() else str(n) for n in (self.lo, self.hi)
+        )
+
     def __call__(self, value: Any, what: str) -> int | float:
         try:
             number = self.kind(value)
@@ -269,7 +276,9 @@ class Setting:
         shown = self.shown_default
         if shown is None and self.default is not None and not isinstance(self.parse, Switch):
             shown = str(self.default)
-        notes = [f"default: {shown}"] if shown else []
+        notes = [f"{self.parse.bounds}"] if isinstance(self.parse, Number) else []
+        if shown:
+            notes.append(f"default: {shown}")
         if self.many:
             notes.append("repeatable")
         return f"{self.help} ({'; '.join(notes)})" if notes else self.help
