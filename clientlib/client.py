@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from types import TracebackType
 from typing import Any
 
@@ -266,13 +265,12 @@ class CacheClient:
         return await self._race(ref, block_id, (start, stop))
 
     def _owners(self, block_id: str) -> list[NodeInfo]:
-        """Owners to try in order: the primary first, or a random replica if hot."""
-        if block_id not in self._hot:
-            return self.ring.owners(block_id, self._owners_to_try)
+        """Owners to try in order (:meth:`Ring.read_order`): the primary first, or a
+        random replica of a block a node flagged as hot."""
         replicas = self._watcher.config.replicas if self._watcher else 1
-        owners = self.ring.owners(block_id, max(replicas, self._owners_to_try))
-        pick = random.randrange(min(replicas, len(owners))) if owners else 0
-        return [owners[pick], *owners[:pick], *owners[pick + 1 :]][: self._owners_to_try]
+        return self.ring.read_order(
+            block_id, self._owners_to_try, replicas=replicas, hot=block_id in self._hot
+        )
 
     async def _race(
         self, ref: BlockRef, block_id: str, span: tuple[int, int] | None = None
