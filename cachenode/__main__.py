@@ -20,12 +20,13 @@ import uvloop
 from aiohttp import web
 
 from cachenode.config import NodeConfig, load_config
+from cachenode.context import NodeContext
 from cachenode.fasthits import KEEPALIVE_TIMEOUT, FastHitSite
 from cachenode.handoff import Handoff
 from cachenode.membership import Membership, stable_node_id
 from cachenode.metrics import CACHE_CAPACITY, EVICTIONS
 from cachenode.readthrough import ReadThrough
-from cachenode.server import NodeState, make_app
+from cachenode.server import make_app
 from cachenode.shield import OriginShield
 from cachenode.store import BlockStore
 from cachenode.verifier import Verifier
@@ -75,7 +76,7 @@ async def run(config: NodeConfig) -> None:
     )
     membership = Membership(config.etcd, config.cluster, info, ttl=config.lease_ttl)
     watcher = RingWatcher(config.etcd, config.cluster, tls_only=config.tls_cert is not None)
-    state = NodeState(
+    node = NodeContext(
         node_id,
         config.cluster,
         membership.list_nodes,
@@ -90,11 +91,11 @@ async def run(config: NodeConfig) -> None:
     credentials = Credentials.for_secret(secret) if secret else Credentials()
     peer_ssl = client_context(config.ca)
     handoff = Handoff(watcher, node_id, credentials, ssl_context=peer_ssl)
-    state.peer_ssl = peer_ssl
+    node.peer_ssl = peer_ssl
     shield = OriginShield(node_id, config.origin_max_inflight, watcher)
     readthrough = ReadThrough(store, origins, shield, handoff)
     verifier = Verifier(secret, node_id) if secret else None
-    app = make_app(store, readthrough, state, verifier)
+    app = make_app(store, readthrough, node, verifier)
     # aiohttp's own keep-alive default is an hour: a connection handed over by the fast
     # path (or any TLS one) must not sit idle between requests that long.
     runner = web.AppRunner(
@@ -109,7 +110,7 @@ async def run(config: NodeConfig) -> None:
     site: web.BaseSite = (
         web.TCPSite(runner, host, port, backlog=1024, ssl_context=tls)
         if tls
-        else FastHitSite(runner, store, state, verifier, host, port, backlog=1024)
+        else FastHitSite(runner, store, node, verifier, host, port, backlog=1024)
     )
     try:
         await site.start()
@@ -124,20 +125,20 @@ async def run(config: NodeConfig) -> None:
         await runner.cleanup()
         raise
     await handoff.start()
-    state.joined = True
+    node.joined = True
     # S3 is what nodes front in production; its client takes most of a second of CPU to
     # build, which the first cold read after a start would otherwise wait for.
     preparing = asyncio.create_task(prepare_s3(origins), name="prepare-s3")
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, state.stop.set)
+        loop.add_signal_handler(sig, node.stop.set)
     log.info("node %s serving on %s:%d", node_id, *config.listen)
-    await state.stop.wait()
+    await node.stop.wait()
 
     log.info("node %s draining: leaving the ring", node_id)
-    state.draining = True
+    node.draining = True
     await membership.set_state("draining")
-    await wait_idle(state, config.drain_grace, config.shutdown_timeout)
+    await wait_idle(node, config.drain_grace, config.shutdown_timeout)
     await runner.cleanup()
     await handoff.close()
     await membership.leave()
@@ -155,7 +156,7 @@ async def prepare_s3(origins: Origins) -> None:
         log.warning("S3 origin not ready: %s", exc)
 
 
-async def wait_idle(state: NodeState, idle: float, limit: float) -> None:
+async def wait_idle(node: NodeContext, idle: float, limit: float) -> None:
     """Wait until no block request has been seen for ``idle`` seconds (at most ``limit``).
 
     Draining nodes are still asked for their blocks by the nodes taking them over
@@ -164,8 +165,8 @@ async def wait_idle(state: NodeState, idle: float, limit: float) -> None:
     deadline = time.monotonic() + limit
     await asyncio.sleep(idle)
     while time.monotonic() < deadline:
-        quiet = time.monotonic() - state.last_request
-        if state.inflight == 0 and quiet >= idle:
+        quiet = time.monotonic() - node.last_request
+        if node.inflight == 0 and quiet >= idle:
             return
         await asyncio.sleep(max(0.05, min(idle - quiet, 0.5)))
 

@@ -1,14 +1,15 @@
 """The hit fast path: block GETs that are cache hits, answered without aiohttp.
 
-A 64 KiB hit costs aiohttp about 250 us of CPU (request object, routing, middleware,
-response object), five times what nginx spends on the same file. Most of a hot node's
-requests are exactly that: ``GET /v1/blocks/<id>`` for a block in the page cache. So each
-connection starts on :class:`FastHitProtocol`, which reads request heads itself and
+aiohttp spends several times what nginx does on a small hit (request object, routing,
+middleware, response object), and most of a hot node's requests are exactly that:
+``GET /v1/blocks/<id>`` for a block in the page cache. So each connection starts on
+:class:`FastHitProtocol`, which reads request heads itself (:mod:`cachenode.httphead`) and
 answers the ones it can answer at once and in full:
 
-- the head is a plain ``GET /v1/blocks/<id>[?query] HTTP/1.1`` with no body, no upgrade
-  and no ``Expect``;
-- the request is authorised (same :class:`Verifier` and scope checks as aiohttp's path);
+- the head is a plain ``GET /v1/blocks/<id>[?query] HTTP/1.1`` with no body, no upgrade,
+  no ``Expect`` and no ``Range``;
+- the hit core (:class:`HitCore`, shared with aiohttp's routes) authorises it, and its
+  answer needs no proof;
 - a fair-share slot is free with nobody queueing (:class:`FairScheduler`);
 - the block is indexed and all of it is in the page cache, and its checksum matches
   (:meth:`BlockStore.read_now`, which never waits for the disk).
@@ -23,53 +24,56 @@ only ever produces the one response it is sure of.
 Small blocks go out with one ``writev`` of head and body; large ones with the head and
 then ``sendfile`` (:mod:`cachenode.sendfile`). Requests on one connection are answered
 strictly in order: a request is not looked at while the previous response is still
-being sent. TLS connections never start here: ``sendfile`` cannot encrypt, and TLS costs
-more than aiohttp does.
+being sent. A TLS connection is handed to aiohttp at once (``sendfile`` cannot encrypt,
+:func:`cachenode.sendfile.plain_tcp`); the node's TLS listener does not use this site.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 import logging
-import re
 import resource
 import socket
 import time
 from collections.abc import Callable
-from typing import NamedTuple, cast
+from typing import cast
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_keepalive
 
-from cachenode.metrics import (
-    BLOCK_HITS,
-    GET_HIT_SECONDS,
-    HIT_BYTES,
-    REQUEST_BUCKETS,
-    REQUESTS_REFUSED,
-    TENANT_QUEUE_SECONDS,
-    TENANT_SERVED_BYTES,
-    add_observations,
+from cachenode.context import NodeContext
+from cachenode.hitcore import HOT_HEADER, RESULT_HEADER, HitCore
+from cachenode.hittally import HitTally
+from cachenode.httphead import (
+    BAD_HEAD,
+    HEAD_TOO_LARGE,
+    MAX_HEAD,
+    MAX_PARTIAL_HEAD,
+    BlockGetHead,
+    could_be_head,
+    parse_head,
+    refusal,
 )
-from cachenode.sendfile import send_file, send_now
-from cachenode.server import NodeState
+from cachenode.metrics import REQUESTS_REFUSED
+from cachenode.sendfile import plain_tcp, send_file, send_now, wait_flushed
 from cachenode.store import BlockFile, BlockStore
 from cachenode.verifier import Verifier
-from clientlib.auth import ALL_ACCESS, Claims
-from clientlib.blocks import BlockRef
+from clientlib.auth import Claims
 from clientlib.errors import RingcacheError
 
-__all__ = ["FastHitProtocol", "FastHitSite", "HitServer"]
+__all__ = [
+    "HEAD_TIMEOUT",
+    "KEEPALIVE_TIMEOUT",
+    "FastHitProtocol",
+    "FastHitSite",
+    "HitServer",
+    "connection_budget",
+]
 
 log = logging.getLogger(__name__)
 
-#: A complete request head longer than this is left to aiohttp (which has its own limits).
-MAX_HEAD = 8190
-#: An incomplete request head longer than this is refused (431) and its connection closed.
-MAX_PARTIAL_HEAD = 64 * 1024
 #: Idle keep-alive connections are closed after this long, as aiohttp does.
 KEEPALIVE_TIMEOUT = 75.0
 #: A request head must be complete this long after its first byte (a connection's first
@@ -80,103 +84,29 @@ HEAD_TIMEOUT = 10.0
 #: connections, logs): client connections get the rest of its ``RLIMIT_NOFILE``.
 FD_RESERVE = 128
 _SWEEP_EVERY = 10
-_OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nX-Ringcache-Result: hit\r\n"
-
-
-#: A plain block GET head, up to the CRLF of its last header: the request line, then
-#: header lines with token names and visible-ASCII values (no obs-fold, no obs-text).
-_HEAD_RE = re.compile(
-    rb"GET (/v1/blocks/([0-9a-f]{32})(?:\?([!-~]*))?) HTTP/1\.1\r\n"
-    rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t -~]*\r\n)*)"
+_OK = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+    + f"{RESULT_HEADER}: hit\r\n".encode()
 )
-#: What an incomplete request head can still become: a request line (method, target,
-#: version) and header lines, with no bare CR or LF and no control bytes. A buffer that
-#: is not this is answered 400 at once (aiohttp's parser might wait for more instead).
-_PARTIAL_HEAD_RE = re.compile(
-    rb"[-!#$%&'*+.^_`|~0-9A-Za-z]*(?: [!-~]*(?: [!-~]*)?)?"
-    rb"(?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]*(?::[\t -~\x80-\xff]*)?)*\r?"
-)
-
-
-def refusal(status: int, reason: str, message: str) -> bytes:
-    """A whole response that refuses a request and closes its connection."""
-    body = b'{"error": "%s"}' % message.encode()
-    return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
-        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-        % (status, reason.encode(), len(body), body)
-    )
-
-
-_BAD_HEAD = refusal(400, "Bad Request", "malformed request head")
-_HEAD_TOO_LARGE = refusal(
-    431, "Request Header Fields Too Large", f"request head over {MAX_PARTIAL_HEAD} bytes"
-)
+_HOT = f"{HOT_HEADER}: 1\r\n".encode()
 _HEAD_TIMED_OUT = refusal(
     408, "Request Timeout", f"request head not complete within {HEAD_TIMEOUT:g} s"
 )
 
-#: The headers the fast path looks at: those that make a request more than a plain GET
-#: (a ``Range`` is aiohttp's to serve, see cachenode.server), and the two it uses.
-_SPECIAL_RE = re.compile(
-    rb"^(content-length|transfer-encoding|expect|upgrade|authorization|connection|range):"
-    rb"[\t ]*(.*?)[\t ]*\r$",
-    re.IGNORECASE | re.MULTILINE,
-)
-
-
-class _Head(NamedTuple):
-    """What the fast path needs from a request head."""
-
-    target: str  # path and query, as signed
-    block_id: str
-    query: str
-    authorization: str | None
-    close: bool
-
-
-def parse_head(head: bytes | bytearray) -> _Head | None:
-    """The request head (up to the CRLF of its last header) if it is a plain block GET,
-    else None.
-
-    Strict on purpose: whatever is not plainly a block GET is not an error here, it is
-    aiohttp's to answer, so unusual but valid requests still work and malformed ones get
-    aiohttp's 400.
-    """
-    match = _HEAD_RE.fullmatch(head)
-    if match is None:
-        return None
-    target, block_id, query, headers = match.groups()
-    authorization = None
-    close = False
-    for special in _SPECIAL_RE.finditer(headers):
-        name, value = special.groups()
-        name = name.lower()
-        if name == b"authorization" and authorization is None:
-            authorization = value.decode()
-        elif name == b"connection":
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            if b"upgrade" in tokens:
-                return None
-            close = b"close" in tokens
-        else:
-            return None  # a body, an upgrade, an expectation, a range, or a second Authorization
-    return _Head(target.decode(), block_id.decode(), (query or b"").decode(), authorization, close)
-
 
 class HitServer:
-    """Serves the hits :class:`FastHitProtocol` reads, with the node's store and state."""
+    """Serves the hits :class:`FastHitProtocol` reads, with the node's store and context."""
 
     def __init__(
         self,
         store: BlockStore,
-        state: NodeState,
+        node: NodeContext,
         verifier: Verifier | None,
         fallback: Callable[[], asyncio.Protocol],
     ) -> None:
         self.store = store
-        self.state = state
-        self.verifier = verifier
+        self.node = node
+        self.core = HitCore(node, verifier)
         #: Makes aiohttp's protocol for a connection handed over (the runner's server).
         self.fallback = fallback
         self.connections: set[FastHitProtocol] = set()
@@ -184,8 +114,8 @@ class HitServer:
         self.max_connections = connection_budget(0)
         #: Set when the site stops: each response in progress closes its connection.
         self.closing = False
-        self._tally = _Tally()
-        state.before_report.append(self.report)
+        self._tally = HitTally()
+        node.before_report.append(self.report)
 
     def admit(self, conn: FastHitProtocol) -> bool:
         """Whether a new connection may stay: at the limit, the connection that has
@@ -203,51 +133,47 @@ class HitServer:
         self.connections.discard(oldest)
         return True
 
-    def claims(self, head: _Head) -> Claims | None:
-        """The request's claims if it may read the block; None to let aiohttp refuse it."""
+    def claims(self, head: BlockGetHead) -> Claims | None:
+        """The request's claims if the fast path may answer it from the store; None to
+        let aiohttp answer (a refusal, or a lookup whose answer carries a proof)."""
         try:
-            claims = (
-                ALL_ACCESS
-                if self.verifier is None
-                else self.verifier.verify("GET", head.target, head.authorization)
-            )
+            claims = self.core.claims("GET", head.target, head.authorization)
+            fields: dict[str, str] = {}
             if head.query:
                 pairs = parse_qsl(head.query, keep_blank_values=True)
                 fields = dict(pairs)
                 if len(fields) != len(pairs):
                     return None  # a repeated parameter: aiohttp's rules decide
-                ref = BlockRef.from_fields(head.block_id, fields, self.state.block_size())
-                claims.require(ref.url)
-            elif self.verifier is not None:
-                return None  # another node's lookup: its answer carries a proof (server.py)
-            else:
-                claims.require_all_access("a lookup by block id alone")
+            if self.core.lookup(claims, head.block_id, fields).proven:
+                return None
         except RingcacheError:
             return None
         return claims
 
-    def serve(self, conn: FastHitProtocol, head: _Head, transport: asyncio.Transport) -> bool:
+    def serve(
+        self, conn: FastHitProtocol, head: BlockGetHead, transport: asyncio.Transport
+    ) -> bool:
         """Answer ``head`` if it is a hit that can be sent now; False leaves it to aiohttp."""
         started = time.perf_counter()
         block_id = head.block_id
         claims = self.claims(head)
-        state = self.state
-        if claims is None or not state.fair.try_acquire():
+        node = self.node
+        if claims is None or not node.fair.try_acquire():
             return False
         found = self.store.read_now(block_id)
         if found is None:
-            state.fair.release()
+            node.fair.release()
             return False
-        hot = state.begin_get(block_id)
+        hot = self.core.begin_get(block_id)
+        node.enter()
         nbytes = found.nbytes if isinstance(found, BlockFile) else len(found)
         response = [_OK, b"Content-Length: %d\r\n" % nbytes]
         if hot:
-            response.append(b"X-Ringcache-Hot: 1\r\n")  # see NodeState.begin_get
+            response.append(_HOT)
         if head.close:
             response.append(b"Connection: close\r\n")
         response.append(b"\r\n")
         self._tally.hit(claims.tenant, nbytes, time.perf_counter() - started)
-        state.inflight += 1
         if isinstance(found, BlockFile):
             sock = transport.get_extra_info("socket")
             # Corked, head and body leave in full-sized segments, as nginx's tcp_nopush
@@ -315,11 +241,9 @@ class HitServer:
 
     def done(self, block_id: str, close: bool, transport: asyncio.Transport) -> None:
         """A fast response is sent (or given up): free its slot and counts."""
-        state = self.state
-        state.fair.release()
-        state.inflight -= 1
-        state.last_request = time.monotonic()
-        state.end_get(block_id)
+        self.node.fair.release()
+        self.node.leave()
+        self.core.end_get(block_id)
         if close or self.closing:
             transport.close()
 
@@ -330,45 +254,6 @@ def connection_budget(others: int) -> int:
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
     return max(16, soft - FD_RESERVE - others)
-
-
-class _Tally:
-    """Fast hits counted in plain ints, added to Prometheus by :meth:`report`.
-
-    Each Prometheus ``inc`` or ``observe`` takes a lock (about 1 us); five of them per
-    64 KiB hit were a tenth of its cost. So hits, bytes and latencies are tallied here by
-    tenant and bucket, and added up when someone reads the metrics
-    (:attr:`NodeState.before_report`) and every second.
-    """
-
-    def __init__(self) -> None:
-        #: tenant -> [hits, bytes]
-        self._tenants: dict[str, list[int]] = {}
-        self._latency = [0] * (len(REQUEST_BUCKETS) + 1)  # the last one is +Inf
-        self._latency_sum = 0.0
-
-    def hit(self, tenant: str, nbytes: int, seconds: float) -> None:
-        counts = self._tenants.get(tenant)
-        if counts is None:
-            counts = self._tenants[tenant] = [0, 0]
-        counts[0] += 1
-        counts[1] += nbytes
-        self._latency[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1
-        self._latency_sum += seconds
-
-    def report(self) -> None:
-        tenants, self._tenants = self._tenants, {}
-        latency, self._latency = self._latency, [0] * len(self._latency)
-        latency_sum, self._latency_sum = self._latency_sum, 0.0
-        if not tenants:
-            return
-        add_observations(GET_HIT_SECONDS, latency, latency_sum)
-        for tenant, (hits, nbytes) in tenants.items():
-            BLOCK_HITS.inc(hits)
-            HIT_BYTES.inc(nbytes)
-            TENANT_SERVED_BYTES.labels(tenant).inc(nbytes)
-            # Fast hits never wait for a serving slot (FairScheduler.try_acquire).
-            add_observations(TENANT_QUEUE_SECONDS.labels(tenant), [hits], 0.0)
 
 
 class FastHitProtocol(asyncio.Protocol):
@@ -390,6 +275,9 @@ class FastHitProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it
+        if not plain_tcp(self._transport):
+            self._hand_over(self._transport)
+            return
         if not self._hits.admit(self):
             self._transport.abort()
             return
@@ -473,20 +361,16 @@ class FastHitProtocol(asyncio.Protocol):
     async def drained(self) -> None:
         """Wait until the transport has sent all it buffers (the next bytes may be
         ``sendfile``'s, which go to the socket past that buffer)."""
-        transport = self._transport
-        if transport is None or not transport.get_write_buffer_size():
-            return
+        if self._transport is not None:
+            await wait_flushed(self._transport, self._resumed)
+
+    async def _resumed(self) -> None:
+        """Wait for :meth:`resume_writing` (or the connection's loss)."""
         self._drained = asyncio.get_running_loop().create_future()
-        low, high = transport.get_write_buffer_limits()
-        transport.set_write_buffer_limits(high=0, low=0)  # resume_writing once empty
         try:
             await self._drained
         finally:
             self._drained = None
-            if not transport.is_closing():
-                transport.set_write_buffer_limits(high=high, low=low)
-        if transport.is_closing():
-            raise ConnectionResetError("connection closed while sending")
 
     async def _drain_then_process(self) -> None:
         try:
@@ -505,9 +389,9 @@ class FastHitProtocol(asyncio.Protocol):
                 # Only complete heads (or ones aiohttp refuses at once) are handed over:
                 # aiohttp has no deadline for a head (only its keep-alive timeout).
                 if len(self._buf) > MAX_PARTIAL_HEAD:
-                    self.refuse(_HEAD_TOO_LARGE, "head_too_large")
-                elif _PARTIAL_HEAD_RE.fullmatch(self._buf) is None:
-                    self.refuse(_BAD_HEAD, "bad_head")
+                    self.refuse(HEAD_TOO_LARGE, "head_too_large")
+                elif not could_be_head(self._buf):
+                    self.refuse(BAD_HEAD, "bad_head")
                 elif self._eof:
                     transport.close()  # nothing more will come
                 return  # the rest of the head is yet to come
@@ -551,7 +435,7 @@ class FastHitSite(web.BaseSite):
         self,
         runner: web.BaseRunner,
         store: BlockStore,
-        state: NodeState,
+        node: NodeContext,
         verifier: Verifier | None,
         host: str,
         port: int,
@@ -560,7 +444,7 @@ class FastHitSite(web.BaseSite):
     ) -> None:
         super().__init__(runner, backlog=backlog)
         assert runner.server is not None
-        self._hits = HitServer(store, state, verifier, runner.server)
+        self._hits = HitServer(store, node, verifier, runner.server)
         self._host = host
         self._port = port
         self._sweeper: asyncio.Task[None] | None = None

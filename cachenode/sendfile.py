@@ -6,16 +6,48 @@ done by hand: the body goes from the page cache to the socket in the kernel, inl
 until the socket is full, then waiting for it to be writable. Both hit paths use it: the
 fast path (:mod:`cachenode.fasthits`) and aiohttp's (:mod:`cachenode.server`).
 
-The caller must make sure nothing the transport still buffers belongs before the file's
-bytes: ``sendfile`` writes to the socket directly, past the transport's buffer.
+Two rules both paths follow, kept here: ``sendfile`` only on a plain TCP connection
+(:func:`plain_tcp`: on a TLS one it would put the bytes on the wire unencrypted), and only
+once nothing the transport buffers is left to go before the file's bytes
+(:func:`wait_flushed`: ``sendfile`` writes to the socket directly, past that buffer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 
-__all__ = ["send_file", "send_now"]
+__all__ = ["plain_tcp", "send_file", "send_now", "wait_flushed"]
+
+
+def plain_tcp(transport: asyncio.BaseTransport) -> bool:
+    """Whether block bytes may go to this connection's socket with ``sendfile``: not on
+    TLS, whose records only the transport can write."""
+    return transport.get_extra_info("sslcontext") is None
+
+
+async def wait_flushed(
+    transport: asyncio.WriteTransport, drained: Callable[[], Awaitable[None]]
+) -> None:
+    """Wait until ``transport`` buffers nothing, so ``sendfile`` bytes follow what it had.
+
+    A high-water mark of 0 pauses the transport's protocol until its buffer is empty;
+    ``drained`` is how that protocol waits for its ``resume_writing`` (aiohttp's writer's
+    ``drain``, or the fast path's own). Raises :class:`ConnectionResetError` if the
+    connection closes meanwhile.
+    """
+    if not transport.get_write_buffer_size():
+        return
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0, low=0)
+    try:
+        await drained()
+    finally:
+        if not transport.is_closing():
+            transport.set_write_buffer_limits(high=high, low=low)
+    if transport.is_closing():
+        raise ConnectionResetError("connection closed while sending")
 
 
 def send_now(out: int, fd: int, offset: int, nbytes: int) -> int:

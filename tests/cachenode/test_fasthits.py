@@ -15,10 +15,10 @@ import socket
 
 import aiohttp
 
-from cachenode import server
-from cachenode.fasthits import parse_head
+from cachenode import hotblocks
+from cachenode.httphead import parse_head
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from clientlib.localcluster import Node, local_get
+from clientlib.launcher import Node, local_get
 from tests.conftest import node_metric
 
 SMALL = 65_536 + 7
@@ -205,23 +205,23 @@ async def test_a_small_block_served_from_memory_is_still_checked(
         cluster.stop()  # the next round's node takes the same cache dir
 
 
-async def test_a_block_is_hot_by_concurrency_or_by_rate_within_a_window(monkeypatch) -> None:
-    """``NodeState.begin_get``, the X-Ringcache-Hot signal of both hit paths: 4 GETs of
-    a block in flight, or 16 in one window, and the count starts over with the next
-    window (the clock is the one stand-in: a unit of one method)."""
+def test_a_block_is_hot_by_concurrency_or_by_rate_within_a_window(monkeypatch) -> None:
+    """``HotBlocks``, the X-Ringcache-Hot signal of both hit paths: 4 GETs of a block in
+    flight, or 16 in one window, and the count starts over with the next window (the
+    clock is the one stand-in: a unit of one class)."""
     clock = [1000.0]
-    monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
-    state = server.NodeState("n1")
-    assert [state.begin_get("a") for _ in range(4)] == [False, False, False, True]
+    monkeypatch.setattr(hotblocks.time, "monotonic", lambda: clock[0])
+    hot = hotblocks.HotBlocks()
+    assert [hot.begin("a") for _ in range(4)] == [False, False, False, True]
     for _ in range(4):
-        state.end_get("a")
-    clock[0] += server.HOT_WINDOW
+        hot.end("a")
+    clock[0] += hotblocks.HOT_WINDOW
     one_at_a_time = []
-    for _ in range(server.HOT_REQUESTS):
-        one_at_a_time.append(state.begin_get("b"))
-        state.end_get("b")
-    assert one_at_a_time == [False] * (server.HOT_REQUESTS - 1) + [True]
-    assert not state.begin_get("a")  # another block's count is its own
-    state.end_get("a")
-    clock[0] += server.HOT_WINDOW
-    assert not state.begin_get("b")  # a new window
+    for _ in range(hotblocks.HOT_REQUESTS):
+        one_at_a_time.append(hot.begin("b"))
+        hot.end("b")
+    assert one_at_a_time == [False] * (hotblocks.HOT_REQUESTS - 1) + [True]
+    assert not hot.begin("a")  # another block's count is its own
+    hot.end("a")
+    clock[0] += hotblocks.HOT_WINDOW
+    assert not hot.begin("b")  # a new window

@@ -1,0 +1,99 @@
+"""The block and node handlers one at a time, with aiohttp's mocked requests and
+stand-ins for the store and the read-through (no node process, no sockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
+
+from cachenode.blockroutes import BlockRoutes
+from cachenode.context import NodeContext
+from cachenode.hitcore import HitCore
+from cachenode.noderoutes import NodeRoutes
+from cachenode.verifier import Verifier
+from clientlib.auth import ALL_ACCESS, Claims
+from clientlib.blocks import DEFAULT_BLOCK_SIZE, block_id
+from clientlib.errors import Forbidden, RangeNotSatisfiable
+
+#: The handlers keep their claims under a str key, as the middleware does.
+pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+
+BID = "0a" * 16
+DATA = bytes(range(256)) * 4
+
+
+class Store:
+    """Blocks in a dict, served as verified bytes (the memory tier's answer)."""
+
+    def __init__(self, blocks: dict[str, bytes]) -> None:
+        self.blocks = blocks
+
+    def length(self, block_id: str) -> int | None:
+        block = self.blocks.get(block_id)
+        return None if block is None else len(block)
+
+    async def open_verified(self, block_id: str, part: Any = None) -> bytes | None:
+        return self.blocks.get(block_id)
+
+
+class ReadThrough:
+    """A read-through with no fetch in flight."""
+
+    def fetching(self, block_id: str) -> bool:
+        return False
+
+
+def routes(blocks: dict[str, bytes], verifier: Verifier | None = None) -> BlockRoutes:
+    node = NodeContext("n1")
+    return BlockRoutes(Store(blocks), ReadThrough(), node, HitCore(node, verifier))  # type: ignore[arg-type]
+
+
+def get(claims: Claims, path: str = f"/v1/blocks/{BID}", bid: str = BID, **headers: str) -> Any:
+    request = make_mocked_request("GET", path, headers=CIMultiDict(headers), match_info={"id": bid})
+    request["claims"] = claims
+    return request
+
+
+async def test_a_hit_by_id_is_the_block_and_a_range_is_its_bytes() -> None:
+    handler = routes({BID: DATA})
+    whole = await handler.get_block(get(ALL_ACCESS))
+    assert whole.status == 200 and whole.body == DATA
+    assert whole.headers["X-Ringcache-Result"] == "hit"
+    part = await handler.get_block(get(ALL_ACCESS, Range="bytes=100-199"))
+    assert part.status == 206 and part.body == DATA[100:200]
+    assert part.headers["Content-Range"] == f"bytes 100-199/{len(DATA)}"
+    with pytest.raises(RangeNotSatisfiable):
+        await handler.get_block(get(ALL_ACCESS, Range=f"bytes={len(DATA)}-"))
+
+
+async def test_a_lookup_by_id_of_a_block_not_cached_nor_fetched_is_404() -> None:
+    response = await routes({}).get_block(get(ALL_ACCESS))
+    assert response.status == 404
+
+
+async def test_a_lookup_by_id_alone_needs_an_all_access_token() -> None:
+    scoped = Claims(("s3://b/team",), "team")
+    with pytest.raises(Forbidden):
+        await routes({BID: DATA}).get_block(get(scoped))
+
+
+async def test_a_source_outside_the_token_scope_is_refused_though_cached() -> None:
+    scoped = Claims(("s3://bucket/team",), "team")
+    other = block_id("s3://bucket", "other", "v", DEFAULT_BLOCK_SIZE, 0)
+    query = f"?src=s3%3A%2F%2Fbucket%2Fother&ver=v&size={len(DATA)}&bs={DEFAULT_BLOCK_SIZE}&i=0"
+    with pytest.raises(Forbidden):
+        await routes({other: DATA}).get_block(get(scoped, f"/v1/blocks/{other}{query}", other))
+
+
+async def test_healthz_says_starting_until_joined_and_draining_after() -> None:
+    node = NodeContext("n1")
+    handler = NodeRoutes(Store({}), ReadThrough(), node, None)  # type: ignore[arg-type]
+    request = make_mocked_request("GET", "/healthz")
+    assert (await handler.healthz(request)).status == 503
+    node.joined = True
+    assert (await handler.healthz(request)).status == 200
+    node.draining = True
+    assert (await handler.healthz(request)).status == 503
