@@ -1,10 +1,10 @@
 """Sending a verified block file to a client's socket with ``sendfile``.
 
-Writing 4 MiB from user memory to the socket was most of a large hit's CPU time (nginx
-sends the same files with ``sendfile``), and uvloop has no ``loop.sendfile``, so this is
-done by hand: the body goes from the page cache to the socket in the kernel, inline
-until the socket is full, then waiting for it to be writable. Both hit paths use it: the
-fast path (:mod:`cachenode.fasthits`) and aiohttp's (:mod:`cachenode.server`).
+Copying a large block through user memory to the socket costs CPU that ``sendfile``
+does not (nginx sends the same files with it), and uvloop has no ``loop.sendfile``, so
+this is done by hand: the body goes from the page cache to the socket in the kernel,
+inline until the socket is full, then waiting for it to be writable. Both hit paths use
+it: the fast path (:mod:`cachenode.fasthits`) and aiohttp's (:mod:`cachenode.blockroutes`).
 
 Two rules both paths follow, kept here: ``sendfile`` only on a plain TCP connection
 (:func:`plain_tcp`: on a TLS one it would put the bytes on the wire unencrypted), and only

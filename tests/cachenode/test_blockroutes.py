@@ -97,3 +97,20 @@ async def test_healthz_says_starting_until_joined_and_draining_after() -> None:
     assert (await handler.healthz(request)).status == 200
     node.draining = True
     assert (await handler.healthz(request)).status == 503
+
+
+def test_the_hit_core_decides_what_a_block_get_may_read() -> None:
+    """HitCore.lookup, shared by both paths: a named source must be in scope; a lookup by
+    id alone needs all access, and on a secured cluster its answer carries a proof."""
+    node = NodeContext("n1")
+    open_core, secured = HitCore(node, None), HitCore(node, Verifier(b"s" * 32, "n1"))
+    assert open_core.lookup(ALL_ACCESS, BID, {}) == (None, False)
+    assert secured.lookup(ALL_ACCESS, BID, {}) == (None, True)
+    scoped = Claims(("s3://bucket/team",), "team")
+    with pytest.raises(Forbidden):
+        open_core.lookup(scoped, BID, {})
+    mine = block_id("s3://bucket", "team/x", "v", DEFAULT_BLOCK_SIZE, 0)
+    fields = {"src": "s3://bucket/team/x", "ver": "v", "size": "10", "bs": "4194304", "i": "0"}
+    ref, proven = secured.lookup(scoped, mine, fields)
+    assert ref is not None and ref.url == "s3://bucket/team/x" and not proven
+    assert open_core.claims("GET", "/v1/blocks/x", None) == ALL_ACCESS

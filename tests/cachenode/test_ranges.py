@@ -8,9 +8,12 @@ import os
 from urllib.parse import urlencode
 
 import aiohttp
+import pytest
 
+from cachenode.ranges import Span, parse_range
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.blocks import block_id
+from clientlib.errors import RangeNotSatisfiable
 
 SIZE = BS + 70_000  # block 0 is whole (large hit, sendfile); block 1 is 70,000 bytes
 
@@ -147,3 +150,26 @@ async def test_a_range_of_a_damaged_block_is_a_hit_only_where_its_parts_are_whol
         assert await get(1_000_000, 1_065_536) == "hit"
         assert await get(BS - 2000, BS) == "miss"  # dropped and fetched again
         assert await get(BS - 2000, BS) == "hit"
+
+
+def test_parse_range_takes_one_ascii_range_and_clamps_it_to_the_block() -> None:
+    """The Range parser alone: the forms both serving paths accept, and what is 416."""
+    assert parse_range([], 1000) == Span(0, 1000, 1000)
+    assert parse_range(["bytes=100-199"], 1000) == Span(100, 200, 1000)
+    assert parse_range(["BYTES=990-"], 1000) == Span(990, 1000, 1000)
+    assert parse_range(["bytes=-10"], 1000) == Span(990, 1000, 1000)
+    assert parse_range(["bytes=5-5000"], 1000) == Span(5, 1000, 1000)
+    assert parse_range(["bytes=0-999"], 1000).status == 200
+    assert parse_range(["bytes=0-0"], 1000).headers() == {"Content-Range": "bytes 0-0/1000"}
+    for bad in (
+        ["bytes=1000-"],
+        ["bytes=-0"],
+        ["bytes=5-3"],
+        ["bytes=-"],
+        ["bytes=1-2,4-5"],
+        ["bytes=" + "9" * 5000 + "-"],
+        ["bytes=\u0663-5"],
+        ["bytes=0-1", "bytes=2-3"],
+    ):
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(bad, 1000)
