@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 
 from clientlib.cluster import ClusterConfig, NodeInfo, config_key, nodes_prefix
-from clientlib.errors import BadRequest
 from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error
+from clientlib.ring import node_records
 from clientlib.tls import client_context
 
 __all__ = ["cluster_status", "collect_details", "collect_status", "list_nodes"]
@@ -30,13 +30,7 @@ async def list_nodes(etcd: EtcdTarget | str, cluster: str) -> tuple[ClusterConfi
     except ETCD_ERRORS as exc:
         raise etcd_error(etcd, exc) from None
     config = ClusterConfig.from_json(raw_config.value) if raw_config else ClusterConfig()
-    nodes = []
-    for kv in records:
-        try:
-            nodes.append(NodeInfo.from_json(kv.value))
-        except BadRequest:
-            continue
-    return config, sorted(nodes, key=lambda n: n.id)
+    return config, node_records(cluster, records)
 
 
 def _ratio(hits: int, misses: int) -> float:

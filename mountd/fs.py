@@ -1,32 +1,23 @@
 """The FUSE operations of the mount (pyfuse3, asyncio mode): this module and nothing else.
 
 Each operation turns into calls on the inode table (:mod:`mountd.inodes`), the readers
-(:mod:`mountd.prefetch`), the spools (:mod:`mountd.spool`) and the origin, and every
-failure leaves here as an errno: ringcache's own errors carry theirs
-(``RingcacheError.errno``), ``OSError`` keeps its own, a timeout or anything unexpected is
-``EIO``. Nothing waits forever: metadata operations and reads run under ``op_timeout``,
-and uploads are bounded by the origin client's own connect and read timeouts.
-
-Permissions: the kernel enforces modes and owners (``default_permissions``) with the
-attributes it was given. Those of an S3 entry known only from a listing are the mount's
-defaults (a listing has no user metadata), so the operations that grant access (open,
-opendir, lookup, and the changes of a directory) check the caller once more against the
-stored attributes (:meth:`RingcacheFS._check`), fetching them (one HEAD) if needed.
-chmod, chown and utime are stored in the origin (:meth:`Origin.set_posix`).
+(:mod:`mountd.prefetch`), the files open for writing (:mod:`mountd.writers`) and the
+origin; :mod:`mountd.operation` turns every failure into an errno and bounds each call.
+The kernel enforces modes and owners (``default_permissions``) with the attributes it
+was given; an S3 entry known only from a listing has the mount's defaults, so the
+operations that grant access check the caller again against the stored attributes
+(:mod:`mountd.access`), fetching them (one HEAD) if needed. chmod, chown and utime are
+stored in the origin (:meth:`Origin.set_posix`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import pyfuse3
 
@@ -35,25 +26,29 @@ from clientlib.errors import RingcacheError
 from clientlib.origin import ObjectInfo, Origin
 from clientlib.origin.base import PosixAttrs
 from clientlib.urls import split_url
+from mountd.access import SETID, R, W, X, allowed, changed_attrs, check_change
 from mountd.config import MountConfig
+from mountd.handles import DirHandle, FileHandle
 from mountd.inodes import (
+    NAME_MAX,
     NO_POSIX,
     ROOT_INODE,
     Attr,
     Inode,
     InodeTable,
     child_path,
+    kernel_name,
     parent_of,
 )
+from mountd.operation import operation
 from mountd.prefetch import BlockFetcher, FileReader
 from mountd.spool import Spool
 from mountd.throttle import Throttle
+from mountd.writers import Writers
 
 __all__ = ["RingcacheFS"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: Most objects a directory rename moves. S3 has no directory rename: each object is a
 #: server-side copy and a delete, so one rename(2) would take time and requests in
@@ -67,82 +62,6 @@ RENAME_PARALLEL = 16
 
 XATTR_SOURCE = b"user.ringcache.source"
 XATTR_VERSION = b"user.ringcache.version"
-NAME_MAX = 255
-R, W, X = os.R_OK, os.W_OK, os.X_OK
-#: The bits a write by anyone but root clears (setgid only with group execute).
-SETID = stat.S_ISUID | stat.S_ISGID
-
-
-def _groups(pid: int) -> set[int]:
-    """The supplementary groups of the calling process (FUSE only passes uid and gid)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
-
-
-def _errno(exc: BaseException) -> int:
-    if isinstance(exc, RingcacheError):
-        return int(exc.errno)
-    if isinstance(exc, OSError) and exc.errno:
-        return int(exc.errno)
-    return errno.EIO
-
-
-def operation(
-    timed: bool = True,
-) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
-    """Turn every failure of a FUSE operation into a FUSEError with the right errno.
-
-    pyfuse3 stops its main loop on any other exception, so nothing else may escape.
-    ``timed`` operations fail with EIO after ``op_timeout`` seconds.
-    """
-
-    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        @functools.wraps(fn)
-        async def wrapper(self: RingcacheFS, *args: Any) -> T:
-            try:
-                if timed:
-                    async with asyncio.timeout(self.config.op_timeout):
-                        return await fn(self, *args)
-                return await fn(self, *args)
-            except pyfuse3.FUSEError:
-                raise
-            except TimeoutError:
-                log.error("%s%r timed out after %ss", fn.__name__, args[:2], self.config.op_timeout)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-            except (RingcacheError, OSError) as exc:
-                code = _errno(exc)
-                level = logging.DEBUG if code == errno.ENOENT else logging.WARNING
-                log.log(level, "%s%r failed: %s", fn.__name__, args[:2], exc)
-                raise pyfuse3.FUSEError(code) from None
-            except Exception:
-                log.exception("%s%r failed unexpectedly", fn.__name__, args[:2])
-                raise pyfuse3.FUSEError(errno.EIO) from None
-
-        return wrapper
-
-    return wrap
-
-
-@dataclass(slots=True)
-class _Handle:
-    node: Inode
-    reader: FileReader | None = None
-    spool: Spool | None = None
-    #: Opened for writing by a user other than root: a write clears setuid and setgid.
-    drop_setid: bool = False
-
-
-@dataclass(slots=True)
-class _DirHandle:
-    node: Inode
-    entries: list[tuple[str, Attr]]
-    posix: dict[str, PosixAttrs]
 
 
 class RingcacheFS(pyfuse3.Operations):
@@ -166,11 +85,9 @@ class RingcacheFS(pyfuse3.Operations):
         self.upload = upload
         self.origin: Origin = client.origin(config.url(""))
         self.inodes = InodeTable(config, self.origin)
-        self._handles: dict[int, _Handle] = {}
-        self._dirs: dict[int, _DirHandle] = {}
-        self._spools: dict[int, Spool] = {}
-        #: Directory URLs being renamed: no file under them may be opened for writing.
-        self._renaming: set[str] = set()
+        self._handles: dict[int, FileHandle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self.writers = Writers(config, self.inodes, fetcher)
         self._next_fh = 1
 
     # -- helpers ----------------------------------------------------------------------
@@ -181,17 +98,6 @@ class RingcacheFS(pyfuse3.Operations):
     def _writable(self) -> None:
         if self.config.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
-
-    @staticmethod
-    def _name(name: bytes) -> str:
-        """A name the kernel passed: ENAMETOOLONG over NAME_MAX bytes, and EILSEQ unless
-        it is UTF-8 (object keys, URLs and block ids are; see ``utf8_name``)."""
-        if len(name) > NAME_MAX:
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        try:
-            return name.decode("utf-8")
-        except UnicodeDecodeError:
-            raise pyfuse3.FUSEError(errno.EILSEQ) from None
 
     def _object(self, node: Inode) -> ObjectInfo:
         url = self.config.url(node.path)
@@ -214,18 +120,12 @@ class RingcacheFS(pyfuse3.Operations):
 
     async def _check(self, node: Inode, ctx: pyfuse3.RequestContext, want: int) -> None:
         """EACCES unless the caller has ``want`` (R|W|X) on ``node`` by its stored
-        attributes. Root passes (the kernel has checked the rest)."""
+        attributes (:func:`mountd.access.allowed`). Root passes (the kernel has checked
+        the rest)."""
         if ctx.uid == 0:
             return
         await self.inodes.fetch_posix(node)
-        perm, uid, gid = self.inodes.perms(node)
-        if ctx.uid == uid:
-            bits = perm >> 6
-        elif ctx.gid == gid or gid in _groups(ctx.pid):
-            bits = perm >> 3
-        else:
-            bits = perm
-        if bits & want != want:
+        if not allowed(ctx, *self.inodes.perms(node), want):
             raise pyfuse3.FUSEError(errno.EACCES)
 
     async def _commit(self, spool: Spool, node: Inode) -> None:
@@ -250,7 +150,7 @@ class RingcacheFS(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self.inodes.get(parent_inode)
         await self._check(parent, ctx, X)
-        node = await self.inodes.lookup(parent, self._name(name))
+        node = await self.inodes.lookup(parent, kernel_name(name))
         node.lookups += 1
         return self.inodes.attributes(node)
 
@@ -280,13 +180,6 @@ class RingcacheFS(pyfuse3.Operations):
             await self._set_posix(node, attr, fields, ctx)
         return self.inodes.attributes(node)
 
-    def _local_only(self, node: Inode) -> bool:
-        """Whether ``node``'s next upload will carry its attributes anyway."""
-        spool = self._spools.get(node.ino)
-        return not node.attr.is_dir and (
-            not node.attr.version or (spool is not None and spool.dirty)
-        )
-
     async def _set_posix(
         self,
         node: Inode,
@@ -298,37 +191,13 @@ class RingcacheFS(pyfuse3.Operations):
         own attributes), so every mount and s3fs see them."""
         await self.inodes.fetch_posix(node)
         perm, uid, gid = self.inodes.perms(node)
-        if ctx.uid != 0 and self._drops_setid(perm, attr, fields):
-            # The kernel clearing setuid/setgid before a write or truncate by another
-            # user than the owner: allowed to whoever may write the file.
-            await self._check(node, ctx, W)
-        elif ctx.uid != 0:
-            # The kernel checked with the attributes it had; these are the stored ones.
-            if (fields.update_uid and attr.st_uid != uid) or (
-                (fields.update_mode or fields.update_gid) and ctx.uid != uid
-            ):
-                raise pyfuse3.FUSEError(errno.EPERM)
-            if fields.update_gid and attr.st_gid not in {gid, ctx.gid} | _groups(ctx.pid):
-                raise pyfuse3.FUSEError(errno.EPERM)
-            if fields.update_mtime and ctx.uid != uid:
-                await self._check(node, ctx, W)
-        kind = stat.S_IFDIR if node.attr.is_dir else stat.S_IFREG
+        if need := check_change(ctx, perm, uid, gid, attr, fields):
+            await self._check(node, ctx, need)
         old = node.posix or NO_POSIX
-        # Any change of mode or owner stores all three, so the intent ("only its owner")
-        # holds in a mount whose --uid/--umask defaults differ.
-        owned = fields.update_mode or fields.update_uid or fields.update_gid
-        new = PosixAttrs(
-            kind | (stat.S_IMODE(attr.st_mode) if fields.update_mode else perm)
-            if owned
-            else old.mode,
-            (attr.st_uid if fields.update_uid else uid) if owned else old.uid,
-            (attr.st_gid if fields.update_gid else gid) if owned else old.gid,
-            attr.st_mtime_ns / 1e9 if fields.update_mtime else old.mtime,
-            old.extra,
-        )
+        new = changed_attrs(old, node.attr.is_dir, perm, uid, gid, attr, fields)
         if node.ino == ROOT_INODE:
             pass  # the root's attributes are this mount's (a bucket has none)
-        elif self._local_only(node):
+        elif self.writers.local_only(node):
             pass  # the upload at close stores them
         elif node.attr.is_dir:
             await self.origin.set_posix(self.config.dir_url(node.path), new)
@@ -340,31 +209,18 @@ class RingcacheFS(pyfuse3.Operations):
                 self._committed(node, info)
         self.inodes.set_posix(node, new)
 
-    @staticmethod
-    def _drops_setid(
-        perm: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
-    ) -> bool:
-        """Whether a setattr changes nothing but clear setuid/setgid bits of ``perm``."""
-        new = stat.S_IMODE(attr.st_mode)
-        return (
-            fields.update_mode
-            and not (fields.update_uid or fields.update_gid or fields.update_mtime)
-            and new | SETID == perm | SETID
-            and not new & ~perm
-        )
-
     async def _truncate(self, node: Inode, size: int) -> None:
         if node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         await self.inodes.fetch_posix(node)  # the upload must keep them
-        spool = self._spools.get(node.ino)
+        spool = self.writers.get(node.ino)
         if spool is not None:
             spool.truncate(size)
             node.attr.size = size
             return
         if size == node.attr.size and size > 0:
             return
-        spool = await self._open_spool(node, truncate=size == 0)
+        spool = await self.writers.open(node, self._object(node), truncate=size == 0)
         try:
             if size:
                 spool.truncate(size)
@@ -372,7 +228,7 @@ class RingcacheFS(pyfuse3.Operations):
                 spool.dirty = True
             await self._commit(spool, node)
         finally:
-            self._close_spool(node)
+            self.writers.close(node)
 
     @operation()
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
@@ -382,7 +238,7 @@ class RingcacheFS(pyfuse3.Operations):
         listing = await self.inodes.listing(node.path)  # may tell the dir's own attributes
         await self._check(node, ctx, R)
         fh = self._fh()
-        self._dirs[fh] = _DirHandle(node, sorted(listing.entries.items()), listing.posix)
+        self._dirs[fh] = DirHandle(node, sorted(listing.entries.items()), listing.posix)
         return fh
 
     @operation()
@@ -443,54 +299,6 @@ class RingcacheFS(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     # -- reading and writing ------------------------------------------------------------
-    async def _open_spool(self, node: Inode, truncate: bool) -> Spool:
-        """The node's spool (shared by its writers), created and filled if needed."""
-        spool = self._spools.get(node.ino)
-        if spool is None:
-            url = self.config.url(node.path)
-            if any(url.startswith(prefix) for prefix in self._renaming):
-                # Its upload would land under the old name after the copy (see _rename_dir).
-                log.warning("refusing to write %s: its directory is being renamed", url)
-                raise pyfuse3.FUSEError(errno.EBUSY)
-            if not truncate and node.attr.size > self.config.max_rewrite_bytes:
-                log.warning(
-                    "refusing to rewrite %s (%d bytes > --max-rewrite %d): open it with "
-                    "O_TRUNC to replace it",
-                    self.config.url(node.path),
-                    node.attr.size,
-                    self.config.max_rewrite_bytes,
-                )
-                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-            spool = Spool(self.config.spool_dir, self.config.url(node.path))
-            try:
-                if not truncate and node.attr.size:
-                    await spool.load(self.fetcher, self._object(node))
-            except BaseException:
-                spool.close()
-                raise
-            self._spools[node.ino] = spool
-            self.inodes.pin(node)
-        elif truncate:
-            spool.truncate(0)
-        if truncate:
-            spool.dirty = True
-            node.attr.size = 0
-        spool.refs += 1
-        return spool
-
-    def _close_spool(self, node: Inode) -> Spool | None:
-        """Drop one reference; returns the spool if that was the last one."""
-        spool = self._spools.get(node.ino)
-        if spool is None:
-            return None
-        spool.refs -= 1
-        if spool.refs > 0:
-            return None
-        del self._spools[node.ino]
-        self.inodes.unpin(node)
-        spool.close()
-        return spool
-
     @operation()
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.inodes.get(inode)
@@ -499,17 +307,19 @@ class RingcacheFS(pyfuse3.Operations):
         writing = flags & os.O_ACCMODE != os.O_RDONLY
         if writing:
             self._writable()
-        if node.ino not in self._spools:
+        if node.ino not in self.writers:
             # Close-to-open consistency: a file opened after the TTL sees the new version.
             # A writer needs the stored attributes too: the upload must keep them.
             await self.inodes.refresh(node, posix=writing)
         want = {os.O_RDONLY: R, os.O_WRONLY: W}.get(flags & os.O_ACCMODE, R | W)
         await self._check(node, ctx, want)
-        handle = _Handle(node, drop_setid=writing and ctx.uid != 0)
+        handle = FileHandle(node, drop_setid=writing and ctx.uid != 0)
         keep_cache = False
         if writing:
-            handle.spool = await self._open_spool(node, truncate=bool(flags & os.O_TRUNC))
-        elif node.ino not in self._spools:
+            handle.spool = await self.writers.open(
+                node, self._object(node), truncate=bool(flags & os.O_TRUNC)
+            )
+        elif node.ino not in self.writers:
             handle.reader = FileReader(
                 self.fetcher, self._object(node), self.config.prefetch_blocks
             )
@@ -527,25 +337,25 @@ class RingcacheFS(pyfuse3.Operations):
         self._writable()
         parent = self.inodes.get(parent_inode)
         await self._check(parent, ctx, W | X)
-        path = child_path(parent.path, self._name(name))
+        path = child_path(parent.path, kernel_name(name))
         node = self.inodes.ensure(path, Attr(False, 0, time.time(), ""))
         if node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         # A new file is the caller's, with the mode it asked for (umask applied by the
         # kernel); the upload at close stores them with the object.
         self.inodes.set_posix(node, PosixAttrs(stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid))
-        spool = await self._open_spool(node, truncate=True)
+        spool = await self.writers.open(node, self._object(node), truncate=True)
         self.inodes.set_entry(path, node.attr)
         node.lookups += 1
         node.opens += 1
         fh = self._fh()
-        self._handles[fh] = _Handle(node, spool=spool)
+        self._handles[fh] = FileHandle(node, spool=spool)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self.inodes.attributes(node)
 
     @operation()
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._handles[fh]
-        spool = self._spools.get(handle.node.ino)
+        spool = self.writers.get(handle.node.ino)
         if spool is not None:
             return spool.read(off, size)
         if handle.reader is None:
@@ -596,7 +406,7 @@ class RingcacheFS(pyfuse3.Operations):
                     await self._commit(spool, handle.node)
                 except pyfuse3.FUSEError:
                     log.error("changes to %s are lost: the upload failed at release", spool.url)
-            self._close_spool(handle.node)
+            self.writers.close(handle.node)
         self.inodes.release(handle.node)
 
     # -- changing the tree ----------------------------------------------------------------
@@ -607,7 +417,7 @@ class RingcacheFS(pyfuse3.Operations):
         self._writable()
         parent = self.inodes.get(parent_inode)
         await self._check(parent, ctx, W | X)
-        path = child_path(parent.path, self._name(name))
+        path = child_path(parent.path, kernel_name(name))
         posix = PosixAttrs(stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid, time.time())
         await self.origin.mkdir(self.config.dir_url(path), posix)
         node = self.inodes.ensure(path, Attr(True, 0, time.time()), posix)
@@ -631,10 +441,10 @@ class RingcacheFS(pyfuse3.Operations):
         self._writable()
         parent = self.inodes.get(parent_inode)
         await self._check(parent, ctx, W | X)
-        node = await self.inodes.lookup(parent, self._name(name))
+        node = await self.inodes.lookup(parent, kernel_name(name))
         if node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        spool = self._spools.get(node.ino)
+        spool = self.writers.get(node.ino)
         if spool is not None:
             spool.detached = True
         if node.attr.version:  # not only a local file that was never uploaded
@@ -648,7 +458,7 @@ class RingcacheFS(pyfuse3.Operations):
         self._writable()
         parent = self.inodes.get(parent_inode)
         await self._check(parent, ctx, W | X)
-        node = await self.inodes.lookup(parent, self._name(name))
+        node = await self.inodes.lookup(parent, kernel_name(name))
         if not node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if not await self._empty(node):
@@ -681,8 +491,8 @@ class RingcacheFS(pyfuse3.Operations):
         async with asyncio.timeout(self.config.op_timeout):
             await self._check(old_parent, ctx, W | X)
             await self._check(new_parent, ctx, W | X)
-            node = await self.inodes.lookup(old_parent, self._name(name_old))
-            new_name = self._name(name_new)
+            node = await self.inodes.lookup(old_parent, kernel_name(name_old))
+            new_name = kernel_name(name_new)
             try:
                 target: Inode | None = await self.inodes.lookup(new_parent, new_name)
             except pyfuse3.FUSEError as exc:
@@ -698,7 +508,7 @@ class RingcacheFS(pyfuse3.Operations):
             return
         if target is not None and target.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        spool = self._spools.get(node.ino)
+        spool = self.writers.get(node.ino)
         if spool is not None:
             # Upload what was written so far, under the old name, then move the object.
             await self._commit(spool, node)
@@ -734,29 +544,18 @@ class RingcacheFS(pyfuse3.Operations):
             if not await self._empty(target):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         src, dst = self.config.dir_url(node.path), self.config.dir_url(dst_path)
-        busy = [s.url for s in self._spools.values() if s.url.startswith(src) and not s.detached]
-        if busy:
-            log.warning(
-                "refusing to rename %s: %d file(s) under it open for writing, e.g. %s",
-                src,
-                len(busy),
-                busy[0],
-            )
-            raise pyfuse3.FUSEError(errno.EBUSY)
-        self._renaming.add(src)
-        try:
-            moved = await self.origin.rename_dir(
-                src, dst, max_objects=MAX_RENAME_OBJECTS, parallel=RENAME_PARALLEL
-            )
-        except BaseException:
-            # Whatever the origin did before failing, neither tree's listing can be
-            # trusted now; the kernel keeps the old names, which it still resolves here.
-            self.inodes.drop_listings(node.path)
-            self.inodes.drop_listings(dst_path)
-            self.inodes.drop_listing(parent_of(dst_path))
-            raise
-        finally:
-            self._renaming.discard(src)
+        with self.writers.renaming(src):
+            try:
+                moved = await self.origin.rename_dir(
+                    src, dst, max_objects=MAX_RENAME_OBJECTS, parallel=RENAME_PARALLEL
+                )
+            except BaseException:
+                # Whatever the origin did before failing, neither tree's listing can be
+                # trusted now; the kernel keeps the old names, which it still resolves.
+                self.inodes.drop_listings(node.path)
+                self.inodes.drop_listings(dst_path)
+                self.inodes.drop_listing(parent_of(dst_path))
+                raise
         self.inodes.moved_dir(node, dst_path)
         now = time.monotonic()
         for name, info in moved.items():
@@ -783,7 +582,7 @@ class RingcacheFS(pyfuse3.Operations):
     # -- shutdown -----------------------------------------------------------------------
     async def flush_all(self) -> None:
         """Upload every spool with changes (SIGTERM with files still open for writing)."""
-        for ino, spool in list(self._spools.items()):
+        for ino, spool in self.writers.items():
             node = self.inodes.find_ino(ino)
             try:
                 posix = self._upload_posix(node) if node is not None else None

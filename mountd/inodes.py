@@ -98,6 +98,10 @@ def _hash_ino(path: str) -> int:
     return max(int.from_bytes(digest, "big") >> 1, ROOT_INODE + 1)
 
 
+#: Longest name (in bytes) of a file or directory, as on Linux file systems.
+NAME_MAX = 255
+
+
 def utf8_name(name: str) -> bool:
     """Whether ``name`` (from the origin; ``file://`` names that are not UTF-8 arrive
     with surrogate escapes) is UTF-8, as every name on the mount must be: object keys,
@@ -107,6 +111,17 @@ def utf8_name(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def kernel_name(name: bytes) -> str:
+    """A name the kernel passed: ENAMETOOLONG over NAME_MAX bytes, and EILSEQ unless it
+    is UTF-8 (see :func:`utf8_name`)."""
+    if len(name) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise pyfuse3.FUSEError(errno.EILSEQ) from None
 
 
 def parent_of(path: str) -> str:
