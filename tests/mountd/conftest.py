@@ -8,6 +8,7 @@ cachenode processes) and is unmounted at teardown, with SIGTERM and, if that fai
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -96,3 +97,17 @@ def open_mount() -> Iterator[Callable[..., Mount]]:
     for m in mounts:
         m.unmount()
     shutil.rmtree(root, ignore_errors=True)
+
+
+#: The unprivileged user tests act as (setpriv), to see what the kernel and the mount refuse.
+NOBODY = 65534
+
+
+def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` as :data:`NOBODY` with no supplementary groups."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )

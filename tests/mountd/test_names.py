@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-NOBODY = 65534
+from tests.mountd.conftest import NOBODY, as_nobody
+
 LONG = "n" * 251 + ".csv"  # 255 bytes, the most a name may have
 LONG_UTF8 = "é" * 127 + "x"  # 255 bytes in UTF-8, 128 characters
 LONG_DIR = "d" * 255
@@ -200,15 +201,6 @@ def test_a_stored_setuid_bit_gives_no_privileges_the_mount_is_nosuid_and_nodev(
         if line.split()[1] == str(m.path)
     )
     assert "nosuid" in options and "nodev" in options
-
-
-def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def test_a_write_by_another_user_clears_setuid_in_the_mount_and_in_s3(

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import time
 
-NOBODY = 65534
-
-
-def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+from tests.mountd.conftest import as_nobody
 
 
 def test_mode_0600_set_through_the_mount_keeps_other_users_out_and_0644_lets_them_read(
