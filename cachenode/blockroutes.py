@@ -37,7 +37,7 @@ from cachenode.metrics import (
 from cachenode.ranges import Span, parse_range
 from cachenode.readthrough import ReadThrough
 from cachenode.sendfile import plain_tcp, send_file, wait_flushed
-from cachenode.store import BlockFile, BlockPart, BlockStore
+from cachenode.store import BlockBytes, BlockFile, BlockPart, BlockStore
 from clientlib.auth import DIGEST_HEADER, PROOF_HEADER, WRITE, body_digest, check_digest
 from clientlib.blocks import MAX_FIELD, BlockRef, check_block_id
 from clientlib.errors import BadRequest, RingcacheError
@@ -90,9 +90,7 @@ class BlockRoutes:
         if proven:
             return await self._serve_proven(request, block_id)
         asked = self._cached_span(request, block_id)
-        cached = await self.store.open_verified(
-            block_id, part=None if asked is None else asked.part
-        )
+        cached = await self.store.open_block(block_id, part=None if asked is None else asked.part)
         if cached is None:
             if ref is not None:
                 return await self._serve_miss(request, ref, block_id, hot, started)
@@ -106,14 +104,13 @@ class BlockRoutes:
         try:
             # The span the store checked, or (no Range, or cached since that look) the
             # block's; a bad Range is refused here too, after which the fd is closed.
-            length = len(cached) if isinstance(cached, bytes) else cached.nbytes
-            span = asked or _span(request, length)
+            span = asked or _span(request, cached.nbytes)
             HIT_BYTES.inc(span.nbytes)
             GET_HIT_SECONDS.observe(time.perf_counter() - started)
             if isinstance(cached, BlockPart):  # just the bytes of ``span``, read inline
                 body = cached.data
-            elif isinstance(cached, bytes):
-                body = cached[span.start : span.stop] if span.partial else cached
+            elif isinstance(cached, BlockBytes):
+                body = cached.data[span.start : span.stop] if span.partial else cached.data
             else:
                 response = web.StreamResponse(
                     status=span.status, headers={**headers, **span.headers()}
@@ -125,8 +122,7 @@ class BlockRoutes:
                 body=body, status=span.status, headers={**headers, **span.headers()}
             )
         finally:
-            if isinstance(cached, BlockFile):
-                cached.close()
+            cached.close()
 
     def _cached_span(self, request: web.Request, block_id: str) -> Span | None:
         """The part a ``Range`` asks of a cached block, so the store checks only those
@@ -307,7 +303,7 @@ async def send_block_file(
     ``sendfile`` on a plain TCP connection (:mod:`cachenode.sendfile`; aiohttp's
     ``FileResponse`` would read and write, as uvloop has no ``loop.sendfile``), through
     the transport on a TLS one, which encrypts. The file was verified before the first
-    header byte (:meth:`BlockStore.open_verified`), and the fd is the one that was.
+    header byte (:meth:`BlockStore.open_block`), and the fd is the one that was.
 
     A failure after the headers (the client hung up, or the file cannot be read) aborts
     the connection, as a failed miss does: the client sees a short body and tries the

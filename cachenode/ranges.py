@@ -40,7 +40,7 @@ class Span(NamedTuple):
 
     @property
     def part(self) -> tuple[int, int]:
-        """``(start, stop)``, as :meth:`BlockStore.open_verified` takes it."""
+        """``(start, stop)``, as :meth:`BlockStore.open_block` takes it."""
         return self.start, self.stop
 
     @property

@@ -314,18 +314,6 @@ class BlockStore:
         found.dir.policy.touch(found.key)
         return opened
 
-    async def open_verified(
-        self,
-        block_id: str,
-        *,
-        read_max: int = INLINE_READ_MAX,
-        part: tuple[int, int] | None = None,
-    ) -> bytes | BlockFile | BlockPart | None:
-        """:meth:`open_block` with a whole block's bytes as plain ``bytes``: the earlier
-        name and return type, kept while callers move to :meth:`open_block`."""
-        cached = await self.open_block(block_id, read_max=read_max, part=part)
-        return cached.data if isinstance(cached, BlockBytes) else cached
-
     def read_now(self, block_id: str) -> bytes | BlockFile | None:
         """The block, verified and counted as a hit, if that needs no wait for the disk.
 

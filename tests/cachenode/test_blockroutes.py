@@ -13,6 +13,7 @@ from cachenode.blockroutes import BlockRoutes
 from cachenode.context import NodeContext
 from cachenode.hitcore import HitCore
 from cachenode.noderoutes import NodeRoutes
+from cachenode.store import BlockBytes
 from cachenode.verifier import Verifier
 from clientlib.auth import ALL_ACCESS, Claims
 from clientlib.blocks import DEFAULT_BLOCK_SIZE, block_id
@@ -35,8 +36,9 @@ class Store:
         block = self.blocks.get(block_id)
         return None if block is None else len(block)
 
-    async def open_verified(self, block_id: str, part: Any = None) -> bytes | None:
-        return self.blocks.get(block_id)
+    async def open_block(self, block_id: str, part: Any = None) -> BlockBytes | None:
+        block = self.blocks.get(block_id)
+        return None if block is None else BlockBytes(block)
 
 
 class ReadThrough:

@@ -358,17 +358,6 @@ async def test_open_block_gives_bytes_when_small_and_a_verified_fd_when_large(ma
     assert isinstance(got, BlockFile) and read_block_file(got) == data
 
 
-async def test_open_verified_still_gives_a_whole_small_block_as_bytes(make_store):
-    store = make_store(4 * MiB)
-    small, large = (new_id(), os.urandom(SMALL)), (new_id(), os.urandom(LARGE))
-    for block_id, data in (small, large):
-        assert await store.put(block_id, data)
-    assert await store.open_verified(small[0]) == small[1]
-    got = await store.open_verified(large[0])
-    assert isinstance(got, BlockFile) and read_block_file(got) == large[1]
-    assert await store.open_verified(new_id()) is None
-
-
 @pytest.mark.parametrize("size", [SMALL, LARGE])
 @pytest.mark.parametrize("damage", ["flip", "truncate", "zero_tail"])
 async def test_open_block_refuses_and_removes_a_corrupted_file(make_store, tmp_path, size, damage):
