@@ -108,13 +108,18 @@ CachedBlock: TypeAlias = BlockBytes | BlockPart | BlockFile
 
 
 class _Found(NamedTuple):
-    """Where an indexed block is: its dir, key, length, checksum and file."""
+    """Where an indexed block is: its dir, key, length, checksum and id (its file's path
+    is made only when the file is opened: a hit from the memory tier never needs it)."""
 
     dir: CacheDir
     key: int
     nbytes: int
     checksum: int
-    path: str
+    block_id: str
+
+    @property
+    def path(self) -> str:
+        return self.dir.block_path(self.block_id, self.nbytes, self.checksum)
 
     @property
     def entry(self) -> tuple[int, int]:
@@ -351,7 +356,7 @@ class BlockStore:
             entry = d.policy.lookup(key)
             if entry is not None:
                 nbytes, checksum = entry
-                return _Found(d, key, nbytes, checksum, d.block_path(block_id, nbytes, checksum))
+                return _Found(d, key, nbytes, checksum, block_id)
         return None
 
     def _find(self, block_id: str) -> _Found | BlockBytes | None:
