@@ -10,11 +10,11 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # RINGCACHE_INSTALL_PROFILE=runtime (the Dockerfile) leaves out the packages only the
 # benchmarks and their reports use; the default, "full", is what CI and developers get.
-APT_PACKAGES="etcd-server fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv openssl"
-BENCH_PACKAGES="nginx-light wrk rclone s3fs prometheus chromium"
+APT_PACKAGES="etcd-server fuse3 libfuse3-dev pkg-config gcc make autoconf automake python3-dev python3-venv openssl iproute2"
+BENCH_PACKAGES="nginx-light wrk rclone s3fs prometheus chromium fio"
 case "${RINGCACHE_INSTALL_PROFILE:-full}" in
-    full) APT_PACKAGES="$APT_PACKAGES $BENCH_PACKAGES" ;;
-    runtime) ;;
+    full) APT_PACKAGES="$APT_PACKAGES $BENCH_PACKAGES"; EXTRAS="test,mount,bench" ;;
+    runtime) EXTRAS="test,mount" ;;
     *) echo "install.sh: RINGCACHE_INSTALL_PROFILE must be full or runtime" >&2; exit 2 ;;
 esac
 if command -v apt-get >/dev/null; then
@@ -29,4 +29,4 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[test,mount]"
+.venv/bin/pip install -q -e ".[$EXTRAS]"
