@@ -96,11 +96,12 @@ def changed_attrs(
     gid: int,
     attr: pyfuse3.EntryAttributes,
     fields: pyfuse3.SetattrFields,
+    now: float,
 ) -> PosixAttrs:
-    """The attributes to store after a setattr. Any change of mode or owner stores all
-    three, so the intent ("only its owner") holds in a mount whose --uid/--umask
-    defaults differ."""
-    kind = stat.S_IFDIR if is_dir else stat.S_IFREG
+    """The attributes to store after a setattr (its ctime is ``now``). Any change of
+    mode or owner stores all three, so the intent ("only its owner") holds in a mount
+    whose --uid/--umask defaults differ. A symbolic link or special file keeps its type."""
+    kind = stat.S_IFMT(old.mode or 0) or (stat.S_IFDIR if is_dir else stat.S_IFREG)
     owned = fields.update_mode or fields.update_uid or fields.update_gid
     return PosixAttrs(
         kind | (stat.S_IMODE(attr.st_mode) if fields.update_mode else perm) if owned else old.mode,
@@ -108,4 +109,5 @@ def changed_attrs(
         (attr.st_gid if fields.update_gid else gid) if owned else old.gid,
         attr.st_mtime_ns / 1e9 if fields.update_mtime else old.mtime,
         old.extra,
+        now,
     )

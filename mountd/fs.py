@@ -7,17 +7,22 @@ The kernel enforces modes and owners (``default_permissions``) with the attribut
 was given; an S3 entry known only from a listing has the mount's defaults, so the
 operations that grant access check the caller again against the stored attributes
 (:mod:`mountd.access`), fetching them (one HEAD) if needed. chmod, chown and utime are
-stored in the origin (:meth:`Origin.set_posix`).
+stored in the origin (:meth:`Origin.set_posix`). Symbolic links and special files are
+objects the way s3fs stores them: a link's body is its target, and the type is in the
+stored mode (:class:`PosixAttrs`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
 import stat
+import tempfile
 import time
+from pathlib import Path
 
 import pyfuse3
 
@@ -60,6 +65,10 @@ MAX_RENAME_OBJECTS = 10_000
 #: the reads of other files meanwhile.
 RENAME_PARALLEL = 16
 
+#: Longest S3 object key, in bytes: a path whose key (with the mount's prefix, and the
+#: ``/`` of a directory marker) would be longer is ENAMETOOLONG where it would be made.
+MAX_KEY = 1024
+
 XATTR_SOURCE = b"user.ringcache.source"
 XATTR_VERSION = b"user.ringcache.version"
 
@@ -99,6 +108,30 @@ class RingcacheFS(pyfuse3.Operations):
         if self.config.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
 
+    def _new_path(self, parent: Inode, name: bytes, is_dir: bool = False) -> str:
+        """The path of a new entry ``name`` in ``parent``: ENAMETOOLONG if its object key
+        would pass S3's limit (:data:`MAX_KEY`)."""
+        path = child_path(parent.path, kernel_name(name))
+        url = self.config.dir_url(path) if is_dir else self.config.url(path)
+        if len(split_url(url)[1].encode()) > MAX_KEY:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        return path
+
+    async def _put(self, path: str, body: bytes, posix: PosixAttrs) -> Inode:
+        """Store the small object ``path`` (a symbolic link or special file) at once,
+        with ``posix``; its inode, looked up once more for the kernel."""
+        url = self.config.url(path)
+        with tempfile.NamedTemporaryFile(dir=self.config.spool_dir) as tmp:
+            tmp.write(body)
+            tmp.flush()
+            info = await self.origin.write(url, Path(tmp.name), posix=posix)
+        self.client.forget(url)
+        node = self.inodes.ensure(path, Attr.of(info), posix)
+        node.checked = time.monotonic()
+        self.inodes.set_entry(path, node.attr)
+        node.lookups += 1
+        return node
+
     def _object(self, node: Inode) -> ObjectInfo:
         url = self.config.url(node.path)
         origin, key = split_url(url)
@@ -127,6 +160,15 @@ class RingcacheFS(pyfuse3.Operations):
         await self.inodes.fetch_posix(node)
         if not allowed(ctx, *self.inodes.perms(node), want):
             raise pyfuse3.FUSEError(errno.EACCES)
+
+    @staticmethod
+    def _modified(node: Inode) -> None:
+        """The file's bytes changed (a write, a truncate): its mtime and ctime are now,
+        and the upload stores its own time, not a time set earlier by utime."""
+        node.attr.mtime = time.time()
+        p = node.posix
+        if p is not None and (p.mtime is not None or p.ctime is not None):
+            node.posix = dataclasses.replace(p, mtime=None, ctime=None)
 
     async def _commit(self, spool: Spool, node: Inode) -> None:
         """Upload ``spool``; any failure is EIO to the writer (ENOSPC stays ENOSPC)."""
@@ -194,7 +236,7 @@ class RingcacheFS(pyfuse3.Operations):
         if need := check_change(ctx, perm, uid, gid, attr, fields):
             await self._check(node, ctx, need)
         old = node.posix or NO_POSIX
-        new = changed_attrs(old, node.attr.is_dir, perm, uid, gid, attr, fields)
+        new = changed_attrs(old, node.attr.is_dir, perm, uid, gid, attr, fields, time.time())
         if node.ino == ROOT_INODE:
             pass  # the root's attributes are this mount's (a bucket has none)
         elif self.writers.local_only(node):
@@ -217,9 +259,11 @@ class RingcacheFS(pyfuse3.Operations):
         if spool is not None:
             spool.truncate(size)
             node.attr.size = size
+            self._modified(node)
             return
         if size == node.attr.size and size > 0:
             return
+        self._modified(node)
         spool = await self.writers.open(node, self._object(node), truncate=size == 0)
         try:
             if size:
@@ -337,7 +381,7 @@ class RingcacheFS(pyfuse3.Operations):
         self._writable()
         parent = self.inodes.get(parent_inode)
         await self._check(parent, ctx, W | X)
-        path = child_path(parent.path, kernel_name(name))
+        path = self._new_path(parent, name)
         node = self.inodes.ensure(path, Attr(False, 0, time.time(), ""))
         if node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -346,6 +390,7 @@ class RingcacheFS(pyfuse3.Operations):
         self.inodes.set_posix(node, PosixAttrs(stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid))
         spool = await self.writers.open(node, self._object(node), truncate=True)
         self.inodes.set_entry(path, node.attr)
+        self.inodes.touch(parent)
         node.lookups += 1
         node.opens += 1
         fh = self._fh()
@@ -370,17 +415,14 @@ class RingcacheFS(pyfuse3.Operations):
         written = handle.spool.write(off, buf)
         node = handle.node
         node.attr.size = handle.spool.size
-        node.attr.mtime = time.time()
+        self._modified(node)
         p = node.posix
-        if p is not None and p.mtime is not None:
-            # A write is a new mtime: the upload's own, not one set earlier by utime.
-            node.posix = p = PosixAttrs(p.mode, p.uid, p.gid, None, p.extra)
         if handle.drop_setid and p is not None and p.mode is not None:
             # What the kernel does on a write by another user than root, whatever the
             # attributes it holds (a listing's defaults may not show these bits).
             kill = p.mode & (SETID if p.mode & stat.S_IXGRP else stat.S_ISUID)
             if kill:
-                node.posix = PosixAttrs(p.mode & ~kill, p.uid, p.gid, p.mtime, p.extra)
+                node.posix = dataclasses.replace(p, mode=p.mode & ~kill)
         return written
 
     @operation(timed=False)
@@ -417,11 +459,13 @@ class RingcacheFS(pyfuse3.Operations):
         self._writable()
         parent = self.inodes.get(parent_inode)
         await self._check(parent, ctx, W | X)
-        path = child_path(parent.path, kernel_name(name))
-        posix = PosixAttrs(stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid, time.time())
+        path = self._new_path(parent, name, is_dir=True)
+        now = time.time()
+        posix = PosixAttrs(stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid, now, ctime=now)
         await self.origin.mkdir(self.config.dir_url(path), posix)
-        node = self.inodes.ensure(path, Attr(True, 0, time.time()), posix)
+        node = self.inodes.ensure(path, Attr(True, 0, now), posix)
         self.inodes.set_entry(path, node.attr)
+        self.inodes.touch(parent)
         node.lookups += 1
         return self.inodes.attributes(node)
 
@@ -429,12 +473,23 @@ class RingcacheFS(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        """A regular file is created empty; a FIFO, socket or device is an empty object
+        with its type in the stored mode (and ``rdev`` in the metadata), as s3fs stores
+        them. The kernel opens those itself: their data never reaches the mount."""
         self._writable()
-        if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)  # no devices, FIFOs or sockets in a bucket
-        info, attrs = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
-        await self.release(info.fh)
-        return attrs
+        if stat.S_ISREG(mode):
+            info, attrs = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+            await self.release(info.fh)
+            return attrs
+        parent = self.inodes.get(parent_inode)
+        await self._check(parent, ctx, W | X)
+        path = self._new_path(parent, name)
+        now = time.time()
+        extra = (("rdev", str(rdev)),) if rdev else ()
+        posix = PosixAttrs(mode, ctx.uid, ctx.gid, now, extra, ctime=now)
+        node = await self._put(path, b"", posix)
+        self.inodes.touch(parent)
+        return self.inodes.attributes(node)
 
     @operation()
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -452,6 +507,7 @@ class RingcacheFS(pyfuse3.Operations):
             await self.origin.delete(url)
             self.client.forget(url)
         self.inodes.removed(node.path)
+        self.inodes.touch(parent)
 
     @operation()
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -465,6 +521,7 @@ class RingcacheFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         await self.origin.rmdir(self.config.dir_url(node.path))
         self.inodes.removed(node.path)
+        self.inodes.touch(parent)
 
     async def _empty(self, node: Inode) -> bool:
         """Whether the directory ``node`` is empty in the origin now (not as listed up to
@@ -501,10 +558,12 @@ class RingcacheFS(pyfuse3.Operations):
                 target = None
         if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EEXIST)
+        dst_path = self._new_path(new_parent, name_new, is_dir=node.attr.is_dir)
         if node.attr.is_dir:
             if old_parent is not new_parent:
                 await self._check(node, ctx, W)  # its ".." changes (the kernel's rule)
-            await self._rename_dir(node, child_path(new_parent.path, new_name), target)
+            await self._rename_dir(node, dst_path, target)
+            self._renamed(old_parent, new_parent, node)
             return
         if target is not None and target.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -513,7 +572,6 @@ class RingcacheFS(pyfuse3.Operations):
             # Upload what was written so far, under the old name, then move the object.
             await self._commit(spool, node)
         src = self.config.url(node.path)
-        dst_path = child_path(new_parent.path, new_name)
         dst = self.config.url(dst_path)
         info = await self.origin.rename(src, dst)
         self.client.forget(src)
@@ -522,6 +580,14 @@ class RingcacheFS(pyfuse3.Operations):
         self._committed(node, info)
         if spool is not None:
             spool.url = dst
+        self._renamed(old_parent, new_parent, node)
+
+    def _renamed(self, old_parent: Inode, new_parent: Inode, node: Inode) -> None:
+        """After a rename: both directories changed now, and so did the moved entry's
+        ctime (kept by this mount, like the directories' times)."""
+        self.inodes.touch(old_parent)
+        self.inodes.touch(new_parent)
+        self.inodes.changed(node)
 
     async def _rename_dir(self, node: Inode, dst_path: str, target: Inode | None) -> None:
         """Move the directory ``node`` and its tree to ``dst_path`` (Origin.rename_dir).
@@ -569,15 +635,39 @@ class RingcacheFS(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        """An object whose body is ``target``, with ``S_IFLNK`` in its stored mode (what
+        s3fs reads as a link and writes for one)."""
         self._writable()
-        raise pyfuse3.FUSEError(errno.EPERM)  # object stores have no symbolic links
+        parent = self.inodes.get(parent_inode)
+        await self._check(parent, ctx, W | X)
+        path = self._new_path(parent, name)
+        now = time.time()
+        posix = PosixAttrs(stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, now, ctime=now)
+        node = await self._put(path, target, posix)
+        node.link = (node.attr.version, target)
+        self.inodes.touch(parent)
+        return self.inodes.attributes(node)
+
+    @operation()
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = await self.inodes.refresh(self.inodes.get(inode), posix=True)
+        if self.inodes.kind(node) != stat.S_IFLNK:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if node.link is None or node.link[0] != node.attr.version:
+            target = b""
+            if node.attr.size:
+                target = bytes(
+                    await self.fetcher.get(self._object(node), 0, self.fetcher.block_size)
+                )
+            node.link = (node.attr.version, target)
+        return node.link[1]
 
     @operation()
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        raise pyfuse3.FUSEError(errno.EPERM)  # nor hard links
+        raise pyfuse3.FUSEError(errno.EPERM)  # an object has one name: no hard links
 
     # -- shutdown -----------------------------------------------------------------------
     async def flush_all(self) -> None:

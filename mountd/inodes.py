@@ -81,6 +81,13 @@ class Inode:
     posix: PosixAttrs | None = None
     #: When ``posix`` was learnt (monotonic); it is trusted for ``attr_ttl``.
     posix_at: float = 0.0
+    #: A symbolic link's target, as ``(object version, target)``, once known.
+    link: tuple[str, bytes] | None = None
+    #: Times of changes made through this mount and not stored (wall clock; 0: none):
+    #: a directory's entries changed (mtime and ctime), a name moved (ctime). The
+    #: times shown are at least these.
+    local_mtime: float = 0.0
+    local_ctime: float = 0.0
 
 
 @dataclass(slots=True)
@@ -440,6 +447,28 @@ class InodeTable:
         node.posix = None
         return await self.fetch_posix(node)
 
+    @staticmethod
+    def touch(directory: Inode) -> None:
+        """An entry of ``directory`` was created, removed or renamed: its mtime and ctime
+        are now (kept by this mount; see docs/mount.md)."""
+        directory.local_mtime = directory.local_ctime = time.time()
+
+    @staticmethod
+    def changed(node: Inode) -> None:
+        """``node`` itself changed without its attributes being stored (it was renamed):
+        its ctime is now (kept by this mount)."""
+        node.local_ctime = time.time()
+
+    @staticmethod
+    def kind(node: Inode) -> int:
+        """The file type bits of ``node``: a directory, else the stored type (a symbolic
+        link, FIFO, socket or device), else a regular file."""
+        if node.attr.is_dir:
+            return stat.S_IFDIR
+        mode = node.posix.mode if node.posix is not None else None
+        kind = stat.S_IFMT(mode or 0)
+        return kind if kind and kind != stat.S_IFDIR else stat.S_IFREG
+
     def perms(self, node: Inode) -> tuple[int, int, int]:
         """``(permission bits, uid, gid)`` of ``node``: stored ones, else the mount's."""
         c = self._config
@@ -460,17 +489,18 @@ class InodeTable:
         a.generation = 0
         a.entry_timeout = c.attr_ttl
         a.attr_timeout = c.attr_ttl
-        if node.attr.is_dir:
-            kind, a.st_nlink = stat.S_IFDIR, 2
-        else:
-            kind, a.st_nlink = stat.S_IFREG, 1
+        p = node.posix or NO_POSIX
+        a.st_nlink = 2 if node.attr.is_dir else 1
         perm, a.st_uid, a.st_gid = self.perms(node)
-        a.st_mode = kind | perm
-        a.st_rdev = 0
+        a.st_mode = self.kind(node) | perm
+        rdev = dict(p.extra).get("rdev", "")
+        a.st_rdev = int(rdev) if rdev.isdigit() else 0
         a.st_size = node.attr.size
         a.st_blksize = 1024 * 1024
         a.st_blocks = (node.attr.size + 511) // 512
-        mtime = node.posix.mtime if node.posix and node.posix.mtime is not None else None
-        ns = int((node.attr.mtime if mtime is None else mtime) * 1e9)
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        mtime = node.attr.mtime if p.mtime is None else p.mtime
+        ctime = mtime if p.ctime is None else p.ctime
+        mtime, ctime = max(mtime, node.local_mtime), max(ctime, node.local_ctime)
+        a.st_atime_ns = a.st_mtime_ns = int(mtime * 1e9)
+        a.st_ctime_ns = int(ctime * 1e9)
         return a
