@@ -30,7 +30,7 @@ from clientlib.client import CacheClient
 from clientlib.errors import RingcacheError
 from clientlib.origin import ObjectInfo, Origin
 from clientlib.origin.base import PosixAttrs
-from clientlib.urls import split_url
+from clientlib.urls import MAX_KEY_BYTES, split_url
 from mountd.access import SETID, R, W, X, allowed, changed_attrs, check_change
 from mountd.config import MountConfig
 from mountd.handles import DirHandle, FileHandle
@@ -64,10 +64,6 @@ MAX_RENAME_OBJECTS = 10_000
 #: files take seconds, not minutes, and the origin's pool of 32 connections keeps room for
 #: the reads of other files meanwhile.
 RENAME_PARALLEL = 16
-
-#: Longest S3 object key, in bytes: a path whose key (with the mount's prefix, and the
-#: ``/`` of a directory marker) would be longer is ENAMETOOLONG where it would be made.
-MAX_KEY = 1024
 
 XATTR_SOURCE = b"user.ringcache.source"
 XATTR_VERSION = b"user.ringcache.version"
@@ -109,11 +105,12 @@ class RingcacheFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _new_path(self, parent: Inode, name: bytes, is_dir: bool = False) -> str:
-        """The path of a new entry ``name`` in ``parent``: ENAMETOOLONG if its object key
-        would pass S3's limit (:data:`MAX_KEY`)."""
+        """The path of a new entry ``name`` in ``parent``: ENAMETOOLONG if its S3 key (with
+        the mount's prefix, and the ``/`` of a directory marker) would pass S3's limit of
+        :data:`MAX_KEY_BYTES`."""
         path = child_path(parent.path, kernel_name(name))
         url = self.config.dir_url(path) if is_dir else self.config.url(path)
-        if len(split_url(url)[1].encode()) > MAX_KEY:
+        if url.startswith("s3://") and len(url[5:].partition("/")[2].encode()) > MAX_KEY_BYTES:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         return path
 

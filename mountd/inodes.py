@@ -189,7 +189,7 @@ class InodeTable:
                     node.attr = attr
                 node.checked = time.monotonic()
                 if posix is not None:
-                    self.set_posix(node, posix)
+                    (self.set_dir_posix if attr.is_dir else self.set_posix)(node, posix)
             return node
         ino = _hash_ino(path)
         while ino in self._by_ino:
@@ -205,6 +205,15 @@ class InodeTable:
     def set_posix(node: Inode, posix: PosixAttrs) -> None:
         node.posix = posix
         node.posix_at = time.monotonic()
+
+    def set_dir_posix(self, node: Inode, posix: PosixAttrs) -> None:
+        """What the origin says of a directory's attributes. A marker without any (none,
+        or a server that drops a marker's metadata: SeaweedFS) leaves those this mount
+        knows, from its mkdir or chmod, in place: they hold in this mount only."""
+        if posix.mode is None and node.posix is not None and node.posix.mode is not None:
+            node.posix_at = time.monotonic()
+            return
+        self.set_posix(node, posix)
 
     def posix_fresh(self, node: Inode) -> bool:
         """Whether the stored attributes of ``node`` are known and recent enough."""
@@ -223,7 +232,7 @@ class InodeTable:
                 posix = await self._origin.dir_posix(self._config.dir_url(node.path))
             except NotFound:
                 raise pyfuse3.FUSEError(errno.ENOENT) from None
-            self.set_posix(node, posix)
+            self.set_dir_posix(node, posix)
             return node
         try:
             info, posix = await self._origin.stat_posix(url)
@@ -347,7 +356,7 @@ class InodeTable:
         listing = Listing(started, posix=posix)
         node = self._by_path.get(path)
         if "" in posix and node is not None and node.attr.is_dir and node.ino != ROOT_INODE:
-            self.set_posix(node, posix[""])
+            self.set_dir_posix(node, posix[""])
         unnamed: list[str] = []
         for info in files:
             name = info.key.rpartition("/")[2]

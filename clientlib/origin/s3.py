@@ -493,7 +493,12 @@ class S3Origin(Origin):
         doomed = [join_url(src_origin, item["Key"]) for item in items]
         if not marker:
             doomed.append(dst)
-        left = await self._delete_all(doomed, parallel)
+        # Markers go after the objects under them, deepest first: SeaweedFS keeps a
+        # marker deleted while its directory still holds something.
+        files = [url for url in doomed if not url.endswith("/")]
+        left = await self._delete_all(files, parallel)
+        for url in sorted(set(doomed) - set(files), key=lambda u: -u.count("/")):
+            left += await self._delete_all([url], 1)
         if left:
             raise OriginError(
                 f"renamed {src} to {dst}, but {len(left)} of the {len(doomed)} old objects "
