@@ -144,9 +144,16 @@ class RingcacheFS(pyfuse3.Operations):
 
     @staticmethod
     def _upload_posix(node: Inode) -> PosixAttrs:
-        """What an upload of ``node`` stores: its stored attributes (an mtime only if set
-        with utime since the last write; S3 then stores the upload's time)."""
-        return node.posix or NO_POSIX
+        """What an upload of ``node`` stores: its stored attributes, with the mtime set
+        with utime since the last write or else now, and the ctime of its last change
+        or else now (to the nanosecond, unlike S3's LastModified)."""
+        p = node.posix or NO_POSIX
+        now = time.time()
+        return dataclasses.replace(
+            p,
+            mtime=now if p.mtime is None else p.mtime,
+            ctime=now if p.ctime is None else p.ctime,
+        )
 
     async def _check(self, node: Inode, ctx: pyfuse3.RequestContext, want: int) -> None:
         """EACCES unless the caller has ``want`` (R|W|X) on ``node`` by its stored
@@ -158,21 +165,12 @@ class RingcacheFS(pyfuse3.Operations):
         if not allowed(ctx, *self.inodes.perms(node), want):
             raise pyfuse3.FUSEError(errno.EACCES)
 
-    @staticmethod
-    def _modified(node: Inode) -> None:
-        """The file's bytes changed (a write, a truncate): its mtime and ctime are now,
-        and the upload stores its own time, not a time set earlier by utime."""
-        node.attr.mtime = time.time()
-        p = node.posix
-        if p is not None and (p.mtime is not None or p.ctime is not None):
-            node.posix = dataclasses.replace(p, mtime=None, ctime=None)
-
     async def _commit(self, spool: Spool, node: Inode) -> None:
         """Upload ``spool``; any failure is EIO to the writer (ENOSPC stays ENOSPC)."""
+        known = node.posix
+        posix = self._upload_posix(node)
         try:
-            info = await spool.commit(
-                self.origin, self.fetcher, self._upload_posix(node), self.upload
-            )
+            info = await spool.commit(self.origin, self.fetcher, posix, self.upload)
         except OSError as exc:
             log.error("upload of %s failed: %s", spool.url, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
@@ -181,6 +179,8 @@ class RingcacheFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
         if info is not None:
             self._committed(node, info)
+            if node.posix is known:  # no chmod/chown/utime meanwhile
+                self.inodes.set_posix(node, posix)
 
     # -- tree -------------------------------------------------------------------------
     @operation()
@@ -256,11 +256,11 @@ class RingcacheFS(pyfuse3.Operations):
         if spool is not None:
             spool.truncate(size)
             node.attr.size = size
-            self._modified(node)
+            self.inodes.modified(node)
             return
         if size == node.attr.size and size > 0:
             return
-        self._modified(node)
+        self.inodes.modified(node)
         spool = await self.writers.open(node, self._object(node), truncate=size == 0)
         try:
             if size:
@@ -412,7 +412,7 @@ class RingcacheFS(pyfuse3.Operations):
         written = handle.spool.write(off, buf)
         node = handle.node
         node.attr.size = handle.spool.size
-        self._modified(node)
+        self.inodes.modified(node)
         p = node.posix
         if handle.drop_setid and p is not None and p.mode is not None:
             # What the kernel does on a write by another user than root, whatever the

@@ -23,6 +23,7 @@ checks access against the stored attributes at open (see ``RingcacheFS._check``)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -455,6 +456,15 @@ class InodeTable:
             return node
         node.posix = None
         return await self.fetch_posix(node)
+
+    @staticmethod
+    def modified(node: Inode) -> None:
+        """The file's bytes changed (a write, a truncate): its mtime and ctime are now,
+        and its next upload stores the time of the upload, not a time set earlier."""
+        node.attr.mtime = time.time()
+        p = node.posix
+        if p is not None and (p.mtime is not None or p.ctime is not None):
+            node.posix = dataclasses.replace(p, mtime=None, ctime=None)
 
     @staticmethod
     def touch(directory: Inode) -> None:
