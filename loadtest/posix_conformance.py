@@ -50,6 +50,8 @@ MOUNTS = ("mountd", "rclone", "s3fs", "mountd-moto")
 FILE_TIMEOUT = 180.0
 #: Failed tests' lines kept per file, to tell why in docs/mount.md.
 FAILURES_KEPT = 5
+#: Characters kept of each (pjdfstest's PATH_MAX tests name paths of 4,095 bytes).
+FAILURE_CHARS = 300
 
 _TAP = re.compile(r"^(not ok|ok)\b(.*)$")
 _PLAN = re.compile(r"^1\.\.(\d+)")
@@ -107,7 +109,7 @@ def run_file(test: Path, cwd: Path) -> Tally:
         out, _ = proc.communicate()
     tally = tap_tally(out)
     name = f"{test.parent.name}/{test.name}"
-    tally.failures = [f"{name}: {line}" for line in tally.failures]
+    tally.failures = [f"{name}: {line}"[:FAILURE_CHARS] for line in tally.failures]
     if tally.run > tally.passed + len(tally.failures) and len(tally.failures) < FAILURES_KEPT:
         tally.failures.append(f"{name}: {tally.run - tally.passed} not reached or failed")
     return tally
