@@ -215,7 +215,13 @@ class RingcacheFS(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if fields.update_size:
             await self._truncate(node, attr.st_size)
-        if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_mtime:
+        if (
+            fields.update_mode
+            or fields.update_uid
+            or fields.update_gid
+            or fields.update_mtime
+            or fields.update_atime
+        ):
             await self._set_posix(node, attr, fields, ctx)
         return self.inodes.attributes(node)
 

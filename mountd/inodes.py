@@ -520,6 +520,7 @@ class InodeTable:
         mtime = node.attr.mtime if p.mtime is None else p.mtime
         ctime = mtime if p.ctime is None else p.ctime
         mtime, ctime = max(mtime, node.local_mtime), max(ctime, node.local_ctime)
-        a.st_atime_ns = a.st_mtime_ns = int(mtime * 1e9)
+        a.st_mtime_ns = int(mtime * 1e9)
         a.st_ctime_ns = int(ctime * 1e9)
+        a.st_atime_ns = a.st_mtime_ns if p.atime is None else int(p.atime * 1e9)
         return a

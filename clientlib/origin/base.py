@@ -38,7 +38,7 @@ __all__ = ["ObjectInfo", "Origin", "PosixAttrs", "Progress", "TooManyObjects"]
 #: call; negative when a retry rewinds). It may block: that throttles the upload.
 Progress = Callable[[int], None]
 
-_POSIX_KEYS = ("mode", "uid", "gid", "mtime", "ctime")
+_POSIX_KEYS = ("mode", "uid", "gid", "mtime", "ctime", "atime")
 
 
 class TooManyObjects(RingcacheError):
@@ -63,7 +63,7 @@ class ObjectInfo:
 
 @dataclass(frozen=True, slots=True)
 class PosixAttrs:
-    """Mode, owner, mtime and ctime stored with an object; ``None`` is "not stored".
+    """Mode, owner and times stored with an object; ``None`` is "not stored".
 
     ``mode`` is a whole ``st_mode`` (type bits included, as s3fs stores it: a symbolic
     link is ``S_IFLNK``, its target the object's body; a FIFO, socket or device an
@@ -77,6 +77,7 @@ class PosixAttrs:
     mtime: float | None = None
     extra: tuple[tuple[str, str], ...] = ()
     ctime: float | None = None
+    atime: float | None = None
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str]) -> PosixAttrs:
@@ -96,15 +97,23 @@ class PosixAttrs:
             number("mtime", float),  # type: ignore[arg-type]
             tuple(sorted((k, v) for k, v in lower.items() if k not in _POSIX_KEYS)),
             number("ctime", float),  # type: ignore[arg-type]
+            number("atime", float),  # type: ignore[arg-type]
         )
 
     @classmethod
     def from_stat(cls, st: object) -> PosixAttrs:
-        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_mtime, ctime=st.st_ctime)  # type: ignore[attr-defined]
+        return cls(
+            st.st_mode,  # type: ignore[attr-defined]
+            st.st_uid,  # type: ignore[attr-defined]
+            st.st_gid,  # type: ignore[attr-defined]
+            st.st_mtime,  # type: ignore[attr-defined]
+            ctime=st.st_ctime,  # type: ignore[attr-defined]
+            atime=st.st_atime,  # type: ignore[attr-defined]
+        )
 
     def to_metadata(self) -> dict[str, str]:
         """S3 user metadata in s3fs's format: decimal ``mode``/``uid``/``gid``, and
-        ``mtime`` and ``ctime`` as seconds (``sec`` or ``sec.nanoseconds``)."""
+        ``mtime``, ``ctime`` and ``atime`` as seconds (``sec`` or ``sec.nanoseconds``)."""
         meta = dict(self.extra)
         if self.mode is not None:
             meta["mode"] = str(self.mode)
@@ -112,7 +121,7 @@ class PosixAttrs:
             meta["uid"] = str(self.uid)
         if self.gid is not None:
             meta["gid"] = str(self.gid)
-        for key, value in (("mtime", self.mtime), ("ctime", self.ctime)):
+        for key, value in (("mtime", self.mtime), ("ctime", self.ctime), ("atime", self.atime)):
             if value is not None:
                 sec, frac = divmod(round(value * 1e9), 10**9)
                 meta[key] = f"{sec}.{frac:09d}" if frac else str(sec)

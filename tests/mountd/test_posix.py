@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from clientlib.launcher import Mount, start_mount
 from loadtest.posix_conformance import tap_tally
 from testkit.seaweed import start_seaweed
 from tests.conftest import Cluster
+from tests.mountd.conftest import NOBODY, as_nobody
 
 PJDFSTEST = Path(__file__).resolve().parents[2] / ".build" / "pjdfstest"
 #: pjdfstest files the mount passes whole over SeaweedFS (loadtest/results/posix.md has
@@ -201,7 +203,7 @@ def test_symlinks_and_special_files_are_stored_as_s3fs_stores_them(fs):  # type:
     assert exc.value.errno == errno.EPERM
 
 
-def test_directory_times_follow_its_entries_and_ftruncate_changes_ctime(fs):  # type: ignore[no-untyped-def]
+def test_directory_times_follow_its_entries_ftruncate_changes_ctime_and_atime_is_kept(fs):  # type: ignore[no-untyped-def]
     d = fs.path / "times"
     d.mkdir()
     os.utime(d, ns=(10**9, 10**9))
@@ -228,6 +230,24 @@ def test_directory_times_follow_its_entries_and_ftruncate_changes_ctime(fs):  # 
     assert after.st_ctime_ns > before.st_ctime_ns
     assert after.st_mtime_ns > before.st_mtime_ns
     assert fs.body("times-file") == b"0123"
+    os.utime(f, ns=(7 * 10**9, 8 * 10**9))  # an atime of its own, stored as s3fs does
+    st = os.stat(f)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (7 * 10**9, 8 * 10**9)
+    assert (fs.head("times-file")["atime"], fs.head("times-file")["mtime"]) == ("7", "8")
+
+
+def test_owner_may_chown_minus_one_a_setuid_file_it_cannot_write(fs):  # type: ignore[no-untyped-def]
+    """``chown -1 -1`` makes the kernel clear setuid/setgid: the owner needs no write
+    access for that (pjdfstest chown/00.t)."""
+    f = fs.path / "setid"
+    f.write_bytes(b"")
+    os.chown(f, NOBODY, NOBODY)
+    os.chmod(f, 0o6555)
+    done = as_nobody(sys.executable, "-c", "import os, sys; os.chown(sys.argv[1], -1, -1)", str(f))
+    assert done.returncode == 0, done.stderr
+    st = os.stat(f)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o555, NOBODY)
+    assert int(fs.head("setid")["mode"]) == stat.S_IFREG | 0o555
 
 
 def test_paths_over_s3s_key_limit_are_enametoolong_where_they_would_be_made(fs):  # type: ignore[no-untyped-def]
