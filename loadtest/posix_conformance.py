@@ -131,6 +131,7 @@ def run_suite(mount: Path, dirs: list[str]) -> dict[str, Tally]:
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
+    """This process's environment, for a child that talks to the S3 server ``endpoint``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(
         AWS_ENDPOINT_URL=endpoint,
@@ -226,7 +227,7 @@ def main() -> None:
         weed.client().create_bucket(Bucket=BUCKET)
         moto, moto_url = start_moto(work)
         procs.append(moto)
-        boto3.client("s3", **_client_args(moto_url)).create_bucket(Bucket=BUCKET)
+        s3_client(moto_url).create_bucket(Bucket=BUCKET)
         etcd = start_etcd(work / "etcd")
         procs.append(etcd)
         for cluster, endpoint in (("sw", weed.endpoint), ("moto", moto_url)):
@@ -310,13 +311,15 @@ def main() -> None:
     print(text)
 
 
-def _client_args(endpoint: str) -> dict[str, str]:
-    return {
-        "endpoint_url": endpoint,
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-        "region_name": "us-east-1",
-    }
+def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
+    """A boto3 S3 client of the server ``endpoint``, with the keys :func:`s3_env` gives."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-import boto3
 import pytest
 
 from clientlib.launcher import Mount, start_mount
-from loadtest.posix_conformance import tap_tally
+from loadtest.posix_conformance import s3_client, s3_env, tap_tally
 from testkit.seaweed import start_seaweed
 from tests.conftest import Cluster
 from tests.mountd.conftest import NOBODY, as_nobody
@@ -60,17 +59,6 @@ class Served:
         return self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()  # type: ignore[attr-defined,no-any-return]
 
 
-def _env(endpoint: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
 def mounts(
     etcd, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
@@ -89,9 +77,9 @@ def mounts(
     served: dict[str, Served] = {}
     try:
         for name, endpoint in (("seaweed", weed.endpoint), ("moto", s3_endpoint)):
-            s3 = boto3.client("s3", **_client_args(endpoint))
+            s3 = s3_client(endpoint)
             s3.create_bucket(Bucket=BUCKET)
-            env = _env(endpoint)
+            env = s3_env(endpoint)
             cluster = Cluster(etcd, f"posix-{os.getpid()}-{name}", work / name)
             clusters.append(cluster)
             cluster.add(env=env)
@@ -108,15 +96,6 @@ def mounts(
         for cluster in clusters:
             cluster.stop()
         weed.stop()
-
-
-def _client_args(endpoint: str) -> dict[str, str]:
-    return {
-        "endpoint_url": endpoint,
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-        "region_name": "us-east-1",
-    }
 
 
 @pytest.fixture(params=["seaweed", "moto"])
