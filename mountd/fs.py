@@ -252,7 +252,10 @@ class RingcacheFS(pyfuse3.Operations):
                 # Same bytes (a metadata copy may still change the ETag): the page cache
                 # stays valid, and later opens read the new version.
                 self._committed(node, info)
-        self.inodes.set_posix(node, new)
+        if node.attr.is_dir:
+            self.inodes.keep_dir_posix(node, new)
+        else:
+            self.inodes.set_posix(node, new)
 
     async def _truncate(self, node: Inode, size: int) -> None:
         if node.attr.is_dir:
@@ -466,7 +469,8 @@ class RingcacheFS(pyfuse3.Operations):
         now = time.time()
         posix = PosixAttrs(stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid, now, ctime=now)
         await self.origin.mkdir(self.config.dir_url(path), posix)
-        node = self.inodes.ensure(path, Attr(True, 0, now), posix)
+        node = self.inodes.ensure(path, Attr(True, 0, now))
+        self.inodes.keep_dir_posix(node, posix)
         self.inodes.set_entry(path, node.attr)
         self.inodes.touch(parent)
         node.lookups += 1

@@ -47,6 +47,9 @@ ROOT_INODE = pyfuse3.ROOT_INODE
 NO_POSIX = PosixAttrs()
 #: Directory listings kept before expired ones are dropped.
 MAX_LISTINGS = 1024
+#: Directories whose attributes set through this mount are remembered by path (for
+#: servers that keep none on a marker); the oldest are forgotten beyond this many.
+MAX_DIR_ATTRS = 100_000
 
 
 @dataclass(slots=True)
@@ -156,6 +159,7 @@ class InodeTable:
         self._listings: dict[str, Listing] = {}
         self._listing_tasks: dict[str, asyncio.Task[Listing]] = {}
         self._pinned: set[str] = set()
+        self._dir_attrs: dict[str, PosixAttrs] = {}
 
     # -- the table ------------------------------------------------------------------
     def get(self, ino: int) -> Inode:
@@ -210,11 +214,25 @@ class InodeTable:
     def set_dir_posix(self, node: Inode, posix: PosixAttrs) -> None:
         """What the origin says of a directory's attributes. A marker without any (none,
         or a server that drops a marker's metadata: SeaweedFS) leaves those this mount
-        knows, from its mkdir or chmod, in place: they hold in this mount only."""
-        if posix.mode is None and node.posix is not None and node.posix.mode is not None:
-            node.posix_at = time.monotonic()
-            return
+        set (:meth:`keep_dir_posix`) in place: they hold in this mount only."""
+        if posix.mode is None:
+            known = self._dir_attrs.get(node.path)
+            if known is None and node.posix is not None and node.posix.mode is not None:
+                known = node.posix
+            if known is not None:
+                self.set_posix(node, known)
+                return
         self.set_posix(node, posix)
+
+    def keep_dir_posix(self, node: Inode, posix: PosixAttrs) -> None:
+        """The directory ``node``'s attributes were set through this mount (mkdir, chmod,
+        chown, utime): they stand for it, by path, even after the kernel forgot the
+        inode, wherever the origin has none."""
+        self.set_posix(node, posix)
+        self._dir_attrs.pop(node.path, None)
+        self._dir_attrs[node.path] = posix
+        if len(self._dir_attrs) > MAX_DIR_ATTRS:
+            del self._dir_attrs[next(iter(self._dir_attrs))]
 
     def posix_fresh(self, node: Inode) -> bool:
         """Whether the stored attributes of ``node`` are known and recent enough."""
@@ -306,12 +324,18 @@ class InodeTable:
         self._pinned = {
             new_under + p[len(old_under) :] if p.startswith(old_under) else p for p in self._pinned
         }
+        self._dir_attrs = {
+            (new_path + p[len(node.path) :] if p == node.path or p.startswith(old_under) else p): a
+            for p, a in self._dir_attrs.items()
+            if p != new_path and not p.startswith(new_under)
+        }
         self.drop_listings(node.path)
         self.drop_listings(new_path)
         self.moved(node, new_path)
 
     def removed(self, path: str) -> None:
         """``path`` was deleted: drop the name (open files keep their inode)."""
+        self._dir_attrs.pop(path, None)
         node = self._by_path.pop(path, None)
         if node is not None:
             self.unpin(node)
