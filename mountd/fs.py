@@ -116,8 +116,12 @@ class RingcacheFS(pyfuse3.Operations):
 
     async def _put(self, path: str, body: bytes, posix: PosixAttrs) -> Inode:
         """Store the small object ``path`` (a symbolic link or special file) at once,
-        with ``posix``; its inode, looked up once more for the kernel."""
+        with ``posix``; its inode, looked up once more for the kernel. S3 only: EPERM
+        with a ``file://`` source."""
         url = self.config.url(path)
+        if not url.startswith("s3://"):
+            # A file:// origin writes regular files only (and its nodes follow no links).
+            raise pyfuse3.FUSEError(errno.EPERM)
         with tempfile.NamedTemporaryFile(dir=self.config.spool_dir) as tmp:
             tmp.write(body)
             tmp.flush()

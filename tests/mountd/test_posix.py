@@ -273,3 +273,15 @@ def test_writes_across_blocks_appends_truncates_and_renames_read_back_exact(fs):
     (fs.path / "other.bin").write_bytes(b"replaced")
     os.rename(f, fs.path / "other.bin")
     assert (fs.path / "other.bin").read_bytes() == b"rewritten" == fs.body("other.bin")
+
+
+def test_links_and_special_files_are_eperm_over_a_file_source(make_cluster, mount, tmp_path):  # type: ignore[no-untyped-def]
+    """A file:// origin writes regular files only: no link may turn into one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    m = mount(make_cluster(1), f"file://{src}")
+    for make in (lambda p: os.symlink("target", p), lambda p: os.mkfifo(p)):
+        with pytest.raises(OSError) as exc:
+            make(m.path / "special")
+        assert exc.value.errno == errno.EPERM
+    assert list(src.iterdir()) == []
