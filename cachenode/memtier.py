@@ -125,11 +125,15 @@ class MemoryTier:
             self._blocks[block_id] = _Entry(checksum, time.monotonic(), len(data), data, -1)
         return data
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether a block of ``nbytes`` can be kept here at all."""
+        return nbytes < self._blocks.maxsize
+
     def keep_copy(self, block_id: str, checksum: int, data: bytearray | memoryview) -> None:
         """Keep a copy of a large block's bytes just checked against ``checksum``, if
         they fit."""
         nbytes = len(data)
-        if nbytes >= self._blocks.maxsize:
+        if not self.fits(nbytes):
             return
         try:
             memfd = _sealed_copy(block_id, data)

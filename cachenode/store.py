@@ -297,7 +297,9 @@ class BlockStore:
         A block of at most ``read_max`` bytes comes as :class:`BlockBytes` (it was read
         to verify it anyway, and one write of head and body is cheaper than a
         ``sendfile`` of a few pages); a larger one as an open :class:`BlockFile`, verified
-        in the pool and sent by the caller from the page cache. With ``part`` (bytes
+        in the pool and sent by the caller from the page cache; when the memory tier can
+        hold it, the whole block is read, checked and copied there, and sent from that
+        copy (:mod:`cachenode.memtier`). With ``part`` (bytes
         ``[start, stop)``) the caller sends only those bytes, and only the parts of the
         file holding them may have been checked: a :class:`BlockPart` when they are in the
         page cache (read on the event loop thread, no hop to the pool), else a
@@ -310,6 +312,8 @@ class BlockStore:
             return await self._read(found, block_id)
         if (kept := self._kept_copy(found)) is not None:
             return kept
+        if part is None and self._memory.fits(found.nbytes):
+            return await self._read_and_keep(found)
         if part is not None:
             piece = read_part(found.path, found.nbytes, part, nowait=True)
             if piece is not None:
@@ -362,6 +366,19 @@ class BlockStore:
             return opened
         opened.close()
         return self._memory.keep(block_id, found.checksum, buf)
+
+    async def _read_and_keep(self, found: _Found) -> BlockFile | BlockBytes | None:
+        """A large block read whole and checked in the pool, then kept in the memory tier
+        and sent from there (or as bytes if the tier could not take it); None if bad."""
+        data = await asyncio.get_running_loop().run_in_executor(
+            self._pool(), read_verified, found.path, found.nbytes, found.checksum
+        )
+        if isinstance(data, BadBlockFile):
+            self._drop_bad(found, found.block_id, data)
+            return None
+        found.dir.policy.touch(found.key)
+        self._memory.keep_copy(found.block_id, found.checksum, data)
+        return self._memory.open(found.block_id, found.checksum) or BlockBytes(data)
 
     def _kept_copy(self, found: _Found) -> BlockFile | None:
         """A large block's copy from the memory tier, counted as a hit, if it is there."""
