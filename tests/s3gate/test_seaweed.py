@@ -20,7 +20,13 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    # weed takes AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (moto's, once the session has
+    # started moto) as its only identity; it must start with none, accepting any key.
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
+    try:
+        server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    finally:
+        os.environ.update(saved)
     yield server
     server.stop()
 
