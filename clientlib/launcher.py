@@ -42,6 +42,7 @@ __all__ = [
     "ProcessGroup",
     "Stopped",
     "free_port",
+    "http_answers",
     "http_ok",
     "local_get",
     "mounted",
@@ -503,7 +504,7 @@ class Gateway(Process):
     metrics_url: str = ""
 
 
-def _answers(url: str) -> bool:
+def http_answers(url: str) -> bool:
     """Whether an HTTP server answers at ``url`` (any status: an S3 error is an answer)."""
     try:
         urllib.request.urlopen(url, timeout=2).close()
@@ -540,7 +541,7 @@ def start_gateway(
     )
     gateway.start()
     try:
-        wait_until(lambda: _answers(gateway.endpoint) or not gateway.alive(), 30, "s3gate")
+        wait_until(lambda: http_answers(gateway.endpoint) or not gateway.alive(), 30, "s3gate")
     except TimeoutError:
         gateway.stop()
         raise
