@@ -3,8 +3,8 @@
 :meth:`Setup.origin_gets` counts the object reads that went to the origin (from the nodes
 and from the gateway itself, by their ``ringcache_origin_requests_total{op="get"}``), so a
 test can tell a read served by the cache from one that was not. The cluster runs with a
-secret; the keys file has a key that reads and writes the whole bucket (``full``) and one
-that reads only ``public/`` (``reader``).
+secret; the keys file has a key that reads and writes the whole bucket and the gateway's
+directory bucket (``full``), and one that reads only ``public/`` of the bucket (``reader``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from clientlib.launcher import Etcd, Gateway, local_get, start_gateway
 from testkit import metric_sum
 from tests.conftest import Cluster
 
+#: The bucket each module's gateway serves from a directory (``Setup.root/local-bucket``).
+LOCAL = "local-files"
 SECRETS = {"full": "full-secret-key-0123", "reader": "reader-secret-key-0123"}
 
 
@@ -44,9 +46,9 @@ def s3_client(  # type: ignore[no-untyped-def]
     )
 
 
-def make_token(secret: Path, scope: str, tenant: str, rights: frozenset[str]) -> str:
+def make_token(secret: Path, scopes: list[str], tenant: str, rights: frozenset[str]) -> str:
     """A token as ``cachectl token create`` makes it (in this process: it is quicker)."""
-    return create_token(load_secret(secret), [scope], tenant, rights=rights)
+    return create_token(load_secret(secret), scopes, tenant, rights=rights)
 
 
 @dataclass
@@ -103,8 +105,11 @@ def setup(
     try:
         for _ in range(2):
             cluster.add(extra=["--token-file", str(secret)], env=env)
-        full = make_token(secret, f"s3://{bucket}", "full", frozenset({READ, WRITE}))
-        reader = make_token(secret, f"s3://{bucket}/public", "reader", frozenset({READ}))
+        local = root / "local-bucket"
+        local.mkdir()
+        both = [f"s3://{bucket}", f"file://{local}"]
+        full = make_token(secret, both, "full", frozenset({READ, WRITE}))
+        reader = make_token(secret, [f"s3://{bucket}/public"], "reader", frozenset({READ}))
         keys = root / "keys.toml"
         keys.write_text(
             f'[[keys]]\naccess_key = "full"\nsecret_key = "{SECRETS["full"]}"\ntoken = "{full}"\n'
@@ -112,7 +117,10 @@ def setup(
             f'token = "{reader}"\n'
         )
         (root / "anonymous.token").write_text(reader)
-        gateway = start_gateway(etcd.url, name, keys, log_path=root / "s3gate.log", env=env)
+        gateway = start_gateway(
+            etcd.url, name, keys, "--bucket", f"{LOCAL}=file://{local}",
+            log_path=root / "s3gate.log", env=env,
+        )  # fmt: skip
         yield Setup(cluster, gateway, bucket, root, secret, keys, env)
     finally:
         if gateway is not None:

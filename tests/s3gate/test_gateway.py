@@ -17,7 +17,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from tests.s3gate.conftest import Setup, s3_client
+from tests.s3gate.conftest import LOCAL, Setup, s3_client
 
 MiB = 1024 * 1024
 
@@ -132,7 +132,7 @@ def test_listings_have_prefixes_delimiters_and_pages(setup: Setup):
     )
     assert [c["Key"] for page in v1 for c in page.get("Contents", [])] == keys
     assert gate.get_bucket_location(Bucket=setup.bucket)["LocationConstraint"] is None
-    assert [b["Name"] for b in gate.list_buckets()["Buckets"]] == [setup.bucket]
+    assert [b["Name"] for b in gate.list_buckets()["Buckets"]] == sorted([setup.bucket, LOCAL])
 
 
 def test_wrong_keys_are_refused(setup: Setup):
@@ -270,4 +270,28 @@ def test_bad_requests_get_s3_errors(setup: Setup):
     assert error_of(exc)[1] == 400
     with pytest.raises(ClientError) as exc:  # outside the key's scope, existing or not
         gate.list_objects_v2(Bucket="no-such-bucket-here")
+    assert error_of(exc) == ("AccessDenied", 403)
+
+
+def test_a_directory_bucket_is_read_listed_and_written(setup: Setup):
+    directory = setup.root / "local-bucket"
+    (directory / "sub").mkdir()
+    data = os.urandom(5 * MiB)
+    (directory / "sub" / "f.bin").write_bytes(data)
+    (directory / "top.txt").write_bytes(b"top")
+    gate = setup.client()
+    assert gate.get_object(Bucket=LOCAL, Key="sub/f.bin")["Body"].read() == data
+    listing = gate.list_objects_v2(Bucket=LOCAL, Delimiter="/")
+    assert [p["Prefix"] for p in listing["CommonPrefixes"]] == ["sub/"]
+    assert [c["Key"] for c in listing["Contents"]] == ["top.txt"]
+    before = setup.origin_gets()
+    assert gate.get_object(Bucket=LOCAL, Key="sub/f.bin")["Body"].read() == data
+    assert setup.origin_gets() == before
+    gate.put_object(Bucket=LOCAL, Key="sub/new.txt", Body=b"written")
+    assert (directory / "sub" / "new.txt").read_bytes() == b"written"
+    with pytest.raises(ClientError) as exc:  # never out of the directory
+        gate.get_object(Bucket=LOCAL, Key="sub/../../cluster.secret")
+    assert error_of(exc) == ("InvalidArgument", 400)
+    with pytest.raises(ClientError) as exc:
+        setup.client("reader").get_object(Bucket=LOCAL, Key="top.txt")
     assert error_of(exc) == ("AccessDenied", 403)
