@@ -28,7 +28,7 @@ from s3gate.errors import S3Error, as_s3_error, xml_error
 from s3gate.listing import NS, list_buckets, list_objects, xml_answer
 from s3gate.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS
 from s3gate.objects import send_object
-from s3gate.sigv4 import verify
+from s3gate.sigv4 import query_params, verify
 from s3gate.uploads import Uploads
 from s3gate.writes import delete_object, put_object
 
@@ -45,14 +45,6 @@ _UNSERVED = frozenset(
      "requestPayment", "analytics", "inventory", "metrics", "ownershipControls",
      "publicAccessBlock", "intelligent-tiering"}
 )  # fmt: skip
-
-
-def _query(raw: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in raw.split("&") if raw else ():
-        name, _, value = item.partition("=")
-        out.setdefault(unquote(name), unquote(value))
-    return out
 
 
 class Gateway:
@@ -106,7 +98,7 @@ class Gateway:
 
     def caller(self, request: web.Request, raw_path: str, raw_query: str) -> Caller:
         """Who signed ``request`` (checked), or the anonymous caller if that is allowed."""
-        query = _query(raw_query)
+        query = query_params(raw_query)
         if not {"X-Amz-Algorithm", "AWSAccessKeyId"} & query.keys() and (
             "Authorization" not in request.headers
         ):
@@ -153,7 +145,7 @@ class Gateway:
         """Authenticate, then dispatch by method, bucket, key and subresource."""
         raw_path, _, raw_query = request.raw_path.partition("?")
         caller = self.caller(request, raw_path, raw_query)
-        query = _query(raw_query)
+        query = query_params(raw_query)
         bucket, _, key = unquote(raw_path)[1:].partition("/")
         method = request.method
         if not bucket:

@@ -40,6 +40,7 @@ __all__ = [
     "Signed",
     "canonical_query",
     "canonical_uri",
+    "query_params",
     "verify",
 ]
 
@@ -153,7 +154,7 @@ def verify(
     ``RequestTimeTooSkewed``, ``AccessDenied`` (expired) or a malformed-request code.
     """
     now = time.time() if now is None else now
-    query = _query_params(raw_query)
+    query = query_params(raw_query)
     if "AWSAccessKeyId" in query:
         raise S3Error("InvalidRequest", SIGV4_ONLY)
     if "X-Amz-Algorithm" in query:
@@ -161,7 +162,8 @@ def verify(
     return _verify_header(method, raw_path, raw_query, headers, secret_of, now)
 
 
-def _query_params(raw_query: str) -> dict[str, str]:
+def query_params(raw_query: str) -> dict[str, str]:
+    """The decoded parameters of a raw query string (the first value of each name)."""
     out: dict[str, str] = {}
     for item in raw_query.split("&") if raw_query else ():
         name, _, value = item.partition("=")

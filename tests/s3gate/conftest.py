@@ -9,6 +9,7 @@ directory bucket (``full``), and one that reads only ``public/`` of the bucket (
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,7 +60,6 @@ class Setup:
     gateway: Gateway
     bucket: str
     root: Path
-    secret: Path
     keys: Path
     env: dict[str, str]
 
@@ -89,40 +89,57 @@ class Setup:
         )
 
 
+@contextlib.contextmanager
+def running(
+    etcd: Etcd,
+    name: str,
+    root: Path,
+    bucket: str,
+    env: dict[str, str],
+    node_flags: list[str],
+    *gateway_flags: str,
+) -> Iterator[Setup]:
+    """Two nodes and a gateway (with ``root/keys.toml``) of the cluster ``name``, stopped
+    when the block ends."""
+    cluster = Cluster(etcd, name, root)
+    keys = root / "keys.toml"
+    gateway = None
+    try:
+        for _ in range(2):
+            cluster.add(extra=node_flags, env=env)
+        gateway = start_gateway(
+            etcd.url, name, keys, *gateway_flags, log_path=root / "s3gate.log", env=env
+        )
+        yield Setup(cluster, gateway, bucket, root, keys, env)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        cluster.stop()
+
+
 @pytest.fixture(scope="module")
 def setup(
     etcd: Etcd, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Setup]:
     root = tmp_path_factory.mktemp("s3gate")
-    name = f"gw{os.getpid()}-{root.name[-2:].strip('_')}"
-    bucket = f"gw-{os.getpid()}-{root.name[-2:].strip('_')}"
+    suffix = f"{os.getpid()}-{root.name[-2:].strip('_')}"
+    bucket = f"gw-{suffix}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     secret = root / "cluster.secret"
     secret.write_text(os.urandom(24).hex())
-    env = dict(os.environ)
-    cluster = Cluster(etcd, name, root)
-    gateway = None
-    try:
-        for _ in range(2):
-            cluster.add(extra=["--token-file", str(secret)], env=env)
-        local = root / "local-bucket"
-        local.mkdir()
-        both = [f"s3://{bucket}", f"file://{local}"]
-        full = make_token(secret, both, "full", frozenset({READ, WRITE}))
-        reader = make_token(secret, [f"s3://{bucket}/public"], "reader", frozenset({READ}))
-        keys = root / "keys.toml"
-        keys.write_text(
-            f'[[keys]]\naccess_key = "full"\nsecret_key = "{SECRETS["full"]}"\ntoken = "{full}"\n'
-            f'[[keys]]\naccess_key = "reader"\nsecret_key = "{SECRETS["reader"]}"\n'
-            f'token = "{reader}"\n'
-        )
-        (root / "anonymous.token").write_text(reader)
-        gateway = start_gateway(
-            etcd.url, name, keys, "--bucket", f"{LOCAL}=file://{local}",
-            log_path=root / "s3gate.log", env=env,
-        )  # fmt: skip
-        yield Setup(cluster, gateway, bucket, root, secret, keys, env)
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        cluster.stop()
+    local = root / "local-bucket"
+    local.mkdir()
+    both = [f"s3://{bucket}", f"file://{local}"]
+    full = make_token(secret, both, "full", frozenset({READ, WRITE}))
+    reader = make_token(secret, [f"s3://{bucket}/public"], "reader", frozenset({READ}))
+    (root / "keys.toml").write_text(
+        f'[[keys]]\naccess_key = "full"\nsecret_key = "{SECRETS["full"]}"\ntoken = "{full}"\n'
+        f'[[keys]]\naccess_key = "reader"\nsecret_key = "{SECRETS["reader"]}"\n'
+        f'token = "{reader}"\n'
+    )
+    (root / "anonymous.token").write_text(reader)
+    with running(
+        etcd, f"gw{suffix}", root, bucket, dict(os.environ), ["--token-file", str(secret)],
+        "--bucket", f"{LOCAL}=file://{local}",
+    ) as setup:  # fmt: skip
+        yield setup

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from clientlib.launcher import Etcd, start_gateway
+from clientlib.launcher import Etcd
 from testkit import Seaweed, start_seaweed
-from tests.conftest import Cluster
-from tests.s3gate.conftest import SECRETS, Setup
+from tests.s3gate.conftest import SECRETS, Setup, running
 
 MiB = 1024 * 1024
 
@@ -44,19 +42,11 @@ def weed_setup(
         "AWS_ACCESS_KEY_ID": "seaweed",
         "AWS_SECRET_ACCESS_KEY": "seaweed",
     }
-    keys = root / "keys.toml"
-    keys.write_text(f'[[keys]]\naccess_key = "full"\nsecret_key = "{SECRETS["full"]}"\n')
-    cluster = Cluster(etcd, f"weed{os.getpid()}", root)
-    gateway = None
-    try:
-        for _ in range(2):
-            cluster.add(env=env)
-        gateway = start_gateway(etcd.url, cluster.name, keys, log_path=root / "s3gate.log", env=env)
-        yield Setup(cluster, gateway, bucket, root, Path(os.devnull), keys, env)
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        cluster.stop()
+    (root / "keys.toml").write_text(
+        f'[[keys]]\naccess_key = "full"\nsecret_key = "{SECRETS["full"]}"\n'
+    )
+    with running(etcd, f"weed{os.getpid()}", root, bucket, env, []) as setup:
+        yield setup
 
 
 def test_reads_and_writes_through_the_gateway_over_seaweedfs(weed_setup: Setup, seaweed: Seaweed):
