@@ -30,7 +30,7 @@ from s3gate.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS
 from s3gate.objects import send_object
 from s3gate.sigv4 import query_params, verify
 from s3gate.uploads import Uploads
-from s3gate.writes import delete_object, put_object
+from s3gate.writes import delete_object, delete_objects, put_object
 
 __all__ = ["Gateway"]
 
@@ -92,7 +92,7 @@ class Gateway:
             await client.close()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._answer], client_max_size=1024 * 1024)
+        app = web.Application(middlewares=[self._answer])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -201,6 +201,9 @@ class Gateway:
             except NotFound:
                 raise S3Error("NoSuchBucket", "the specified bucket does not exist") from None
             return web.Response()
+        if method == "POST" and "delete" in query:
+            request["op"] = "DeleteObjects"
+            return await delete_objects(request, caller, origin, self.buckets, target.bucket)
         request["op"] = f"Bucket{method.title()}"
         raise S3Error("NotImplemented", f"{method} of a bucket is not served by the gateway")
 

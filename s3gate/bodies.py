@@ -24,10 +24,13 @@ from s3gate.errors import S3Error
 from s3gate.metrics import GATEWAY_BYTES
 from s3gate.sigv4 import BodyHash, ChunkedDecoder, Signed
 
-__all__ = ["MAX_OBJECT", "Received", "receive_body"]
+__all__ = ["MAX_DOCUMENT", "MAX_OBJECT", "Received", "read_document", "receive_body"]
 
 #: S3's largest single PUT (and part).
 MAX_OBJECT = 5 * 1024**3
+#: The largest XML request body (a CompleteMultipartUpload of 10,000 parts, a
+#: DeleteObjects of 1,000 keys).
+MAX_DOCUMENT = 2 * 1024 * 1024
 _READ = 1024 * 1024
 
 
@@ -85,6 +88,20 @@ async def receive_body(request: web.Request, signed: Signed | None, path: Path) 
         path.unlink(missing_ok=True)
         raise
     return Received(size, md5.hexdigest())
+
+
+async def read_document(request: web.Request, signed: Signed | None) -> bytes:
+    """A small request body (an XML document) in memory, checked like an upload's."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in _chunks(request, signed):
+        size += len(chunk)
+        if size > MAX_DOCUMENT:
+            raise S3Error("InvalidRequest", f"the request body is larger than {MAX_DOCUMENT} bytes")
+        parts.append(chunk)
+    body = b"".join(parts)
+    _check_md5(request, hashlib.md5(body, usedforsecurity=False).digest())
+    return body
 
 
 def _check_md5(request: web.Request, digest: bytes) -> None:

@@ -29,7 +29,7 @@ from clientlib.auth import WRITE
 from clientlib.errors import RingcacheError
 from clientlib.origin import ObjectInfo, Origin
 from clientlib.origin.base import PosixAttrs
-from s3gate.bodies import MAX_OBJECT, receive_body
+from s3gate.bodies import MAX_OBJECT, read_document, receive_body
 from s3gate.caller import Caller, Target
 from s3gate.errors import S3Error, as_s3_error
 from s3gate.listing import NS, xml_answer
@@ -129,7 +129,7 @@ class Uploads:
         """CompleteMultipartUpload: the listed parts, in order, become the object."""
         upload = self._get(caller, target, upload_id)
         caller.require(target.url, WRITE)
-        chosen = _chosen_parts(await request.read(), upload)
+        chosen = _chosen_parts(await read_document(request, caller.signed), upload)
         response = web.StreamResponse(headers={"Content-Type": "application/xml"})
         await response.prepare(request)
         await response.write(b'<?xml version="1.0" encoding="UTF-8"?>\n')

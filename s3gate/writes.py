@@ -1,4 +1,5 @@
-"""PutObject and DeleteObject: writes pass through to the origin, and fill the cache.
+"""PutObject, DeleteObject and DeleteObjects: writes pass through to the origin, and PUTs
+fill the cache.
 
 A written object is uploaded from its spool file with ``Origin.write`` (multipart for
 large files, as the mount's writes), then its blocks are pushed to their owners under
@@ -13,20 +14,24 @@ import asyncio
 import contextlib
 import logging
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from aiohttp import web
 
 from clientlib import CacheClient
 from clientlib.auth import WRITE
-from clientlib.errors import NotFound
+from clientlib.errors import NotFound, RingcacheError
 from clientlib.origin import ObjectInfo, Origin
 from clientlib.origin.base import PosixAttrs
-from s3gate.bodies import receive_body, spool_path
-from s3gate.caller import Caller, Target
+from s3gate.bodies import read_document, receive_body, spool_path
+from s3gate.caller import Buckets, Caller, Target
+from s3gate.errors import S3Error, as_s3_error
+from s3gate.listing import NS, xml_answer
 from s3gate.objects import etag
 
-__all__ = ["delete_object", "fill_from_file", "put_object", "write_object"]
+__all__ = ["delete_object", "delete_objects", "fill_from_file", "put_object", "write_object"]
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +113,49 @@ async def delete_object(caller: Caller, origin: Origin, target: Target) -> web.R
     caller.client.forget(target.url)
     log.info("%s deleted %s", caller.name, target.url)
     return web.Response(status=204)
+
+
+#: Keys one DeleteObjects may name (S3's limit).
+MAX_DELETE = 1000
+
+
+def _keys_to_delete(body: bytes) -> tuple[list[str], bool]:
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
+    keys: list[str] = []
+    quiet = False
+    for element in root:
+        tag = element.tag.rpartition("}")[2]
+        if tag == "Quiet":
+            quiet = (element.text or "").strip().lower() == "true"
+        elif tag == "Object":
+            key = next((c.text or "" for c in element if c.tag.rpartition("}")[2] == "Key"), "")
+            keys.append(key)
+    if not keys or len(keys) > MAX_DELETE:
+        raise S3Error("MalformedXML", f"DeleteObjects names 1 to {MAX_DELETE} keys")
+    return keys, quiet
+
+
+async def delete_objects(
+    request: web.Request, caller: Caller, origin: Origin, buckets: Buckets, bucket: str
+) -> web.Response:
+    """Answer DeleteObjects: each key deleted as by DeleteObject, each failure reported
+    in the answer (``AccessDenied`` for a key outside the caller's write scope)."""
+    keys, quiet = _keys_to_delete(await read_document(request, caller.signed))
+    parts = [f'<DeleteResult xmlns="{NS}">']
+    for key in keys:
+        try:
+            await delete_object(caller, origin, buckets.target(bucket, key))
+        except RingcacheError as exc:
+            error = as_s3_error(exc)
+            parts.append(
+                f"<Error><Key>{escape(key)}</Key><Code>{error.code}</Code>"
+                f"<Message>{escape(str(error))}</Message></Error>"
+            )
+            continue
+        if not quiet:
+            parts.append(f"<Deleted><Key>{escape(key)}</Key></Deleted>")
+    parts.append("</DeleteResult>")
+    return xml_answer("".join(parts))

@@ -230,7 +230,7 @@ def test_a_multipart_upload_reaches_the_origin_and_reads_back_from_the_cache(set
     assert error_of(exc) == ("NoSuchUpload", 404)
 
 
-def test_a_delete_reaches_the_origin(setup: Setup):
+def test_deletes_reach_the_origin_within_the_write_scope(setup: Setup):
     put_origin(setup, "d/obj", 10)
     gate = setup.client()
     assert gate.get_object(Bucket=setup.bucket, Key="d/obj")["Body"].read()
@@ -240,6 +240,19 @@ def test_a_delete_reaches_the_origin(setup: Setup):
     with pytest.raises(ClientError) as exc:
         gate.get_object(Bucket=setup.bucket, Key="d/obj")
     assert error_of(exc) == ("NoSuchKey", 404)
+    for key in ("d/1", "d/2", "public/d3"):
+        put_origin(setup, key, 10)
+    refused = setup.client("reader").delete_objects(
+        Bucket=setup.bucket, Delete={"Objects": [{"Key": "public/d3"}]}
+    )
+    assert [e["Code"] for e in refused["Errors"]] == ["AccessDenied"]
+    deleted = gate.delete_objects(
+        Bucket=setup.bucket, Delete={"Objects": [{"Key": "d/1"}, {"Key": "d/2"}]}
+    )
+    assert sorted(d["Key"] for d in deleted["Deleted"]) == ["d/1", "d/2"]
+    listed = origin().list_objects_v2(Bucket=setup.bucket, Prefix="d/")
+    assert "Contents" not in listed
+    assert origin().head_object(Bucket=setup.bucket, Key="public/d3")["ContentLength"] == 10
 
 
 def test_anonymous_reads_only_with_allow_anonymous_and_its_token(setup: Setup):
