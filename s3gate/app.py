@@ -18,7 +18,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from clientlib import CacheClient
-from clientlib.auth import READ, Credentials
+from clientlib.auth import READ, Claims, Credentials
 from clientlib.errors import NotFound, RingcacheError
 from clientlib.origin import Origins
 from clientlib.urls import split_url
@@ -37,6 +37,7 @@ __all__ = ["Gateway"]
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
+ANONYMOUS_CLAIMS = Claims(("",), ANONYMOUS, 0.0, frozenset({READ}))
 #: Subresources of a bucket or object the gateway does not serve (ACLs, policies...).
 _UNSERVED = frozenset(
     {"acl", "policy", "cors", "lifecycle", "tagging", "versioning", "versions", "website",
@@ -105,7 +106,10 @@ class Gateway:
             if not self.config.allow_anonymous:
                 raise S3Error("AccessDenied", "anonymous requests are not allowed")
             credentials = self.config.credentials
-            return Caller(ANONYMOUS, credentials.claims, self._client(credentials), None)
+            # Without a token of their own, anonymous callers read (never write) what the
+            # gateway reads: an open cluster must not become an open origin for writes.
+            claims = credentials.claims if credentials.signing else ANONYMOUS_CLAIMS
+            return Caller(ANONYMOUS, claims, self._client(credentials), None)
 
         def secret_of(access_key: str) -> str | None:
             key = self.config.keys.get(access_key)

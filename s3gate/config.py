@@ -101,7 +101,8 @@ SETTINGS = SettingsTable(
         Setting(
             "allow_anonymous",
             SWITCH,
-            "serve unsigned requests, with --token-file's scope and rights",
+            "serve unsigned requests, with --token-file's scope and rights "
+            "(without one: read-only, everything the gateway reads)",
             default=False,
         ),
         Setting(

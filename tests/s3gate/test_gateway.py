@@ -269,6 +269,12 @@ def test_anonymous_reads_only_with_allow_anonymous_and_its_token(setup: Setup):
         with pytest.raises(urllib.error.HTTPError) as http:
             urllib.request.urlopen(f"{gateway.endpoint}/{setup.bucket}/private/anon.bin")
         assert http.value.code == 403 and b"AccessDenied" in http.value.read()
+        put = urllib.request.Request(
+            f"{gateway.endpoint}/{setup.bucket}/public/anon-put", data=b"x", method="PUT"
+        )
+        with pytest.raises(urllib.error.HTTPError) as http:
+            urllib.request.urlopen(put, timeout=10)
+        assert http.value.code == 403 and b"AccessDenied" in http.value.read()
     finally:
         gateway.stop()
 
