@@ -314,3 +314,18 @@ def test_a_directory_bucket_is_read_listed_and_written(setup: Setup):
     with pytest.raises(ClientError) as exc:
         setup.client("reader").get_object(Bucket=LOCAL, Key="top.txt")
     assert error_of(exc) == ("AccessDenied", 403)
+
+
+def test_keys_with_spaces_plus_and_unicode_are_signed_read_and_listed(setup: Setup):
+    key = "u/näme with space+plus=eq&amp;~.csv"
+    data = put_origin(setup, key, 1234)
+    gate = setup.client()
+    assert gate.get_object(Bucket=setup.bucket, Key=key)["Body"].read() == data
+    listed = gate.list_objects_v2(Bucket=setup.bucket, Prefix="u/n")  # encoding-type=url
+    assert [c["Key"] for c in listed["Contents"]] == [key]
+    assert [c["Key"] for c in gate.list_objects(Bucket=setup.bucket, Prefix="u/")["Contents"]] == [
+        key
+    ]
+    url = gate.generate_presigned_url("get_object", Params={"Bucket": setup.bucket, "Key": key})
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.read() == data
