@@ -240,9 +240,15 @@ class CacheClient:
             CLIENT_BLOCK_READS.labels("local").inc()
             return data
         data = await self._inflight.run(block_id, lambda: self._race(ref, block_id))
-        if keep and len(data) <= self._memory.maxsize:
-            self._memory[block_id] = data
+        if keep:
+            self.remember(block_id, data)
         return data
+
+    def remember(self, block_id: str, data: bytes) -> None:
+        """Put a whole, checked block in the memory tier (one larger than the tier is
+        left out): for a caller that got it from a tier of its own (a local disk)."""
+        if len(data) <= self._memory.maxsize:
+            self._memory[block_id] = data
 
     async def read_part(
         self, info: ObjectInfo, index: int, start: int, stop: int, block_size: int | None = None
