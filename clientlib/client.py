@@ -493,6 +493,11 @@ class CacheClient:
         CLIENT_BLOCK_READS.labels("origin").inc()
         return data
 
+    @property
+    def memory_bytes(self) -> int:
+        """The capacity of the memory tier."""
+        return int(self._memory.maxsize)
+
     def has_local(self, block_id: str) -> bool:
         """Whether the memory tier holds ``block_id`` (reading it costs no transfer)."""
         return block_id in self._memory
