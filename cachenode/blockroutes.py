@@ -34,13 +34,13 @@ from cachenode.metrics import (
     REQUEST_SECONDS,
     SERVED_BYTES,
 )
-from cachenode.ranges import Span, parse_range
 from cachenode.readthrough import ReadThrough
 from cachenode.sendfile import plain_tcp, send_file, wait_flushed
 from cachenode.store import BlockBytes, BlockFile, BlockPart, BlockStore
 from clientlib.auth import DIGEST_HEADER, PROOF_HEADER, WRITE, body_digest, check_digest
 from clientlib.blocks import MAX_FIELD, BlockRef, check_block_id
 from clientlib.errors import BadRequest, RingcacheError
+from clientlib.ranges import Span, parse_range
 
 __all__ = ["BlockRoutes", "send_block_file"]
 

@@ -265,14 +265,20 @@ class Credentials:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"token file {path}: {getattr(exc, 'strerror', exc)}") from None
         if text.startswith(TOKEN_PREFIX + "."):
-            parts = text.split(".")
-            if len(parts) != 3:
-                raise ConfigError(f"token file {path}: malformed token")
-            try:
-                return cls(parts[1], _unb64(parts[2]))
-            except (binascii.Error, Unauthorized):
-                raise ConfigError(f"token file {path}: malformed token") from None
+            return cls.from_token(text, what=f"token file {path}")
         return cls.for_secret(load_secret(path))
+
+    @classmethod
+    def from_token(cls, text: str, what: str = "token") -> Credentials:
+        """The credentials of a token as ``cachectl token create`` prints it; ``what``
+        names where it came from in the error."""
+        parts = text.strip().split(".")
+        if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
+            raise ConfigError(f"{what}: malformed token")
+        try:
+            return cls(parts[1], _unb64(parts[2]))
+        except (binascii.Error, Unauthorized):
+            raise ConfigError(f"{what}: malformed token") from None
 
     @classmethod
     def for_secret(cls, secret: bytes) -> Credentials:

@@ -78,12 +78,14 @@ class CacheClient:
         token_file: str | None = None,
         origin_max_inflight: int = 8,
         ca_file: str | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         # With the cluster's CA given, only TLS nodes are trusted (see RingWatcher).
         self._watcher = RingWatcher(etcd, cluster, tls_only=ca_file is not None) if etcd else None
         self._origins = origins or Origins()
         self._owners_to_try = owners_to_try
-        self._auth = Credentials.from_file(token_file)
+        # ``credentials``: a token already read (the S3 gateway's keys), for ``token_file``.
+        self._auth = credentials or Credentials.from_file(token_file)
         self._ssl = client_context(ca_file)
         self._hedge_delay = hedge_delay
         # Direct origin reads are the fallback when no owner answers: bounded per client,

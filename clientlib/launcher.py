@@ -35,16 +35,19 @@ __all__ = [
     "STOP_SIGNALS",
     "Etcd",
     "EtcdTLS",
+    "Gateway",
     "Mount",
     "Node",
     "Process",
     "ProcessGroup",
     "Stopped",
     "free_port",
+    "http_answers",
     "http_ok",
     "local_get",
     "mounted",
     "start_etcd",
+    "start_gateway",
     "start_mount",
     "start_node",
     "wait_until",
@@ -491,3 +494,57 @@ def start_mount(
     if not mount.alive():
         raise RuntimeError(f"mountd exited at start:\n{mount.log_tail()}")
     return mount
+
+
+@dataclass
+class Gateway(Process):
+    """An ``s3gate`` process: its S3 endpoint and its metrics URL."""
+
+    endpoint: str = ""
+    metrics_url: str = ""
+
+
+def http_answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (any status: an S3 error is an answer)."""
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def start_gateway(
+    etcd_url: str,
+    cluster: str,
+    keys: Path,
+    *extra: str,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+) -> Gateway:
+    """Start ``s3gate`` on a free loopback port (metrics on another) and wait until it
+    answers (``env``: its whole environment, for example another ``AWS_ENDPOINT_URL``)."""
+    port, metrics = free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "s3gate", "--listen", f"127.0.0.1:{port}", "--etcd", etcd_url,
+        "--cluster", cluster, "--keys", str(keys), "--metrics-listen", f"127.0.0.1:{metrics}",
+        *extra,
+    ]  # fmt: skip
+    gateway = Gateway(
+        f"s3gate-{port}",
+        cmd,
+        log_path,
+        env=env,
+        endpoint=f"http://127.0.0.1:{port}",
+        metrics_url=f"http://127.0.0.1:{metrics}/metrics",
+    )
+    gateway.start()
+    try:
+        wait_until(lambda: http_answers(gateway.endpoint) or not gateway.alive(), 30, "s3gate")
+    except TimeoutError:
+        gateway.stop()
+        raise
+    if not gateway.alive():
+        raise RuntimeError(f"s3gate exited at start:\n{gateway.log_tail()}")
+    return gateway

@@ -82,7 +82,7 @@ def start_seaweed(workdir: Path, timeout: float = 60.0) -> Seaweed:
             raise RuntimeError(f"weed mini exited:\n{process.log_tail()}")
         try:
             client.list_buckets()
-        except Exception:  # noqa: BLE001 - any failure means "not up yet"
+        except Exception:  # any failure means "not up yet"
             return False
         return True
 

@@ -37,7 +37,7 @@ from mountd.config import load_config as load_mount_config
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "config" / "k8s"
 BIN = Path(sys.executable).parent
-COMMANDS = ("cachenode", "mountd", "cachectl")
+COMMANDS = ("cachenode", "mountd", "cachectl", "s3gate")
 # Oldest Kubernetes the manifests claim to support (CronJob timeZone is GA from 1.27) and
 # the newest one the validator knows.
 K8S_VERSIONS = ("1.28.0", latest_version())

@@ -28,6 +28,7 @@ from cachenode import metrics as node_metrics
 from clientlib import metrics as client_metrics
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.launcher import Process, free_port, http_ok, wait_until
+from s3gate import metrics as gateway_metrics
 from tests.conftest import node_metric
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -241,7 +242,7 @@ def declared_metric_names() -> set[str]:
     metrics)."""
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
     names = set()
-    for module in (node_metrics, client_metrics):
+    for module in (node_metrics, client_metrics, gateway_metrics):
         for obj in vars(module).values():
             if isinstance(obj, MetricWrapperBase):
                 for family in obj.describe():

@@ -43,7 +43,7 @@ def test_every_flag_in_the_guide_exists():
             continue
         words = shlex.split(line)
         program = words[0]
-        assert program in ("cachenode", "mountd", "cachectl"), line
+        assert program in ("cachenode", "mountd", "cachectl", "s3gate"), line
         command = [program]
         if program == "cachectl":
             # The sub-command (and action) is the first word that is neither a flag nor

@@ -51,7 +51,8 @@ class TooManyObjects(RingcacheError):
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """One object version as the origin reports it."""
+    """One object version as the origin reports it; ``content_type`` is the origin's
+    ``Content-Type`` when a stat returned it ("" when unknown: listings, files)."""
 
     url: str
     origin: str
@@ -59,6 +60,7 @@ class ObjectInfo:
     size: int
     version: str
     mtime: float
+    content_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ object under the prefix, then deletes (:meth:`S3Origin.rename_dir`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -146,7 +147,8 @@ class S3Origin(Origin):
             raise NotFound(f"not an object: {url}")
         ORIGIN_REQUESTS.labels("stat").inc()
         head = await self._call(self._client.head_object, url, Bucket=origin[5:], Key=key)
-        return _info(url, origin, key, head["ContentLength"], head), head
+        info = _info(url, origin, key, head["ContentLength"], head)
+        return dataclasses.replace(info, content_type=head.get("ContentType", "")), head
 
     def _get_sync(
         self, bucket: str, key: str, offset: int, length: int, etag: str, size: int | None

@@ -10,10 +10,10 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
-from cachenode.ranges import Span, parse_range
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.blocks import block_id
 from clientlib.errors import RangeNotSatisfiable
+from clientlib.ranges import Span, parse_range
 
 SIZE = BS + 70_000  # block 0 is whole (large hit, sendfile); block 1 is 70,000 bytes
 

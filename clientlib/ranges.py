@@ -1,8 +1,8 @@
-"""The one byte range of a block a request asks for (``Range: bytes=...``).
+"""The one byte range of a block or an object a request asks for (``Range: bytes=...``).
 
-Readers of a few KiB of a block (a Parquet footer, a seek into an index) ask for just
-those instead of the whole block. One range only: a client that wants several parts of a
-block asks for the block. A range that cannot be served is a
+Readers of a few KiB (a Parquet footer, a seek into an index) ask for just those instead
+of the whole block (a node's block routes) or object (the S3 gateway). One range only: a
+client that wants several parts asks for the whole. A range that cannot be served is a
 :class:`clientlib.errors.RangeNotSatisfiable` (416).
 """
 

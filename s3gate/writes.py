@@ -1,0 +1,161 @@
+"""PutObject, DeleteObject and DeleteObjects: writes pass through to the origin, and PUTs
+fill the cache.
+
+A written object is uploaded from its spool file with ``Origin.write`` (multipart for
+large files, as the mount's writes), then its blocks are pushed to their owners under
+the new version (:func:`fill_from_file`), so the next reader, through this gateway, a
+mount or a job, reads them as hits. A fill needs the caller's token to have the
+``write`` right, like the mount's; a failed fill only means the next read misses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+from clientlib import CacheClient
+from clientlib.auth import WRITE
+from clientlib.errors import NotFound, RingcacheError
+from clientlib.origin import ObjectInfo, Origin
+from clientlib.origin.base import PosixAttrs
+from s3gate.bodies import read_document, receive_body, spool_path
+from s3gate.caller import Buckets, Caller, Target
+from s3gate.errors import S3Error, as_s3_error
+from s3gate.listing import NS, xml_answer
+from s3gate.objects import etag
+
+__all__ = ["delete_object", "delete_objects", "fill_from_file", "put_object", "write_object"]
+
+log = logging.getLogger(__name__)
+
+#: Blocks of one written object pushed to their owners at once.
+FILL_PARALLEL = 4
+
+
+def user_metadata(request: web.Request) -> PosixAttrs | None:
+    """The ``x-amz-meta-*`` headers of a write, as the origin stores user metadata."""
+    meta = {
+        name[11:].lower(): value
+        for name, value in request.headers.items()
+        if name.lower().startswith("x-amz-meta-")
+    }
+    return PosixAttrs.from_metadata(meta) if meta else None
+
+
+async def fill_from_file(client: CacheClient, info: ObjectInfo, path: Path) -> None:
+    """Push every block of the just-written ``info``, read from ``path``, to its owners."""
+    bs = client.block_size
+    gate = asyncio.Semaphore(FILL_PARALLEL)
+    fd = os.open(path, os.O_RDONLY)
+
+    async def one(index: int) -> int:
+        async with gate:
+            length = min(bs, info.size - index * bs)
+            data = await asyncio.to_thread(os.pread, fd, length, index * bs)
+            return await client.fill(info, index, data, bs)
+
+    try:
+        count = (info.size + bs - 1) // bs
+        stored = await asyncio.gather(*(one(i) for i in range(count)))
+    finally:
+        os.close(fd)
+    log.debug("filled %d of %d blocks of %s", sum(1 for s in stored if s), count, info.url)
+
+
+async def write_object(
+    caller: Caller,
+    origin: Origin,
+    url: str,
+    path: Path,
+    size: int,
+    posix: PosixAttrs | None,
+) -> ObjectInfo:
+    """Upload ``path`` as ``url``, then fill the cache with it if the origin now holds
+    exactly what was written (another writer in between: no fill)."""
+    info = await origin.write(url, path, posix=posix)
+    caller.client.forget(url)
+    if info.size == size:
+        await fill_from_file(caller.client, info, path)
+    else:
+        log.warning("%s is %d bytes after writing %d: not filling the cache", url, info.size, size)
+    return info
+
+
+async def put_object(
+    request: web.Request, caller: Caller, origin: Origin, target: Target, spool: Path
+) -> web.Response:
+    """Answer PutObject: the body to disk (checked), to the origin, into the cache."""
+    caller.require(target.url, WRITE)
+    path = spool_path(spool, "put")
+    received = await receive_body(request, caller.signed, path)
+    try:
+        info = await write_object(
+            caller, origin, target.url, path, received.size, user_metadata(request)
+        )
+    finally:
+        path.unlink(missing_ok=True)
+    log.info("%s put %s: %d bytes", caller.name, target.url, received.size)
+    return web.Response(headers={"ETag": etag(info)})
+
+
+async def delete_object(caller: Caller, origin: Origin, target: Target) -> web.Response:
+    """Answer DeleteObject (``204`` whether or not the key existed, as S3 does)."""
+    caller.require(target.url, WRITE)
+    with contextlib.suppress(NotFound):
+        await origin.delete(target.url)
+    caller.client.forget(target.url)
+    log.info("%s deleted %s", caller.name, target.url)
+    return web.Response(status=204)
+
+
+#: Keys one DeleteObjects may name (S3's limit).
+MAX_DELETE = 1000
+
+
+def _keys_to_delete(body: bytes) -> tuple[list[str], bool]:
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
+    keys: list[str] = []
+    quiet = False
+    for element in root:
+        tag = element.tag.rpartition("}")[2]
+        if tag == "Quiet":
+            quiet = (element.text or "").strip().lower() == "true"
+        elif tag == "Object":
+            key = next((c.text or "" for c in element if c.tag.rpartition("}")[2] == "Key"), "")
+            keys.append(key)
+    if not keys or len(keys) > MAX_DELETE:
+        raise S3Error("MalformedXML", f"DeleteObjects names 1 to {MAX_DELETE} keys")
+    return keys, quiet
+
+
+async def delete_objects(
+    request: web.Request, caller: Caller, origin: Origin, buckets: Buckets, bucket: str
+) -> web.Response:
+    """Answer DeleteObjects: each key deleted as by DeleteObject, each failure reported
+    in the answer (``AccessDenied`` for a key outside the caller's write scope)."""
+    keys, quiet = _keys_to_delete(await read_document(request, caller.signed))
+    parts = [f'<DeleteResult xmlns="{NS}">']
+    for key in keys:
+        try:
+            await delete_object(caller, origin, buckets.target(bucket, key))
+        except RingcacheError as exc:
+            error = as_s3_error(exc)
+            parts.append(
+                f"<Error><Key>{escape(key)}</Key><Code>{error.code}</Code>"
+                f"<Message>{escape(str(error))}</Message></Error>"
+            )
+            continue
+        if not quiet:
+            parts.append(f"<Deleted><Key>{escape(key)}</Key></Deleted>")
+    parts.append("</DeleteResult>")
+    return xml_answer("".join(parts))
