@@ -3,7 +3,9 @@
 A two-node cluster gets a known pattern of hits and misses; Chromium loads the page from
 one node, lets it poll ``/v1/cluster`` for a few (virtual) seconds, and the rendered DOM
 must show the cluster's hit ratios and every node's figures as the nodes' own /metrics
-report them. A node record with HTML in its id must show up as text, never as markup.
+report them, and a row for a real S3 gateway registered in etcd with its /metrics figures
+(a gateway record is on no ring). A node or gateway record with HTML in its id must show
+up as text, never as markup.
 With ``RINGCACHE_SAVE_SCREENSHOT=1`` the screenshot replaces loadtest/results/dashboard.png
 (the one the docs show); otherwise a test run leaves the repository as it was.
 """
@@ -16,17 +18,24 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.config import Config
+from prometheus_client.parser import text_string_to_metric_families
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.cluster import NodeInfo, node_key
 from clientlib.etcd import connect
+from clientlib.gateways import GatewayInfo, gateway_key
+from clientlib.launcher import Gateway, local_get, start_gateway
+from testkit import metric_sum
 from tests.conftest import node_metric
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -125,9 +134,49 @@ def pct(num: float, den: float) -> str:
     return f"{100 * num / den:.1f}%"
 
 
+def gateway_client(gateway: Gateway):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3",
+        endpoint_url=gateway.endpoint,
+        aws_access_key_id="dash",
+        aws_secret_access_key="dash-secret-key-0123",
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+def check_gateway_row(dom: Element, gateway_id: str, gateway: Gateway) -> None:
+    """The gateway's row holds the counters its own /metrics reports, and no other row is
+    there (the hostile record is skipped)."""
+    rows = [tr for tr in dom.by_id("gateways").iter() if "data-gateway" in tr.attrs]
+    assert [tr.attrs["data-gateway"] for tr in rows] == [gateway_id]
+    text = local_get(gateway.metrics_url).decode()
+    values = {k: v for c in rows[0].iter() for k, v in c.attrs.items() if k.startswith("data-")}
+    assert int(values["data-requests"]) == metric_sum(text, "ringcache_gateway_requests_total")
+    assert int(values["data-op-getobject"]) == metric_sum(
+        text, "ringcache_gateway_requests_total", 'op="GetObject"'
+    )
+    # 4xx and 5xx: the GET of a missing key, and the launcher's unsigned probe (403).
+    errors = sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ringcache_gateway_requests_total" and sample.labels["code"][0] in "45"
+    )
+    assert metric_sum(text, "ringcache_gateway_requests_total", 'code="404"') == 1
+    assert int(values["data-errors"]) == errors > 1
+    out = metric_sum(text, "ringcache_gateway_bytes_total", 'direction="out"')
+    assert int(values["data-bytes-out"]) == out > 0
+    via_nodes = metric_sum(text, "ringcache_client_block_reads_total", 'source="peer"')
+    assert int(values["data-blocks-via-nodes"]) == via_nodes > 0
+    cells = [c for c in rows[0].children if isinstance(c, Element) and c.tag == "td"]
+    assert cells[0].text == gateway_id + gateway.metrics_url.split("/")[2]
+    assert cells[1].text == "up"
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
-    make_cluster, client_for, s3, bucket, tmp_path
+    make_cluster, client_for, s3, bucket, tmp_path, request
 ):
     cluster = make_cluster(2)
     big, small = os.urandom(2 * BS + 5), os.urandom(1000)
@@ -138,13 +187,24 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
         client = await client_for(cluster, owners_to_try=1)
         assert await client.read(f"s3://{bucket}/big") == big
     assert await client.read(f"s3://{bucket}/small") == small  # 1 miss
-    # By count 3 of 7 requests hit; by bytes about half of them did.
+    # A real gateway (it registers its --metrics-listen under gateways/<id>): a GET
+    # through it (a hit on a node), and a GET of a missing key (an error).
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\naccess_key = "dash"\nsecret_key = "dash-secret-key-0123"\n')
+    gateway = start_gateway(cluster.etcd.url, cluster.name, keys, log_path=tmp_path / "s3gate.log")
+    gateway_id = f"{socket.gethostname().split('.')[0]}-{gateway.endpoint.rsplit(':', 1)[1]}"
+    request.addfinalizer(gateway.stop)
+    s3_gateway = gateway_client(gateway)
+    assert s3_gateway.get_object(Bucket=bucket, Key="small")["Body"].read() == small
+    with pytest.raises(s3_gateway.exceptions.NoSuchKey):
+        s3_gateway.get_object(Bucket=bucket, Key="missing")
+    # By count 4 of 8 requests hit; by bytes half of them did.
     hits = cluster.metric("ringcache_block_hits_total")
     misses = cluster.metric("ringcache_block_misses_total")
     hit_bytes = cluster.metric("ringcache_served_bytes_total", 'result="hit"')
     miss_bytes = cluster.metric("ringcache_served_bytes_total", 'result="miss"')
-    assert (hits, misses) == (3, 4)
-    assert (hit_bytes, miss_bytes) == (len(big), len(big) + len(small))
+    assert (hits, misses) == (4, 4)
+    assert (hit_bytes, miss_bytes) == (len(big) + len(small), len(big) + len(small))
 
     # A node record whose id is HTML (etcd is not trusted to hold clean ids): clients and
     # nodes refuse such a record (clientlib.cluster.NodeInfo.from_json), so it is not
@@ -152,6 +212,16 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
     evil = NodeInfo(EVIL_ID, "127.0.0.1:1", 1.0, 1 << 30, "draining")
     async with connect(cluster.etcd.url) as etcd:
         await etcd.put(node_key(cluster.name, EVIL_ID), evil.to_json())
+        # The same for a gateway record, whose address is also not a plain host:port.
+        evil_gateway = GatewayInfo(EVIL_ID, "127.0.0.1:1/x?", 1.0)
+        await etcd.put(gateway_key(cluster.name, EVIL_ID), evil_gateway.to_json())
+
+    # The gateway's record puts it on no ring: a client that starts now sees the nodes only.
+    fresh_client = await client_for(cluster)
+    assert {name for _, name in fresh_client.ring.points()} == {
+        json.load(urllib.request.urlopen(n.url + "/v1/stats", timeout=5))["id"]
+        for n in cluster.nodes
+    }
 
     ids = {}
     for node in cluster.nodes:
@@ -171,8 +241,8 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
 
     assert "live" in dom.by_id("status").attrs["class"], dom.by_id("status").text
     assert dom.by_id("cluster").text == cluster.name
-    assert dom.by_id("hit-ratio").text == pct(hits, hits + misses) == "42.9%"
-    assert float(dom.by_id("hit-ratio").attrs["data-value"]) == pytest.approx(3 / 7)
+    assert dom.by_id("hit-ratio").text == pct(hits, hits + misses) == "50.0%"
+    assert float(dom.by_id("hit-ratio").attrs["data-value"]) == pytest.approx(4 / 8)
     assert dom.by_id("byte-hit-ratio").text == pct(hit_bytes, hit_bytes + miss_bytes)
     used = sum(node_metric(n, "ringcache_cache_used_bytes") for n in cluster.nodes)
     assert used == len(big) + len(small)
@@ -201,12 +271,15 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
         if node_hits + node_misses:
             assert cells[4].text == pct(node_hits, node_hits + node_misses)
 
-    # Nothing of the hostile record became an element.
+    check_gateway_row(dom, gateway_id, gateway)
+
+    # Nothing of the hostile records became an element.
     assert not [e for e in dom.iter() if e.tag == "img"]
     titles = [e.text for e in dom.iter() if e.tag == "title"]
     assert titles == [f"ringcache · {cluster.name}"]
     async with connect(cluster.etcd.url) as etcd:
         await etcd.delete(node_key(cluster.name, EVIL_ID))
+        await etcd.delete(gateway_key(cluster.name, EVIL_ID))
 
     # Live figures: with reads going on, the rates (deltas between polls) are not zero.
     # One reader hits the same blocks again and again, another reads new objects (misses,
@@ -227,12 +300,24 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
                 return
             await client.read(f"s3://{bucket}/{key}")
 
-    readers = [asyncio.create_task(hits()), asyncio.create_task(misses())]
+    def through_gateway() -> None:
+        while not stop.is_set():
+            s3_gateway.get_object(Bucket=bucket, Key="big")["Body"].read()
+
+    readers = [
+        asyncio.create_task(hits()),
+        asyncio.create_task(misses()),
+        asyncio.create_task(asyncio.to_thread(through_gateway)),
+    ]
     try:
         for _ in range(3):  # the page's polls are a fraction of a second apart in real time
             live = await asyncio.to_thread(render, url, tmp_path / "live")
             rates = {c: live.by_id(c).text for c in ("req-rate", "served-rate", "origin-rate")}
+            row = next(tr for tr in live.by_id("gateways").iter() if "data-gateway" in tr.attrs)
+            cells = [c.text for c in row.children if isinstance(c, Element) and c.tag == "td"]
+            rates.update(gateway_requests=cells[2], gateway_out=cells[5])
             if all(leading_number(text) > 0 for text in rates.values()):
+                assert cells[3].startswith("GetObject ")
                 break
         else:
             raise AssertionError(f"the page shows no traffic: {rates}")
