@@ -45,11 +45,18 @@ class Registration:
         return cls(etcd, cluster, GatewayInfo(gateway_id(listen_port), metrics_addr, time.time()))
 
     async def join(self) -> None:
-        """Put the record; a :class:`ConfigError` if etcd cannot be reached."""
+        """Put the record. The record is only for dashboards: if etcd refuses it (a role
+        without write on ``gateways/``) or cannot be reached, the gateway serves anyway,
+        unregistered, and says so in its log."""
         try:
             await asyncio.wait_for(self._record.put(self.info.to_json()), timeout=10)
         except ETCD_ERRORS as exc:
-            raise etcd_error(self._target, exc) from None
+            log.warning(
+                "gateway %s not registered, so no dashboard shows it: %s",
+                self.info.id,
+                etcd_error(self._target, exc),
+            )
+            return
         log.info("gateway %s registered, metrics at %s", self.info.id, self.info.metrics_addr)
 
     async def leave(self) -> None:
