@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
@@ -37,6 +35,7 @@ from clientlib.gateways import GatewayInfo, gateway_key
 from clientlib.launcher import Gateway, local_get, start_gateway
 from testkit import metric_sum
 from tests.conftest import node_metric
+from tests.s3gate.conftest import s3_client
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "loadtest" / "results" / "dashboard.png"
@@ -134,17 +133,6 @@ def pct(num: float, den: float) -> str:
     return f"{100 * num / den:.1f}%"
 
 
-def gateway_client(gateway: Gateway):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3",
-        endpoint_url=gateway.endpoint,
-        aws_access_key_id="dash",
-        aws_secret_access_key="dash-secret-key-0123",
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
-
-
 def check_gateway_row(dom: Element, gateway_id: str, gateway: Gateway) -> None:
     """The gateway's row holds the counters its own /metrics reports, and no other row is
     there (the hostile record is skipped)."""
@@ -194,7 +182,7 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
     gateway = start_gateway(cluster.etcd.url, cluster.name, keys, log_path=tmp_path / "s3gate.log")
     gateway_id = f"{socket.gethostname().split('.')[0]}-{gateway.endpoint.rsplit(':', 1)[1]}"
     request.addfinalizer(gateway.stop)
-    s3_gateway = gateway_client(gateway)
+    s3_gateway = s3_client(gateway.endpoint, "dash", "dash-secret-key-0123")
     assert s3_gateway.get_object(Bucket=bucket, Key="small")["Body"].read() == small
     with pytest.raises(s3_gateway.exceptions.NoSuchKey):
         s3_gateway.get_object(Bucket=bucket, Key="missing")
