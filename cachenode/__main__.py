@@ -50,6 +50,7 @@ async def run(config: NodeConfig) -> None:
         policy=config.eviction,
         on_evict=lambda _nbytes: EVICTIONS.inc(),
         memory_bytes=config.memory_cache,
+        memory_recheck=config.memory_recheck,
     )
     started = time.monotonic()
     with ThreadPoolExecutor(1) as pool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cachenode.eviction import DEFAULT_POLICY, POLICIES
-from cachenode.store import CacheDirSpec
+from cachenode.store import DEFAULT_MEMORY_RECHECK, CacheDirSpec
 from clientlib.auth import load_secret
 from clientlib.cluster import check_node_id
 from clientlib.config import (
@@ -50,6 +50,7 @@ class NodeConfig:
     weight: float | None
     free_space_ratio: float
     memory_cache: int
+    memory_recheck: float
     file_roots: list[Path]
     origin_max_inflight: int
     serve_slots: int
@@ -126,10 +127,18 @@ SETTINGS = SettingsTable(
         Setting(
             "memory_cache",
             Size(),
-            "memory for hot small blocks (up to 256 KiB), served without disk reads and "
-            "still checksummed on every serve; 0 turns it off",
+            "memory for verified copies of hot blocks, served without reading or hashing "
+            "their files (small ones are still hashed on every serve); 0 turns it off",
             default="128MiB",
             metavar="SIZE",
+        ),
+        Setting(
+            "memory_recheck",
+            Number(float, 0.001, 86400),
+            "seconds a block is served from --memory-cache before its file is read and "
+            "checked again",
+            default=DEFAULT_MEMORY_RECHECK,
+            metavar="SECONDS",
         ),
         Setting(
             "origin_max_inflight",

@@ -1,45 +1,143 @@
-"""The memory tier of a node's store: hot small blocks' bytes, kept after a verified read.
+"""The memory tier of a node's store: verified copies of hot blocks, kept in memory.
 
-Serving a hot small block from memory saves the open, read and close that are most of a
-small hit's cost (``loadtest/bench_hot_blocks.py`` measures it). The tier holds copies
-only: the store asks it after its index lookup, so an evicted block is never served from
-here, and each entry is hashed again against the index's checksum on every serve, the
-same promise as for a file. Least recently used entries leave first, by bytes.
+Serving a hot block from memory saves what a hit from disk costs on every serve: for a
+small block the open, read and close, for a large one the read and the hash of every byte
+that proves the file still holds the block. The tier holds copies only: the store asks it
+after its index lookup, so an evicted block is never served from here.
+
+What it promises (``docs/security.md``, "What a node serves"):
+
+- A block enters only as the bytes of a whole-block check against the index's checksum,
+  made by the store when it read the file.
+- A small block (one the store reads inline) is kept as bytes and hashed again on every
+  serve. A large one is copied into a sealed ``memfd`` (no process can change, grow or
+  shrink it after the copy) and served from it with ``sendfile``, without hashing it
+  again: those bytes never come from the disk again.
+- An entry is served for at most ``recheck_after`` seconds after its check; then it is
+  dropped, and the next serve reads the file and checks it again, so a block that rotted
+  on disk meanwhile is caught within that time, as is a flipped bit in the tier itself.
+- Least recently used entries leave first, by bytes.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import time
+from typing import Any, NamedTuple
+
 from cachetools import LRUCache
 
-from clientlib.blockfile import block_checksum
+from clientlib.blockfile import BlockFile, block_checksum
 
 __all__ = ["MemoryTier"]
 
+log = logging.getLogger(__name__)
+
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+class _Entry(NamedTuple):
+    checksum: int
+    checked_at: float
+    nbytes: int
+    data: bytes | None  # a small block's bytes
+    memfd: int  # a large block's sealed memfd, else -1
+
+
+class _Entries(LRUCache[str, _Entry]):
+    """An LRU of entries that closes an entry's memfd when the entry leaves."""
+
+    def __setitem__(self, key: str, value: _Entry, **kwargs: Any) -> None:
+        self.pop(key, None)
+        super().__setitem__(key, value, **kwargs)
+
+    def __delitem__(self, key: str, **kwargs: Any) -> None:
+        entry = self[key]
+        super().__delitem__(key, **kwargs)
+        if entry.memfd >= 0:
+            os.close(entry.memfd)
+
+
+def _sealed_copy(block_id: str, data: bytes | bytearray | memoryview) -> int:
+    """A sealed memfd holding exactly ``data``."""
+    fd = os.memfd_create(f"ringcache-{block_id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
 
 class MemoryTier:
-    """Verified copies of small blocks, at most ``capacity`` bytes of them (LRU).
+    """Verified copies of blocks, at most ``capacity`` bytes of them (LRU), each served
+    for at most ``recheck_after`` seconds after its check.
 
     Used on the event loop thread only.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._blocks: LRUCache[str, tuple[int, bytes]] = LRUCache(
-            max(capacity, 1), getsizeof=lambda entry: len(entry[1])
-        )
+    def __init__(self, capacity: int, recheck_after: float) -> None:
+        self._blocks = _Entries(max(capacity, 1), getsizeof=lambda entry: entry.nbytes)
+        self._recheck_after = recheck_after
 
-    def get(self, block_id: str, checksum: int) -> bytes | None:
-        """The block's bytes if they are here and match ``checksum`` (the index's)."""
+    def _entry(self, block_id: str, checksum: int) -> _Entry | None:
+        """The block's entry if it is for ``checksum`` and checked recently enough."""
         entry = self._blocks.get(block_id)
         if entry is None:
             return None
-        if entry[0] == checksum and block_checksum(entry[1]) == checksum:
-            return entry[1]
-        del self._blocks[block_id]  # another version of the block, or bad memory
+        if entry.checksum != checksum:
+            del self._blocks[block_id]  # another version of the block
+            return None
+        if time.monotonic() - entry.checked_at > self._recheck_after:
+            del self._blocks[block_id]  # due for a check against the file
+            return None
+        return entry
+
+    def get(self, block_id: str, checksum: int) -> bytes | None:
+        """A small block's bytes if they are here and match ``checksum`` (the index's)."""
+        entry = self._entry(block_id, checksum)
+        if entry is None or entry.data is None:
+            return None
+        if block_checksum(entry.data) == checksum:
+            return entry.data
+        log.warning("block %s: its copy in memory does not match; dropped", block_id)
+        del self._blocks[block_id]
         return None
 
+    def open(self, block_id: str, checksum: int) -> BlockFile | None:
+        """A large block's verified copy, open for ``sendfile``, if it is here for
+        ``checksum``; the caller owns the returned fd (the tier may drop its own)."""
+        entry = self._entry(block_id, checksum)
+        if entry is None or entry.memfd < 0:
+            return None
+        return BlockFile(os.dup(entry.memfd), entry.nbytes)
+
     def keep(self, block_id: str, checksum: int, data: bytes | bytearray | memoryview) -> bytes:
-        """Keep bytes just verified against ``checksum`` (if they fit); return them as bytes."""
+        """Keep a small block's bytes just checked against ``checksum`` (if they fit);
+        return them as bytes."""
         data = bytes(data)
         if len(data) < self._blocks.maxsize:
-            self._blocks[block_id] = (checksum, data)
+            self._blocks[block_id] = _Entry(checksum, time.monotonic(), len(data), data, -1)
         return data
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether a block of ``nbytes`` can be kept here at all."""
+        return nbytes < self._blocks.maxsize
+
+    def keep_copy(self, block_id: str, checksum: int, data: bytearray | memoryview) -> None:
+        """Keep a copy of a large block's bytes just checked against ``checksum``, if
+        they fit."""
+        nbytes = len(data)
+        if not self.fits(nbytes):
+            return
+        try:
+            memfd = _sealed_copy(block_id, data)
+        except OSError as exc:
+            log.warning("block %s not kept in memory: %s", block_id, exc)
+            return
+        self._blocks[block_id] = _Entry(checksum, time.monotonic(), nbytes, None, memfd)

@@ -3,9 +3,10 @@
 What it promises:
 
 - **Never a wrong byte.** Every block is a block file (:mod:`clientlib.blockfile`) whose
-  name carries its length and checksum, checked on every serve (a range by the parts that
-  hold it); a block that fails is deleted and reported as absent, so the caller fetches
-  it again.
+  name carries its length and checksum, checked whenever it is read from the file (a range
+  by the parts that hold it); a block that fails is deleted and reported as absent, so the
+  caller fetches it again. A block served from the memory tier is a copy of such a check,
+  at most ``memory_recheck`` seconds old (:mod:`cachenode.memtier`).
 - **Atomic writes.** A block is written under ``<dir>/tmp/`` and renamed into place; the
   temp files a crash leaves are removed when the dir is opened.
 - **One write per block.** Concurrent puts of one block share one write.
@@ -18,8 +19,8 @@ What it promises:
 The index and the policies change only on the event loop thread. Blocking file work runs
 in a small dedicated thread pool, except reads of small blocks (up to
 :data:`INLINE_READ_MAX`), which are done inline: from the page cache that is much cheaper
-than a hop to a pool thread. Hot small blocks are also kept in memory
-(:mod:`cachenode.memtier`).
+than a hop to a pool thread. Hot blocks are also kept in memory (:mod:`cachenode.memtier`):
+small ones as bytes, large ones as sealed copies that are sent with ``sendfile``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from clientlib.singleflight import SingleFlight
 # BlockFile, CacheDirSpec and block_filename live in clientlib.blockfile and
 # cachenode.cachedir; they are named here too for the callers that import them from here.
 __all__ = [
+    "DEFAULT_MEMORY_RECHECK",
     "INLINE_READ_MAX",
     "BlockBytes",
     "BlockFile",
@@ -72,6 +74,9 @@ log = logging.getLogger(__name__)
 #: go to the pool, so that a read of a large block from a cold disk cannot stall every
 #: other request.
 INLINE_READ_MAX = 256 * 1024
+
+#: Seconds a block is served from the memory tier before its file is checked again.
+DEFAULT_MEMORY_RECHECK = 60.0
 
 #: Threads for blocking file work; the disks, not the threads, are the limit.
 _IO_THREADS = 4
@@ -155,8 +160,10 @@ class BlockStore:
     :meth:`open` must be called before use and :meth:`close` after; methods run on one
     event loop. ``on_evict(nbytes)`` is called once per block that leaves to make room or
     through :meth:`evict` (not for blocks dropped because they were corrupt).
-    ``policy`` names the eviction policy of every dir (:data:`cachenode.eviction.POLICIES`)
-    and ``memory_bytes`` sizes the memory tier of small blocks.
+    ``policy`` names the eviction policy of every dir (:data:`cachenode.eviction.POLICIES`),
+    ``memory_bytes`` sizes the memory tier (:mod:`cachenode.memtier`) and
+    ``memory_recheck`` is how long, in seconds, a block is served from it before its file
+    is checked again.
     """
 
     def __init__(
@@ -167,6 +174,7 @@ class BlockStore:
         policy: str = DEFAULT_POLICY,
         on_evict: Callable[[int], None] | None = None,
         memory_bytes: int = 0,
+        memory_recheck: float = DEFAULT_MEMORY_RECHECK,
     ) -> None:
         if not dirs:
             raise ConfigError("at least one cache dir is needed")
@@ -183,7 +191,7 @@ class BlockStore:
         self._puts: SingleFlight[int, bool] = SingleFlight("put of block")
         #: Blocks whose files are being deleted in the pool; a put of one waits for it.
         self._unlinking: dict[int, asyncio.Future[None]] = {}
-        self._memory = MemoryTier(memory_bytes)
+        self._memory = MemoryTier(memory_bytes, memory_recheck)
         #: Where :meth:`read_now` checks large blocks: one buffer, reused, because a fresh
         #: large buffer costs a page fault per page on every hit.
         self._scratch = bytearray()
@@ -289,7 +297,9 @@ class BlockStore:
         A block of at most ``read_max`` bytes comes as :class:`BlockBytes` (it was read
         to verify it anyway, and one write of head and body is cheaper than a
         ``sendfile`` of a few pages); a larger one as an open :class:`BlockFile`, verified
-        in the pool and sent by the caller from the page cache. With ``part`` (bytes
+        in the pool and sent by the caller from the page cache; when the memory tier can
+        hold it, the whole block is read, checked and copied there, and sent from that
+        copy (:mod:`cachenode.memtier`). With ``part`` (bytes
         ``[start, stop)``) the caller sends only those bytes, and only the parts of the
         file holding them may have been checked: a :class:`BlockPart` when they are in the
         page cache (read on the event loop thread, no hop to the pool), else a
@@ -300,6 +310,10 @@ class BlockStore:
             return found
         if found.nbytes <= read_max:
             return await self._read(found, block_id)
+        if (kept := self._kept_copy(found)) is not None:
+            return kept
+        if part is None and self._memory.fits(found.nbytes):
+            return await self._read_and_keep(found)
         if part is not None:
             piece = read_part(found.path, found.nbytes, part, nowait=True)
             if piece is not None:
@@ -325,13 +339,16 @@ class BlockStore:
         For the hit fast path (:mod:`cachenode.fasthits`), on the event loop thread: the
         file is read with ``RWF_NOWAIT``, which fails rather than block when any of it is
         out of the page cache. A small block comes back as its bytes (from the memory tier
-        when it is there); a large one as an open, verified :class:`BlockFile`. None means
+        when it is there); a large one as an open, verified :class:`BlockFile`: its copy in
+        the memory tier, or the file, which is then copied into the tier. None means
         "not now": absent, not all in memory, or not as indexed. The caller then takes
         :meth:`open_block`, which waits for the disk and deals with a bad file.
         """
         found = self._find(block_id)
         if not isinstance(found, _Found):
             return None if found is None else found.data
+        if (kept := self._kept_copy(found)) is not None:
+            return kept
         nbytes = found.nbytes
         small = nbytes <= INLINE_READ_MAX
         if small:
@@ -345,9 +362,32 @@ class BlockStore:
             return None
         found.dir.policy.touch(found.key)
         if not small:
+            self._memory.keep_copy(block_id, found.checksum, buf)
             return opened
         opened.close()
         return self._memory.keep(block_id, found.checksum, buf)
+
+    async def _read_and_keep(self, found: _Found) -> BlockFile | BlockBytes | None:
+        """A large block read whole and checked in the pool, then kept in the memory tier
+        and sent from there (or as bytes if the tier could not take it); None if bad."""
+        data = await asyncio.get_running_loop().run_in_executor(
+            self._pool(), read_verified, found.path, found.nbytes, found.checksum
+        )
+        if isinstance(data, BadBlockFile):
+            self._drop_bad(found, found.block_id, data)
+            return None
+        found.dir.policy.touch(found.key)
+        self._memory.keep_copy(found.block_id, found.checksum, data)
+        return self._memory.open(found.block_id, found.checksum) or BlockBytes(data)
+
+    def _kept_copy(self, found: _Found) -> BlockFile | None:
+        """A large block's copy from the memory tier, counted as a hit, if it is there."""
+        if found.nbytes <= INLINE_READ_MAX:
+            return None
+        kept = self._memory.open(found.block_id, found.checksum)
+        if kept is not None:
+            found.dir.policy.touch(found.key)
+        return kept
 
     def _indexed(self, block_id: str) -> _Found | None:
         """Where the block is, if a dir that is up indexes it (not a hit)."""

