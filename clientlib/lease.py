@@ -55,8 +55,11 @@ class LeasedRecord:
                 reply = None if self._lease is None else await self._lease.refresh()
                 if reply is None or reply.TTL <= 0:
                     log.warning("%s: lease expired, registering again", self._what)
-                    self._lease = await self._etcd.lease(self._ttl)
-                    await self._etcd.put(self._key, self._value, lease=self._lease)
+                    # The new lease is kept only once the record is under it: a put
+                    # that fails is tried again on the next round.
+                    lease = await self._etcd.lease(self._ttl)
+                    await self._etcd.put(self._key, self._value, lease=lease)
+                    self._lease = lease
                 if not healthy:
                     log.info("%s: etcd reachable again", self._what)
                 healthy = True
