@@ -118,14 +118,19 @@ async def _one(session: aiohttp.ClientSession, gateway: GatewayInfo) -> dict[str
     row: dict[str, Any] = {"id": gateway.id, "metrics_addr": gateway.metrics_addr}
     try:
         url = f"http://{gateway.metrics_addr}/metrics"
+        body = bytearray()
         async with session.get(url, allow_redirects=False) as resp:
             resp.raise_for_status()
-            body = await resp.content.read(MAX_METRICS_BYTES + 1)
-        if len(body) > MAX_METRICS_BYTES:
-            raise ValueError("metrics larger than 1 MiB")
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_METRICS_BYTES:
+                    raise BadRequest("/metrics larger than 1 MiB")
         row.update(_figures(body.decode()), state="up")
-    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-        row.update(state="unreachable", reason=str(exc)[:200])
+    except (TimeoutError, aiohttp.ClientError, BadRequest) as exc:
+        row.update(state="unreachable", reason=str(exc)[:200] or type(exc).__name__)
+    # A hostile answer (NaN, +Inf, lines the parser trips on): none of its text is echoed.
+    except (ValueError, ArithmeticError, LookupError):
+        row.update(state="unreachable", reason="malformed /metrics")
     return row
 
 

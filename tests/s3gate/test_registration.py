@@ -4,9 +4,16 @@ a node reads a gateway record and a gateway's /metrics (both untrusted)."""
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 
 from clientlib.errors import BadRequest, ConfigError
-from clientlib.gateways import GatewayInfo, _figures, gateway_key, gateway_records
+from clientlib.gateways import (
+    GatewayInfo,
+    _figures,
+    gateway_figures,
+    gateway_key,
+    gateway_records,
+)
 from s3gate.config import _metrics_advertise
 
 
@@ -57,3 +64,32 @@ def test_only_numbers_of_the_gateway_metrics_are_kept():
         "bytes_in": 0,
         "blocks": {"local": 0, "peer": 3, "origin": 0},
     }
+
+
+async def test_a_hostile_metrics_answer_is_unreachable_and_never_echoed():
+    good = (
+        b"# TYPE ringcache_gateway_bytes_total counter\n"
+        b'ringcache_gateway_bytes_total{direction="out"} 5\n'
+    )
+    answers = iter([good.replace(b" 5", b" +Inf"), b"<b>" * (1 << 19), b"<script>{{{ 1\n", good])
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=next(answers))
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    gateway = GatewayInfo("gw", f"{host}:{port}")
+    try:
+        rows = [(await gateway_figures([gateway]))[0] for _ in range(4)]
+    finally:
+        await runner.cleanup()
+    assert [(r["state"], r.get("reason")) for r in rows[:3]] == [
+        ("unreachable", "malformed /metrics"),
+        ("unreachable", "/metrics larger than 1 MiB"),
+        ("unreachable", "malformed /metrics"),
+    ]
+    assert rows[3]["state"] == "up" and rows[3]["bytes_out"] == 5
