@@ -242,9 +242,15 @@ class CacheClient:
             CLIENT_BLOCK_READS.labels("local").inc()
             return data
         data = await self._inflight.run(block_id, lambda: self._race(ref, block_id))
-        if keep and len(data) <= self._memory.maxsize:
-            self._memory[block_id] = data
+        if keep:
+            self.remember(block_id, data)
         return data
+
+    def remember(self, block_id: str, data: bytes) -> None:
+        """Put a whole, checked block in the memory tier (one larger than the tier is
+        left out): for a caller that got it from a tier of its own (a local disk)."""
+        if len(data) <= self._memory.maxsize:
+            self._memory[block_id] = data
 
     async def read_part(
         self, info: ObjectInfo, index: int, start: int, stop: int, block_size: int | None = None
@@ -488,6 +494,11 @@ class CacheClient:
             raise OriginError(f"origin returned {len(data)} of {stop - start} bytes for {ref.url}")
         CLIENT_BLOCK_READS.labels("origin").inc()
         return data
+
+    @property
+    def memory_bytes(self) -> int:
+        """The capacity of the memory tier."""
+        return int(self._memory.maxsize)
 
     def has_local(self, block_id: str) -> bool:
         """Whether the memory tier holds ``block_id`` (reading it costs no transfer)."""

@@ -1,36 +1,40 @@
-"""Benchmark of the mount against the references a user would pick instead, in one run.
+"""fio through the mount against the references a user would pick instead, in one run.
 
-Everything runs on loopback over one moto_server S3 endpoint: etcd, three cache nodes,
-``mountd``, ``rclone mount --vfs-cache-mode full`` and ``s3fs -o use_cache``. The page
-cache is dropped before every timed read (``/proc/sys/vm/drop_caches``, so run as root).
+Everything runs on loopback over one SeaweedFS S3 server (``testkit.seaweed``): etcd,
+three cache nodes, ``mountd``, ``rclone mount --vfs-cache-mode full``, ``s3fs -o
+use_cache`` and ``loadtest/noopfs.py`` (a pyfuse3 file system serving from memory: the
+ceiling of any Python FUSE mount). ``fio`` runs the job shapes Mountpoint for S3 and
+JuiceFS publish: sequential 1 MiB, random 4 KiB and 64 KiB, 1 and 4 jobs, ``psync``,
+page cache dropped before each job (so run as root); each job reads at most
+``--runtime`` seconds.
 
-* sequential read of a large file, cold and warm. mountd warm is a *fresh second mount*
-  (only the cache nodes are warm); rclone and s3fs warm is a second read through the same
-  mount (their local disk cache is warm);
-* random 64 KiB reads of that file, warm: from the cache nodes (a fresh mount), and from
-  a mount's ``--local-cache`` disk tier after it read the file once (like rclone's and
-  s3fs's local disk caches);
-* a directory of 1,000 small files: list it and read every file, cold;
-* N mounts reading one new file at once: bytes the origin served / file size.
+Warm phase (SeaweedFS as it is):
 
-``--s3-model TTFB_MS:MBPS`` puts loadtest/s3model.py between every reader and moto: S3's
-costs (time to first byte, bandwidth per connection) with moto's answers. Over bare moto
-a ranged GET of a large object costs a copy of the whole object, which no real object
-store does, so cold reads measure moto (see s3model.py).
+* ``mountd``: a fresh mount for each job over cache nodes that hold the file;
+* ``mountd-local``: one mount with ``--local-cache`` that has read the file once;
+* ``rclone``, ``s3fs``: one mount each whose local disk cache has read the file once;
+* ``noopfs``: the ceiling.
 
-Usage: ``python -m loadtest.bench_mount [--size-mib 256] [--s3-model 50:90]``; writes
-``loadtest/results/mount.json`` (``mount-s3model.json`` with the model); the figures are
-discussed in ``loadtest/results/mount.md``.
+Cold phase (S3's bandwidth per connection, ``--mbps-per-conn``, put in the kernel with
+an htb class per connection on the S3 port, so it costs no Python CPU; this kernel has
+no netem, so S3's time to first byte is not modelled): a sequential read of a never-read
+object by ``mountd``, ``rclone`` and ``s3fs``, then N fresh mounts reading one new
+object at once, with the origin's bytes and GETs counted by the nodes. The qdiscs are
+removed however the run ends.
+
+CPU per byte is the CPU time of the processes that serve the reads (mountd and the
+three nodes; rclone; s3fs; noopfs; plus SeaweedFS in the cold phase) over the bytes fio
+read.
+
+Usage: ``python -m loadtest.bench_mount [--size-mib 1024] [--runtime 5]``; writes
+``loadtest/results/mount.json`` and ``loadtest/results/mount.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,22 +43,25 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import boto3.s3.transfer
 
-from clientlib.launcher import (
-    Node,
-    Process,
-    free_port,
-    http_ok,
-    start_etcd,
-    start_node,
-    wait_until,
-)
+from clientlib.launcher import Process, ProcessGroup, start_etcd, start_node
 from testkit import metric_sum
+from testkit.seaweed import start_seaweed
 
 RESULTS = Path(__file__).parent / "results"
 MIB = 1024 * 1024
+BUCKET = "bench"
+#: (name, fio rw, block size, jobs)
+SHAPES = [
+    ("seq_1m_1job", "read", "1m", 1),
+    ("seq_1m_4jobs", "read", "1m", 4),
+    ("rand_4k_1job", "randread", "4k", 1),
+    ("rand_4k_4jobs", "randread", "4k", 4),
+    ("rand_64k_1job", "randread", "64k", 1),
+    ("rand_64k_4jobs", "randread", "64k", 4),
+]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def drop_caches() -> None:
@@ -62,51 +69,39 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def metric(url: str, name: str, labels: str = "") -> float:
-    """A sample of the ``/metrics`` at ``url`` (summed over label sets if unspecified)."""
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return metric_sum(resp.read().decode(), name, labels)
-
-
-def read_sequential(path: Path) -> float:
-    """Read the whole file in 1 MiB reads; MB/s."""
-    drop_caches()
-    started = time.perf_counter()
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (all their threads) so far."""
     total = 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while chunk := os.read(fd, MIB):
-            total += len(chunk)
-    finally:
-        os.close(fd)
-    return total / 1e6 / (time.perf_counter() - started)
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
-def read_random(path: Path, count: int = 300, size: int = 64 * 1024) -> float:
-    """``count`` preads of ``size`` bytes at random offsets; reads per second."""
+def fio(path: Path, rw: str, bs: str, jobs: int, size: int, runtime: float) -> dict[str, float]:
+    """One fio job shape on ``path`` (each of ``jobs`` reads its own 1/jobs of the file);
+    IOPS, MB/s and bytes read."""
     drop_caches()
-    length = path.stat().st_size
-    rng = random.Random(7)
-    offsets = [rng.randrange(0, length - size) for _ in range(count)]
-    fd = os.open(path, os.O_RDONLY)
-    started = time.perf_counter()
-    try:
-        for offset in offsets:
-            assert len(os.pread(fd, size, offset)) == size
-    finally:
-        os.close(fd)
-    return count / (time.perf_counter() - started)
+    share = size // jobs
+    cmd = ["fio", "--name=bench", f"--filename={path}", f"--rw={rw}", f"--bs={bs}"]
+    cmd += ["--ioengine=psync", "--readonly", "--invalidate=1", f"--numjobs={jobs}"]
+    cmd += [f"--size={share}", f"--offset_increment={share}", f"--runtime={runtime}"]
+    cmd += ["--group_reporting", "--output-format=json"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    read = json.loads(out[out.index("{") :])["jobs"][0]["read"]
+    return {"iops": read["iops"], "mbps": read["bw_bytes"] / 1e6, "bytes": read["io_bytes"]}
 
 
-def list_and_read(path: Path) -> float:
-    """List a directory and read every file in it; seconds."""
-    drop_caches()
-    started = time.perf_counter()
-    names = os.listdir(path)
-    for name in names:
-        with open(path / name, "rb") as fh:
-            fh.read()
-    return time.perf_counter() - started
+def measured(
+    path: Path, shape: tuple[str, str, str, int], size: int, runtime: float, pids: list[int]
+) -> dict[str, float]:
+    """fio's figures and the CPU the serving processes spent per MB read."""
+    _, rw, bs, jobs = shape
+    before = cpu_seconds(pids)
+    r = fio(path, rw, bs, jobs, size, runtime)
+    r["cpu_s"] = cpu_seconds(pids) - before
+    r["cpu_us_per_mb"] = r["cpu_s"] * 1e6 / max(r["bytes"] / 1e6, 1e-9)
+    return r
 
 
 class Mounted:
@@ -133,264 +128,324 @@ class Mounted:
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
 
 
+class SlowOrigin:
+    """S3's bandwidth per connection on the loopback port of the S3 server, in the kernel.
+
+    An htb class of ``mbps`` per connection: the packets the port sends are hashed by
+    the client's port into 256 classes (two connections share one only when their ports
+    share the low byte). This kernel has no netem or fq qdisc, so the time to the first
+    byte is not modelled. Everything else on loopback is left unshaped (htb's direct
+    queue).
+    """
+
+    BUCKETS = 256
+
+    def __init__(self, port: int, mbps: float) -> None:
+        self.port, self.mbps = port, mbps
+
+    def __enter__(self) -> SlowOrigin:
+        rate = f"{int(self.mbps * 8)}mbit"
+        match = f"match ip sport {self.port} 0xffff"
+        batch = [
+            "qdisc add dev lo root handle 1: htb default 0",
+            "filter add dev lo parent 1: prio 1 handle 2: protocol ip u32 divisor 256",
+            f"filter add dev lo parent 1: protocol ip prio 1 u32 ht 800:: {match} "
+            "hashkey mask 0x000000ff at 20 link 2:",
+        ]
+        for i in range(self.BUCKETS):
+            batch.append(
+                f"class add dev lo parent 1: classid 1:{0x100 + i:x} htb rate {rate} "
+                f"ceil {rate} burst 256k cburst 256k"
+            )
+            batch.append(
+                f"filter add dev lo parent 1: protocol ip prio 1 u32 ht 2:{i:x}: {match} "
+                f"flowid 1:{0x100 + i:x}"
+            )
+        done = subprocess.run(
+            ["tc", "-batch", "-"], input="\n".join(batch) + "\n", capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            self.__exit__()
+            raise RuntimeError(f"tc: {done.stderr.strip()}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cmd = ["tc", "qdisc", "del", "dev", "lo", "root"]
+        subprocess.run(cmd, check=False, capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--small-files", type=int, default=1000)
-    parser.add_argument(
-        "--s3-model",
-        metavar="TTFB_MS:MBPS",
-        help="S3's costs in front of moto: ms to first byte, MB/s per connection (e.g. 50:90)",
-    )
-    parser.add_argument("--mounts", type=int, default=3, help="N for the origin-cost run")
-    parser.add_argument("--skip-references", action="store_true")
+    parser.add_argument("--size-mib", type=int, default=1024, help="the warm file")
+    parser.add_argument("--cold-mib", type=int, default=256, help="each cold object")
+    parser.add_argument("--runtime", type=float, default=5.0, help="seconds per fio job, at most")
+    parser.add_argument("--mbps-per-conn", type=float, default=90.0)
+    parser.add_argument("--mounts", type=int, default=3, help="N mounts reading one object")
+    parser.add_argument("--only", help="comma-separated systems of the warm phase")
+    parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--out", default="mount", help="results/OUT.json and OUT.md")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit("bench_mount: run as root (drop_caches and FUSE mounts)")
+        sys.exit("bench_mount: run as root (drop_caches, FUSE mounts, tc)")
+    with ProcessGroup():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-mount-"))
-    procs: list[Process] = []
-    mounts: list[Mounted] = []
+    size, cold_size = args.size_mib * MIB, args.cold_mib * MIB
+    only = set(args.only.split(",")) if args.only else None
     results: dict[str, object] = {
-        "size_mib": args.size_mib,
-        "small_files": args.small_files,
-        "s3_model": args.s3_model,
-        "machine": {"cpus": os.cpu_count()},
+        "args": vars(args),
+        "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()},
+        "warm": {},
+        "cold": {},
     }
+    mounts: list[Mounted] = []
+    seaweed = start_seaweed(work / "seaweed")
+    s3 = seaweed.client()
+    s3.create_bucket(Bucket=BUCKET)
+    # The nodes, the mounts and s3fs read the origin with these.
+    os.environ.update(
+        AWS_ENDPOINT_URL=seaweed.endpoint,
+        AWS_ACCESS_KEY_ID="seaweed",
+        AWS_SECRET_ACCESS_KEY="seaweed",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    etcd = start_etcd(work / "etcd")
+    nodes = [start_node(etcd.url, "bench", work / f"node{i}", size="8GiB") for i in range(3)]
+    node_pids = [n.pid for n in nodes]
+    source = work / "data.bin"
+    with source.open("wb") as fh:
+        for _ in range(args.size_mib):
+            fh.write(os.urandom(MIB))
+    config = boto3.s3.transfer.TransferConfig(multipart_chunksize=64 * MIB)
+    s3.upload_file(str(source), BUCKET, "data.bin", Config=config)
+    with source.open("r+b") as fh:
+        fh.truncate(cold_size)
+    for key in ("cold-mountd.bin", "cold-rclone.bin", "cold-s3fs.bin", "shared.bin"):
+        s3.upload_file(str(source), BUCKET, key, Config=config)
+    source.unlink()
+    print(f"data ready in {work}", flush=True)
+
+    def mountd(name: str, *extra: str) -> Mounted:
+        cmd = [sys.executable, "-m", "mountd", f"s3://{BUCKET}", str(work / name)]
+        cmd += ["--etcd", etcd.url, "--cluster", "bench", "--foreground"]
+        cmd += ["--log-level", "WARNING", *extra]
+        m = Mounted(name, cmd, work / name, work / f"{name}.log", env=env)
+        mounts.append(m)
+        return m
+
+    rclone_env = dict(
+        env,
+        RCLONE_CONFIG_SW_TYPE="s3",
+        RCLONE_CONFIG_SW_PROVIDER="SeaweedFS",
+        RCLONE_CONFIG_SW_ENDPOINT=seaweed.endpoint,
+        RCLONE_CONFIG_SW_ACCESS_KEY_ID="seaweed",
+        RCLONE_CONFIG_SW_SECRET_ACCESS_KEY="seaweed",
+        RCLONE_CONFIG_SW_REGION="us-east-1",
+        RCLONE_CONFIG_SW_FORCE_PATH_STYLE="true",
+        RCLONE_CONFIG="/dev/null",
+    )
+
+    def rclone(name: str) -> Mounted:
+        cmd = ["rclone", "mount", f"sw:{BUCKET}", str(work / name), "--vfs-cache-mode", "full"]
+        cmd += ["--cache-dir", str(work / f"{name}-cache")]
+        m = Mounted(name, cmd, work / name, work / f"{name}.log", env=rclone_env)
+        mounts.append(m)
+        return m
+
+    passwd = work / "s3fs.passwd"
+    passwd.write_text("seaweed:seaweed\n")
+    passwd.chmod(0o600)
+
+    def s3fs(name: str) -> Mounted:
+        (work / f"{name}-cache").mkdir()
+        cmd = ["s3fs", BUCKET, str(work / name), "-f", "-o", f"passwd_file={passwd}"]
+        cmd += ["-o", f"url={seaweed.endpoint}", "-o", "use_path_request_style"]
+        cmd += ["-o", f"use_cache={work / f'{name}-cache'}"]
+        m = Mounted(name, cmd, work / name, work / f"{name}.log")
+        mounts.append(m)
+        return m
+
+    def noopfs(name: str) -> Mounted:
+        cmd = [sys.executable, "-m", "loadtest.noopfs", str(work / name)]
+        cmd += ["--size-mib", str(args.size_mib)]
+        m = Mounted(name, cmd, work / name, work / f"{name}.log")
+        mounts.append(m)
+        return m
+
+    def read_all(path: Path) -> None:
+        with path.open("rb") as fh:
+            while fh.read(4 * MIB):
+                pass
+
+    def wanted(system: str) -> bool:
+        return only is None or system in only
+
+    warm: dict[str, dict[str, object]] = results["warm"]  # type: ignore[assignment]
     try:
-        port = free_port()
-        moto_bin = (
-            shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-        )
-        moto = Process(
-            "moto", [moto_bin, "-H", "127.0.0.1", "-p", str(port)], work / "moto.log"
-        ).start()
-        procs.append(moto)
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/moto-api/"), 30, "moto_server")
-        s3_port = port
-        if args.s3_model:
-            ttfb, _, mbps = args.s3_model.partition(":")
-            s3_port = free_port()
-            model = [sys.executable, "-m", "loadtest.s3model"]
-            model += ["--upstream", f"http://127.0.0.1:{port}", "--port", str(s3_port)]
-            model += ["--ttfb-ms", ttfb, "--mbps-per-conn", mbps or "90"]
-            procs.append(Process("s3model", model, work / "s3model.log").start())
-            wait_until(lambda: http_ok(f"http://127.0.0.1:{s3_port}/moto-api/"), 30, "s3model")
-        endpoint = f"http://127.0.0.1:{s3_port}"
-        os.environ.update(
-            AWS_ENDPOINT_URL=endpoint,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        etcd = start_etcd(work / "etcd")
-        procs.append(etcd)
-        nodes: list[Node] = [
-            start_node(etcd.url, "bench", work / f"node{i}", size="4GiB") for i in range(3)
-        ]
-        procs.extend(nodes)
-
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
-        bucket = "bench"
-        s3.create_bucket(Bucket=bucket)
-        big = work / "big.bin"
-        with big.open("wb") as fh:
-            for _ in range(args.size_mib):
-                fh.write(os.urandom(MIB))
-        config = boto3.s3.transfer.TransferConfig(multipart_chunksize=64 * MIB)
-        for key in ("big.bin", "shared.bin"):
-            s3.upload_file(str(big), bucket, key, Config=config)
-        with ThreadPoolExecutor(16) as pool:
-            list(
-                pool.map(
-                    lambda i: s3.put_object(
-                        Bucket=bucket, Key=f"small/f{i:04d}", Body=os.urandom(4096)
-                    ),
-                    range(args.small_files),
+        # -- warm phase ----------------------------------------------------------------------
+        prime = mountd("mountd-prime")
+        read_all(prime.path / "data.bin")  # the nodes now hold every block
+        prime.close()
+        if wanted("mountd"):
+            warm["mountd"] = {}
+            for shape in SHAPES:
+                m = mountd(f"mountd-{shape[0]}")
+                warm["mountd"][shape[0]] = measured(
+                    m.path / "data.bin", shape, size, args.runtime, [m.proc.pid, *node_pids]
                 )
-            )
-        if args.s3_model:
-            # The model fetches its copy of an object from moto at the first GET; that is
-            # the model's cost, not S3's, so no timed reader may be the one to pay it.
-            model_s3 = boto3.client("s3", endpoint_url=endpoint)
-            for key in ("big.bin", "shared.bin"):
-                model_s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].read()
-        print(f"data ready in {work}", flush=True)
-
-        def origin_bytes() -> float:
-            return sum(metric(n.url + "/metrics", "ringcache_origin_bytes_total") for n in nodes)
-
-        def mountd(name: str, *extra: str) -> tuple[Mounted, str]:
-            mport = free_port()
-            m = Mounted(
-                name,
-                [
-                    sys.executable,
-                    "-m",
-                    "mountd",
-                    f"s3://{bucket}",
-                    str(work / name),
-                    "--etcd",
-                    etcd.url,
-                    "--cluster",
-                    "bench",
-                    "--foreground",
-                    "--metrics-listen",
-                    f"127.0.0.1:{mport}",
-                    "--log-level",
-                    "WARNING",
-                    *extra,
-                ],
-                work / name,
-                work / f"{name}.log",
-            )
-            mounts.append(m)
-            return m, f"http://127.0.0.1:{mport}/metrics"
-
-        # -- mountd ------------------------------------------------------------------------
-        r: dict[str, float] = {}
-        cold, _ = mountd("mountd-cold")
-        before = origin_bytes()
-        r["seq_cold_mbps"] = read_sequential(cold.path / "big.bin")
-        r["origin_bytes_cold_ratio"] = (origin_bytes() - before) / big.stat().st_size
-        cold.close()
-        warm, warm_metrics = mountd("mountd-warm")
-        r["seq_warm_mbps"] = read_sequential(warm.path / "big.bin")
-        r["warm_origin_block_reads"] = metric(
-            warm_metrics, "ringcache_client_block_reads_total", 'source="origin"'
-        )
-        warm.close()
-        rnd, _ = mountd("mountd-random")
-        r["random_64k_per_s"] = read_random(rnd.path / "big.bin")
-        r["small_files_s"] = list_and_read(rnd.path / "small")
-        rnd.close()
-        # Like for like with rclone's and s3fs's local disk caches: a mount with a local
-        # disk tier that has read the file once.
-        local, _ = mountd("mountd-local", "--local-cache", f"{work}/local-tier:1GiB")
-        read_sequential(local.path / "big.bin")
-        r["random_64k_local_tier_per_s"] = read_random(local.path / "big.bin")
-        local.close()
-        shared = [mountd(f"mountd-shared{i}")[0] for i in range(args.mounts)]
-        before = origin_bytes()
-        drop_caches()
-        with ThreadPoolExecutor(args.mounts) as pool:
-            list(pool.map(lambda m: read_sequential(m.path / "shared.bin"), shared))
-        r["n_mounts"] = args.mounts
-        r["n_mounts_origin_bytes_ratio"] = (origin_bytes() - before) / big.stat().st_size
-        for m in shared:
-            m.close()
-        results["mountd"] = r
-        print("mountd", r, flush=True)
-
-        if not args.skip_references:
-            # -- rclone mount --vfs-cache-mode full ------------------------------------------
-            env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-            env.update(
-                RCLONE_CONFIG_MOTO_TYPE="s3",
-                RCLONE_CONFIG_MOTO_PROVIDER="Other",
-                RCLONE_CONFIG_MOTO_ENDPOINT=endpoint,
-                RCLONE_CONFIG_MOTO_ACCESS_KEY_ID="testing",
-                RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY="testing",
-                RCLONE_CONFIG_MOTO_REGION="us-east-1",
-                RCLONE_CONFIG_MOTO_FORCE_PATH_STYLE="true",
-                RCLONE_CONFIG="/dev/null",
-            )
-
-            def rclone(name: str) -> Mounted:
-                m = Mounted(
-                    name,
-                    [
-                        "rclone",
-                        "mount",
-                        f"moto:{bucket}",
-                        str(work / name),
-                        "--vfs-cache-mode",
-                        "full",
-                        "--cache-dir",
-                        str(work / f"{name}-cache"),
-                    ],
-                    work / name,
-                    work / f"{name}.log",
-                    env=env,
-                )
-                mounts.append(m)
-                return m
-
-            rc: dict[str, float] = {}
-            m = rclone("rclone")
-            rc["seq_cold_mbps"] = read_sequential(m.path / "big.bin")
-            rc["seq_warm_mbps"] = read_sequential(m.path / "big.bin")
-            rc["random_64k_per_s"] = read_random(m.path / "big.bin")
-            m.close()
-            m = rclone("rclone-small")
-            rc["small_files_s"] = list_and_read(m.path / "small")
-            m.close()
-            results["rclone"] = rc
-            print("rclone", rc, flush=True)
-
-            # -- s3fs -o use_cache ------------------------------------------------------------
-            passwd = work / "s3fs.passwd"
-            passwd.write_text("testing:testing\n")
-            passwd.chmod(0o600)
-
-            def s3fs(name: str) -> Mounted:
-                (work / f"{name}-cache").mkdir()
-                m = Mounted(
-                    name,
-                    [
-                        "s3fs",
-                        bucket,
-                        str(work / name),
-                        "-f",
-                        "-o",
-                        f"passwd_file={passwd}",
-                        "-o",
-                        f"url={endpoint}",
-                        "-o",
-                        "use_path_request_style",
-                        "-o",
-                        f"use_cache={work / f'{name}-cache'}",
-                    ],
-                    work / name,
-                    work / f"{name}.log",
-                )
-                mounts.append(m)
-                return m
-
-            sf: dict[str, float] = {}
-            m = s3fs("s3fs")
-            sf["seq_cold_mbps"] = read_sequential(m.path / "big.bin")
-            sf["seq_warm_mbps"] = read_sequential(m.path / "big.bin")
-            sf["random_64k_per_s"] = read_random(m.path / "big.bin")
-            m.close()
-            m = s3fs("s3fs-small")
-            sf["small_files_s"] = list_and_read(m.path / "small")
-            m.close()
-            results["s3fs"] = sf
-            print("s3fs", sf, flush=True)
-            md = results["mountd"]
-            assert isinstance(md, dict)
-            results["ratios"] = {
-                "warm_vs_rclone_warm": md["seq_warm_mbps"] / rc["seq_warm_mbps"],
-                "cold_vs_rclone_cold": md["seq_cold_mbps"] / rc["seq_cold_mbps"],
-                "cold_vs_s3fs_cold": md["seq_cold_mbps"] / sf["seq_cold_mbps"],
-                "warm_vs_s3fs_warm": md["seq_warm_mbps"] / sf["seq_warm_mbps"],
-                "random_vs_rclone": md["random_64k_per_s"] / rc["random_64k_per_s"],
-                "random_local_tier_vs_rclone": md["random_64k_local_tier_per_s"]
-                / rc["random_64k_per_s"],
-                "small_files_speedup_vs_rclone": rc["small_files_s"] / md["small_files_s"],
-                "small_files_speedup_vs_s3fs": sf["small_files_s"] / md["small_files_s"],
+                m.close()
+            print("mountd", warm["mountd"], flush=True)
+        for system, start, reads_first in (
+            ("mountd-local", lambda n: mountd(n, "--local-cache", f"{work}/tier:{size * 2}"), True),
+            ("rclone", rclone, True),
+            ("s3fs", s3fs, True),
+            ("noopfs", noopfs, False),
+        ):
+            if not wanted(system):
+                continue
+            m = start(system)
+            if reads_first:
+                read_all(m.path / "data.bin")
+            pids = [m.proc.pid, *node_pids] if system.startswith("mountd") else [m.proc.pid]
+            warm[system] = {
+                shape[0]: measured(m.path / "data.bin", shape, size, args.runtime, pids)
+                for shape in SHAPES
             }
+            m.close()
+            print(system, warm[system], flush=True)
+
+        # -- cold phase: S3's costs ------------------------------------------------------------
+        if not args.skip_cold:
+            cold = cold_phase(args, work, cold_size, seaweed, nodes, mountd, rclone, s3fs)
+            results["cold"] = cold
     finally:
         for m in mounts:
-            with contextlib.suppress(Exception):
-                m.close()
-        for p in reversed(procs):
-            p.stop()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "-s3model" if args.s3_model else ""
-    (RESULTS / f"mount{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
+            m.close()
+    results["ratios"] = ratios(results)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(report(results))
+    print((RESULTS / f"{args.out}.md").read_text())
+
+
+def cold_phase(args, work, cold_size, seaweed, nodes, mountd, rclone, s3fs):  # type: ignore[no-untyped-def]
+    """Sequential 1 MiB reads of never-read objects, and N mounts reading one at once,
+    with S3's costs on the S3 port."""
+    shape = ("seq_1m_1job", "read", "1m", 1)
+    node_pids = [n.pid for n in nodes]
+    port = int(seaweed.endpoint.rsplit(":", 1)[1])
+    cold: dict[str, object] = {"mbps_per_conn": args.mbps_per_conn}
+
+    def origin(name: str) -> float:
+        total = 0.0
+        for n in nodes:
+            with urllib.request.urlopen(n.url + "/metrics", timeout=5) as resp:
+                total += metric_sum(resp.read().decode(), name)
+        return total
+
+    runtime = max(args.runtime, 20.0)
+    with SlowOrigin(port, args.mbps_per_conn):
+        for system, start, key in (
+            ("mountd", lambda n: mountd(n), "cold-mountd.bin"),
+            ("rclone", rclone, "cold-rclone.bin"),
+            ("s3fs", s3fs, "cold-s3fs.bin"),
+        ):
+            m = start(f"{system}-cold")
+            pids = [m.proc.pid, seaweed.process.pid]
+            if system == "mountd":
+                pids += node_pids
+            cold[system] = measured(m.path / key, shape, cold_size, runtime, pids)
+            m.close()
+            print("cold", system, cold[system], flush=True)
+        shared = [mountd(f"mountd-shared{i}") for i in range(args.mounts)]
+        bytes_before = origin("ringcache_origin_bytes_total")
+        gets_before = origin("ringcache_origin_requests_total")
+        drop_caches()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(args.mounts) as pool:
+            list(
+                pool.map(
+                    lambda m: subprocess.run(
+                        ["cat", str(m.path / "shared.bin")], check=True, stdout=subprocess.DEVNULL
+                    ),
+                    shared,
+                )
+            )
+        elapsed = time.perf_counter() - started
+        for m in shared:
+            m.close()
+        blocks = -(-cold_size // (4 * MIB))
+        cold["n_mounts"] = {
+            "mounts": args.mounts,
+            "seconds": elapsed,
+            "origin_bytes_ratio": (origin("ringcache_origin_bytes_total") - bytes_before)
+            / cold_size,
+            "origin_gets": origin("ringcache_origin_requests_total") - gets_before,
+            "blocks": blocks,
+        }
+        print("cold n_mounts", cold["n_mounts"], flush=True)
+    return cold
+
+
+def ratios(results: dict[str, object]) -> dict[str, float]:
+    """The issue's targets, as ratios within this run."""
+    warm: dict[str, dict[str, dict[str, float]]] = results["warm"]  # type: ignore[assignment]
+    cold: dict[str, dict[str, float]] = results["cold"]  # type: ignore[assignment]
+    out: dict[str, float] = {}
+
+    def put(name: str, a: str, b: str, shape: str, key: str = "iops") -> None:
+        if a in warm and b in warm:
+            out[name] = warm[a][shape][key] / warm[b][shape][key]
+
+    put("rand_64k_1job mountd / rclone (>= 0.6)", "mountd", "rclone", "rand_64k_1job")
+    put("rand_64k_1job mountd-local / rclone (>= 1.0)", "mountd-local", "rclone", "rand_64k_1job")
+    put("rand_4k_1job mountd / noopfs (>= 0.25)", "mountd", "noopfs", "rand_4k_1job")
+    put("rand_64k_1job mountd / noopfs (>= 0.25)", "mountd", "noopfs", "rand_64k_1job")
+    put("seq_1m_1job mountd / rclone (>= 1.0)", "mountd", "rclone", "seq_1m_1job", "mbps")
+    put("seq_1m_1job mountd / noopfs (>= 0.5)", "mountd", "noopfs", "seq_1m_1job", "mbps")
+    for ref in ("rclone", "s3fs"):
+        if "mountd" in cold and ref in cold:
+            out[f"cold seq_1m_1job mountd / {ref} (>= 2.0)"] = (
+                cold["mountd"]["mbps"] / cold[ref]["mbps"]
+            )
+    return out
+
+
+def report(results: dict[str, object]) -> str:
+    """The run as markdown: warm figures per shape and system, cold figures, ratios."""
+    warm: dict[str, dict[str, dict[str, float]]] = results["warm"]  # type: ignore[assignment]
+    cold: dict[str, object] = results["cold"]  # type: ignore[assignment]
+    lines = ["# bench_mount: one run", ""]
+    lines.append(f"`{json.dumps(results['args'])}`, load at start {results['machine']}")
+    lines += ["", "## Warm (SeaweedFS on loopback)", ""]
+    systems = list(warm)
+    lines.append("| shape | " + " | ".join(systems) + " |")
+    lines.append("|---|" + "---:|" * len(systems))
+    for shape, _, bs, _ in SHAPES:
+        key = "mbps" if bs == "1m" else "iops"
+        cells = [
+            f"{warm[s][shape][key]:,.0f} ({warm[s][shape]['cpu_us_per_mb']:,.0f})" for s in systems
+        ]
+        lines.append(
+            f"| {shape} ({'MB/s' if key == 'mbps' else 'IOPS'}) | " + " | ".join(cells) + " |"
+        )
+    lines += ["", "In brackets: CPU us per MB read of the serving processes.", ""]
+    if cold:
+        lines += ["## Cold (S3's bandwidth per connection on the S3 port: tc htb)", ""]
+        lines += ["| system | MB/s | CPU us per MB |", "|---|---:|---:|"]
+        for system in ("mountd", "rclone", "s3fs"):
+            r = cold.get(system)
+            if isinstance(r, dict):
+                lines.append(f"| {system} | {r['mbps']:,.1f} | {r['cpu_us_per_mb']:,.0f} |")
+        lines += ["", f"N mounts reading one new object at once: `{cold.get('n_mounts')}`", ""]
+    lines += ["## Ratios", "", "| target | ratio |", "|---|---:|"]
+    for name, value in results["ratios"].items():  # type: ignore[attr-defined]
+        lines.append(f"| {name} | {value:.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def _drops_setid(perm: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.Setat
     new = stat.S_IMODE(attr.st_mode)
     return bool(
         fields.update_mode
-        and not (fields.update_uid or fields.update_gid or fields.update_mtime)
+        and not (
+            fields.update_uid or fields.update_gid or fields.update_mtime or fields.update_atime
+        )
         and new | SETID == perm | SETID
         and not new & ~perm
     )
@@ -72,20 +74,21 @@ def check_change(
     (raised) for what only the owner or root may do; returns the access (``W`` or 0) the
     caller must still have on the object for the rest.
 
-    The kernel clearing setuid/setgid before a write or truncate by a user other than
-    the owner needs only write access; so does setting the times to now.
+    The kernel clearing setuid/setgid (a write, truncate or ``chown -1 -1`` by a user
+    other than root) needs only write access, and the owner not even that; setting the
+    times to now needs write access.
     """
     if ctx.uid == 0:
         return 0
     if _drops_setid(perm, attr, fields):
-        return W
+        return 0 if ctx.uid == uid else W  # the owner may change the mode anyway
     if (fields.update_uid and attr.st_uid != uid) or (
         (fields.update_mode or fields.update_gid) and ctx.uid != uid
     ):
         raise pyfuse3.FUSEError(errno.EPERM)
     if fields.update_gid and attr.st_gid not in {gid, ctx.gid} | caller_groups(ctx.pid):
         raise pyfuse3.FUSEError(errno.EPERM)
-    return W if fields.update_mtime and ctx.uid != uid else 0
+    return W if (fields.update_mtime or fields.update_atime) and ctx.uid != uid else 0
 
 
 def changed_attrs(
@@ -96,11 +99,12 @@ def changed_attrs(
     gid: int,
     attr: pyfuse3.EntryAttributes,
     fields: pyfuse3.SetattrFields,
+    now: float,
 ) -> PosixAttrs:
-    """The attributes to store after a setattr. Any change of mode or owner stores all
-    three, so the intent ("only its owner") holds in a mount whose --uid/--umask
-    defaults differ."""
-    kind = stat.S_IFDIR if is_dir else stat.S_IFREG
+    """The attributes to store after a setattr (its ctime is ``now``). Any change of
+    mode or owner stores all three, so the intent ("only its owner") holds in a mount
+    whose --uid/--umask defaults differ. A symbolic link or special file keeps its type."""
+    kind = stat.S_IFMT(old.mode or 0) or (stat.S_IFDIR if is_dir else stat.S_IFREG)
     owned = fields.update_mode or fields.update_uid or fields.update_gid
     return PosixAttrs(
         kind | (stat.S_IMODE(attr.st_mode) if fields.update_mode else perm) if owned else old.mode,
@@ -108,4 +112,6 @@ def changed_attrs(
         (attr.st_gid if fields.update_gid else gid) if owned else old.gid,
         attr.st_mtime_ns / 1e9 if fields.update_mtime else old.mtime,
         old.extra,
+        now,
+        attr.st_atime_ns / 1e9 if fields.update_atime else old.atime,
     )

@@ -7,17 +7,22 @@ The kernel enforces modes and owners (``default_permissions``) with the attribut
 was given; an S3 entry known only from a listing has the mount's defaults, so the
 operations that grant access check the caller again against the stored attributes
 (:mod:`mountd.access`), fetching them (one HEAD) if needed. chmod, chown and utime are
-stored in the origin (:meth:`Origin.set_posix`).
+stored in the origin (:meth:`Origin.set_posix`). Symbolic links and special files are
+objects the way s3fs stores them: a link's body is its target, and the type is in the
+stored mode (:class:`PosixAttrs`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
 import stat
+import tempfile
 import time
+from pathlib import Path
 
 import pyfuse3
 
@@ -25,7 +30,7 @@ from clientlib.client import CacheClient
 from clientlib.errors import RingcacheError
 from clientlib.origin import ObjectInfo, Origin
 from clientlib.origin.base import PosixAttrs
-from clientlib.urls import split_url
+from clientlib.urls import MAX_KEY_BYTES, split_url
 from mountd.access import SETID, R, W, X, allowed, changed_attrs, check_change
 from mountd.config import MountConfig
 from mountd.handles import DirHandle, FileHandle
@@ -99,6 +104,35 @@ class RingcacheFS(pyfuse3.Operations):
         if self.config.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
 
+    def _new_path(self, parent: Inode, name: bytes, is_dir: bool = False) -> str:
+        """The path of a new entry ``name`` in ``parent``: ENAMETOOLONG if its S3 key (with
+        the mount's prefix, and the ``/`` of a directory marker) would pass S3's limit of
+        :data:`MAX_KEY_BYTES`."""
+        path = child_path(parent.path, kernel_name(name))
+        url = self.config.dir_url(path) if is_dir else self.config.url(path)
+        if url.startswith("s3://") and len(url[5:].partition("/")[2].encode()) > MAX_KEY_BYTES:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        return path
+
+    async def _put(self, path: str, body: bytes, posix: PosixAttrs) -> Inode:
+        """Store the small object ``path`` (a symbolic link or special file) at once,
+        with ``posix``; its inode, looked up once more for the kernel. S3 only: EPERM
+        with a ``file://`` source."""
+        url = self.config.url(path)
+        if not url.startswith("s3://"):
+            # A file:// origin writes regular files only (and its nodes follow no links).
+            raise pyfuse3.FUSEError(errno.EPERM)
+        with tempfile.NamedTemporaryFile(dir=self.config.spool_dir) as tmp:
+            tmp.write(body)
+            tmp.flush()
+            info = await self.origin.write(url, Path(tmp.name), posix=posix)
+        self.client.forget(url)
+        node = self.inodes.ensure(path, Attr.of(info), posix)
+        node.checked = time.monotonic()
+        self.inodes.set_entry(path, node.attr)
+        node.lookups += 1
+        return node
+
     def _object(self, node: Inode) -> ObjectInfo:
         url = self.config.url(node.path)
         origin, key = split_url(url)
@@ -114,9 +148,16 @@ class RingcacheFS(pyfuse3.Operations):
 
     @staticmethod
     def _upload_posix(node: Inode) -> PosixAttrs:
-        """What an upload of ``node`` stores: its stored attributes (an mtime only if set
-        with utime since the last write; S3 then stores the upload's time)."""
-        return node.posix or NO_POSIX
+        """What an upload of ``node`` stores: its stored attributes, with the mtime set
+        with utime since the last write or else now, and the ctime of its last change
+        or else now (to the nanosecond, unlike S3's LastModified)."""
+        p = node.posix or NO_POSIX
+        now = time.time()
+        return dataclasses.replace(
+            p,
+            mtime=now if p.mtime is None else p.mtime,
+            ctime=now if p.ctime is None else p.ctime,
+        )
 
     async def _check(self, node: Inode, ctx: pyfuse3.RequestContext, want: int) -> None:
         """EACCES unless the caller has ``want`` (R|W|X) on ``node`` by its stored
@@ -130,10 +171,10 @@ class RingcacheFS(pyfuse3.Operations):
 
     async def _commit(self, spool: Spool, node: Inode) -> None:
         """Upload ``spool``; any failure is EIO to the writer (ENOSPC stays ENOSPC)."""
+        known = node.posix
+        posix = self._upload_posix(node)
         try:
-            info = await spool.commit(
-                self.origin, self.fetcher, self._upload_posix(node), self.upload
-            )
+            info = await spool.commit(self.origin, self.fetcher, posix, self.upload)
         except OSError as exc:
             log.error("upload of %s failed: %s", spool.url, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
@@ -142,6 +183,8 @@ class RingcacheFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
         if info is not None:
             self._committed(node, info)
+            if node.posix is known:  # no chmod/chown/utime meanwhile
+                self.inodes.set_posix(node, posix)
 
     # -- tree -------------------------------------------------------------------------
     @operation()
@@ -176,7 +219,13 @@ class RingcacheFS(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if fields.update_size:
             await self._truncate(node, attr.st_size)
-        if fields.update_mode or fields.update_uid or fields.update_gid or fields.update_mtime:
+        if (
+            fields.update_mode
+            or fields.update_uid
+            or fields.update_gid
+            or fields.update_mtime
+            or fields.update_atime
+        ):
             await self._set_posix(node, attr, fields, ctx)
         return self.inodes.attributes(node)
 
@@ -194,7 +243,7 @@ class RingcacheFS(pyfuse3.Operations):
         if need := check_change(ctx, perm, uid, gid, attr, fields):
             await self._check(node, ctx, need)
         old = node.posix or NO_POSIX
-        new = changed_attrs(old, node.attr.is_dir, perm, uid, gid, attr, fields)
+        new = changed_attrs(old, node.attr.is_dir, perm, uid, gid, attr, fields, time.time())
         if node.ino == ROOT_INODE:
             pass  # the root's attributes are this mount's (a bucket has none)
         elif self.writers.local_only(node):
@@ -207,7 +256,10 @@ class RingcacheFS(pyfuse3.Operations):
                 # Same bytes (a metadata copy may still change the ETag): the page cache
                 # stays valid, and later opens read the new version.
                 self._committed(node, info)
-        self.inodes.set_posix(node, new)
+        if node.attr.is_dir:
+            self.inodes.keep_dir_posix(node, new)
+        else:
+            self.inodes.set_posix(node, new)
 
     async def _truncate(self, node: Inode, size: int) -> None:
         if node.attr.is_dir:
@@ -217,9 +269,11 @@ class RingcacheFS(pyfuse3.Operations):
         if spool is not None:
             spool.truncate(size)
             node.attr.size = size
+            self.inodes.modified(node)
             return
         if size == node.attr.size and size > 0:
             return
+        self.inodes.modified(node)
         spool = await self.writers.open(node, self._object(node), truncate=size == 0)
         try:
             if size:
@@ -337,7 +391,7 @@ class RingcacheFS(pyfuse3.Operations):
         self._writable()
         parent = self.inodes.get(parent_inode)
         await self._check(parent, ctx, W | X)
-        path = child_path(parent.path, kernel_name(name))
+        path = self._new_path(parent, name)
         node = self.inodes.ensure(path, Attr(False, 0, time.time(), ""))
         if node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -346,6 +400,7 @@ class RingcacheFS(pyfuse3.Operations):
         self.inodes.set_posix(node, PosixAttrs(stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid))
         spool = await self.writers.open(node, self._object(node), truncate=True)
         self.inodes.set_entry(path, node.attr)
+        self.inodes.touch(parent)
         node.lookups += 1
         node.opens += 1
         fh = self._fh()
@@ -370,17 +425,14 @@ class RingcacheFS(pyfuse3.Operations):
         written = handle.spool.write(off, buf)
         node = handle.node
         node.attr.size = handle.spool.size
-        node.attr.mtime = time.time()
+        self.inodes.modified(node)
         p = node.posix
-        if p is not None and p.mtime is not None:
-            # A write is a new mtime: the upload's own, not one set earlier by utime.
-            node.posix = p = PosixAttrs(p.mode, p.uid, p.gid, None, p.extra)
         if handle.drop_setid and p is not None and p.mode is not None:
             # What the kernel does on a write by another user than root, whatever the
             # attributes it holds (a listing's defaults may not show these bits).
             kill = p.mode & (SETID if p.mode & stat.S_IXGRP else stat.S_ISUID)
             if kill:
-                node.posix = PosixAttrs(p.mode & ~kill, p.uid, p.gid, p.mtime, p.extra)
+                node.posix = dataclasses.replace(p, mode=p.mode & ~kill)
         return written
 
     @operation(timed=False)
@@ -417,11 +469,14 @@ class RingcacheFS(pyfuse3.Operations):
         self._writable()
         parent = self.inodes.get(parent_inode)
         await self._check(parent, ctx, W | X)
-        path = child_path(parent.path, kernel_name(name))
-        posix = PosixAttrs(stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid, time.time())
+        path = self._new_path(parent, name, is_dir=True)
+        now = time.time()
+        posix = PosixAttrs(stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid, now, ctime=now)
         await self.origin.mkdir(self.config.dir_url(path), posix)
-        node = self.inodes.ensure(path, Attr(True, 0, time.time()), posix)
+        node = self.inodes.ensure(path, Attr(True, 0, now))
+        self.inodes.keep_dir_posix(node, posix)
         self.inodes.set_entry(path, node.attr)
+        self.inodes.touch(parent)
         node.lookups += 1
         return self.inodes.attributes(node)
 
@@ -429,12 +484,23 @@ class RingcacheFS(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        """A regular file is created empty; a FIFO, socket or device is an empty object
+        with its type in the stored mode (and ``rdev`` in the metadata), as s3fs stores
+        them. The kernel opens those itself: their data never reaches the mount."""
         self._writable()
-        if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)  # no devices, FIFOs or sockets in a bucket
-        info, attrs = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
-        await self.release(info.fh)
-        return attrs
+        if stat.S_ISREG(mode):
+            info, attrs = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+            await self.release(info.fh)
+            return attrs
+        parent = self.inodes.get(parent_inode)
+        await self._check(parent, ctx, W | X)
+        path = self._new_path(parent, name)
+        now = time.time()
+        extra = (("rdev", str(rdev)),) if rdev else ()
+        posix = PosixAttrs(mode, ctx.uid, ctx.gid, now, extra, ctime=now)
+        node = await self._put(path, b"", posix)
+        self.inodes.touch(parent)
+        return self.inodes.attributes(node)
 
     @operation()
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -452,6 +518,7 @@ class RingcacheFS(pyfuse3.Operations):
             await self.origin.delete(url)
             self.client.forget(url)
         self.inodes.removed(node.path)
+        self.inodes.touch(parent)
 
     @operation()
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -465,6 +532,7 @@ class RingcacheFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         await self.origin.rmdir(self.config.dir_url(node.path))
         self.inodes.removed(node.path)
+        self.inodes.touch(parent)
 
     async def _empty(self, node: Inode) -> bool:
         """Whether the directory ``node`` is empty in the origin now (not as listed up to
@@ -501,10 +569,12 @@ class RingcacheFS(pyfuse3.Operations):
                 target = None
         if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EEXIST)
+        dst_path = self._new_path(new_parent, name_new, is_dir=node.attr.is_dir)
         if node.attr.is_dir:
             if old_parent is not new_parent:
                 await self._check(node, ctx, W)  # its ".." changes (the kernel's rule)
-            await self._rename_dir(node, child_path(new_parent.path, new_name), target)
+            await self._rename_dir(node, dst_path, target)
+            self._renamed(old_parent, new_parent, node)
             return
         if target is not None and target.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -513,7 +583,6 @@ class RingcacheFS(pyfuse3.Operations):
             # Upload what was written so far, under the old name, then move the object.
             await self._commit(spool, node)
         src = self.config.url(node.path)
-        dst_path = child_path(new_parent.path, new_name)
         dst = self.config.url(dst_path)
         info = await self.origin.rename(src, dst)
         self.client.forget(src)
@@ -522,6 +591,14 @@ class RingcacheFS(pyfuse3.Operations):
         self._committed(node, info)
         if spool is not None:
             spool.url = dst
+        self._renamed(old_parent, new_parent, node)
+
+    def _renamed(self, old_parent: Inode, new_parent: Inode, node: Inode) -> None:
+        """After a rename: both directories changed now, and so did the moved entry's
+        ctime (kept by this mount, like the directories' times)."""
+        self.inodes.touch(old_parent)
+        self.inodes.touch(new_parent)
+        self.inodes.changed(node)
 
     async def _rename_dir(self, node: Inode, dst_path: str, target: Inode | None) -> None:
         """Move the directory ``node`` and its tree to ``dst_path`` (Origin.rename_dir).
@@ -569,15 +646,39 @@ class RingcacheFS(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        """An object whose body is ``target``, with ``S_IFLNK`` in its stored mode (what
+        s3fs reads as a link and writes for one)."""
         self._writable()
-        raise pyfuse3.FUSEError(errno.EPERM)  # object stores have no symbolic links
+        parent = self.inodes.get(parent_inode)
+        await self._check(parent, ctx, W | X)
+        path = self._new_path(parent, name)
+        now = time.time()
+        posix = PosixAttrs(stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, now, ctime=now)
+        node = await self._put(path, target, posix)
+        node.link = (node.attr.version, target)
+        self.inodes.touch(parent)
+        return self.inodes.attributes(node)
+
+    @operation()
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = await self.inodes.refresh(self.inodes.get(inode), posix=True)
+        if self.inodes.kind(node) != stat.S_IFLNK:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if node.link is None or node.link[0] != node.attr.version:
+            target = b""
+            if node.attr.size:
+                target = bytes(
+                    await self.fetcher.get(self._object(node), 0, self.fetcher.block_size)
+                )
+            node.link = (node.attr.version, target)
+        return node.link[1]
 
     @operation()
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        raise pyfuse3.FUSEError(errno.EPERM)  # nor hard links
+        raise pyfuse3.FUSEError(errno.EPERM)  # an object has one name: no hard links
 
     # -- shutdown -----------------------------------------------------------------------
     async def flush_all(self) -> None:

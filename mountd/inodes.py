@@ -23,6 +23,7 @@ checks access against the stored attributes at open (see ``RingcacheFS._check``)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -46,6 +47,9 @@ ROOT_INODE = pyfuse3.ROOT_INODE
 NO_POSIX = PosixAttrs()
 #: Directory listings kept before expired ones are dropped.
 MAX_LISTINGS = 1024
+#: Directories whose attributes set through this mount are remembered by path (for
+#: servers that keep none on a marker); the oldest are forgotten beyond this many.
+MAX_DIR_ATTRS = 100_000
 
 
 @dataclass(slots=True)
@@ -81,6 +85,13 @@ class Inode:
     posix: PosixAttrs | None = None
     #: When ``posix`` was learnt (monotonic); it is trusted for ``attr_ttl``.
     posix_at: float = 0.0
+    #: A symbolic link's target, as ``(object version, target)``, once known.
+    link: tuple[str, bytes] | None = None
+    #: Times of changes made through this mount and not stored (wall clock; 0: none):
+    #: a directory's entries changed (mtime and ctime), a name moved (ctime). The
+    #: times shown are at least these.
+    local_mtime: float = 0.0
+    local_ctime: float = 0.0
 
 
 @dataclass(slots=True)
@@ -148,6 +159,7 @@ class InodeTable:
         self._listings: dict[str, Listing] = {}
         self._listing_tasks: dict[str, asyncio.Task[Listing]] = {}
         self._pinned: set[str] = set()
+        self._dir_attrs: dict[str, PosixAttrs] = {}
 
     # -- the table ------------------------------------------------------------------
     def get(self, ino: int) -> Inode:
@@ -182,7 +194,7 @@ class InodeTable:
                     node.attr = attr
                 node.checked = time.monotonic()
                 if posix is not None:
-                    self.set_posix(node, posix)
+                    (self.set_dir_posix if attr.is_dir else self.set_posix)(node, posix)
             return node
         ino = _hash_ino(path)
         while ino in self._by_ino:
@@ -198,6 +210,29 @@ class InodeTable:
     def set_posix(node: Inode, posix: PosixAttrs) -> None:
         node.posix = posix
         node.posix_at = time.monotonic()
+
+    def set_dir_posix(self, node: Inode, posix: PosixAttrs) -> None:
+        """What the origin says of a directory's attributes. A marker without any (none,
+        or a server that drops a marker's metadata: SeaweedFS) leaves those this mount
+        set (:meth:`keep_dir_posix`) in place: they hold in this mount only."""
+        if posix.mode is None:
+            known = self._dir_attrs.get(node.path)
+            if known is None and node.posix is not None and node.posix.mode is not None:
+                known = node.posix
+            if known is not None:
+                self.set_posix(node, known)
+                return
+        self.set_posix(node, posix)
+
+    def keep_dir_posix(self, node: Inode, posix: PosixAttrs) -> None:
+        """The directory ``node``'s attributes were set through this mount (mkdir, chmod,
+        chown, utime): they stand for it, by path, even after the kernel forgot the
+        inode, wherever the origin has none."""
+        self.set_posix(node, posix)
+        self._dir_attrs.pop(node.path, None)
+        self._dir_attrs[node.path] = posix
+        if len(self._dir_attrs) > MAX_DIR_ATTRS:
+            del self._dir_attrs[next(iter(self._dir_attrs))]
 
     def posix_fresh(self, node: Inode) -> bool:
         """Whether the stored attributes of ``node`` are known and recent enough."""
@@ -216,7 +251,7 @@ class InodeTable:
                 posix = await self._origin.dir_posix(self._config.dir_url(node.path))
             except NotFound:
                 raise pyfuse3.FUSEError(errno.ENOENT) from None
-            self.set_posix(node, posix)
+            self.set_dir_posix(node, posix)
             return node
         try:
             info, posix = await self._origin.stat_posix(url)
@@ -289,12 +324,18 @@ class InodeTable:
         self._pinned = {
             new_under + p[len(old_under) :] if p.startswith(old_under) else p for p in self._pinned
         }
+        self._dir_attrs = {
+            (new_path + p[len(node.path) :] if p == node.path or p.startswith(old_under) else p): a
+            for p, a in self._dir_attrs.items()
+            if p != new_path and not p.startswith(new_under)
+        }
         self.drop_listings(node.path)
         self.drop_listings(new_path)
         self.moved(node, new_path)
 
     def removed(self, path: str) -> None:
         """``path`` was deleted: drop the name (open files keep their inode)."""
+        self._dir_attrs.pop(path, None)
         node = self._by_path.pop(path, None)
         if node is not None:
             self.unpin(node)
@@ -340,7 +381,7 @@ class InodeTable:
         listing = Listing(started, posix=posix)
         node = self._by_path.get(path)
         if "" in posix and node is not None and node.attr.is_dir and node.ino != ROOT_INODE:
-            self.set_posix(node, posix[""])
+            self.set_dir_posix(node, posix[""])
         unnamed: list[str] = []
         for info in files:
             name = info.key.rpartition("/")[2]
@@ -440,6 +481,37 @@ class InodeTable:
         node.posix = None
         return await self.fetch_posix(node)
 
+    @staticmethod
+    def modified(node: Inode) -> None:
+        """The file's bytes changed (a write, a truncate): its mtime and ctime are now,
+        and its next upload stores the time of the upload, not a time set earlier."""
+        node.attr.mtime = time.time()
+        p = node.posix
+        if p is not None and (p.mtime is not None or p.ctime is not None):
+            node.posix = dataclasses.replace(p, mtime=None, ctime=None)
+
+    @staticmethod
+    def touch(directory: Inode) -> None:
+        """An entry of ``directory`` was created, removed or renamed: its mtime and ctime
+        are now (kept by this mount; see docs/mount.md)."""
+        directory.local_mtime = directory.local_ctime = time.time()
+
+    @staticmethod
+    def changed(node: Inode) -> None:
+        """``node`` itself changed without its attributes being stored (it was renamed):
+        its ctime is now (kept by this mount)."""
+        node.local_ctime = time.time()
+
+    @staticmethod
+    def kind(node: Inode) -> int:
+        """The file type bits of ``node``: a directory, else the stored type (a symbolic
+        link, FIFO, socket or device), else a regular file."""
+        if node.attr.is_dir:
+            return stat.S_IFDIR
+        mode = node.posix.mode if node.posix is not None else None
+        kind = stat.S_IFMT(mode or 0)
+        return kind if kind and kind != stat.S_IFDIR else stat.S_IFREG
+
     def perms(self, node: Inode) -> tuple[int, int, int]:
         """``(permission bits, uid, gid)`` of ``node``: stored ones, else the mount's."""
         c = self._config
@@ -460,17 +532,19 @@ class InodeTable:
         a.generation = 0
         a.entry_timeout = c.attr_ttl
         a.attr_timeout = c.attr_ttl
-        if node.attr.is_dir:
-            kind, a.st_nlink = stat.S_IFDIR, 2
-        else:
-            kind, a.st_nlink = stat.S_IFREG, 1
+        p = node.posix or NO_POSIX
+        a.st_nlink = 2 if node.attr.is_dir else 1
         perm, a.st_uid, a.st_gid = self.perms(node)
-        a.st_mode = kind | perm
-        a.st_rdev = 0
+        a.st_mode = self.kind(node) | perm
+        rdev = dict(p.extra).get("rdev", "")
+        a.st_rdev = int(rdev) if rdev.isdigit() else 0
         a.st_size = node.attr.size
         a.st_blksize = 1024 * 1024
         a.st_blocks = (node.attr.size + 511) // 512
-        mtime = node.posix.mtime if node.posix and node.posix.mtime is not None else None
-        ns = int((node.attr.mtime if mtime is None else mtime) * 1e9)
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        mtime = node.attr.mtime if p.mtime is None else p.mtime
+        ctime = mtime if p.ctime is None else p.ctime
+        mtime, ctime = max(mtime, node.local_mtime), max(ctime, node.local_ctime)
+        a.st_mtime_ns = int(mtime * 1e9)
+        a.st_ctime_ns = int(ctime * 1e9)
+        a.st_atime_ns = a.st_mtime_ns if p.atime is None else int(p.atime * 1e9)
         return a

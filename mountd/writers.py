@@ -79,6 +79,7 @@ class Writers:
         if truncate:
             spool.dirty = True
             node.attr.size = 0
+            self._inodes.modified(node)
         spool.refs += 1
         return spool
 

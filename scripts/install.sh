@@ -30,3 +30,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e ".[$EXTRAS]"
+
+# pjdfstest, the POSIX conformance suite tests/mountd/test_posix.py and
+# loadtest/posix_conformance.py run in the mount: built from the tarball in ../shared/tools
+# (RINGCACHE_TOOLS to look elsewhere) into .build/pjdfstest, outside git.
+TOOLS="${RINGCACHE_TOOLS:-../shared/tools}"
+PJD_TARBALL="$(ls "$TOOLS"/pjdfstest-*.tar.gz 2>/dev/null | head -n 1 || true)"
+if [ -n "$PJD_TARBALL" ] && [ ! -x .build/pjdfstest/pjdfstest ]; then
+    rm -rf .build/pjdfstest && mkdir -p .build
+    tar xzf "$PJD_TARBALL" -C .build && mv .build/pjdsrc .build/pjdfstest
+    (cd .build/pjdfstest && autoreconf -ifs >/dev/null 2>&1 && ./configure -q >/dev/null \
+        && make -s pjdfstest >/dev/null)
+fi

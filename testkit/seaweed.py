@@ -70,6 +70,9 @@ def start_seaweed(workdir: Path, timeout: float = 60.0) -> Seaweed:
     cmd = [
         _weed(), "mini", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", "-admin.ui=false", f"-s3.port={s3}",
+        # Off: they listen on fixed ports, so a second weed (another test module on
+        # another xdist worker) would die at start.
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
         f"-admin.port={admin}",
     ]  # fmt: skip

@@ -38,7 +38,7 @@ __all__ = ["ObjectInfo", "Origin", "PosixAttrs", "Progress", "TooManyObjects"]
 #: call; negative when a retry rewinds). It may block: that throttles the upload.
 Progress = Callable[[int], None]
 
-_POSIX_KEYS = ("mode", "uid", "gid", "mtime")
+_POSIX_KEYS = ("mode", "uid", "gid", "mtime", "ctime", "atime")
 
 
 class TooManyObjects(RingcacheError):
@@ -65,11 +65,12 @@ class ObjectInfo:
 
 @dataclass(frozen=True, slots=True)
 class PosixAttrs:
-    """Mode, owner and mtime stored with an object; ``None`` is "not stored".
+    """Mode, owner and times stored with an object; ``None`` is "not stored".
 
-    ``mode`` is a whole ``st_mode`` (type bits included, as s3fs stores it); ``extra``
-    is the object's other user metadata, kept so that rewriting the POSIX keys does not
-    drop it.
+    ``mode`` is a whole ``st_mode`` (type bits included, as s3fs stores it: a symbolic
+    link is ``S_IFLNK``, its target the object's body; a FIFO, socket or device an
+    empty object of that type); ``extra`` is the object's other user metadata, kept so
+    that rewriting the POSIX keys does not drop it.
     """
 
     mode: int | None = None
@@ -77,6 +78,8 @@ class PosixAttrs:
     gid: int | None = None
     mtime: float | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    ctime: float | None = None
+    atime: float | None = None
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str]) -> PosixAttrs:
@@ -95,15 +98,24 @@ class PosixAttrs:
             number("gid", int),  # type: ignore[arg-type]
             number("mtime", float),  # type: ignore[arg-type]
             tuple(sorted((k, v) for k, v in lower.items() if k not in _POSIX_KEYS)),
+            number("ctime", float),  # type: ignore[arg-type]
+            number("atime", float),  # type: ignore[arg-type]
         )
 
     @classmethod
     def from_stat(cls, st: object) -> PosixAttrs:
-        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_mtime)  # type: ignore[attr-defined]
+        return cls(
+            st.st_mode,  # type: ignore[attr-defined]
+            st.st_uid,  # type: ignore[attr-defined]
+            st.st_gid,  # type: ignore[attr-defined]
+            st.st_mtime,  # type: ignore[attr-defined]
+            ctime=st.st_ctime,  # type: ignore[attr-defined]
+            atime=st.st_atime,  # type: ignore[attr-defined]
+        )
 
     def to_metadata(self) -> dict[str, str]:
         """S3 user metadata in s3fs's format: decimal ``mode``/``uid``/``gid``, and
-        ``mtime`` as seconds (``sec`` or ``sec.nanoseconds``)."""
+        ``mtime``, ``ctime`` and ``atime`` as seconds (``sec`` or ``sec.nanoseconds``)."""
         meta = dict(self.extra)
         if self.mode is not None:
             meta["mode"] = str(self.mode)
@@ -111,10 +123,10 @@ class PosixAttrs:
             meta["uid"] = str(self.uid)
         if self.gid is not None:
             meta["gid"] = str(self.gid)
-        if self.mtime is not None:
-            ns = round(self.mtime * 1e9)
-            sec, frac = divmod(ns, 10**9)
-            meta["mtime"] = f"{sec}.{frac:09d}" if frac else str(sec)
+        for key, value in (("mtime", self.mtime), ("ctime", self.ctime), ("atime", self.atime)):
+            if value is not None:
+                sec, frac = divmod(round(value * 1e9), 10**9)
+                meta[key] = f"{sec}.{frac:09d}" if frac else str(sec)
         return meta
 
     @property

@@ -385,9 +385,10 @@ class FileOrigin(Origin):
                 log.debug("cannot give %s to %d:%d; owner left as is", path, uid, gid)
         if attrs.perm is not None:
             os.chmod(target, attrs.perm)
-        if attrs.mtime is not None:
-            ns = round(attrs.mtime * 1e9)
-            os.utime(target, ns=(ns, ns))
+        if attrs.mtime is not None or attrs.atime is not None:
+            mtime = os.stat(target).st_mtime_ns if attrs.mtime is None else round(attrs.mtime * 1e9)
+            atime = mtime if attrs.atime is None else round(attrs.atime * 1e9)
+            os.utime(target, ns=(atime, mtime))
 
     async def stat_posix(self, url: str) -> tuple[ObjectInfo, PosixAttrs]:
         path = self._path(url)

@@ -45,6 +45,9 @@ __all__ = ["S3Origin"]
 
 log = logging.getLogger(__name__)
 
+#: An object's headers that a rewrite of its metadata keeps.
+_CONTENT_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "CacheControl")
+
 
 def _info(url: str, origin: str, key: str, size: int, version: dict[str, Any]) -> ObjectInfo:
     """An object's info; ``version`` is the S3 answer that carries its ``ETag`` and
@@ -258,7 +261,8 @@ class S3Origin(Origin):
     ) -> ObjectInfo:
         """Upload ``path`` (multipart when large), then read back the new ETag.
 
-        ``posix`` becomes the object's user metadata (``mtime`` defaults to now);
+        ``posix`` becomes the object's user metadata (``mtime`` and ``ctime`` default to
+        now);
         ``progress`` is boto3's transfer callback, called as the body is sent.
         """
         origin, key = split_url(url)
@@ -266,8 +270,12 @@ class S3Origin(Origin):
             raise BadRequest(f"not an object URL: {url}")
         extra = None
         if posix is not None:
-            if posix.mtime is None:
-                posix = PosixAttrs(posix.mode, posix.uid, posix.gid, time.time(), posix.extra)
+            now = time.time()
+            posix = dataclasses.replace(
+                posix,
+                mtime=now if posix.mtime is None else posix.mtime,
+                ctime=now if posix.ctime is None else posix.ctime,
+            )
             extra = {"Metadata": posix.to_metadata()}
         ORIGIN_REQUESTS.labels("put").inc()
         await self._call(lambda: self._upload_sync(origin[5:], key, path, extra, progress), url)
@@ -322,15 +330,19 @@ class S3Origin(Origin):
                 "NotFound",
             ):
                 # A directory that only exists as a prefix: give it a marker to hold them.
-                self._client.put_object(
-                    Bucket=bucket, Key=key, Body=b"", Metadata=attrs.to_metadata()
-                )
+                self._put_marker_sync(bucket, key, attrs, {})
                 return
             raise
         old = PosixAttrs.from_metadata(head.get("Metadata") or {})
-        meta = PosixAttrs(attrs.mode, attrs.uid, attrs.gid, attrs.mtime, old.extra)
+        meta = dataclasses.replace(attrs, extra=old.extra)
+        if key.endswith("/") and int(head["ContentLength"]) == 0:
+            # A directory marker is written again rather than copied onto itself:
+            # SeaweedFS answers NoSuchKey to a self-copy of `dir/`, and a PUT of an
+            # empty marker is a request every S3 server takes the same way.
+            self._put_marker_sync(bucket, key, meta, head)
+            return
         extra: dict[str, Any] = {"Metadata": meta.to_metadata(), "MetadataDirective": "REPLACE"}
-        for name in ("ContentType", "ContentEncoding", "ContentDisposition", "CacheControl"):
+        for name in _CONTENT_HEADERS:
             if head.get(name):
                 extra[name] = head[name]
         source = {"Bucket": bucket, "Key": key}
@@ -343,8 +355,9 @@ class S3Origin(Origin):
 
     async def set_posix(self, url: str, attrs: PosixAttrs) -> ObjectInfo | None:
         """Rewrite the object's metadata in place: CopyObject onto itself with
-        ``MetadataDirective=REPLACE`` (other user metadata is kept). The ETag may change
-        (it does for multipart objects), so the new version is returned."""
+        ``MetadataDirective=REPLACE`` (other user metadata is kept), or, for an empty
+        directory marker, a PUT of it again with the new metadata. The ETag
+        may change (it does for multipart objects), so the new version is returned."""
         origin, key = split_url(url)
         if not key:
             raise BadRequest(f"the bucket root {url} has no metadata")
@@ -375,11 +388,27 @@ class S3Origin(Origin):
         await self.delete(src)
         return info
 
+    def _put_marker_sync(
+        self, bucket: str, key: str, attrs: PosixAttrs, head: dict[str, Any]
+    ) -> dict[str, Any]:
+        """PUT the empty object ``key`` with ``attrs`` as its metadata (and ``head``'s
+        content headers); the answer, with its ETag."""
+        extra = {name: head[name] for name in _CONTENT_HEADERS if head.get(name)}
+        return self._client.put_object(  # type: ignore[no-any-return]
+            Bucket=bucket, Key=key, Body=b"", Metadata=attrs.to_metadata(), **extra
+        )
+
     def _copy_sync(
         self, bucket: str, key: str, size: int, dst_bucket: str, dst_key: str
     ) -> dict[str, Any] | None:
         """A server-side copy keeping the metadata; CopyObject's result, or None after a
-        multipart copy (over 5 GiB), which has none."""
+        multipart copy (over 5 GiB), which has none. A directory marker is written anew
+        with the source's metadata (a HEAD and a PUT): SeaweedFS cannot copy one."""
+        if dst_key.endswith("/") and size == 0:
+            head = self._client.head_object(Bucket=bucket, Key=key)
+            attrs = PosixAttrs.from_metadata(head.get("Metadata") or {})
+            result = self._put_marker_sync(dst_bucket, dst_key, attrs, head)
+            return {"ETag": result["ETag"], "LastModified": head["LastModified"]}
         source = {"Bucket": bucket, "Key": key}
         if size <= self._MAX_COPY:
             resp = self._client.copy_object(Bucket=dst_bucket, Key=dst_key, CopySource=source)
@@ -465,7 +494,12 @@ class S3Origin(Origin):
         doomed = [join_url(src_origin, item["Key"]) for item in items]
         if not marker:
             doomed.append(dst)
-        left = await self._delete_all(doomed, parallel)
+        # Markers go after the objects under them, deepest first: SeaweedFS keeps a
+        # marker deleted while its directory still holds something.
+        files = [url for url in doomed if not url.endswith("/")]
+        left = await self._delete_all(files, parallel)
+        for url in sorted(set(doomed) - set(files), key=lambda u: -u.count("/")):
+            left += await self._delete_all([url], 1)
         if left:
             raise OriginError(
                 f"renamed {src} to {dst}, but {len(left)} of the {len(doomed)} old objects "

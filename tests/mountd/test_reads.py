@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ import pytest
 from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.launcher import Node, wait_until
+from mountd.prefetch import PULL_AFTER
 from mountd.readahead import READ_AHEAD_KB
 from tests.conftest import Cluster, cachectl, node_metric, wait_ring
 
@@ -88,6 +90,62 @@ def test_small_random_reads_fetch_only_the_bytes_they_need(make_cluster, mount, 
     assert node_metric(cluster.nodes[0], "ringcache_block_hits_total") > hits
     assert node_metric(cluster.nodes[0], "ringcache_origin_bytes_total") == 3 * BS
     assert (m.path / "t.parquet").read_bytes() == data
+
+
+def test_a_block_random_reads_keep_coming_back_to_is_pulled_whole_once(
+    make_cluster, mount, s3, bucket
+):
+    """Random reads cost their bytes until a block has had PULL_AFTER of them; then the
+    block is pulled whole, once, and later reads of it are served by the mount."""
+    data = payload(4 * BS)
+    s3.put_object(Bucket=bucket, Key="r.bin", Body=data)
+    cluster = make_cluster(1)
+    m = mount(cluster, f"s3://{bucket}")
+    node = cluster.nodes[0]
+    fd = os.open(m.path / "r.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+        def read(block: int, k: int) -> None:
+            offset = block * BS + (k * 125 + 1) * 4096  # whole pages
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+
+        for k in range(PULL_AFTER - 1):  # jumps between blocks 1 and 3: ranges only
+            read(1, k)
+            read(3, k)
+        assert node_metric(node, "ringcache_served_bytes_total") < BS
+        read(1, PULL_AFTER - 1)  # block 1's last range read: it is pulled whole
+        wait_until(lambda: node_metric(node, "ringcache_served_bytes_total") >= BS, 20, "pull")
+        served = node_metric(node, "ringcache_served_bytes_total")
+        assert served < 2 * BS  # block 1 only
+        read(1, PULL_AFTER)
+        read(3, PULL_AFTER)  # block 3's last range read pulls it too
+        wait_until(
+            lambda: node_metric(node, "ringcache_served_bytes_total") >= served + BS, 20, "pull"
+        )
+        read(1, PULL_AFTER + 1)
+    finally:
+        os.close(fd)
+    assert node_metric(node, "ringcache_served_bytes_total") < served + BS + 8192
+
+
+def test_mounts_reading_one_cold_file_at_once_pull_it_from_the_origin_once(
+    make_cluster, mount, s3, bucket
+):
+    data = payload(SIZE)
+    s3.put_object(Bucket=bucket, Key="shared.bin", Body=data)
+    cluster = make_cluster(2)
+    mounts = [mount(cluster, f"s3://{bucket}") for _ in range(3)]
+    with ThreadPoolExecutor(len(mounts)) as pool:
+        got = list(pool.map(lambda m: (m.path / "shared.bin").read_bytes(), mounts))
+    assert all(g == data for g in got)
+    # Every origin read is a node's, or a mount's own fallback when no node answers.
+    nodes_bytes = sum(node_metric(n, "ringcache_origin_bytes_total") for n in cluster.nodes)
+    nodes_gets = sum(node_metric(n, "ringcache_origin_requests_total") for n in cluster.nodes)
+    fallbacks = sum(
+        m.metric("ringcache_client_block_reads_total", 'source="origin"') for m in mounts
+    )
+    assert (nodes_bytes, nodes_gets, fallbacks) == (SIZE, 4, 0)
 
 
 def test_page_cache_is_kept_across_opens_until_the_object_changes(make_cluster, mount, s3, bucket):

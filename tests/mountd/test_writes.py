@@ -113,8 +113,9 @@ def test_mkdir_rmdir_unlink_rename_behave_with_posix_errnos(make_cluster, mount,
         os.unlink(m.path / "g")
     with pytest.raises(FileNotFoundError):
         os.rmdir(m.path / "nope")
+    (m.path / "h").write_bytes(b"one name")
     with pytest.raises(OSError) as exc:
-        os.symlink("e2", m.path / "link")
+        os.link(m.path / "h", m.path / "link")  # an object has one name: no hard links
     assert exc.value.errno == errno.EPERM
     os.chmod(m.path / "e2", 0o700)  # stored in the marker object's metadata
     assert (m.path / "e2").stat().st_mode & 0o777 == 0o700
