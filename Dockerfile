@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for all three commands: cachenode, mountd and cachectl.
+# One image for all four commands: cachenode, mountd, s3gate and cachectl.
 #
 #   docker build -t ringcache:0.1.0 .
 #
@@ -8,6 +8,12 @@
 #       cachenode --listen 0.0.0.0:7070 --advertise 10.0.0.21:7070 \
 #                 --cache-dir /var/lib/ringcache/cache0:800GiB \
 #                 --etcd http://etcd.internal:2379 --cluster research
+#
+#   # an S3 gateway (non-root as well; keys file and cluster secret mounted read-only)
+#   docker run -d --network host -v /etc/ringcache:/etc/ringcache:ro ringcache:0.1.0 \
+#       s3gate --listen 0.0.0.0:9000 --metrics-listen 0.0.0.0:9465 \
+#              --etcd http://etcd.internal:2379 --cluster research \
+#              --keys /etc/ringcache/s3gate-keys.toml --token-file /etc/ringcache/cluster.secret
 #
 #   # the CLI (non-root as well)
 #   docker run --rm --network host ringcache:0.1.0 \
@@ -44,10 +50,11 @@ RUN RINGCACHE_INSTALL_PROFILE=runtime bash scripts/install.sh \
     && command -v fusermount3 \
     && .venv/bin/cachenode --help >/dev/null \
     && .venv/bin/mountd --help >/dev/null \
+    && .venv/bin/s3gate --help >/dev/null \
     && .venv/bin/cachectl --help >/dev/null \
     && .venv/bin/python -c "import pyfuse3"
 
-# cachenode and cachectl run as this user; mountd is started as root (see above).
+# cachenode, s3gate and cachectl run as this user; mountd is started as root (see above).
 RUN groupadd --system --gid 10001 ringcache \
     && useradd --system --uid 10001 --gid ringcache --home-dir /var/lib/ringcache \
        --shell /usr/sbin/nologin ringcache \
@@ -56,7 +63,7 @@ RUN groupadd --system --gid 10001 ringcache \
 ENV PATH=/opt/ringcache/.venv/bin:$PATH
 USER 10001:10001
 WORKDIR /var/lib/ringcache
-EXPOSE 7070
+EXPOSE 7070 9000 9465
 
-# No default daemon: say which command to run (cachenode, mountd or cachectl).
+# No default daemon: say which command to run (cachenode, mountd, s3gate or cachectl).
 CMD ["cachenode", "--help"]

@@ -87,6 +87,7 @@ async def run(config: NodeConfig) -> None:
         block_size=lambda: (
             (watcher.config if watcher.synced else membership.cluster_config).block_size
         ),
+        cluster_gateways=membership.list_gateways,
     )
     secret = load_secret(config.token_file) if config.token_file else None
     credentials = Credentials.for_secret(secret) if secret else Credentials()

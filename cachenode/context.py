@@ -16,6 +16,7 @@ from cachenode.fairshare import FairScheduler
 from cachenode.hotblocks import HotBlocks
 from clientlib.blocks import DEFAULT_BLOCK_SIZE
 from clientlib.cluster import NodeInfo
+from clientlib.gateways import GatewayInfo
 
 __all__ = ["NodeContext"]
 
@@ -24,9 +25,9 @@ class NodeContext:
     """What the handlers need to know about the node beyond its store.
 
     ``cluster_nodes`` lists the cluster's members from etcd (for service discovery and
-    the dashboard); ``stop`` is set to drain the node, by SIGTERM or ``cachectl drain``;
-    ``block_size`` is the cluster's setting, which block geometry is taken from (never
-    from a request alone).
+    the dashboard), ``cluster_gateways`` its S3 gateways (for the dashboard); ``stop`` is
+    set to drain the node, by SIGTERM or ``cachectl drain``; ``block_size`` is the
+    cluster's setting, which block geometry is taken from (never from a request alone).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class NodeContext:
         cluster_nodes: Callable[[], Awaitable[list[NodeInfo]]] | None = None,
         serve_slots: int = 64,
         block_size: Callable[[], int] = lambda: DEFAULT_BLOCK_SIZE,
+        cluster_gateways: Callable[[], Awaitable[list[GatewayInfo]]] | None = None,
     ) -> None:
         self.node_id = node_id
         #: The cluster's block size now (from etcd): the only one this node stores.
@@ -56,6 +58,7 @@ class NodeContext:
         #: path tallies its counts in plain ints and adds them to Prometheus here.
         self.before_report: list[Callable[[], None]] = []
         self._cluster_nodes = cluster_nodes
+        self._cluster_gateways = cluster_gateways
 
     def enter(self) -> None:
         """Count a block request in (a drain waits for none to be in flight)."""
@@ -74,3 +77,7 @@ class NodeContext:
     async def cluster_nodes(self) -> list[NodeInfo]:
         """The cluster's members as etcd lists them (none if the node has no etcd view)."""
         return [] if self._cluster_nodes is None else await self._cluster_nodes()
+
+    async def cluster_gateways(self) -> list[GatewayInfo]:
+        """The cluster's S3 gateways as etcd lists them (for the dashboard only)."""
+        return [] if self._cluster_gateways is None else await self._cluster_gateways()

@@ -1,6 +1,8 @@
 """The built-in web dashboard: one static page served by every node, for sites without
 Grafana. It polls ``/v1/cluster`` once a second and draws the cluster's hit ratio by
-count and by bytes and each node's state, usage and rates (from the deltas between polls).
+count and by bytes and each node's state, usage and rates (from the deltas between polls);
+and ``/v1/gateways`` (served here), for a row per S3 gateway registered in etcd: its
+requests by operation, errors, bytes and block sources, read from its ``/metrics``.
 
 The page is self-contained (inline CSS and JS, no CDN), so it works on an air-gapped
 cluster. It inserts data only as text, and is served with a Content-Security-Policy that
@@ -13,9 +15,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
 from pathlib import Path
 
 from aiohttp import web
+
+from cachenode.context import NodeContext
+from clientlib.gateways import gateway_figures
 
 __all__ = ["add_routes"]
 
@@ -37,8 +43,9 @@ def _csp(html: str) -> str:
     )
 
 
-def add_routes(app: web.Application) -> None:
-    """Serve the dashboard at ``GET /dashboard``."""
+def add_routes(app: web.Application, node: NodeContext) -> None:
+    """Serve the dashboard at ``GET /dashboard`` and its gateway figures at
+    ``GET /v1/gateways``."""
     html = PAGE.read_text(encoding="utf-8")
     headers = {
         "Content-Security-Policy": _csp(html),
@@ -51,4 +58,9 @@ def add_routes(app: web.Application) -> None:
     async def page(_: web.Request) -> web.Response:
         return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
 
+    async def gateways(_: web.Request) -> web.Response:
+        figures = await gateway_figures(await node.cluster_gateways())
+        return web.json_response({"gateways": figures, "time": time.time()})
+
     app.router.add_get("/dashboard", page)
+    app.router.add_get("/v1/gateways", gateways)

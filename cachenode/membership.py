@@ -1,4 +1,5 @@
-"""The node's membership in etcd: a record under ``nodes/<id>`` kept alive by a lease.
+"""The node's membership in etcd: a record under ``nodes/<id>`` kept alive by a lease
+(:class:`clientlib.lease.LeasedRecord`).
 
 A crashed node drops out of every client's ring when its lease expires. While etcd is
 unreachable the node keeps serving (clients keep their last ring); when etcd returns and
@@ -15,8 +16,6 @@ import socket
 import uuid
 from pathlib import Path
 
-import aetcd
-
 from clientlib.blocks import DEFAULT_BLOCK_SIZE
 from clientlib.cluster import (
     ClusterConfig,
@@ -26,7 +25,9 @@ from clientlib.cluster import (
     node_key,
     nodes_prefix,
 )
-from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error, forget_token
+from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error
+from clientlib.gateways import GatewayInfo, gateway_records, gateways_prefix
+from clientlib.lease import LeasedRecord
 from clientlib.ring import node_records
 
 __all__ = ["Membership", "stable_node_id"]
@@ -41,10 +42,8 @@ class Membership:
         self._target = EtcdTarget.of(etcd)
         self._cluster = cluster
         self.info = info
-        self._ttl = ttl
         self._etcd = connect(self._target)
-        self._lease: aetcd.Lease | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._record = LeasedRecord(self._etcd, node_key(cluster, info.id), ttl, f"node {info.id}")
         self.cluster_config = ClusterConfig(DEFAULT_BLOCK_SIZE)
 
     async def join(self) -> None:
@@ -55,10 +54,9 @@ class Membership:
         """
         try:
             await asyncio.wait_for(self._ensure_config(), timeout=10)
-            await asyncio.wait_for(self._register(), timeout=10)
+            await asyncio.wait_for(self._record.put(self.info.to_json()), timeout=10)
         except ETCD_ERRORS as exc:
             raise etcd_error(self._target, exc) from None
-        self._task = asyncio.create_task(self._keepalive(), name="lease-keepalive")
         log.info("node %s joined cluster %s as %s", self.info.id, self._cluster, self.info.addr)
 
     async def _ensure_config(self) -> None:
@@ -73,54 +71,26 @@ class Membership:
         if got is not None:
             self.cluster_config = ClusterConfig.from_json(got.value)
 
-    async def _register(self) -> None:
-        self._lease = await self._etcd.lease(self._ttl)
-        await self._etcd.put(
-            node_key(self._cluster, self.info.id), self.info.to_json(), lease=self._lease
-        )
-
-    async def _keepalive(self) -> None:
-        period = max(1.0, self._ttl / 3)
-        healthy = True
-        while True:
-            await asyncio.sleep(period)
-            try:
-                reply = None if self._lease is None else await self._lease.refresh()
-                if reply is None or reply.TTL <= 0:
-                    log.warning("node %s: lease expired, registering again", self.info.id)
-                    await self._register()
-                if not healthy:
-                    log.info("node %s: etcd reachable again", self.info.id)
-                healthy = True
-            except ETCD_ERRORS as exc:
-                if healthy:
-                    log.warning("node %s: etcd unreachable, still serving: %s", self.info.id, exc)
-                healthy = False
-                await forget_token(self._etcd, exc)
-
     async def list_nodes(self) -> list[NodeInfo]:
         """Every node record of the cluster, sorted by id (see :func:`node_records`)."""
         return node_records(self._cluster, await self._etcd.get_prefix(nodes_prefix(self._cluster)))
+
+    async def list_gateways(self) -> list[GatewayInfo]:
+        """Every S3 gateway record of the cluster, sorted by id (for the dashboard only)."""
+        prefix = gateways_prefix(self._cluster)
+        return gateway_records(self._cluster, await self._etcd.get_prefix(prefix))
 
     async def set_state(self, state: str) -> None:
         """Publish a new state (``draining`` takes the node out of every client's ring)."""
         self.info = dataclasses.replace(self.info, state=state)  # type: ignore[arg-type]
         try:
-            await self._etcd.put(
-                node_key(self._cluster, self.info.id), self.info.to_json(), lease=self._lease
-            )
+            await self._record.put(self.info.to_json())
         except ETCD_ERRORS as exc:
             log.warning("node %s: could not publish state %s: %s", self.info.id, state, exc)
 
     async def leave(self) -> None:
         """Stop the keepalive and revoke the lease, removing the record at once."""
-        if self._task is not None:
-            self._task.cancel()
-        try:
-            if self._lease is not None:
-                await self._lease.revoke()
-        except ETCD_ERRORS as exc:
-            log.warning("node %s: could not revoke lease (it will expire): %s", self.info.id, exc)
+        await self._record.revoke()
         await self._etcd.close()
 
 

@@ -39,5 +39,5 @@ def make_app(
     )
     BlockRoutes(store, readthrough, node, core).add_to(app)
     NodeRoutes(store, readthrough, node, verifier).add_to(app)
-    dashboard.add_routes(app)
+    dashboard.add_routes(app, node)
     return app

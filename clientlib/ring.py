@@ -14,8 +14,8 @@ import bisect
 import contextlib
 import logging
 import random
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
 import xxhash
 from uhashring import HashRing
@@ -32,7 +32,7 @@ from clientlib.cluster import (
 from clientlib.errors import BadRequest
 from clientlib.etcd import ETCD_ERRORS, EtcdTarget, connect, etcd_error, forget_token, misconfigured
 
-__all__ = ["Ring", "RingWatcher", "node_records"]
+__all__ = ["Ring", "RingWatcher", "node_records", "read_records"]
 
 log = logging.getLogger(__name__)
 
@@ -141,28 +141,42 @@ class _Entry(Protocol):
     value: bytes
 
 
-def node_records(cluster: str, entries: Iterable[_Entry]) -> list[NodeInfo]:
-    """The node records among etcd ``entries`` of ``cluster``, sorted by id.
+class _Record(Protocol):
+    @property
+    def id(self) -> str: ...
 
-    The one reader of ``nodes/<id>`` records for clients, nodes and cachectl: entries
-    outside the nodes prefix are ignored; a malformed record, or one filed under another
-    node's key, is skipped with a warning, so no reader routes to it.
+
+R = TypeVar("R", bound=_Record)
+
+
+def read_records(
+    prefix: bytes, entries: Iterable[_Entry], parse: Callable[[bytes], R], what: str
+) -> list[R]:
+    """The records filed under ``prefix + <id>`` among etcd ``entries``, sorted by id.
+
+    Entries outside ``prefix`` are ignored; a record ``parse`` refuses (:class:`BadRequest`),
+    or one filed under another id's key, is skipped with a warning, so no reader uses it.
     """
-    prefix = nodes_prefix(cluster)
-    nodes: list[NodeInfo] = []
+    records: list[R] = []
     for kv in entries:
         if not kv.key.startswith(prefix):
             continue
         try:
-            node = NodeInfo.from_json(kv.value)
+            record = parse(kv.value)
         except BadRequest as exc:
-            log.warning("skipping node record %r: %s", kv.key, exc)
+            log.warning("skipping %s record %r: %s", what, kv.key, exc)
             continue
-        if kv.key != prefix + node.id.encode():
-            log.warning("skipping node record %r: it names node %s", kv.key, node.id)
+        if kv.key != prefix + record.id.encode():
+            log.warning("skipping %s record %r: it names %s %s", what, kv.key, what, record.id)
         else:
-            nodes.append(node)
-    return sorted(nodes, key=lambda n: n.id)
+            records.append(record)
+    return sorted(records, key=lambda r: r.id)
+
+
+def node_records(cluster: str, entries: Iterable[_Entry]) -> list[NodeInfo]:
+    """The node records among etcd ``entries`` of ``cluster``, sorted by id: the one reader
+    of ``nodes/<id>`` records for clients, nodes and cachectl (see :func:`read_records`)."""
+    return read_records(nodes_prefix(cluster), entries, NodeInfo.from_json, "node")
 
 
 class RingWatcher:

@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from clientlib.errors import RingcacheError
 from s3gate.app import Gateway
 from s3gate.config import GatewayConfig, load_config
+from s3gate.registration import Registration
 
 __all__ = ["main"]
 
@@ -31,6 +32,7 @@ async def serve(config: GatewayConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="s3gate-", dir=config.spool_dir) as spool:
         gateway = Gateway(config, Path(spool))
         runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
+        registration = None
         try:
             await gateway.start()
             if config.metrics_listen is not None:
@@ -45,6 +47,11 @@ async def serve(config: GatewayConfig) -> None:
                 await web.TCPSite(runner, host, port).start()
             except OSError as exc:
                 raise RingcacheError(f"--listen {host}:{port}: {exc}") from None
+            if config.metrics_advertise is not None:
+                registration = Registration.of(
+                    config.etcd, config.cluster, port, config.metrics_advertise
+                )
+                await registration.join()
             log.info(
                 "serving S3 on http://%s:%d for cluster %s (%d keys%s)",
                 host,
@@ -60,6 +67,8 @@ async def serve(config: GatewayConfig) -> None:
             await stop.wait()
             log.info("stopping")
         finally:
+            if registration is not None:
+                await registration.leave()
             await runner.cleanup()
             await gateway.close()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clientlib.auth import Credentials
+from clientlib.cluster import ADDR_RE
 from clientlib.config import (
     HOSTPORT,
     SWITCH,
@@ -48,6 +49,9 @@ class GatewayConfig:
     buckets: dict[str, str]
     allow_anonymous: bool
     metrics_listen: tuple[str, int] | None
+    #: ``host:port`` the nodes' dashboards read ``/metrics`` at (the ``gateways/<id>``
+    #: record in etcd); None: the gateway is not registered.
+    metrics_advertise: str | None
     region: str
     read_ahead: int
     spool_dir: Path | None
@@ -111,6 +115,13 @@ SETTINGS = SettingsTable(
             "serve Prometheus metrics at http://HOST:PORT/metrics",
             metavar="HOST:PORT",
         ),
+        Setting(
+            "metrics_advertise",
+            HOSTPORT,
+            "where the nodes' dashboards reach --metrics-listen (registered in etcd)",
+            shown_default="--metrics-listen, unless it is 0.0.0.0 or ::",
+            metavar="HOST:PORT",
+        ),
         Setting("region", TEXT, "the region GetBucketLocation answers", default="us-east-1"),
         Setting(
             "read_ahead",
@@ -146,6 +157,23 @@ SETTINGS = SettingsTable(
 )
 
 
+def _metrics_advertise(
+    listen: tuple[str, int] | None, advertise: tuple[str, int] | None
+) -> str | None:
+    if advertise is not None:
+        if listen is None:
+            raise ConfigError("--metrics-advertise needs --metrics-listen")
+        host, port = advertise
+    elif listen is None or listen[0] in ("0.0.0.0", "::", ""):
+        return None
+    else:
+        host, port = listen
+    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if not ADDR_RE.fullmatch(addr):
+        raise ConfigError(f"--metrics-advertise {addr}: not a plain HOST:PORT")
+    return addr
+
+
 def load_config(argv: list[str] | None = None) -> GatewayConfig:
     """Parse flags (and the file, environment and keys file) into a :class:`GatewayConfig`."""
     parser: argparse.ArgumentParser = SETTINGS.parser()
@@ -157,6 +185,7 @@ def load_config(argv: list[str] | None = None) -> GatewayConfig:
     return build(
         GatewayConfig,
         values,
+        metrics_advertise=_metrics_advertise(values["metrics_listen"], values["metrics_advertise"]),
         etcd=EtcdTarget.from_settings(values),
         keys=load_keys(values["keys"], credentials),
         credentials=credentials,

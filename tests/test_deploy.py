@@ -360,6 +360,8 @@ def test_dockerfile_base_user_and_entrypoint() -> None:
     assert cmd == ['["cachenode", "--help"]']
     text = (ROOT / "Dockerfile").read_text()
     assert "RINGCACHE_INSTALL_PROFILE=runtime" in text
+    for command in COMMANDS:  # the build fails unless every command starts
+        assert f".venv/bin/{command} --help >/dev/null" in text, command
     assert not re.search(r"(?i)^\s*(ARG|ENV)\s+\S*(SECRET|TOKEN|PASSWORD|AWS_)", text, re.M)
 
 

@@ -3,7 +3,9 @@
 A two-node cluster gets a known pattern of hits and misses; Chromium loads the page from
 one node, lets it poll ``/v1/cluster`` for a few (virtual) seconds, and the rendered DOM
 must show the cluster's hit ratios and every node's figures as the nodes' own /metrics
-report them. A node record with HTML in its id must show up as text, never as markup.
+report them, and a row for a real S3 gateway registered in etcd with its /metrics figures
+(a gateway record is on no ring). A node or gateway record with HTML in its id must show
+up as text, never as markup.
 With ``RINGCACHE_SAVE_SCREENSHOT=1`` the screenshot replaces loadtest/results/dashboard.png
 (the one the docs show); otherwise a test run leaves the repository as it was.
 """
@@ -16,17 +18,23 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.cluster import NodeInfo, node_key
 from clientlib.etcd import connect
+from clientlib.gateways import GatewayInfo, gateway_key
+from clientlib.launcher import Gateway, local_get, start_gateway
+from testkit import metric_sum
 from tests.conftest import node_metric
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -125,9 +133,38 @@ def pct(num: float, den: float) -> str:
     return f"{100 * num / den:.1f}%"
 
 
+def check_gateway_row(dom: Element, gateway_id: str, gateway: Gateway) -> None:
+    """The gateway's row holds the counters its own /metrics reports, and no other row is
+    there (the hostile record is skipped)."""
+    rows = [tr for tr in dom.by_id("gateways").iter() if "data-gateway" in tr.attrs]
+    assert [tr.attrs["data-gateway"] for tr in rows] == [gateway_id]
+    text = local_get(gateway.metrics_url).decode()
+    values = {k: v for c in rows[0].iter() for k, v in c.attrs.items() if k.startswith("data-")}
+    assert int(values["data-requests"]) == metric_sum(text, "ringcache_gateway_requests_total")
+    assert int(values["data-op-getobject"]) == metric_sum(
+        text, "ringcache_gateway_requests_total", 'op="GetObject"'
+    )
+    # Every 4xx and 5xx answer: here the one GET of a missing key.
+    errors = sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ringcache_gateway_requests_total" and sample.labels["code"][0] in "45"
+    )
+    assert int(values["data-errors"]) == errors == 1
+    assert metric_sum(text, "ringcache_gateway_requests_total", 'code="404"') == 1
+    out = metric_sum(text, "ringcache_gateway_bytes_total", 'direction="out"')
+    assert int(values["data-bytes-out"]) == out > 0
+    via_nodes = metric_sum(text, "ringcache_client_block_reads_total", 'source="peer"')
+    assert int(values["data-blocks-via-nodes"]) == via_nodes > 0
+    cells = [c for c in rows[0].children if isinstance(c, Element) and c.tag == "td"]
+    assert cells[0].text == gateway_id + gateway.metrics_url.split("/")[2]
+    assert cells[1].text == "up"
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
-    make_cluster, client_for, s3, bucket, tmp_path
+    make_cluster, client_for, s3, bucket, tmp_path, request
 ):
     cluster = make_cluster(2)
     big, small = os.urandom(2 * BS + 5), os.urandom(1000)
@@ -138,13 +175,28 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
         client = await client_for(cluster, owners_to_try=1)
         assert await client.read(f"s3://{bucket}/big") == big
     assert await client.read(f"s3://{bucket}/small") == small  # 1 miss
-    # By count 3 of 7 requests hit; by bytes about half of them did.
+    # A real gateway (it registers its --metrics-listen under gateways/<id>): a GET
+    # through it (a hit on a node), and a GET of a missing key (an error). Unsigned
+    # requests (--allow-anonymous), sent from this event loop: no client threads.
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\naccess_key = "dash"\nsecret_key = "dash-secret-key-0123"\n')
+    gateway = start_gateway(
+        cluster.etcd.url, cluster.name, keys, "--allow-anonymous", log_path=tmp_path / "s3gate.log"
+    )
+    gateway_id = f"{socket.gethostname().split('.')[0]}-{gateway.endpoint.rsplit(':', 1)[1]}"
+    request.addfinalizer(gateway.stop)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.endpoint}/{bucket}/small") as resp:
+            assert (resp.status, await resp.read()) == (200, small)
+        async with http.get(f"{gateway.endpoint}/{bucket}/missing") as resp:
+            assert resp.status == 404 and b"NoSuchKey" in await resp.read()
+    # By count 4 of 8 requests hit; by bytes half of them did.
     hits = cluster.metric("ringcache_block_hits_total")
     misses = cluster.metric("ringcache_block_misses_total")
     hit_bytes = cluster.metric("ringcache_served_bytes_total", 'result="hit"')
     miss_bytes = cluster.metric("ringcache_served_bytes_total", 'result="miss"')
-    assert (hits, misses) == (3, 4)
-    assert (hit_bytes, miss_bytes) == (len(big), len(big) + len(small))
+    assert (hits, misses) == (4, 4)
+    assert (hit_bytes, miss_bytes) == (len(big) + len(small), len(big) + len(small))
 
     # A node record whose id is HTML (etcd is not trusted to hold clean ids): clients and
     # nodes refuse such a record (clientlib.cluster.NodeInfo.from_json), so it is not
@@ -152,11 +204,18 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
     evil = NodeInfo(EVIL_ID, "127.0.0.1:1", 1.0, 1 << 30, "draining")
     async with connect(cluster.etcd.url) as etcd:
         await etcd.put(node_key(cluster.name, EVIL_ID), evil.to_json())
+        # The same for a gateway record, whose address is also not a plain host:port.
+        evil_gateway = GatewayInfo(EVIL_ID, "127.0.0.1:1/x?", 1.0)
+        await etcd.put(gateway_key(cluster.name, EVIL_ID), evil_gateway.to_json())
 
     ids = {}
     for node in cluster.nodes:
         with urllib.request.urlopen(node.url + "/v1/stats", timeout=5) as resp:
             ids[json.load(resp)["id"]] = node
+
+    # The gateway's record puts it on no ring: a client that starts now sees the nodes only.
+    fresh_client = await client_for(cluster)
+    assert {name for _, name in fresh_client.ring.points()} == set(ids)
 
     url = f"{cluster.nodes[0].url}/dashboard"
     # The page runs under a CSP that allows only its own inline code (checked by hash):
@@ -171,8 +230,8 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
 
     assert "live" in dom.by_id("status").attrs["class"], dom.by_id("status").text
     assert dom.by_id("cluster").text == cluster.name
-    assert dom.by_id("hit-ratio").text == pct(hits, hits + misses) == "42.9%"
-    assert float(dom.by_id("hit-ratio").attrs["data-value"]) == pytest.approx(3 / 7)
+    assert dom.by_id("hit-ratio").text == pct(hits, hits + misses) == "50.0%"
+    assert float(dom.by_id("hit-ratio").attrs["data-value"]) == pytest.approx(4 / 8)
     assert dom.by_id("byte-hit-ratio").text == pct(hit_bytes, hit_bytes + miss_bytes)
     used = sum(node_metric(n, "ringcache_cache_used_bytes") for n in cluster.nodes)
     assert used == len(big) + len(small)
@@ -201,12 +260,15 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
         if node_hits + node_misses:
             assert cells[4].text == pct(node_hits, node_hits + node_misses)
 
-    # Nothing of the hostile record became an element.
+    check_gateway_row(dom, gateway_id, gateway)
+
+    # Nothing of the hostile records became an element.
     assert not [e for e in dom.iter() if e.tag == "img"]
     titles = [e.text for e in dom.iter() if e.tag == "title"]
     assert titles == [f"ringcache · {cluster.name}"]
     async with connect(cluster.etcd.url) as etcd:
         await etcd.delete(node_key(cluster.name, EVIL_ID))
+        await etcd.delete(gateway_key(cluster.name, EVIL_ID))
 
     # Live figures: with reads going on, the rates (deltas between polls) are not zero.
     # One reader hits the same blocks again and again, another reads new objects (misses,
@@ -227,12 +289,26 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
                 return
             await client.read(f"s3://{bucket}/{key}")
 
-    readers = [asyncio.create_task(hits()), asyncio.create_task(misses())]
+    async def through_gateway() -> None:
+        async with aiohttp.ClientSession() as http:
+            while not stop.is_set():
+                async with http.get(f"{gateway.endpoint}/{bucket}/big") as resp:
+                    assert await resp.read() == big
+
+    readers = [
+        asyncio.create_task(hits()),
+        asyncio.create_task(misses()),
+        asyncio.create_task(through_gateway()),
+    ]
     try:
         for _ in range(3):  # the page's polls are a fraction of a second apart in real time
             live = await asyncio.to_thread(render, url, tmp_path / "live")
             rates = {c: live.by_id(c).text for c in ("req-rate", "served-rate", "origin-rate")}
+            row = next(tr for tr in live.by_id("gateways").iter() if "data-gateway" in tr.attrs)
+            cells = [c.text for c in row.children if isinstance(c, Element) and c.tag == "td"]
+            rates.update(gateway_requests=cells[2], gateway_out=cells[5])
             if all(leading_number(text) > 0 for text in rates.values()):
+                assert cells[3].startswith("GetObject ")
                 break
         else:
             raise AssertionError(f"the page shows no traffic: {rates}")

@@ -1,7 +1,7 @@
 """S3 clients nobody here wrote, through the gateway: the aws CLI, rclone, pyarrow,
-polars (object_store) and s3fs read the origin's exact bytes, and a second read is served
-by the cache with no origin GET; what the aws CLI writes lands in the origin and reads
-back from the cache.
+polars (object_store), s3fs and DuckDB (httpfs) read the origin's exact bytes, and a
+second read is served by the cache with no origin GET; what the aws CLI writes lands in
+the origin and reads back from the cache.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import boto3
+import duckdb
+import duckdb_extension_httpfs
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -56,6 +58,11 @@ def twice(setup: Setup, read):  # type: ignore[no-untyped-def]
     assert read() == first
     assert setup.origin_gets() == before, "the second read went to the origin"
     return first
+
+
+def gets(setup: Setup) -> float:
+    """GetObject requests the gateway has answered so far."""
+    return setup.metric("ringcache_gateway_requests_total", 'op="GetObject"')
 
 
 def aws(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
@@ -194,3 +201,37 @@ def test_s3fs_reads_lists_and_writes(setup: Setup, table: pa.Table):
     fs.pipe(f"{setup.bucket}/fsspec/out.txt", b"written by s3fs")
     stored = boto3.client("s3").get_object(Bucket=setup.bucket, Key="fsspec/out.txt")
     assert stored["Body"].read() == b"written by s3fs"
+
+
+def test_duckdb_reads_parquet_with_httpfs(setup: Setup, table: pa.Table):
+    endpoint = urlparse(setup.gateway.endpoint).netloc
+    extension = (
+        Path(duckdb_extension_httpfs.__file__).parent
+        / "extensions"
+        / f"v{duckdb.__version__}"
+        / "httpfs.duckdb_extension"
+    )
+
+    def connect(secret: str) -> duckdb.DuckDBPyConnection:
+        # Without DuckDB's own file cache, the second read must come through the gateway.
+        db = duckdb.connect(
+            config={"autoinstall_known_extensions": False, "enable_external_file_cache": False}
+        )
+        db.execute(f"LOAD '{extension}'")
+        db.execute(
+            f"CREATE SECRET gw (TYPE s3, KEY_ID 'full', SECRET '{secret}', REGION 'us-east-1', "
+            f"ENDPOINT '{endpoint}', URL_STYLE 'path', USE_SSL false)"
+        )
+        return db
+
+    url = f"s3://{setup.bucket}/data/bars.parquet"
+    db = connect(SECRETS["full"])
+    query = f"SELECT ts, price, noise FROM '{url}' ORDER BY ts"
+    assert db.execute(query).to_arrow_table().cast(table.schema).equals(table)
+    origin_gets, gateway_gets = setup.origin_gets(), gets(setup)
+    assert db.execute(query).to_arrow_table().cast(table.schema).equals(table)
+    assert gets(setup) > gateway_gets, "the second read did not reach the gateway"
+    assert setup.origin_gets() == origin_gets, "the second read went to the origin"
+    assert db.execute(f"SELECT count(*) FROM '{url}'").fetchone() == (len(table),)
+    with pytest.raises(duckdb.HTTPException, match="403"):
+        connect("a-wrong-secret-key-01").execute(f"SELECT count(*) FROM '{url}'")
