@@ -46,6 +46,7 @@ __all__ = [
     "cluster_setting",
     "etcd_settings",
     "log_level_setting",
+    "node_ca_setting",
     "parse_hostport",
     "parse_size",
 ]
@@ -295,6 +296,18 @@ def log_level_setting() -> Setting:
     """The ``log_level`` setting every daemon has."""
     return Setting(
         "log_level", LOG_LEVEL, "DEBUG, INFO, WARNING or ERROR", default="INFO", metavar="LEVEL"
+    )
+
+
+def node_ca_setting() -> Setting:
+    """The ``ca`` setting of a client of cache nodes (mountd, s3gate): the CA of nodes
+    started with ``--tls-cert``."""
+    return Setting(
+        "ca",
+        LocalPath(must="file"),
+        "CA to verify cache nodes' TLS certificates with",
+        shown_default="system store",
+        metavar="PEM",
     )
 
 

@@ -29,6 +29,7 @@ from clientlib.config import (
     cluster_setting,
     etcd_settings,
     log_level_setting,
+    node_ca_setting,
 )
 from clientlib.errors import BadRequest, ConfigError
 from clientlib.etcd import EtcdTarget
@@ -128,13 +129,7 @@ SETTINGS = SettingsTable(
         *etcd_settings(),
         cluster_setting(),
         log_level_setting(),
-        Setting(
-            "ca",
-            LocalPath(must="file"),
-            "CA to verify cache nodes' TLS certificates with",
-            shown_default="system store",
-            metavar="PEM",
-        ),
+        node_ca_setting(),
         Setting(
             "local_cache",
             LOCAL_CACHE,

@@ -13,10 +13,10 @@ import signal
 
 import pyfuse3
 import pyfuse3.asyncio
-from prometheus_client import start_http_server
 
 from clientlib.client import CacheClient
 from clientlib.errors import RingcacheError
+from clientlib.metrics import serve_metrics
 from clientlib.origin import Origins
 from mountd.config import MountConfig
 from mountd.daemon import report
@@ -94,11 +94,7 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
         async with asyncio.timeout(config.op_timeout):
             await fs.origin.listdir(config.dir_url(""), max_keys=1)
         if config.metrics_listen is not None:
-            host, port = config.metrics_listen
-            try:
-                start_http_server(port, addr=host)
-            except OSError as exc:
-                raise RingcacheError(f"--metrics-listen {host}:{port}: {exc}") from None
+            serve_metrics(config.metrics_listen)
         try:
             pyfuse3.init(fs, str(config.mountpoint), _fuse_options(config))
         except RuntimeError as exc:

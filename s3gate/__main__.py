@@ -15,9 +15,9 @@ from pathlib import Path
 
 import uvloop
 from aiohttp import web
-from prometheus_client import start_http_server
 
 from clientlib.errors import RingcacheError
+from clientlib.metrics import serve_metrics
 from s3gate.app import Gateway
 from s3gate.config import GatewayConfig, load_config
 from s3gate.registration import Registration
@@ -36,11 +36,7 @@ async def serve(config: GatewayConfig) -> None:
         try:
             await gateway.start()
             if config.metrics_listen is not None:
-                host, port = config.metrics_listen
-                try:
-                    start_http_server(port, addr=host)
-                except OSError as exc:
-                    raise RingcacheError(f"--metrics-listen {host}:{port}: {exc}") from None
+                serve_metrics(config.metrics_listen)
             await runner.setup()
             host, port = config.listen
             try:

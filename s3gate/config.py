@@ -26,6 +26,7 @@ from clientlib.config import (
     cluster_setting,
     etcd_settings,
     log_level_setting,
+    node_ca_setting,
 )
 from clientlib.errors import BadRequest, ConfigError
 from clientlib.etcd import EtcdTarget
@@ -144,13 +145,7 @@ SETTINGS = SettingsTable(
             default=15.0,
             metavar="SECONDS",
         ),
-        Setting(
-            "ca",
-            LocalPath(must="file"),
-            "CA to verify cache nodes' TLS certificates with",
-            shown_default="system store",
-            metavar="PEM",
-        ),
+        node_ca_setting(),
         log_level_setting(),
     ],
     synopsis="s3gate --listen HOST:PORT --etcd URL --keys FILE",
