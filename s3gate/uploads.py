@@ -78,7 +78,7 @@ class Uploads:
             raise S3Error("ServiceUnavailable", "too many multipart uploads in progress")
         directory = Path(tempfile.mkdtemp(prefix="upload-", dir=self._spool))
         upload_id = directory.name
-        meta = user_metadata(request)
+        meta = user_metadata(request, target)
         self._uploads[upload_id] = Upload(
             upload_id, caller.name, target, directory, meta.to_metadata() if meta else {}
         )

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -39,14 +41,33 @@ log = logging.getLogger(__name__)
 FILL_PARALLEL = 4
 
 
-def user_metadata(request: web.Request) -> PosixAttrs | None:
-    """The ``x-amz-meta-*`` headers of a write, as the origin stores user metadata."""
+#: The mode bits a caller may give a written object in ``x-amz-meta-mode``: read, write
+#: and execute, never setuid, setgid or sticky; in a ``file://`` bucket never group or
+#: other write either (the file is on this machine, beside other scopes' files).
+S3_MODE_BITS = 0o777
+FILE_MODE_BITS = 0o755
+
+
+def user_metadata(request: web.Request, target: Target) -> PosixAttrs | None:
+    """The ``x-amz-meta-*`` headers of a write to ``target``, as the origin stores user
+    metadata, made harmless: the mode is a regular file's with at most the permission
+    bits above, and in a ``file://`` bucket ``uid`` and ``gid`` are dropped (the file
+    belongs to the gateway's user, not to whoever the caller names)."""
     meta = {
         name[11:].lower(): value
         for name, value in request.headers.items()
         if name.lower().startswith("x-amz-meta-")
     }
-    return PosixAttrs.from_metadata(meta) if meta else None
+    if not meta:
+        return None
+    posix = PosixAttrs.from_metadata(meta)
+    local = target.base.startswith("file://")
+    if posix.mode is not None:
+        bits = FILE_MODE_BITS if local else S3_MODE_BITS
+        posix = dataclasses.replace(posix, mode=stat.S_IFREG | (posix.mode & bits))
+    if local:
+        posix = dataclasses.replace(posix, uid=None, gid=None)
+    return posix
 
 
 async def fill_from_file(client: CacheClient, info: ObjectInfo, path: Path) -> None:
@@ -97,7 +118,7 @@ async def put_object(
     received = await receive_body(request, caller.signed, path)
     try:
         info = await write_object(
-            caller, origin, target.url, path, received.size, user_metadata(request)
+            caller, origin, target.url, path, received.size, user_metadata(request, target)
         )
     finally:
         path.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import io
 import os
+import stat
 import urllib.error
 import urllib.request
 
@@ -329,3 +330,19 @@ def test_keys_with_spaces_plus_and_unicode_are_signed_read_and_listed(setup: Set
     url = gate.generate_presigned_url("get_object", Params={"Bucket": setup.bucket, "Key": key})
     with urllib.request.urlopen(url, timeout=10) as answer:
         assert answer.read() == data
+
+
+def test_a_put_to_a_directory_bucket_sets_no_special_bits_owner_or_group_write(setup: Setup):
+    directory = setup.root / "local-bucket"
+    (directory / "meta").mkdir()
+    setuid_everyone_writes = stat.S_IFREG | stat.S_ISUID | stat.S_ISGID | 0o777
+    setup.client().put_object(
+        Bucket=LOCAL,
+        Key="meta/tool",
+        Body=b"#!/bin/sh\nid\n",
+        Metadata={"mode": str(setuid_everyone_writes), "uid": "4242", "gid": "4242"},
+    )
+    st = (directory / "meta" / "tool").stat()
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o755  # the caller's rwx bits, less group/other write
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
