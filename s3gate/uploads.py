@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MAX_PARTS = 10000
 MAX_UPLOADS = 1000
+#: Uploads one access key may have in progress: no key takes every slot of the gateway.
+MAX_UPLOADS_PER_KEY = 100
 #: Seconds between the whitespace a completion sends while the origin upload runs.
 KEEPALIVE = 5.0
 
@@ -76,6 +78,12 @@ class Uploads:
         caller.require(target.url, WRITE)
         if len(self._uploads) >= MAX_UPLOADS:
             raise S3Error("ServiceUnavailable", "too many multipart uploads in progress")
+        if sum(u.owner == caller.name for u in self._uploads.values()) >= MAX_UPLOADS_PER_KEY:
+            raise S3Error(
+                "InvalidRequest",
+                f"{caller.name} has {MAX_UPLOADS_PER_KEY} multipart uploads in progress: "
+                "complete or abort one first",
+            )
         directory = Path(tempfile.mkdtemp(prefix="upload-", dir=self._spool))
         upload_id = directory.name
         meta = user_metadata(request, target)

@@ -18,6 +18,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from s3gate.uploads import MAX_UPLOADS_PER_KEY
 from tests.s3gate.conftest import LOCAL, Setup, s3_client
 
 MiB = 1024 * 1024
@@ -346,3 +347,23 @@ def test_a_put_to_a_directory_bucket_sets_no_special_bits_owner_or_group_write(s
     assert stat.S_ISREG(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o755  # the caller's rwx bits, less group/other write
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+
+
+def test_one_key_cannot_hold_every_multipart_upload_slot(setup: Setup):
+    gate = setup.client()
+    uploads: dict[str, str] = {}
+
+    def create(key: str) -> None:
+        uploads[key] = gate.create_multipart_upload(Bucket=setup.bucket, Key=key)["UploadId"]
+
+    try:
+        for n in range(MAX_UPLOADS_PER_KEY):
+            create(f"m/{n}")
+        with pytest.raises(ClientError) as exc:
+            create("m/one-too-many")
+        assert error_of(exc) == ("InvalidRequest", 400)
+        gate.abort_multipart_upload(Bucket=setup.bucket, Key="m/0", UploadId=uploads.pop("m/0"))
+        create("m/after-an-abort")
+    finally:
+        for key, upload in uploads.items():
+            gate.abort_multipart_upload(Bucket=setup.bucket, Key=key, UploadId=upload)
