@@ -61,6 +61,8 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _HEX = frozenset("0123456789abcdef")
 #: The largest chunk of an aws-chunked body (SDKs send 64 KiB to 1 MiB).
 MAX_CHUNK = 16 * 1024 * 1024
+#: The largest trailer (the header lines after the last chunk: a checksum, its signature).
+MAX_TRAILER = 16 * 1024
 #: The longest chunk header line (size, extensions) an aws-chunked body may have.
 _MAX_CHUNK_LINE = 4096
 
@@ -372,7 +374,15 @@ class ChunkedDecoder:
     async def _trailer(self) -> None:
         lines: list[str] = []
         signature = ""
+        size = 0
         while (line := await self._line()) != "":
+            size += len(line) + 2
+            if self._signed.payload == STREAMING_SIGNED or size > MAX_TRAILER:
+                raise S3Error(
+                    "InvalidRequest",
+                    f"an aws-chunked trailer is at most {MAX_TRAILER} bytes, "
+                    "and only with a -TRAILER payload",
+                )
             name, _, value = line.partition(":")
             if name.lower() == "x-amz-trailer-signature":
                 signature = value.strip()

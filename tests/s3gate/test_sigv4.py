@@ -130,7 +130,7 @@ async def _decode(headers: CIMultiDictProxy[str], body: bytes) -> bytes:
     when = datetime.datetime(2013, 5, 24, tzinfo=datetime.UTC).timestamp()
     request = verify("PUT", "/examplebucket/chunkObject.txt", "", headers, KEYS.get, now=when)
     stream = StreamReader(
-        BaseProtocol(asyncio.get_running_loop()), 2**16, loop=asyncio.get_running_loop()
+        BaseProtocol(asyncio.get_running_loop()), 2**22, loop=asyncio.get_running_loop()
     )
     stream.feed_data(body)
     stream.feed_eof()
@@ -146,3 +146,15 @@ async def test_aws_chunked_example_decodes_and_a_changed_chunk_fails():
     with pytest.raises(S3Error) as exc:  # the last chunk dropped
         await _decode(headers, body[: body.index(b"0;chunk")])
     assert code(exc) == "IncompleteBody"
+
+
+async def test_aws_chunked_trailer_lines_are_bounded_and_need_a_trailer_payload():
+    headers, body = _chunked_example()
+    end = body.rindex(b"\r\n")
+    with pytest.raises(S3Error) as exc:  # one line, but the request declared no trailer
+        await _decode(headers, body[:end] + b"x-amz-checksum-crc32:AAAAAA==\r\n\r\n")
+    assert code(exc) == "InvalidRequest"
+    endless = b"".join(b"x-amz-meta-%d:%s\r\n" % (n, b"a" * 1000) for n in range(2000))
+    with pytest.raises(S3Error) as exc:  # 2 MB of lines held in memory before
+        await _decode(headers, body[:end] + endless + b"\r\n")
+    assert code(exc) == "InvalidRequest"
