@@ -2,7 +2,8 @@
 
 A body is written to disk as it arrives, never held whole in memory: plain bodies are
 hashed against ``x-amz-content-sha256`` (and ``Content-MD5`` if sent), aws-chunked ones
-decoded with every chunk signature checked (:class:`s3gate.sigv4.ChunkedDecoder`). A body
+decoded with every chunk signature checked (:class:`s3gate.sigv4.ChunkedDecoder`), and a
+body that stalls for :data:`BODY_IDLE` seconds is refused (``RequestTimeout``). A body
 that does not match is refused and its file removed; nothing reaches the origin.
 """
 
@@ -32,6 +33,9 @@ MAX_OBJECT = 5 * 1024**3
 #: DeleteObjects of 1,000 keys).
 MAX_DOCUMENT = 2 * 1024 * 1024
 _READ = 1024 * 1024
+#: Longest wait for the next piece of a body (an aws-chunked chunk, or any bytes of a plain
+#: one): a stalled upload gives up its connection, spool file and upload slot.
+BODY_IDLE = 120.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,25 @@ def _declared_length(request: web.Request, signed: Signed | None) -> int | None:
 
 
 async def _chunks(request: web.Request, signed: Signed | None) -> AsyncIterator[bytes]:
+    """The payload, each piece within :data:`BODY_IDLE` seconds of the last."""
+    pieces = _payload(request, signed)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(BODY_IDLE):
+                    chunk = await anext(pieces)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise S3Error(
+                    "RequestTimeout", f"no more of the body came within {BODY_IDLE:.0f} s"
+                ) from None
+            yield chunk
+    finally:
+        await pieces.aclose()
+
+
+async def _payload(request: web.Request, signed: Signed | None) -> AsyncIterator[bytes]:
     if signed is not None and signed.streaming:
         async for chunk in ChunkedDecoder(signed, request.content).chunks():
             yield chunk
