@@ -25,6 +25,7 @@ from clientlib.urls import split_url
 from s3gate.caller import Buckets, Caller, Target
 from s3gate.config import GatewayConfig
 from s3gate.errors import S3Error, as_s3_error, xml_error
+from s3gate.keys import ANONYMOUS
 from s3gate.listing import NS, list_buckets, list_objects, xml_answer
 from s3gate.metrics import GATEWAY_REQUESTS, GATEWAY_SECONDS
 from s3gate.objects import send_object
@@ -36,7 +37,6 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS = "anonymous"
 ANONYMOUS_CLAIMS = Claims(("",), ANONYMOUS, 0.0, frozenset({READ}))
 #: Subresources of a bucket or object the gateway does not serve (ACLs, policies...).
 _UNSERVED = frozenset(

@@ -5,7 +5,8 @@
 tenant and rights the key has, and which signs the key's requests to the cache nodes.
 ``token`` may be left out on a cluster that runs without tokens: the key then has the
 gateway's own ``--token-file`` credentials (everything, without one). The file is read
-once at start; a mistake in it is one line naming the key.
+once at start; a mistake in it is one line naming the key. No key may be called
+``anonymous``: that is who unsigned requests are.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from pathlib import Path
 from clientlib.auth import Credentials
 from clientlib.errors import ConfigError
 
-__all__ = ["GatewayKey", "load_keys"]
+__all__ = ["ANONYMOUS", "GatewayKey", "load_keys"]
+
+#: The name unsigned requests run under; no access key may take it (it would share their
+#: multipart uploads).
+ANONYMOUS = "anonymous"
 
 _FIELDS = {"access_key", "secret_key", "token"}
 
@@ -56,6 +61,8 @@ def load_keys(path: Path, default: Credentials) -> dict[str, GatewayKey]:
             raise ConfigError(f"{where}: access_key may not hold '/', spaces or controls")
         if not isinstance(secret, str) or len(secret) < 8:
             raise ConfigError(f"{where} ({access}): secret_key must be at least 8 characters")
+        if access == ANONYMOUS:
+            raise ConfigError(f"{where}: access_key {ANONYMOUS} is the name of unsigned requests")
         if access in keys:
             raise ConfigError(f"{where}: access_key {access} is given twice")
         token = entry.get("token")

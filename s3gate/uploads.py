@@ -102,6 +102,7 @@ class Uploads:
     ) -> web.Response:
         """UploadPart: the part's body to the upload's directory; its MD5 as ETag."""
         upload = self._get(caller, target, upload_id)
+        caller.require(target.url, WRITE)
         if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= MAX_PARTS:
             raise S3Error("InvalidArgument", f"partNumber must be 1 to {MAX_PARTS}")
         part = int(number)
@@ -114,6 +115,7 @@ class Uploads:
     async def abort(self, caller: Caller, target: Target, upload_id: str) -> web.Response:
         """AbortMultipartUpload: the parts are removed."""
         upload = self._get(caller, target, upload_id)
+        caller.require(target.url, WRITE)
         self._drop(upload)
         return web.Response(status=204)
 
