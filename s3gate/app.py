@@ -223,7 +223,7 @@ class Gateway:
         upload_id = query.get("uploadId")
         if method in ("GET", "HEAD") and upload_id is None and "uploads" not in query:
             request["op"] = "GetObject" if method == "GET" else "HeadObject"
-            caller.require(target.url, READ)
+            caller.require(target, READ)
             info = await caller.client.stat(target.url)
             return await send_object(request, caller.client, info, self.config.read_ahead)
         if method == "PUT" and upload_id is not None:

@@ -29,10 +29,11 @@ class Caller:
     client: CacheClient
     signed: Signed | None
 
-    def require(self, url: str, right: str = READ) -> None:
-        """``AccessDenied`` unless the caller's token covers ``url`` with ``right``."""
-        if not self.claims.covers(url, right):
-            raise S3Error("AccessDenied", f"{self.name} may not {right} {url[:200]}")
+    def require(self, target: Target, right: str = READ) -> None:
+        """``AccessDenied`` unless the caller's token covers ``target`` with ``right`` (the
+        message names the bucket and key, never where a ``--bucket`` directory is)."""
+        if not self.claims.covers(target.url, right):
+            raise S3Error("AccessDenied", f"{self.name} may not {right} {target.name[:200]}")
 
     def may_see(self, url: str) -> bool:
         """Whether ``url`` (a prefix) is covered, or leads to something covered: what a
@@ -52,6 +53,11 @@ class Target:
     key: str
     #: The bucket's URL in the origin: ``s3://bucket`` or ``file:///dir``.
     base: str
+
+    @property
+    def name(self) -> str:
+        """``bucket/key`` as the caller named it (what error messages show)."""
+        return f"{self.bucket}/{self.key}"
 
     @property
     def url(self) -> str:

@@ -130,7 +130,7 @@ async def list_objects(
 ) -> web.Response:
     """Answer ListObjectsV2 (``v2``) or ListObjects for ``target`` (key = prefix)."""
     if not caller.may_see(target.url):
-        raise S3Error("AccessDenied", f"{caller.name} may not list {target.url[:200]}")
+        raise S3Error("AccessDenied", f"{caller.name} may not list {target.name[:200]}")
     prefix, delimiter = target.key, query.get("delimiter", "")
     max_keys = _int_param(query, "max-keys", MAX_KEYS)
     url_encoded = query.get("encoding-type") == "url"

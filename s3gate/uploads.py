@@ -75,7 +75,7 @@ class Uploads:
 
     async def create(self, request: web.Request, caller: Caller, target: Target) -> web.Response:
         """CreateMultipartUpload."""
-        caller.require(target.url, WRITE)
+        caller.require(target, WRITE)
         if len(self._uploads) >= MAX_UPLOADS:
             raise S3Error("ServiceUnavailable", "too many multipart uploads in progress")
         if sum(u.owner == caller.name for u in self._uploads.values()) >= MAX_UPLOADS_PER_KEY:
@@ -102,7 +102,7 @@ class Uploads:
     ) -> web.Response:
         """UploadPart: the part's body to the upload's directory; its MD5 as ETag."""
         upload = self._get(caller, target, upload_id)
-        caller.require(target.url, WRITE)
+        caller.require(target, WRITE)
         if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= MAX_PARTS:
             raise S3Error("InvalidArgument", f"partNumber must be 1 to {MAX_PARTS}")
         part = int(number)
@@ -115,7 +115,7 @@ class Uploads:
     async def abort(self, caller: Caller, target: Target, upload_id: str) -> web.Response:
         """AbortMultipartUpload: the parts are removed."""
         upload = self._get(caller, target, upload_id)
-        caller.require(target.url, WRITE)
+        caller.require(target, WRITE)
         self._drop(upload)
         return web.Response(status=204)
 
@@ -138,7 +138,7 @@ class Uploads:
     ) -> web.StreamResponse:
         """CompleteMultipartUpload: the listed parts, in order, become the object."""
         upload = self._get(caller, target, upload_id)
-        caller.require(target.url, WRITE)
+        caller.require(target, WRITE)
         chosen = _chosen_parts(await read_document(request, caller.signed), upload)
         response = web.StreamResponse(headers={"Content-Type": "application/xml"})
         await response.prepare(request)
@@ -177,7 +177,7 @@ class Uploads:
             raise S3Error("EntityTooLarge", "the object is too large")
         posix = PosixAttrs.from_metadata(upload.metadata) if upload.metadata else None
         try:
-            info = await write_object(caller, origin, upload.target.url, whole, size, posix)
+            info = await write_object(caller, origin, upload.target, whole, size, posix)
         finally:
             whole.unlink(missing_ok=True)
         log.info("%s completed upload %s: %s, %d bytes", caller.name, upload.id, info.url, size)

@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -90,17 +91,31 @@ async def fill_from_file(client: CacheClient, info: ObjectInfo, path: Path) -> N
     log.debug("filled %d of %d blocks of %s", sum(1 for s in stored if s), count, info.url)
 
 
+@contextlib.contextmanager
+def _nothing_in_the_way(target: Target) -> Iterator[None]:
+    """``InvalidArgument`` for a key a ``--bucket`` directory cannot hold as a file: one
+    that is a directory there, or one under a file."""
+    try:
+        yield
+    except (IsADirectoryError, NotADirectoryError):
+        raise S3Error(
+            "InvalidArgument", f"{target.name[:200]} is a directory, or under a file, here"
+        ) from None
+
+
 async def write_object(
     caller: Caller,
     origin: Origin,
-    url: str,
+    target: Target,
     path: Path,
     size: int,
     posix: PosixAttrs | None,
 ) -> ObjectInfo:
-    """Upload ``path`` as ``url``, then fill the cache with it if the origin now holds
+    """Upload ``path`` as ``target``, then fill the cache with it if the origin now holds
     exactly what was written (another writer in between: no fill)."""
-    info = await origin.write(url, path, posix=posix)
+    url = target.url
+    with _nothing_in_the_way(target):
+        info = await origin.write(url, path, posix=posix)
     caller.client.forget(url)
     if info.size == size:
         await fill_from_file(caller.client, info, path)
@@ -113,12 +128,12 @@ async def put_object(
     request: web.Request, caller: Caller, origin: Origin, target: Target, spool: Path
 ) -> web.Response:
     """Answer PutObject: the body to disk (checked), to the origin, into the cache."""
-    caller.require(target.url, WRITE)
+    caller.require(target, WRITE)
     path = spool_path(spool, "put")
     received = await receive_body(request, caller.signed, path)
     try:
         info = await write_object(
-            caller, origin, target.url, path, received.size, user_metadata(request, target)
+            caller, origin, target, path, received.size, user_metadata(request, target)
         )
     finally:
         path.unlink(missing_ok=True)
@@ -128,8 +143,8 @@ async def put_object(
 
 async def delete_object(caller: Caller, origin: Origin, target: Target) -> web.Response:
     """Answer DeleteObject (``204`` whether or not the key existed, as S3 does)."""
-    caller.require(target.url, WRITE)
-    with contextlib.suppress(NotFound):
+    caller.require(target, WRITE)
+    with contextlib.suppress(NotFound), _nothing_in_the_way(target):
         await origin.delete(target.url)
     caller.client.forget(target.url)
     log.info("%s deleted %s", caller.name, target.url)

@@ -366,3 +366,27 @@ def test_one_key_cannot_hold_every_multipart_upload_slot(setup: Setup):
     finally:
         for key, upload in uploads.items():
             gate.abort_multipart_upload(Bucket=setup.bucket, Key=key, UploadId=upload)
+
+
+def test_directory_bucket_errors_are_s3_errors_that_do_not_name_its_directory(setup: Setup):
+    directory = setup.root / "local-bucket"
+    (directory / "in-the-way").mkdir()
+    (directory / "in-the-way" / "file").write_bytes(b"x")
+    gate = setup.client()
+    for call in (
+        lambda: gate.put_object(Bucket=LOCAL, Key="in-the-way", Body=b"y"),
+        lambda: gate.put_object(Bucket=LOCAL, Key="in-the-way/file/under", Body=b"y"),
+        lambda: gate.delete_object(Bucket=LOCAL, Key="in-the-way"),
+    ):
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert error_of(exc) == ("InvalidArgument", 400)
+    assert (directory / "in-the-way" / "file").read_bytes() == b"x"
+    for call in (
+        lambda: setup.client("reader").get_object(Bucket=LOCAL, Key="in-the-way/file"),
+        lambda: setup.client("reader").list_objects_v2(Bucket=LOCAL, Prefix="in-the-way/"),
+    ):
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert error_of(exc) == ("AccessDenied", 403)
+        assert str(setup.root) not in exc.value.response["Error"]["Message"]
