@@ -45,6 +45,7 @@ STATUS = {
     "NoSuchKey": 404,
     "NoSuchUpload": 404,
     "NotImplemented": 501,
+    "OperationAborted": 409,
     "PreconditionFailed": 412,
     "RequestTimeTooSkewed": 403,
     "RequestTimeout": 400,

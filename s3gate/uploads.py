@@ -58,6 +58,8 @@ class Upload:
     directory: Path
     metadata: dict[str, str]
     parts: dict[int, tuple[str, int]] = field(default_factory=dict)
+    #: A CompleteMultipartUpload is joining the parts: nothing else may touch them.
+    completing: bool = False
 
 
 class Uploads:
@@ -71,7 +73,17 @@ class Uploads:
         upload = self._uploads.get(upload_id)
         if upload is None or upload.owner != caller.name or upload.target.url != target.url:
             raise S3Error("NoSuchUpload", "the specified multipart upload does not exist")
+        self._check_idle(upload)
         return upload
+
+    def _check_idle(self, upload: Upload) -> None:
+        """``NoSuchUpload`` if ``upload`` is gone (aborted, completed), ``OperationAborted``
+        while it is being completed: a second completion (a client's retry), a part or an
+        abort then would change the files the first one is joining."""
+        if self._uploads.get(upload.id) is not upload:
+            raise S3Error("NoSuchUpload", "the specified multipart upload does not exist")
+        if upload.completing:
+            raise S3Error("OperationAborted", "the upload is being completed")
 
     async def create(self, request: web.Request, caller: Caller, target: Target) -> web.Response:
         """CreateMultipartUpload."""
@@ -108,6 +120,11 @@ class Uploads:
         part = int(number)
         path = upload.directory / f"part-{part:05d}"
         received = await receive_body(request, caller.signed, path.with_suffix(".new"))
+        try:
+            self._check_idle(upload)
+        except S3Error:
+            path.with_suffix(".new").unlink(missing_ok=True)
+            raise
         path.with_suffix(".new").replace(path)
         upload.parts[part] = (received.md5, received.size)
         return web.Response(headers={"ETag": f'"{received.md5}"'})
@@ -140,6 +157,8 @@ class Uploads:
         upload = self._get(caller, target, upload_id)
         caller.require(target, WRITE)
         chosen = _chosen_parts(await read_document(request, caller.signed), upload)
+        self._check_idle(upload)
+        upload.completing = True
         response = web.StreamResponse(headers={"Content-Type": "application/xml"})
         await response.prepare(request)
         await response.write(b'<?xml version="1.0" encoding="UTF-8"?>\n')
@@ -158,7 +177,6 @@ class Uploads:
                 f"<Error><Code>{error.code}</Code><Message>{escape(str(error))}</Message></Error>"
             )
         else:
-            self._drop(upload)
             body = (
                 f'<CompleteMultipartUploadResult xmlns="{NS}"><Bucket>{target.bucket}</Bucket>'
                 f"<Key>{escape(target.key)}</Key><ETag>{escape(etag(info))}</ETag>"
@@ -169,6 +187,17 @@ class Uploads:
         return response
 
     async def _assemble(
+        self, caller: Caller, origin: Origin, upload: Upload, parts: list[int]
+    ) -> ObjectInfo:
+        try:
+            info = await self._join_and_write(caller, origin, upload, parts)
+        except BaseException:
+            upload.completing = False  # the client may complete it again
+            raise
+        self._drop(upload)
+        return info
+
+    async def _join_and_write(
         self, caller: Caller, origin: Origin, upload: Upload, parts: list[int]
     ) -> ObjectInfo:
         whole = upload.directory / "whole"

@@ -6,6 +6,7 @@ whose reads the nodes and the gateway count, so "served by the cache" is "no ori
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import io
 import os
@@ -390,3 +391,36 @@ def test_directory_bucket_errors_are_s3_errors_that_do_not_name_its_directory(se
             call()
         assert error_of(exc) == ("AccessDenied", 403)
         assert str(setup.root) not in exc.value.response["Error"]["Message"]
+
+
+def test_a_second_completion_of_an_upload_in_progress_is_refused(setup: Setup):
+    gate = setup.client()
+    key = "w/twice"
+    upload = gate.create_multipart_upload(Bucket=setup.bucket, Key=key)["UploadId"]
+    parts, data = [], b""
+    for number in (1, 2, 3):
+        body = os.urandom(5 * MiB)
+        sent = gate.upload_part(
+            Bucket=setup.bucket, Key=key, UploadId=upload, PartNumber=number, Body=body
+        )
+        parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+        data += body
+
+    def complete(client) -> str:  # type: ignore[no-untyped-def]
+        try:
+            client.complete_multipart_upload(
+                Bucket=setup.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+            )
+        except ClientError as exc:
+            return exc.response["Error"]["Code"]
+        return "done"
+
+    # Two completions at once (a client's retry): they joined the same parts file.
+    clients = [setup.client(), setup.client()]
+    for client in clients:  # connected, and botocore's lazy loading done, before the race
+        client.head_bucket(Bucket=setup.bucket)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(complete, clients))
+    assert outcomes.count("done") == 1
+    assert set(outcomes) - {"done"} <= {"NoSuchUpload", "OperationAborted"}
+    assert origin().get_object(Bucket=setup.bucket, Key=key)["Body"].read() == data
