@@ -303,9 +303,13 @@ class RingcacheFS(pyfuse3.Operations):
             node = self.inodes.ensure(
                 child_path(handle.node.path, name), attr, handle.posix.get(name)
             )
-            if not pyfuse3.readdir_reply(
-                token, name.encode(), self.inodes.attributes(node), index + 1
-            ):
+            attrs = self.inodes.attributes(node)
+            if node.posix is None or node.posix.mode is None:
+                # A listing tells no object's type: a link or FIFO would look like a
+                # regular file for attr_ttl, and an open would read its body as data.
+                # The kernel looks the name up (a HEAD) before it uses it.
+                attrs.entry_timeout = attrs.attr_timeout = 0
+            if not pyfuse3.readdir_reply(token, name.encode(), attrs, index + 1):
                 self.inodes.forget(node.ino, 0)
                 return
             node.lookups += 1
