@@ -186,13 +186,14 @@ def test_symlinks_and_special_files_are_stored_as_s3fs_stores_them(fs):  # type:
 def test_a_link_or_fifo_first_seen_in_a_listing_is_never_read_as_a_file(fs):  # type: ignore[no-untyped-def]
     """A listing tells no object's type: what it shows the kernel (readdirplus) must not
     make an open read a link's target, or a FIFO's body, as a regular file's bytes."""
+    d = fs.path / "listed"
+    d.mkdir()  # listed first now, not from the root's listing of up to --attr-ttl ago
     for key, body, mode in (
         ("listed/real", b"the real bytes", stat.S_IFREG | 0o644),
         ("listed/link", b"real", stat.S_IFLNK | 0o777),
         ("listed/fifo", b"stray bytes", stat.S_IFIFO | 0o644),
     ):
         fs.s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata={"mode": str(mode)})  # type: ignore[attr-defined]
-    d = fs.path / "listed"
     entries = {e.name: e for e in os.scandir(d)}
     assert set(entries) == {"real", "link", "fifo"}
     assert (d / "link").read_bytes() == b"the real bytes"
