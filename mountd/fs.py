@@ -65,6 +65,9 @@ MAX_RENAME_OBJECTS = 10_000
 #: the reads of other files meanwhile.
 RENAME_PARALLEL = 16
 
+#: Longest symbolic link target plus its NUL (Linux's PATH_MAX).
+PATH_MAX = 4096
+
 XATTR_SOURCE = b"user.ringcache.source"
 XATTR_VERSION = b"user.ringcache.version"
 
@@ -668,6 +671,9 @@ class RingcacheFS(pyfuse3.Operations):
         node = await self.inodes.refresh(self.inodes.get(inode), posix=True)
         if self.inodes.kind(node) != stat.S_IFLNK:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if node.attr.size >= PATH_MAX:
+            # No target is this long: refused before a byte of it is read or kept.
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         if node.link is None or node.link[0] != node.attr.version:
             target = b""
             if node.attr.size:

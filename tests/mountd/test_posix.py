@@ -207,6 +207,22 @@ def test_a_link_or_fifo_first_seen_in_a_listing_is_never_read_as_a_file(fs):  # 
     assert stat.S_ISFIFO(os.lstat(d / "fifo").st_mode)
 
 
+def test_a_link_longer_than_path_max_is_refused_unread(fs):  # type: ignore[no-untyped-def]
+    """No link target is PATH_MAX bytes or more: an object marked as a link with a
+    larger body (any writer of the bucket may store one) is refused before it is read,
+    not kept whole (up to a block) with its inode for every readlink."""
+    d = fs.path / "longlink"
+    d.mkdir()
+    body = b"x/" * 4096
+    fs.s3.put_object(  # type: ignore[attr-defined]
+        Bucket=BUCKET, Key="longlink/link", Body=body, Metadata={"mode": str(stat.S_IFLNK | 0o777)}
+    )
+    with pytest.raises(OSError) as exc:
+        os.readlink(d / "link")
+    assert exc.value.errno == errno.ENAMETOOLONG
+    assert fs.body("longlink/link") == body
+
+
 def test_directory_times_follow_its_entries_ftruncate_changes_ctime_and_atime_is_kept(fs):  # type: ignore[no-untyped-def]
     d = fs.path / "times"
     d.mkdir()
