@@ -306,13 +306,9 @@ class RingcacheFS(pyfuse3.Operations):
             node = self.inodes.ensure(
                 child_path(handle.node.path, name), attr, handle.posix.get(name)
             )
-            attrs = self.inodes.attributes(node)
-            if node.posix is None or node.posix.mode is None:
-                # A listing tells no object's type: a link or FIFO would look like a
-                # regular file for attr_ttl, and an open would read its body as data.
-                # The kernel looks the name up (a HEAD) before it uses it.
-                attrs.entry_timeout = attrs.attr_timeout = 0
-            if not pyfuse3.readdir_reply(token, name.encode(), attrs, index + 1):
+            if not pyfuse3.readdir_reply(
+                token, name.encode(), self.inodes.attributes(node), index + 1
+            ):
                 self.inodes.forget(node.ino, 0)
                 return
             node.lookups += 1
@@ -372,6 +368,13 @@ class RingcacheFS(pyfuse3.Operations):
             # Close-to-open consistency: a file opened after the TTL sees the new version.
             # A writer needs the stored attributes too: the upload must keep them.
             await self.inodes.refresh(node, posix=writing)
+        if node.posix is None:
+            await self.inodes.fetch_posix(node)  # its type: a listing does not tell it
+        if self.inodes.kind(node) != stat.S_IFREG:
+            # The kernel took a link or special file known from a listing (readdirplus)
+            # for a regular file. ESTALE makes it look the name up again and retry the
+            # open with the real type, instead of reading the object's body as data.
+            raise pyfuse3.FUSEError(errno.ESTALE)
         want = {os.O_RDONLY: R, os.O_WRONLY: W}.get(flags & os.O_ACCMODE, R | W)
         await self._check(node, ctx, want)
         handle = FileHandle(node, drop_setid=writing and ctx.uid != 0)
