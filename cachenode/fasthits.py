@@ -56,6 +56,7 @@ from cachenode.httphead import (
     parse_head,
     refusal,
 )
+from cachenode.memtier import default_max_copies
 from cachenode.metrics import REQUESTS_REFUSED
 from cachenode.sendfile import plain_tcp, send_file, send_now, wait_flushed
 from cachenode.store import BlockFile, BlockStore
@@ -249,11 +250,12 @@ class HitServer:
 
 
 def connection_budget(others: int) -> int:
-    """How many connections the fast path may hold, when ``others`` are aiohttp's."""
+    """How many connections the fast path may hold, when ``others`` are aiohttp's; the
+    memory tier's sealed copies hold file descriptors of their own."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    return max(16, soft - FD_RESERVE - others)
+    return max(16, soft - FD_RESERVE - default_max_copies() - others)
 
 
 class FastHitProtocol(asyncio.Protocol):

@@ -16,7 +16,11 @@ What it promises (``docs/security.md``, "What a node serves"):
 - An entry is served for at most ``recheck_after`` seconds after its check; then it is
   dropped, and the next serve reads the file and checks it again, so a block that rotted
   on disk meanwhile is caught within that time, as is a flipped bit in the tier itself.
-- Least recently used entries leave first, by bytes.
+- Least recently used entries leave first, by bytes, and a large block's copy also when
+  ``max_copies`` sealed copies are kept: each holds an open file, and the node's other
+  files (block files being sent, client connections) must keep the rest of its
+  ``RLIMIT_NOFILE``.
+- :meth:`MemoryTier.close` closes every copy.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import resource
 import time
 from typing import Any, NamedTuple
 
@@ -36,6 +41,16 @@ __all__ = ["MemoryTier"]
 log = logging.getLogger(__name__)
 
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+#: The share of the process's open-file limit the tier's sealed copies may hold.
+COPIES_SHARE = 4
+
+
+def default_max_copies() -> int:
+    """Sealed copies the tier may keep open: a quarter of ``RLIMIT_NOFILE``'s soft limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, soft // COPIES_SHARE)
 
 
 class _Entry(NamedTuple):
@@ -47,17 +62,29 @@ class _Entry(NamedTuple):
 
 
 class _Entries(LRUCache[str, _Entry]):
-    """An LRU of entries that closes an entry's memfd when the entry leaves."""
+    """An LRU of entries that closes an entry's memfd when the entry leaves, and counts
+    the memfds it holds."""
+
+    copies = 0
 
     def __setitem__(self, key: str, value: _Entry, **kwargs: Any) -> None:
         self.pop(key, None)
         super().__setitem__(key, value, **kwargs)
+        if value.memfd >= 0:
+            self.copies += 1
 
     def __delitem__(self, key: str, **kwargs: Any) -> None:
         entry = self[key]
         super().__delitem__(key, **kwargs)
         if entry.memfd >= 0:
+            self.copies -= 1
             os.close(entry.memfd)
+
+    def clear(self) -> None:
+        """Drop every entry through :meth:`__delitem__` (``Cache.clear`` bypasses it,
+        which would leave the memfds open)."""
+        while self:
+            self.popitem()
 
 
 def _sealed_copy(block_id: str, data: bytes | bytearray | memoryview) -> int:
@@ -75,15 +102,17 @@ def _sealed_copy(block_id: str, data: bytes | bytearray | memoryview) -> int:
 
 
 class MemoryTier:
-    """Verified copies of blocks, at most ``capacity`` bytes of them (LRU), each served
-    for at most ``recheck_after`` seconds after its check.
+    """Verified copies of blocks, at most ``capacity`` bytes of them (LRU) and at most
+    ``max_copies`` sealed copies of large ones (default :func:`default_max_copies`), each
+    served for at most ``recheck_after`` seconds after its check.
 
     Used on the event loop thread only.
     """
 
-    def __init__(self, capacity: int, recheck_after: float) -> None:
+    def __init__(self, capacity: int, recheck_after: float, max_copies: int | None = None) -> None:
         self._blocks = _Entries(max(capacity, 1), getsizeof=lambda entry: entry.nbytes)
         self._recheck_after = recheck_after
+        self._max_copies = default_max_copies() if max_copies is None else max_copies
 
     def _entry(self, block_id: str, checksum: int) -> _Entry | None:
         """The block's entry if it is for ``checksum`` and checked recently enough."""
@@ -135,9 +164,16 @@ class MemoryTier:
         nbytes = len(data)
         if not self.fits(nbytes):
             return
+        self._blocks.pop(block_id, None)
+        while self._blocks.copies >= self._max_copies:
+            self._blocks.popitem()
         try:
             memfd = _sealed_copy(block_id, data)
         except OSError as exc:
             log.warning("block %s not kept in memory: %s", block_id, exc)
             return
         self._blocks[block_id] = _Entry(checksum, time.monotonic(), nbytes, None, memfd)
+
+    def close(self) -> None:
+        """Drop every entry, closing every sealed copy."""
+        self._blocks.clear()

@@ -228,13 +228,14 @@ class BlockStore:
 
     def close(self) -> None:
         """Wait for file work in progress, save each dir's index snapshot, then release
-        the dirs."""
+        the dirs and the memory tier's copies."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
             for d in self._up:
                 d.save_snapshot()
         self._release_dirs()
+        self._memory.close()
 
     def _release_dirs(self) -> None:
         for d in self._dirs:

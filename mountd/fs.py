@@ -65,6 +65,9 @@ MAX_RENAME_OBJECTS = 10_000
 #: the reads of other files meanwhile.
 RENAME_PARALLEL = 16
 
+#: Longest symbolic link target plus its NUL (Linux's PATH_MAX).
+PATH_MAX = 4096
+
 XATTR_SOURCE = b"user.ringcache.source"
 XATTR_VERSION = b"user.ringcache.version"
 
@@ -365,6 +368,13 @@ class RingcacheFS(pyfuse3.Operations):
             # Close-to-open consistency: a file opened after the TTL sees the new version.
             # A writer needs the stored attributes too: the upload must keep them.
             await self.inodes.refresh(node, posix=writing)
+        if node.posix is None:
+            await self.inodes.fetch_posix(node)  # its type: a listing does not tell it
+        if self.inodes.kind(node) != stat.S_IFREG:
+            # The kernel took a link or special file known from a listing (readdirplus)
+            # for a regular file. ESTALE makes it look the name up again and retry the
+            # open with the real type, instead of reading the object's body as data.
+            raise pyfuse3.FUSEError(errno.ESTALE)
         want = {os.O_RDONLY: R, os.O_WRONLY: W}.get(flags & os.O_ACCMODE, R | W)
         await self._check(node, ctx, want)
         handle = FileHandle(node, drop_setid=writing and ctx.uid != 0)
@@ -664,6 +674,9 @@ class RingcacheFS(pyfuse3.Operations):
         node = await self.inodes.refresh(self.inodes.get(inode), posix=True)
         if self.inodes.kind(node) != stat.S_IFLNK:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if node.attr.size >= PATH_MAX:
+            # No target is this long: refused before a byte of it is read or kept.
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         if node.link is None or node.link[0] != node.attr.version:
             target = b""
             if node.attr.size:

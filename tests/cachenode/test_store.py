@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import random
+import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -602,3 +603,37 @@ async def test_a_range_without_good_part_checksums_is_checked_whole(make_store, 
     got = await store.open_block(block_id, read_max=0, part=(10, 20))
     assert isinstance(got, BlockFile) and read_block_file(got) == data
     assert await store.get(block_id) == data
+
+
+def memfd_copies() -> int:
+    """The memory tier's sealed copies open in this process."""
+    return sum(
+        os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:ringcache-")
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    )
+
+
+async def test_memory_tier_copies_hold_a_quarter_of_the_fd_limit_and_close_with_the_store(
+    make_store,
+):
+    """Each large block kept in memory is an open memfd: a tier sized in bytes alone
+    could hold more of them than the node may open files (then accept() and every block
+    file fail with EMFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+    try:
+        store = make_store(32 * MiB, memory_bytes=32 * MiB)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    blocks = {new_id(): os.urandom(LARGE) for _ in range(80)}
+    for block_id, data in blocks.items():
+        assert await store.put(block_id, data)
+        got = await store.open_block(block_id)
+        assert isinstance(got, BlockFile) and read_block_file(got) == data
+    assert 0 < memfd_copies() <= 200 // 4
+    last = list(blocks)[-1]
+    got = await store.open_block(last)  # the newest copy is still served
+    assert isinstance(got, BlockFile) and read_block_file(got) == blocks[last]
+    store.close()
+    assert memfd_copies() == 0

@@ -183,6 +183,46 @@ def test_symlinks_and_special_files_are_stored_as_s3fs_stores_them(fs):  # type:
     assert exc.value.errno == errno.EPERM
 
 
+def test_a_link_or_fifo_first_seen_in_a_listing_is_never_read_as_a_file(fs):  # type: ignore[no-untyped-def]
+    """A listing tells no object's type: what it shows the kernel (readdirplus) must not
+    make an open read a link's target, or a FIFO's body, as a regular file's bytes."""
+    d = fs.path / "listed"
+    d.mkdir()  # listed first now, not from the root's listing of up to --attr-ttl ago
+    for key, body, mode in (
+        ("listed/real", b"the real bytes", stat.S_IFREG | 0o644),
+        ("listed/link", b"real", stat.S_IFLNK | 0o777),
+        ("listed/fifo", b"stray bytes", stat.S_IFIFO | 0o644),
+    ):
+        fs.s3.put_object(Bucket=BUCKET, Key=key, Body=body, Metadata={"mode": str(mode)})  # type: ignore[attr-defined]
+    entries = {e.name: e for e in os.scandir(d)}
+    assert set(entries) == {"real", "link", "fifo"}
+    assert (d / "link").read_bytes() == b"the real bytes"
+    fd = os.open(d / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+        assert os.read(fd, 100) == b""  # a pipe without a writer, not the object's body
+    finally:
+        os.close(fd)
+    assert stat.S_ISLNK(os.lstat(d / "link").st_mode)
+    assert stat.S_ISFIFO(os.lstat(d / "fifo").st_mode)
+
+
+def test_a_link_longer_than_path_max_is_refused_unread(fs):  # type: ignore[no-untyped-def]
+    """No link target is PATH_MAX bytes or more: an object marked as a link with a
+    larger body (any writer of the bucket may store one) is refused before it is read,
+    not kept whole (up to a block) with its inode for every readlink."""
+    d = fs.path / "longlink"
+    d.mkdir()
+    body = b"x/" * 4096
+    fs.s3.put_object(  # type: ignore[attr-defined]
+        Bucket=BUCKET, Key="longlink/link", Body=body, Metadata={"mode": str(stat.S_IFLNK | 0o777)}
+    )
+    with pytest.raises(OSError) as exc:
+        os.readlink(d / "link")
+    assert exc.value.errno == errno.ENAMETOOLONG
+    assert fs.body("longlink/link") == body
+
+
 def test_directory_times_follow_its_entries_ftruncate_changes_ctime_and_atime_is_kept(fs):  # type: ignore[no-untyped-def]
     d = fs.path / "times"
     d.mkdir()
