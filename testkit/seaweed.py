@@ -9,6 +9,7 @@ one process and accepts any access key.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -76,7 +77,10 @@ def start_seaweed(workdir: Path, timeout: float = 60.0) -> Seaweed:
         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
         f"-admin.port={admin}",
     ]  # fmt: skip
-    process = Process("seaweedfs", cmd, workdir / "weed.log").start()
+    # weed takes AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, if set (moto's in a test session),
+    # as its only identity; without them it accepts any key, as this module promises.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = Process("seaweedfs", cmd, workdir / "weed.log", env=env).start()
     server = Seaweed(process, f"http://127.0.0.1:{s3}")
     client = server.client()
 

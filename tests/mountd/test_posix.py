@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -68,11 +67,7 @@ def mounts(
     work = tmp_path_factory.mktemp("posix")
     top = Path(tempfile.mkdtemp(prefix="ringcache-posix-", dir="/tmp"))
     top.chmod(0o755)
-    # weed mini turns authentication on with AWS_ACCESS_KEY_ID if it is set (moto's).
-    with mock.patch.dict(os.environ):
-        for key in [k for k in os.environ if k.startswith("AWS_")]:
-            del os.environ[key]
-        weed = start_seaweed(work / "seaweed")
+    weed = start_seaweed(work / "seaweed")
     clusters: list[Cluster] = []
     served: dict[str, Served] = {}
     try:

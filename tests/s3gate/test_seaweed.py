@@ -18,13 +18,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    # weed takes AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (moto's, once the session has
-    # started moto) as its only identity; it must start with none, accepting any key.
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
-    try:
-        server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
-    finally:
-        os.environ.update(saved)
+    server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
     yield server
     server.stop()
 
