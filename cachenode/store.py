@@ -147,7 +147,7 @@ def _close_abandoned(job: asyncio.Future[BlockFile | BadBlockFile]) -> None:
 def _write_block(tmp_path: str, final_path: str, data: bytes, doomed: list[str]) -> None:
     """Delete the files of the victims that made room, then write the block."""
     unlink_quietly(doomed)
-    blockfile.write_block(tmp_path, final_path, data)
+    blockfile.write_block(tmp_path, final_path, data, direct=True)
 
 
 class BlockStore:

@@ -25,11 +25,15 @@ Every function here is blocking file work on one file; callers choose the thread
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import itertools
+import mmap
 import operator
 import os
 import re
 import sys
+import threading
 from array import array
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -39,6 +43,7 @@ import xxhash
 from clientlib.blocks import MAX_BLOCK_SIZE
 
 __all__ = [
+    "DIRECT_ALIGN",
     "NAME_LENGTH",
     "PART_SIZE",
     "BadBlockFile",
@@ -344,19 +349,74 @@ def _read_parts(
 # -- writes ------------------------------------------------------------------------------
 
 
-def write_block(tmp_path: str, final_path: str, data: bytes | bytearray | memoryview) -> None:
+#: O_DIRECT alignment of buffer address, file offset and length: 4096 covers disks of
+#: 512- and 4096-byte logical blocks.
+DIRECT_ALIGN = 4096
+
+_direct = threading.local()
+
+
+def _aligned_copy(data: bytes | bytearray | memoryview, nbytes: int) -> memoryview:
+    """The first ``nbytes`` of ``data`` copied into this thread's page-aligned buffer
+    (grown as needed, then reused: a fresh buffer would cost a page fault per page)."""
+    buf: mmap.mmap | None = getattr(_direct, "buf", None)
+    if buf is None or len(buf) < nbytes:
+        if buf is not None:
+            buf.close()
+        buf = _direct.buf = mmap.mmap(-1, max(nbytes, PART_SIZE))
+    view = memoryview(buf)[:nbytes]
+    view[:] = memoryview(data)[:nbytes]
+    return view
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_block(
+    tmp_path: str,
+    final_path: str,
+    data: bytes | bytearray | memoryview,
+    *,
+    direct: bool = False,
+) -> None:
     """Write ``data`` and its trailer to ``tmp_path`` (which must not exist) and rename it
     to ``final_path``; on any error no file is left at ``tmp_path`` and the error is raised.
 
     No fsync: a block is a copy of data held elsewhere, and a file torn by a power loss
     fails its checksum on its next read and is fetched again.
+
+    With ``direct`` the block's bytes up to the last :data:`DIRECT_ALIGN` boundary go to
+    the disk with ``O_DIRECT``, from a reused aligned buffer, and only the rest and the
+    trailer through the page cache. A buffered write of a block copies it into freshly
+    allocated page cache pages (0.2 s of CPU per GiB where those pages are recycled,
+    2.5 s on a VM whose freed memory goes back to the host), and pushes out of the page
+    cache pages that are being read; ``O_DIRECT`` costs a copy into one reused buffer.
+    A file system that refuses ``O_DIRECT`` gets a buffered write.
     """
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    aligned = len(data) - len(data) % DIRECT_ALIGN if direct else 0
+    fd = -1
     try:
-        for chunk in (data, part_trailer(data)):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+        if aligned:
+            try:
+                fd = os.open(tmp_path, flags | os.O_DIRECT, 0o644)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                aligned = 0
+        if fd < 0:
+            fd = os.open(tmp_path, flags, 0o644)
+        done = 0
+        if aligned:
+            done = os.write(fd, _aligned_copy(data, aligned))
+            # Back to buffered I/O for the unaligned rest (and for the rest of a short
+            # direct write, whose end need not be aligned).
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        _write_all(fd, memoryview(data)[done:])
+        _write_all(fd, part_trailer(data))
         os.close(fd)
         fd = -1
         os.rename(tmp_path, final_path)

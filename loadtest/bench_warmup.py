@@ -33,10 +33,12 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 from clientlib import CacheClient
@@ -111,6 +113,58 @@ def rclone_copy(sw: Seaweed, dest: Path, threads: int) -> int:
     return sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each thread of ``pid``, by thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+class Profile:
+    """``perf record -g`` of the nodes over one run, and their CPU split into each
+    node's event loop thread (its main thread) and all its other threads (the S3
+    origin's and the block store's pools, gRPC): where a miss's CPU goes."""
+
+    def __init__(self, out: Path, pids: list[int]) -> None:
+        self.out, self.pids = out, pids
+
+    def __enter__(self) -> Profile:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._before = {pid: thread_cpu(pid) for pid in self.pids}
+        self._perf = subprocess.Popen(
+            ["perf", "record", "-F", "997", "-g", "-o", str(self.out / "perf.data"),
+             "-p", ",".join(map(str, self.pids))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.5)  # perf attaches
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._perf.send_signal(signal.SIGINT)
+        self._perf.wait(30)
+        loop = other = 0.0
+        for pid in self.pids:
+            after = thread_cpu(pid)
+            for tid, cpu in after.items():
+                spent = cpu - self._before[pid].get(tid, 0.0)
+                if tid == pid:
+                    loop += spent
+                else:
+                    other += spent
+        self.split = {"event_loops_cpu_s": round(loop, 2), "other_threads_cpu_s": round(other, 2)}
+        report = subprocess.run(
+            ["perf", "report", "-i", str(self.out / "perf.data"), "--no-children",
+             "--sort", "dso,sym", "--stdio", "-g", "none", "--percent-limit", "0.5"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        (self.out / "perf-report.txt").write_text(report.stdout + report.stderr)
+
+
 def row(name: str, m: Meter, nbytes: int, nodes: bool) -> dict[str, object]:
     gib = nbytes / GiB
     return {
@@ -161,8 +215,11 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         async with CacheClient(etcd.url, "bench") as client:
             while len(client.ring) < 3:
                 await asyncio.sleep(0.05)
-            with Meter(origin_pid, node_pids) as m:
+            profile = Profile(args.profile, node_pids) if args.profile else nullcontext()
+            with profile, Meter(origin_pid, node_pids) as m:
                 first = await warmup(client, ["s3://bench/bars/"], threads=args.threads)
+            if isinstance(profile, Profile):
+                print(json.dumps(profile.split))
             assert first.blocks_fetched == blocks and first.errors == 0, first
             rows.append(row("warmup (3 nodes)", m, first.bytes_fetched, True))
             with Meter(origin_pid, node_pids) as m:
@@ -228,6 +285,11 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--name", default="warmup", help="results file stem (warmup)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="dir for a perf profile of the nodes during the first warmup (perf-report.txt)",
+    )
     cli = parser.parse_args()
     doc = asyncio.run(main(cli))
     cli.out.mkdir(parents=True, exist_ok=True)
