@@ -276,10 +276,10 @@ class BlockRoutes:
             if block_id in self.store:
                 return "cached", 0, ""
             try:
-                data, hit = await self.readthrough.get(ref, block_id)
+                fetched = await self.readthrough.warm(ref, block_id)
             except RingcacheError as exc:
                 return "error", 0, f"{block_id}: {exc}"
-            return ("cached", 0, "") if hit else ("fetched", len(data), "")
+            return ("fetched", fetched, "") if fetched else ("cached", 0, "")
 
         results = await asyncio.gather(*(warm(i, r) for i, r in refs))
         return msgpack_response(

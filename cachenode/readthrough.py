@@ -5,6 +5,11 @@ origin shield (:mod:`cachenode.shield`) bounds this node's origin requests in fl
 bytes per second, so a burst of misses queues here instead of tripping the object store's
 throttling. The fetch runs as its own task: a client that
 hangs up does not cancel the fetch the other waiters (and the cache) still want.
+
+A block fetched to be stored and not sent (:meth:`ReadThrough.warm`) is received into a
+reused page-aligned buffer and written from it with ``O_DIRECT``
+(:mod:`cachenode.blockbuffers`); nobody gets its bytes, and a lookup that joins such a
+fetch reads the block from the store once it is written.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import logging
 
 import cachetools
 
+from cachenode.blockbuffers import BlockBuffers
 from cachenode.handoff import Handoff
 from cachenode.metrics import BLOCK_HITS, BLOCK_MISSES
 from cachenode.shield import OriginShield
 from cachenode.store import BlockStore
-from clientlib.blocks import BlockRef
+from clientlib.blocks import DEFAULT_BLOCK_SIZE, BlockRef
 from clientlib.errors import OriginError, RingcacheError, VersionMismatch
 from clientlib.origin import ObjectInfo, Origins
 from clientlib.singleflight import SingleFlight
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 10.0
 #: How long an object's stat is trusted when a fill is checked against the origin.
 STAT_TTL = 1.0
+#: Idle block buffers kept for warm fetches (:mod:`cachenode.blockbuffers`).
+IDLE_BUFFERS = 16
 
 
 class ReadThrough:
@@ -46,7 +54,10 @@ class ReadThrough:
         self._store = store
         self._origins = origins
         self._handoff = handoff
-        self._inflight: SingleFlight[str, bytes] = SingleFlight("origin fetch")
+        #: A fetch's result: the block's bytes, or None when it was fetched only to be
+        #: stored (:meth:`warm`) and is in the store.
+        self._inflight: SingleFlight[str, bytes | None] = SingleFlight("origin fetch")
+        self._buffers = BlockBuffers(IDLE_BUFFERS, DEFAULT_BLOCK_SIZE)
         self._shield = shield
         self._stats: cachetools.TTLCache[str, ObjectInfo] = cachetools.TTLCache(
             maxsize=4096, ttl=STAT_TTL
@@ -77,9 +88,14 @@ class ReadThrough:
             return None
         BLOCK_MISSES.inc()
         try:
-            return await asyncio.wait_for(asyncio.shield(task), JOIN_TIMEOUT)
+            data = await asyncio.wait_for(asyncio.shield(task), JOIN_TIMEOUT)
         except (RingcacheError, TimeoutError):
             return None
+        return await self._stored(block_id) if data is None else data
+
+    async def _stored(self, block_id: str) -> bytes | None:
+        """The block from the store, where a warm fetch just put it (no hit counted)."""
+        return await self._store.get(block_id)
 
     def shield_state(self) -> dict[str, int]:
         """This node's current share of the cluster's origin limits (0: unlimited)."""
@@ -119,12 +135,35 @@ class ReadThrough:
     async def fetch(self, ref: BlockRef, block_id: str) -> bytes:
         """The miss path: one shared fetch (handoff, then origin) per block in flight."""
         BLOCK_MISSES.inc()
-        return await self._inflight.run(block_id, lambda: self._fetch(ref, block_id))
+        data = await self._inflight.run(block_id, lambda: self._fetch(ref, block_id, True))
+        if data is None:  # joined a warm fetch, which stored the block
+            data = await self._stored(block_id)
+        if data is None:
+            raise OriginError(f"block {block_id} of {ref.url} was evicted as it was stored")
+        return data
 
-    async def _fetch(self, ref: BlockRef, block_id: str) -> bytes:
+    async def warm(self, ref: BlockRef, block_id: str) -> int:
+        """Make the block stored here without anyone getting its bytes (a warmup): the
+        bytes fetched for it, 0 if it was stored or being fetched already."""
+        if block_id in self._store:
+            return 0
+        task = self._inflight.get(block_id)
+        if task is not None:
+            BLOCK_MISSES.inc()
+            await asyncio.shield(task)
+            return 0
+        BLOCK_MISSES.inc()
+        await self._inflight.run(block_id, lambda: self._fetch(ref, block_id, False))
+        return ref.length
+
+    async def _fetch(self, ref: BlockRef, block_id: str, send: bool) -> bytes | None:
+        """Fetch and store the block; its bytes, or with ``send`` false None once it is
+        stored (its bytes if it could not be)."""
         data = None
         if self._handoff is not None:
             data = await self._handoff.fetch(block_id, ref.length)
+        if data is None and not send:
+            return await self._fetch_to_store(ref, block_id)
         if data is None:
             async with self._shield.request(ref.length):
                 origin = await self._origins.get(ref.url)
@@ -138,6 +177,26 @@ class ReadThrough:
             )
         if not await self._store.put(block_id, data):
             log.warning("block %s of %s served without caching it", block_id, ref.url)
+        return data
+
+    async def _fetch_to_store(self, ref: BlockRef, block_id: str) -> bytes | None:
+        """The origin's bytes of the block received into a reused buffer and stored from
+        it; None once stored, else a copy of the bytes.
+
+        The buffer is reused only after a fetch that ended normally: one that failed or
+        was cancelled may leave a write in the store's pool still reading it.
+        """
+        buf = self._buffers.take(ref.length)
+        view = memoryview(buf)[: ref.length]
+        async with self._shield.request(ref.length):
+            origin = await self._origins.get(ref.url)
+            await origin.read_into(ref.url, ref.offset, view, ref.version, size=ref.size)
+        stored = await self._store.put(block_id, view)
+        data = None if stored else bytes(view)
+        view.release()
+        self._buffers.give(buf)
+        if not stored:
+            log.warning("block %s of %s fetched without caching it", block_id, ref.url)
         return data
 
     async def fill(self, block_id: str, data: bytes) -> bool:

@@ -144,7 +144,9 @@ def _close_abandoned(job: asyncio.Future[BlockFile | BadBlockFile]) -> None:
         opened.close()
 
 
-def _write_block(tmp_path: str, final_path: str, data: bytes, doomed: list[str]) -> None:
+def _write_block(
+    tmp_path: str, final_path: str, data: bytes | memoryview, doomed: list[str]
+) -> None:
     """Delete the files of the victims that made room, then write the block."""
     unlink_quietly(doomed)
     blockfile.write_block(tmp_path, final_path, data, direct=True)
@@ -451,8 +453,13 @@ class BlockStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    async def put(self, block_id: str, data: bytes) -> bool:
+    async def put(self, block_id: str, data: bytes | memoryview) -> bool:
         """Store a block; True once it is stored (or already was), False if it cannot be.
+
+        ``data`` is read until the call returns, not after (unless it is cancelled): a
+        caller may then reuse its buffer. Blocks are written with ``O_DIRECT``
+        (:func:`~clientlib.blockfile.write_block`), from ``data`` itself when it is a
+        page-aligned writable buffer (:mod:`cachenode.blockbuffers`), else from a copy.
 
         Tries the dirs in rendezvous order: a dir that fails is marked down and the next
         one is tried; a dir without room (ENOSPC, block larger than the dir, free space not
@@ -467,7 +474,7 @@ class BlockStore:
             return True
         return await self._puts.run(key, lambda: self._put(block_id, key, data))
 
-    async def _put(self, block_id: str, key: int, data: bytes) -> bool:
+    async def _put(self, block_id: str, key: int, data: bytes | memoryview) -> bool:
         unlinking = self._unlinking.get(key)
         if unlinking is not None:
             await asyncio.wait([unlinking])

@@ -45,7 +45,10 @@ SOURCE_XATTR = "user.ringcache.source"
 #: Blocks per presence query or eviction: a query names each block with its source
 #: (up to 2 KiB), and a body must stay under the node's 4 MiB limit.
 QUERY_BATCH = 1000
-WARM_BATCH = 8
+#: Blocks per warm request. ``threads`` counts blocks in flight, as a copy tool's threads
+#: count requests, and a batch answers when its slowest block is stored: small batches
+#: keep every slot busy.
+WARM_BATCH = 2
 
 Progress = Callable[[int, int], None]
 """Called with (blocks done, bytes fetched) increments as warmup advances."""
@@ -171,7 +174,7 @@ async def warmup(
     if not len(client.ring):
         raise RingcacheError("no active cache nodes in the cluster: nothing to warm")
     groups = _by_owner(client, refs)
-    slots = asyncio.Semaphore(max(1, threads))
+    slots = asyncio.Semaphore(max(1, threads // WARM_BATCH))
 
     async def warm_batch(node: NodeInfo, batch: list[BlockRef]) -> None:
         async with slots:

@@ -35,6 +35,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -141,12 +142,24 @@ class Profile:
              "-p", ",".join(map(str, self.pids))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        time.sleep(0.5)  # perf attaches
+        # py-spy for the Python side (one per node; --nonblocking does not stop them).
+        spy = str(Path(sys.executable).parent / "py-spy")
+        self._spies = []
+        for pid in self.pids:
+            out = str(self.out / f"py-spy-{pid}.txt")
+            cmd = [spy, "record", "--gil", "--nonblocking", "-r", "250", "-f", "raw", "-o", out,
+                   "-p", str(pid)]  # fmt: skip
+            self._spies.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        time.sleep(1.0)  # perf and py-spy attach
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._perf.send_signal(signal.SIGINT)
-        self._perf.wait(30)
+        for proc in [self._perf, *self._spies]:
+            proc.send_signal(signal.SIGINT)
+        for proc in [self._perf, *self._spies]:
+            proc.wait(60)
         loop = other = 0.0
         for pid in self.pids:
             after = thread_cpu(pid)

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="s3://bucket/prefix, file:///dir, or a path inside a ringcache mount",
     )
     p.add_argument("--file-list", metavar="FILE", help="more sources, one per line")
-    p.add_argument("--threads", type=int, default=16, help="batches in flight (default 16)")
+    p.add_argument("--threads", type=int, default=16, help="blocks in flight (default 16)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="only report how much is cached")
     mode.add_argument("--evict", action="store_true", help="drop these blocks from the cache")

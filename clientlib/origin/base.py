@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from clientlib.errors import Forbidden, RingcacheError
+from clientlib.errors import Forbidden, OriginError, RingcacheError
 
 __all__ = ["ObjectInfo", "Origin", "PosixAttrs", "Progress", "TooManyObjects"]
 
@@ -156,6 +156,23 @@ class Origin(abc.ABC):
         if ``size`` is given, is not ``size`` bytes long: a node checks the size a
         request claims, since the block's length follows from it.
         """
+
+    async def read_into(
+        self, url: str, offset: int, buf: memoryview, version: str, *, size: int | None = None
+    ) -> None:
+        """Fill ``buf`` with bytes ``[offset, offset+len(buf))`` of ``url`` at ``version``,
+        with the checks of :meth:`read`.
+
+        For a caller that reuses one buffer for block after block (a node warming its
+        cache): a fresh buffer per block costs a page fault per page, and a copy if the
+        bytes must then sit in an aligned buffer to be written with ``O_DIRECT``. This
+        default copies what :meth:`read` returns; an origin that can receive into the
+        buffer overrides it.
+        """
+        data = await self.read(url, offset, len(buf), version, size=size)
+        if len(data) != len(buf):
+            raise OriginError(f"origin returned {len(data)} bytes of {url}, not {len(buf)}")
+        buf[:] = data
 
     @abc.abstractmethod
     async def list(self, url: str) -> list[ObjectInfo]:

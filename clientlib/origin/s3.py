@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import http.client
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ import boto3.exceptions
 import boto3.s3.transfer
 import botocore.config
 import botocore.exceptions
+import botocore.response
 
 from clientlib.errors import (
     BadRequest,
@@ -153,22 +155,73 @@ class S3Origin(Origin):
         info = _info(url, origin, key, head["ContentLength"], head)
         return dataclasses.replace(info, content_type=head.get("ContentType", "")), head
 
-    def _get_sync(
+    def _get_object(
         self, bucket: str, key: str, offset: int, length: int, etag: str, size: int | None
-    ) -> bytes:
+    ) -> dict[str, Any]:
+        """GET the range of the object at version ``etag``; the answer, its body unread."""
         resp = self._client.get_object(
             Bucket=bucket,
             Key=key,
             Range=f"bytes={offset}-{offset + length - 1}",
             IfMatch=f'"{etag}"',
         )
-        with resp["Body"] as body:
-            data = body.read()
         # "bytes A-B/TOTAL": the object's size, for free with the bytes.
         total = str(resp.get("ContentRange", "")).rpartition("/")[2]
         if size is not None and total != str(size):
+            resp["Body"].close()
             raise VersionMismatch(f"s3://{bucket}/{key} is {total or '?'} bytes, not {size}")
-        return data
+        return resp
+
+    def _get_sync(
+        self, bucket: str, key: str, offset: int, length: int, etag: str, size: int | None
+    ) -> bytes:
+        resp = self._get_object(bucket, key, offset, length, etag, size)
+        with resp["Body"] as body:
+            return body.read()
+
+    def _get_into_sync(
+        self, bucket: str, key: str, offset: int, buf: memoryview, etag: str, size: int | None
+    ) -> None:
+        """:meth:`_get_sync` received straight into ``buf``: ``recv`` into its pages, no
+        bytes object in between.
+
+        The body is read through the ``http.client`` response under urllib3's (what a
+        plain botocore body wraps): urllib3's own ``readinto`` reads into a new bytes
+        object and copies. A body botocore wraps in more (a checksum check) is read
+        with ``read()`` and copied, so that nothing botocore checks goes unchecked.
+        """
+        url = f"s3://{bucket}/{key}"
+        resp = self._get_object(bucket, key, offset, len(buf), etag, size)
+        body = resp["Body"]
+        if resp.get("ContentLength") != len(buf):
+            body.close()
+            raise OriginError(
+                f"S3 answered {resp.get('ContentLength')} bytes of {url} for {len(buf)}"
+            )
+        raw = getattr(body, "_raw_stream", None)
+        fp = getattr(raw, "_fp", None)
+        if (
+            type(body) is not botocore.response.StreamingBody
+            or not isinstance(fp, http.client.HTTPResponse)
+            or fp.chunked
+        ):
+            with body:
+                data = body.read()
+            if len(data) != len(buf):
+                raise OriginError(f"S3 sent {len(data)} bytes of {url}, not {len(buf)}")
+            buf[:] = data
+            return
+        got = 0
+        try:
+            while got < len(buf) and (n := fp.readinto(buf[got:])):
+                got += n
+        except OSError as exc:
+            body.close()
+            raise OriginError(f"S3 body of {url} failed after {got} bytes: {exc}") from None
+        if got != len(buf) or not fp.isclosed():
+            body.close()
+            raise OriginError(f"S3 body of {url} ended after {got} of {len(buf)} bytes")
+        raw.release_conn()  # read to its end: the connection serves the next request
 
     async def read(
         self, url: str, offset: int, length: int, version: str, *, size: int | None = None
@@ -182,6 +235,18 @@ class S3Origin(Origin):
         )
         ORIGIN_BYTES.inc(len(data))
         return data
+
+    async def read_into(
+        self, url: str, offset: int, buf: memoryview, version: str, *, size: int | None = None
+    ) -> None:
+        origin, key = split_url(url)
+        ORIGIN_REQUESTS.labels("get").inc()
+        if not buf:
+            return
+        await self._call(
+            lambda: self._get_into_sync(origin[5:], key, offset, buf, version, size), url
+        )
+        ORIGIN_BYTES.inc(len(buf))
 
     def _list_sync(
         self, bucket: str, prefix: str, max_items: int | None = None
