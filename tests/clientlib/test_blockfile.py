@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
+import pytest
+
 from clientlib.blockfile import (
+    DIRECT_ALIGN,
     PART_SIZE,
     BadBlockFile,
     BlockFile,
@@ -63,3 +67,39 @@ def test_a_damaged_part_fails_its_range_and_the_whole_block(tmp_path: Path) -> N
     bad = read_verified(path, len(data), checksum)
     assert isinstance(bad, BadBlockFile) and bad.inode is not None
     assert isinstance(open_verified(path, len(data), checksum), BadBlockFile)
+
+
+@pytest.mark.parametrize("nbytes", [0, 100, DIRECT_ALIGN, DIRECT_ALIGN + 1, PART_SIZE + 5, 4 << 20])
+@pytest.mark.parametrize("source", ["bytes", "aligned buffer", "unaligned buffer"])
+def test_a_direct_write_makes_the_same_file_as_a_buffered_one(tmp_path, nbytes, source):
+    data = os.urandom(nbytes)
+    buf = mmap.mmap(-1, nbytes + DIRECT_ALIGN + 1, flags=mmap.MAP_PRIVATE)
+    view = memoryview(buf)
+    if source == "bytes":
+        given: bytes | memoryview = data
+    else:  # from the buffer itself, or from a copy where the buffer is not aligned
+        start = 0 if source == "aligned buffer" else 1
+        given = view[start : start + nbytes]
+        given[:] = data
+    buffered, direct = str(tmp_path / "buffered"), str(tmp_path / "direct")
+    write_block(str(tmp_path / "tmp1"), buffered, data)
+    write_block(str(tmp_path / "tmp2"), direct, given, direct=True)
+    assert Path(direct).read_bytes() == Path(buffered).read_bytes()
+    assert os.path.getsize(direct) == file_length(nbytes)
+    assert read_verified(direct, nbytes, block_checksum(data)) == data
+    assert sorted(os.listdir(tmp_path)) == ["buffered", "direct"]
+    given = b""
+    view.release()
+
+
+def test_a_direct_write_leaves_the_block_out_of_the_page_cache(tmp_path):
+    data = os.urandom(4 << 20)
+    path = str(tmp_path / "direct")
+    write_block(str(tmp_path / "tmp"), path, data, direct=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):  # RWF_NOWAIT: not in the page cache
+            os.preadv(fd, [bytearray(DIRECT_ALIGN)], 0, os.RWF_NOWAIT)
+    finally:
+        os.close(fd)
+    assert read_verified(path, len(data), block_checksum(data)) == data

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import http.client
+import mmap
 import os
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from clientlib.errors import BadRequest, Forbidden, NotFound, VersionMismatch
 from clientlib.origin import Origins, beneath
 from clientlib.origin.base import PosixAttrs
 from clientlib.origin.local import FileOrigin
+from clientlib.origin.s3 import S3Origin
+from testkit import Seaweed, start_seaweed
 
 
 async def test_s3_backend_is_built_once_on_a_thread(monkeypatch):
@@ -287,3 +293,70 @@ def test_open_beneath_refuses_dot_dot_and_absolute_symlinks(tree, beneath_mode):
         os.close(inner)
     finally:
         os.close(fd)
+
+
+# -- S3 reads into a caller's buffer (moto and SeaweedFS) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    server = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def s3_server(request, monkeypatch, s3_endpoint):  # type: ignore[no-untyped-def]
+    """A boto3 client of moto or SeaweedFS, with the environment an S3Origin takes its
+    endpoint and credentials from pointed at the same server, and a fresh bucket."""
+    if request.param == "seaweedfs":
+        server = request.getfixturevalue("seaweed")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "seaweed")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "seaweed")
+        client = server.client()
+    else:
+        client = boto3.client("s3")
+    name = f"into-{os.getpid()}-{time.monotonic_ns()}"
+    client.create_bucket(Bucket=name)
+    return client, name
+
+
+async def test_s3_read_into_receives_the_range_of_the_pinned_version(s3_server, monkeypatch):
+    client, bucket = s3_server
+    received = []  # the bodies are received straight into the buffer, not read and copied
+    readinto = http.client.HTTPResponse.readinto
+
+    def spy(self, b):  # type: ignore[no-untyped-def]
+        received.append(len(b))
+        return readinto(self, b)
+
+    monkeypatch.setattr(http.client.HTTPResponse, "readinto", spy)
+    body = os.urandom(3 * 1024 * 1024 + 77)
+    client.put_object(Bucket=bucket, Key="k.bin", Body=body)
+    origin = S3Origin(max_inflight=4)
+    try:
+        url = f"s3://{bucket}/k.bin"
+        info = await origin.stat(url)
+        buf = mmap.mmap(-1, 1024 * 1024, flags=mmap.MAP_PRIVATE)
+        view = memoryview(buf)
+        # Block after block through the same buffer (and the same pooled connections).
+        for offset in range(0, len(body), len(buf)):
+            part = view[: min(len(buf), len(body) - offset)]
+            await origin.read_into(url, offset, part, info.version, size=len(body))
+            assert bytes(part) == body[offset : offset + len(part)]
+        assert sum(received) >= len(body)
+        with pytest.raises(VersionMismatch):
+            await origin.read_into(url, 0, view[:10], info.version, size=len(body) + 1)
+        client.put_object(Bucket=bucket, Key="k.bin", Body=body[::-1])
+        with pytest.raises(VersionMismatch):
+            await origin.read_into(url, 0, view[:10], info.version, size=len(body))
+        with pytest.raises(NotFound):
+            await origin.read_into(f"s3://{bucket}/none.bin", 0, view[:10], info.version)
+        # The connections are still good after the refusals.
+        info = await origin.stat(url)
+        await origin.read_into(url, 5, view[:100], info.version, size=len(body))
+        assert bytes(view[:100]) == body[::-1][5:105]
+        view.release()
+    finally:
+        origin.close()

@@ -8,7 +8,8 @@ import os
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.status import list_nodes
-from tests.conftest import cachectl, run_cachectl
+from clientlib.warmup import warmup
+from tests.conftest import cachectl, client_metric, run_cachectl
 
 SIZES = {"hot/a.bin": 2 * BS + 100, "hot/b.bin": BS, "hot/deep/c.bin": 3000, "cold/d.bin": BS + 1}
 
@@ -165,3 +166,25 @@ async def test_warmup_of_a_path_inside_a_mount_uses_its_source(make_cluster, s3,
         assert (await asyncio.to_thread(one.read_bytes)) == objects["hot/b.bin"]
     finally:
         await asyncio.to_thread(mount.stop)
+
+
+async def test_a_read_joining_a_warm_fetch_gets_the_stored_block_without_a_second_get(
+    make_cluster, client_for, faulty_s3, s3, bucket
+):
+    # A warm fetch keeps no copy of the bytes (they go from the origin's socket to the
+    # block file); a read of the block meanwhile waits for it and reads the stored file.
+    body = os.urandom(2 * BS + 100)
+    s3.put_object(Bucket=bucket, Key="slow/a.bin", Body=body)
+    slow = await faulty_s3(1.0)
+    cluster = make_cluster(1, env={**os.environ, "AWS_ENDPOINT_URL": slow})
+    client = await client_for(cluster)
+    warming = asyncio.create_task(warmup(client, [f"s3://{bucket}/slow/"]))
+    await asyncio.sleep(0.4)  # the warm request is at the node, its GETs wait for the origin
+    assert not warming.done()
+    direct = client_metric("ringcache_client_block_reads_total", source="origin")
+    assert await client.read(f"s3://{bucket}/slow/a.bin") == body
+    # from the node, not the client's own fallback to the origin
+    assert client_metric("ringcache_client_block_reads_total", source="origin") == direct
+    report = await warming
+    assert (report.blocks_fetched, report.bytes_fetched, report.errors) == (3, len(body), 0)
+    assert cluster.metric("ringcache_origin_requests_total", 'op="get"') == 3
