@@ -65,7 +65,8 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 class Meter:
-    """Wall seconds and CPU seconds of the origin and of the nodes over one run."""
+    """Wall seconds and CPU seconds of the origin, of the nodes and of this process (the
+    client: boto3's threads, or the warmup's client) over one run."""
 
     def __init__(self, origin: int, nodes: list[int]) -> None:
         self.origin, self.nodes = origin, nodes
@@ -73,12 +74,14 @@ class Meter:
     def __enter__(self) -> Meter:
         self._t = time.monotonic()
         self._o, self._n = cpu_seconds([self.origin]), cpu_seconds(self.nodes)
+        self._c = cpu_seconds([os.getpid()])
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.monotonic() - self._t
         self.origin_cpu = cpu_seconds([self.origin]) - self._o
         self.nodes_cpu = cpu_seconds(self.nodes) - self._n
+        self.client_cpu = cpu_seconds([os.getpid()]) - self._c
 
 
 def boto3_parallel(sw: Seaweed, keys: list[str], size: int, threads: int) -> int:
@@ -186,6 +189,7 @@ def row(name: str, m: Meter, nbytes: int, nodes: bool) -> dict[str, object]:
         "mb_per_s": round(nbytes / m.seconds / 1e6, 1),
         "origin_cpu_s_per_gib": round(m.origin_cpu / gib, 2) if gib else None,
         "nodes_cpu_s_per_gib": round(m.nodes_cpu / gib, 2) if nodes and gib else None,
+        "client_cpu_s_per_gib": round(m.client_cpu / gib, 2) if gib else None,
     }
 
 
@@ -275,21 +279,25 @@ def report(doc: dict) -> str:  # type: ignore[type-arg]
         f"SeaweedFS (`weed mini`) on loopback; {doc['threads']} requests, transfers or "
         "batches in flight; 3 cachenodes. One run on a shared 2-core machine.",
         "",
-        "| run | seconds | MB/s | S3 server CPU s/GiB | nodes' CPU s/GiB |",
-        "|---|---:|---:|---:|---:|",
+        "| run | seconds | MB/s | S3 server CPU s/GiB | nodes' CPU s/GiB | client CPU s/GiB |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in doc["results"]:
         nodes = "" if r["nodes_cpu_s_per_gib"] is None else r["nodes_cpu_s_per_gib"]
         origin = "" if r["origin_cpu_s_per_gib"] is None else r["origin_cpu_s_per_gib"]
-        lines.append(f"| {r['run']} | {r['seconds']} | {r['mb_per_s']} | {origin} | {nodes} |")
+        client = "" if r["client_cpu_s_per_gib"] is None else r["client_cpu_s_per_gib"]
+        lines.append(
+            f"| {r['run']} | {r['seconds']} | {r['mb_per_s']} | {origin} | {nodes} | {client} |"
+        )
     lines += [
         "",
         f"- warmup speed / boto3's: **{speed}x** (target >= {TARGET_SPEED}x: "
         f"{'PASS' if speed >= TARGET_SPEED else 'FAIL'})",
         f"- nodes' CPU / the S3 server's, same bytes: **{cpu}x** (target <= {TARGET_CPU}x: "
         f"{'PASS' if cpu <= TARGET_CPU else 'FAIL'})",
-        "- CPU from /proc/PID/stat (utime + stime) of `weed mini` and the three cachenodes; "
-        "the warmup's own client runs in the bench process and is not counted",
+        "- CPU from /proc/PID/stat (utime + stime) of `weed mini`, the three cachenodes and "
+        "the bench process (boto3's threads or the warmup's client; rclone's own CPU is "
+        "not counted); all on one 2-core machine, so a run's time follows its CPU sum",
         "",
     ]
     return "\n".join(lines)
