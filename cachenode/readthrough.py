@@ -191,7 +191,7 @@ class ReadThrough:
         async with self._shield.request(ref.length):
             origin = await self._origins.get(ref.url)
             await origin.read_into(ref.url, ref.offset, view, ref.version, size=ref.size)
-        stored = await self._store.put(block_id, view)
+        stored = await self._store.put(block_id, view, direct=True)
         data = None if stored else bytes(view)
         view.release()
         self._buffers.give(buf)

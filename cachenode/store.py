@@ -145,11 +145,11 @@ def _close_abandoned(job: asyncio.Future[BlockFile | BadBlockFile]) -> None:
 
 
 def _write_block(
-    tmp_path: str, final_path: str, data: bytes | memoryview, doomed: list[str]
+    tmp_path: str, final_path: str, data: bytes | memoryview, doomed: list[str], direct: bool
 ) -> None:
     """Delete the files of the victims that made room, then write the block."""
     unlink_quietly(doomed)
-    blockfile.write_block(tmp_path, final_path, data, direct=True)
+    blockfile.write_block(tmp_path, final_path, data, direct=direct)
 
 
 class BlockStore:
@@ -453,13 +453,16 @@ class BlockStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    async def put(self, block_id: str, data: bytes | memoryview) -> bool:
+    async def put(self, block_id: str, data: bytes | memoryview, *, direct: bool = False) -> bool:
         """Store a block; True once it is stored (or already was), False if it cannot be.
 
         ``data`` is read until the call returns, not after (unless it is cancelled): a
-        caller may then reuse its buffer. Blocks are written with ``O_DIRECT``
-        (:func:`~clientlib.blockfile.write_block`), from ``data`` itself when it is a
-        page-aligned writable buffer (:mod:`cachenode.blockbuffers`), else from a copy.
+        caller may then reuse its buffer. With ``direct`` the block is written with
+        ``O_DIRECT`` (:func:`~clientlib.blockfile.write_block`), from ``data`` itself when
+        it is a page-aligned writable buffer (:mod:`cachenode.blockbuffers`): for a block
+        nobody is reading now (a warmup), which then neither costs a copy into new page
+        cache pages nor pushes out the pages hits are served from. Without, it goes
+        through the page cache, where its first hit finds it (:mod:`cachenode.fasthits`).
 
         Tries the dirs in rendezvous order: a dir that fails is marked down and the next
         one is tried; a dir without room (ENOSPC, block larger than the dir, free space not
@@ -472,9 +475,9 @@ class BlockStore:
             raise BadRequest(f"block {block_id} of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
         if key not in self._puts and any(key in d.policy for d in self._up):
             return True
-        return await self._puts.run(key, lambda: self._put(block_id, key, data))
+        return await self._puts.run(key, lambda: self._put(block_id, key, data, direct))
 
-    async def _put(self, block_id: str, key: int, data: bytes | memoryview) -> bool:
+    async def _put(self, block_id: str, key: int, data: bytes | memoryview, direct: bool) -> bool:
         unlinking = self._unlinking.get(key)
         if unlinking is not None:
             await asyncio.wait([unlinking])
@@ -502,7 +505,9 @@ class BlockStore:
             final = d.block_path(block_id, nbytes, checksum)
             tmp = f"{d.tmp}/{block_id}.{os.getpid()}.{next(self._tmp_counter)}.tmp"
             doomed_paths = [path for _, path in doomed]
-            job = loop.run_in_executor(self._pool(), _write_block, tmp, final, data, doomed_paths)
+            job = loop.run_in_executor(
+                self._pool(), _write_block, tmp, final, data, doomed_paths, direct
+            )
             self._track_unlinks([key for key, _ in doomed], job)
             d.reserved += nbytes
             try:

@@ -177,7 +177,7 @@ async def test_a_read_joining_a_warm_fetch_gets_the_stored_block_without_a_secon
     s3.put_object(Bucket=bucket, Key="slow/a.bin", Body=body)
     slow = await faulty_s3(1.0)
     cluster = make_cluster(1, env={**os.environ, "AWS_ENDPOINT_URL": slow})
-    client = await client_for(cluster)
+    client = await client_for(cluster, hedge_delay=30.0)  # no hedge to the origin meanwhile
     warming = asyncio.create_task(warmup(client, [f"s3://{bucket}/slow/"]))
     await asyncio.sleep(0.4)  # the warm request is at the node, its GETs wait for the origin
     assert not warming.done()
