@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from cachenode.memtier import shmem_huge_pages
 from clientlib.blockfile import trailer_length
 from clientlib.blocks import DEFAULT_BLOCK_SIZE, block_id
 from clientlib.launcher import (
@@ -452,6 +453,8 @@ def environment() -> dict[str, Any]:
         "nginx": _version([NGINX, "-v"]),
         "wrk": _version([WRK, "--version"]),
         "loadavg_before": os.getloadavg(),
+        # The node's copies of large blocks get huge pages only where this allows them.
+        "shmem_huge_pages": shmem_huge_pages(),
     }
 
 
@@ -666,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     md = (
         "# Hot block GETs: cachenode vs nginx\n\n"
         f"{doc['date']}, {env['cpus']} CPUs, Python {env['python']}, aiohttp {env['aiohttp']}, "
-        f"uvloop {env['uvloop']}, {env['nginx']}, {env['wrk']}.\n\n"
+        f"uvloop {env['uvloop']}, {env['nginx']}, {env['wrk']}, shmem huge pages "
+        f"`{env['shmem_huge_pages']}`, load average {env['loadavg_before'][0]:.2f} before.\n\n"
         f"Command: `{command}`\n\n" + table(rows) + "\n" + "".join(f"- {n}\n" for n in doc["notes"])
     )
     (args.out / f"{args.name}.md").write_text(md)
