@@ -85,11 +85,24 @@ HEAD_TIMEOUT = 10.0
 #: connections, logs): client connections get the rest of its ``RLIMIT_NOFILE``.
 FD_RESERVE = 128
 _SWEEP_EVERY = 10
+#: Parsed request heads kept (:meth:`HitServer.asked`), up to this many (then all are
+#: dropped) of up to :data:`MAX_KNOWN_HEAD` bytes each: 4 MiB at most.
+MAX_KNOWN_HEADS = 4096
+MAX_KNOWN_HEAD = 1024
 _OK = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
     + f"{RESULT_HEADER}: hit\r\n".encode()
 )
 _HOT = f"{HOT_HEADER}: 1\r\n".encode()
+#: A hit's response head, by (hot, close), to be formatted with the body's length.
+_HEADS = {
+    (hot, close): _OK
+    + (_HOT if hot else b"")
+    + (b"Connection: close\r\n" if close else b"")
+    + b"Content-Length: %d\r\n\r\n"
+    for hot in (False, True)
+    for close in (False, True)
+}
 _HEAD_TIMED_OUT = refusal(
     408, "Request Timeout", f"request head not complete within {HEAD_TIMEOUT:g} s"
 )
@@ -116,6 +129,8 @@ class HitServer:
         #: Set when the site stops: each response in progress closes its connection.
         self.closing = False
         self._tally = HitTally()
+        #: Request head -> what it asks, with its query's fields parsed (see :meth:`asked`).
+        self._known: dict[bytes, tuple[BlockGetHead, dict[str, str]]] = {}
         node.before_report.append(self.report)
 
     def admit(self, conn: FastHitProtocol) -> bool:
@@ -134,111 +149,77 @@ class HitServer:
         self.connections.discard(oldest)
         return True
 
-    def claims(self, head: BlockGetHead) -> Claims | None:
+    def asked(self, raw: bytes) -> tuple[BlockGetHead, dict[str, str]] | None:
+        """What a request head (up to the CRLF of its last header) asks, if it is a plain
+        block GET (:func:`parse_head`), with its query's fields; None to let aiohttp
+        answer (also for a repeated query parameter, whose rules are aiohttp's).
+
+        A client asking for a hot block sends the same head again and again, so heads
+        are parsed once and kept (:data:`MAX_KNOWN_HEADS`); what a head may read is still
+        decided on every request (:meth:`claims`).
+        """
+        known = self._known.get(raw)
+        if known is not None:
+            return known
+        head = parse_head(raw)
+        if head is None:
+            return None
+        fields: dict[str, str] = {}
+        if head.query:
+            pairs = parse_qsl(head.query, keep_blank_values=True)
+            fields = dict(pairs)
+            if len(fields) != len(pairs):
+                return None
+        known = (head, fields)
+        if len(raw) <= MAX_KNOWN_HEAD:
+            if len(self._known) >= MAX_KNOWN_HEADS:
+                self._known.clear()
+            self._known[raw] = known
+        return known
+
+    def claims(self, head: BlockGetHead, fields: dict[str, str]) -> Claims | None:
         """The request's claims if the fast path may answer it from the store; None to
         let aiohttp answer (a refusal, or a lookup whose answer carries a proof)."""
         try:
             claims = self.core.claims("GET", head.target, head.authorization)
-            fields: dict[str, str] = {}
-            if head.query:
-                pairs = parse_qsl(head.query, keep_blank_values=True)
-                fields = dict(pairs)
-                if len(fields) != len(pairs):
-                    return None  # a repeated parameter: aiohttp's rules decide
             if self.core.lookup(claims, head.block_id, fields).proven:
                 return None
         except RingcacheError:
             return None
         return claims
 
-    def serve(
-        self, conn: FastHitProtocol, head: BlockGetHead, transport: asyncio.Transport
-    ) -> bool:
-        """Answer ``head`` if it is a hit that can be sent now; False leaves it to aiohttp."""
+    def serve(self, conn: FastHitProtocol, raw: bytes) -> bool:
+        """Answer the request head ``raw`` if it is a hit that can be sent now; False
+        leaves it to aiohttp."""
         started = time.perf_counter()
-        block_id = head.block_id
-        claims = self.claims(head)
+        asked = self.asked(raw)
+        if asked is None:
+            return False
+        head, fields = asked
+        claims = self.claims(head, fields)
         node = self.node
         if claims is None or not node.fair.try_acquire():
             return False
+        block_id = head.block_id
         found = self.store.read_now(block_id)
         if found is None:
             node.fair.release()
             return False
         hot = self.core.begin_get(block_id)
         node.enter()
-        nbytes = found.nbytes if isinstance(found, BlockFile) else len(found)
-        response = [_OK, b"Content-Length: %d\r\n" % nbytes]
-        if hot:
-            response.append(_HOT)
-        if head.close:
-            response.append(b"Connection: close\r\n")
-        response.append(b"\r\n")
+        large = isinstance(found, BlockFile)
+        nbytes = found.nbytes if large else len(found)
+        response = _HEADS[hot, head.close] % nbytes
         self._tally.hit(claims.tenant, nbytes, time.perf_counter() - started)
-        if isinstance(found, BlockFile):
-            sock = transport.get_extra_info("socket")
-            # Corked, head and body leave in full-sized segments, as nginx's tcp_nopush
-            # does: a separate small head segment costs the reader a wakeup per block.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-            transport.write(b"".join(response))
-            sent = self._send_inline(transport, found, block_id)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-            if sent < 0 or sent == nbytes:
-                found.close()
-                self.done(block_id, head.close, transport)
-            else:
-                conn.sending = asyncio.ensure_future(
-                    self._send_rest(conn, transport, found, sent, block_id, head.close)
-                )
-            return True
-        response.append(found)
-        transport.writelines(response)
-        self.done(block_id, head.close, transport)
+        if large:
+            conn.send_block(response, found, block_id, head.close)
+        else:
+            conn.send_bytes(response, found, block_id, head.close)
         return True
 
     def report(self) -> None:
         """Add the fast hits so far to the node's Prometheus metrics."""
         self._tally.report()
-
-    @staticmethod
-    def _send_inline(transport: asyncio.Transport, block: BlockFile, block_id: str) -> int:
-        """Send what the socket takes of the file now; returns how much that was, or -1
-        if sending failed (the connection is then aborted: part of the body may be out,
-        and the client must see a broken response, never a wrong one)."""
-        if transport.get_write_buffer_size():
-            return 0  # the head is still queued: the body must not overtake it
-        try:
-            return send_now(transport.get_extra_info("socket").fileno(), block.fd, 0, block.nbytes)
-        except OSError as exc:
-            log.debug("hit of block %s: send failed after headers: %s", block_id, exc)
-            transport.abort()
-            return -1
-
-    async def _send_rest(
-        self,
-        conn: FastHitProtocol,
-        transport: asyncio.Transport,
-        block: BlockFile,
-        sent: int,
-        block_id: str,
-        close: bool,
-    ) -> None:
-        """Send the rest of a large block once the socket has room, then go on with the
-        connection's next request."""
-        try:
-            await conn.drained()
-            await send_file(transport, block.fd, block.nbytes, sent)
-        except OSError as exc:  # ConnectionError included: the client hung up
-            log.debug("hit of block %s: send failed after headers: %s", block_id, exc)
-            transport.abort()
-        except BaseException:
-            transport.abort()  # cancelled mid-body: the response cannot be finished
-            raise
-        finally:
-            block.close()
-            conn.sending = None
-            self.done(block_id, close, transport)
-        conn.resume()
 
     def done(self, block_id: str, close: bool, transport: asyncio.Transport) -> None:
         """A fast response is sent (or given up): free its slot and counts."""
@@ -268,6 +249,9 @@ class FastHitProtocol(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._eof = False
+        #: The transport's socket, for ``sendfile`` and corking (its ``fileno`` is -1
+        #: once the transport closed it, so a number reused meanwhile is never written).
+        self._sock: socket.socket | None = None
         #: The task finishing a response (or waiting for the socket): while it runs, no
         #: further request is looked at.
         self.sending: asyncio.Future[None] | None = None
@@ -284,6 +268,7 @@ class FastHitProtocol(asyncio.Protocol):
             self._transport.abort()
             return
         tcp_keepalive(self._transport)
+        self._sock = self._transport.get_extra_info("socket")
         self._hits.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -360,6 +345,67 @@ class FastHitProtocol(asyncio.Protocol):
             self._transport.resume_reading()
         self._process()
 
+    def send_bytes(self, head: bytes, body: bytes, block_id: str, close: bool) -> None:
+        """Answer with a small block's bytes: head and body in one ``writev``."""
+        transport = self._transport
+        assert transport is not None
+        transport.writelines((head, body))
+        self._hits.done(block_id, close, transport)
+
+    def send_block(self, head: bytes, block: BlockFile, block_id: str, close: bool) -> None:
+        """Answer with a large block's verified file: the head, then ``sendfile``, inline
+        as far as the socket takes it, the rest once it has room (:attr:`sending`)."""
+        transport, sock = self._transport, self._sock
+        assert transport is not None and sock is not None
+        # Corked, head and body leave in full-sized segments, as nginx's tcp_nopush
+        # does: a separate small head segment costs the reader a wakeup per block.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        transport.write(head)
+        sent = 0
+        if not transport.get_write_buffer_size():  # else the body must not overtake it
+            try:
+                sent = send_now(sock.fileno(), block.fd, 0, block.nbytes)
+            except OSError as exc:
+                # Part of the body may be out: the client must see a broken response,
+                # never a wrong one.
+                log.debug("hit of block %s: send failed after headers: %s", block_id, exc)
+                transport.abort()
+                sent = -1
+        if sent >= 0:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        if sent < 0 or sent == block.nbytes:
+            block.close()
+            self._hits.done(block_id, close, transport)
+        else:
+            self.sending = asyncio.ensure_future(
+                self._send_rest(transport, block, sent, block_id, close)
+            )
+
+    async def _send_rest(
+        self,
+        transport: asyncio.Transport,
+        block: BlockFile,
+        sent: int,
+        block_id: str,
+        close: bool,
+    ) -> None:
+        """Send the rest of a large block once the socket has room, then go on with the
+        connection's next request."""
+        try:
+            await self.drained()
+            await send_file(transport, block.fd, block.nbytes, sent)
+        except OSError as exc:  # ConnectionError included: the client hung up
+            log.debug("hit of block %s: send failed after headers: %s", block_id, exc)
+            transport.abort()
+        except BaseException:
+            transport.abort()  # cancelled mid-body: the response cannot be finished
+            raise
+        finally:
+            block.close()
+            self.sending = None
+            self._hits.done(block_id, close, transport)
+        self.resume()
+
     async def drained(self) -> None:
         """Wait until the transport has sent all it buffers (the next bytes may be
         ``sendfile``'s, which go to the socket past that buffer)."""
@@ -386,7 +432,12 @@ class FastHitProtocol(asyncio.Protocol):
     def _process(self) -> None:
         """Answer the complete request heads buffered, in order, while they are hits."""
         while (transport := self._transport) is not None and not transport.is_closing():
-            end = self._buf.find(b"\r\n\r\n")
+            buf = self._buf
+            if not buf:
+                if self._eof:
+                    transport.close()  # nothing more will come
+                return
+            end = buf.find(b"\r\n\r\n")
             if end < 0:
                 # Only complete heads (or ones aiohttp refuses at once) are handed over:
                 # aiohttp has no deadline for a head (only its keep-alive timeout).
@@ -401,12 +452,11 @@ class FastHitProtocol(asyncio.Protocol):
                 # The client reads slower than we answer: wait before the next request.
                 self.sending = asyncio.ensure_future(self._drain_then_process())
                 return
-            head = parse_head(self._buf[: end + 2]) if 0 <= end <= MAX_HEAD else None
-            if head is None or not self._hits.serve(self, head, transport):
+            if end > MAX_HEAD or not self._hits.serve(self, bytes(buf[: end + 2])):
                 self._hand_over(transport)
                 return
-            del self._buf[: end + 4]
-            self.head_since = self.last_active if self._buf else None
+            del buf[: end + 4]
+            self.head_since = self.last_active if buf else None
             if self.sending is not None:
                 return  # resume() comes when the response is sent
 

@@ -17,9 +17,10 @@ import aiohttp
 
 from cachenode import hotblocks
 from cachenode.httphead import parse_head
+from clientlib.auth import Credentials
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.launcher import Node, local_get
-from tests.conftest import node_metric
+from tests.conftest import make_token, node_metric
 
 SMALL = 65_536 + 7
 LARGE = BS
@@ -151,6 +152,31 @@ async def test_hits_are_exact_and_other_requests_are_handed_to_aiohttp_in_order(
     closing = f"GET /v1/blocks/{small} HTTP/1.1\r\nConnection: close\r\n\r\n".encode()
     ((closing_head, body),) = await asyncio.to_thread(raw_exchange, node, closing, 1)
     assert b"Connection: close" in closing_head and body == small_data
+
+
+async def test_a_request_head_seen_before_is_authorised_again_every_time(
+    make_cluster, client_for, tmp_path, secret
+):
+    """The fast path keeps the heads it parsed, not what they were allowed: the very same
+    signed head, sent again once its token has expired, is refused."""
+    cluster = make_cluster(1, extra=["--token-file", str(secret)])
+    node = cluster.nodes[0]
+    operator = await client_for(cluster, token_file=str(secret), memory_cache_bytes=0)
+    ((bid, data),) = await cached_blocks(operator, tmp_path, [SMALL])
+    url = f"file://{tmp_path}/fast0"
+    query = operator.block_ref(await operator.stat(url), 0).query()
+    short = Credentials.from_file(await make_token(cluster, secret, url, "--ttl", "2s"))
+    target = f"/v1/blocks/{bid}?{query}"
+    auth = short.headers("GET", target, node=node.node_id)["Authorization"]
+    request = f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode()
+    ((first, body),) = await asyncio.to_thread(raw_exchange, node, request, 1)
+    assert first.startswith(b"HTTP/1.1 200 OK") and body == data
+    assert b"Server:" not in first  # the fast path answered, and keeps the head
+    await asyncio.sleep(3)  # the token expires; the signature is still recent enough
+    ((again, _),) = await asyncio.to_thread(raw_exchange, node, request, 1)
+    assert again.startswith(b"HTTP/1.1 401 ")
+    unauthorized = 'reason="unauthorized"'
+    assert node_metric(node, "ringcache_requests_refused_total", unauthorized) == 1
 
 
 async def test_fast_hits_are_counted_in_the_metrics(make_cluster, client_for, tmp_path):
