@@ -16,6 +16,12 @@ What it promises (``docs/security.md``, "What a node serves"):
 - An entry is served for at most ``recheck_after`` seconds after its check; then it is
   dropped, and the next serve reads the file and checks it again, so a block that rotted
   on disk meanwhile is caught within that time, as is a flipped bit in the tier itself.
+- A large block's copy asks for huge pages (``MADV_HUGEPAGE``), which the kernel grants
+  when ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` is ``advise``,
+  ``within_size`` or ``always``. ``sendfile`` from 4 KiB pages costs the machine about a
+  quarter more than from a file (whose page cache uses large folios); from huge pages it
+  costs about the same. With ``never`` (a common default) the copy has 4 KiB pages and
+  the node says so once at start.
 - Least recently used entries leave first, by bytes, and a large block's copy also when
   ``max_copies`` sealed copies are kept: each holds an open file, and the node's other
   files (block files being sent, client connections) must keep the rest of its
@@ -25,24 +31,40 @@ What it promises (``docs/security.md``, "What a node serves"):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
+import mmap
 import os
 import resource
 import time
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from cachetools import LRUCache
 
 from clientlib.blockfile import BlockFile, block_checksum
 
-__all__ = ["MemoryTier"]
+__all__ = ["MemoryTier", "shmem_huge_pages"]
 
 log = logging.getLogger(__name__)
 
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 #: The share of the process's open-file limit the tier's sealed copies may hold.
 COPIES_SHARE = 4
+#: Where the kernel says whether shared memory (a memfd) may use transparent huge pages.
+SHMEM_HUGE_SETTING = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+
+
+def shmem_huge_pages() -> str:
+    """The kernel's setting for huge pages in shared memory (the bracketed word of
+    :data:`SHMEM_HUGE_SETTING`), or ``"unknown"`` where it cannot be read."""
+    try:
+        text = SHMEM_HUGE_SETTING.read_text()
+    except OSError:
+        return "unknown"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else "unknown"
 
 
 def default_max_copies() -> int:
@@ -88,12 +110,18 @@ class _Entries(LRUCache[str, _Entry]):
 
 
 def _sealed_copy(block_id: str, data: bytes | bytearray | memoryview) -> int:
-    """A sealed memfd holding exactly ``data``."""
+    """A sealed memfd holding exactly ``data``, in huge pages where the kernel grants them
+    (the copy is written through a mapping: only a mapping can ask for them)."""
     fd = os.memfd_create(f"ringcache-{block_id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        nbytes = len(data)
+        os.ftruncate(fd, nbytes)
+        if nbytes:
+            with mmap.mmap(fd, nbytes) as mapped:
+                with contextlib.suppress(OSError):  # a kernel without transparent huge pages
+                    mapped.madvise(mmap.MADV_HUGEPAGE)
+                mapped[:] = data
+        # The mapping is gone: F_SEAL_WRITE fails while a writable one exists.
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
     except BaseException:
         os.close(fd)
@@ -113,6 +141,13 @@ class MemoryTier:
         self._blocks = _Entries(max(capacity, 1), getsizeof=lambda entry: entry.nbytes)
         self._recheck_after = recheck_after
         self._max_copies = default_max_copies() if max_copies is None else max_copies
+        if capacity > 0 and (huge := shmem_huge_pages()) in ("never", "deny"):
+            log.info(
+                "memory tier: copies of large blocks get 4 KiB pages (%s is %r); 'advise' "
+                "makes sending them cheaper",
+                SHMEM_HUGE_SETTING,
+                huge,
+            )
 
     def _entry(self, block_id: str, checksum: int) -> _Entry | None:
         """The block's entry if it is for ``checksum`` and checked recently enough."""

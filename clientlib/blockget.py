@@ -180,6 +180,35 @@ class _Connection(asyncio.BufferedProtocol):
         return False  # close our side too; a pending answer fails in connection_lost
 
 
+class _Watchdog:
+    """Fails a reply with :class:`TimeoutError` once its connection has received nothing
+    for a whole ``timeout`` (checked every ``timeout`` seconds, so after one to two of
+    them): one timer re-armed while bytes arrive, rather than a wait with a timeout per
+    read (most answers come within a millisecond)."""
+
+    def __init__(
+        self, conn: _Connection, reply: asyncio.Future[NodeReply], timeout: float, peer: str
+    ) -> None:
+        self._conn, self._reply, self._timeout, self._peer = conn, reply, timeout, peer
+        self._seen = -1
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        if self._reply.done():
+            return
+        if self._conn.received == self._seen:  # nothing for a whole timeout: stuck
+            self._reply.set_exception(
+                TimeoutError(f"no bytes from {self._peer} in {self._timeout}s")
+            )
+            return
+        self._seen = self._conn.received
+        self._timer = self._loop.call_later(self._timeout, self._check)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class BlockGetClient:
     """Pooled keep-alive connections to the cache nodes for block GETs."""
 
@@ -195,6 +224,7 @@ class BlockGetClient:
         self._total_timeout = total_timeout
         self._ssl = ssl
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._peers: dict[str, tuple[tuple[str, str, int], str]] = {}
         self._closed = False
 
     async def get(
@@ -210,9 +240,7 @@ class BlockGetClient:
         when the node sends nothing for ``read_timeout`` (or takes ``total_timeout``),
         and :class:`ConnectionError` when it cannot be reached or breaks the answer.
         """
-        scheme, _, addr = base_url.partition("://")
-        host, _, port_text = addr.rpartition(":")
-        key = (scheme, host.strip("[]"), int(port_text))
+        key, addr = self._peer(base_url)
         lines = [f"GET {path_qs} HTTP/1.1", f"Host: {addr}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -227,6 +255,16 @@ class BlockGetClient:
                     # The node closed an idle connection as we reused it: a fresh one.
             return await self._exchange(key, await self._connect(key), request, answered)
 
+    def _peer(self, base_url: str) -> tuple[tuple[str, str, int], str]:
+        """The pool key (scheme, host, port) and the ``Host`` of a node's base URL,
+        parsed once per node rather than per request."""
+        peer = self._peers.get(base_url)
+        if peer is None:
+            scheme, _, addr = base_url.partition("://")
+            host, _, port_text = addr.rpartition(":")
+            peer = self._peers[base_url] = ((scheme, host.strip("[]"), int(port_text)), addr)
+        return peer
+
     async def _exchange(
         self,
         key: tuple[str, str, int],
@@ -235,20 +273,15 @@ class BlockGetClient:
         answered: asyncio.Event | None,
     ) -> NodeReply:
         reply = conn.send(request, answered)
+        watchdog = _Watchdog(conn, reply, self._read_timeout, f"{key[1]}:{key[2]}")
         try:
-            seen = -1
-            while True:
-                done, _ = await asyncio.wait({reply}, timeout=self._read_timeout)
-                if done:
-                    break
-                if conn.received == seen:  # nothing for a whole read_timeout: stuck
-                    raise TimeoutError(f"no bytes from {key[1]}:{key[2]} in {self._read_timeout}s")
-                seen = conn.received
-            result = reply.result()
+            result = await reply
         except BaseException:
             conn.close()  # mid-answer: the connection cannot be reused
             reply.cancel()
             raise
+        finally:
+            watchdog.cancel()
         if conn.keep_alive and not conn.lost:
             self._keep(key, conn)
         else:

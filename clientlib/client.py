@@ -10,6 +10,7 @@ Concurrent reads of one block inside a client share one fetch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from types import TracebackType
 from typing import Any
@@ -34,6 +35,18 @@ from clientlib.tls import client_context
 __all__ = ["CacheClient"]
 
 log = logging.getLogger(__name__)
+
+# Children bound once: ``.labels()`` is a locked dict lookup, and these are per read.
+_READ_LOCAL = CLIENT_BLOCK_READS.labels("local")
+_READ_PEER = CLIENT_BLOCK_READS.labels("peer")
+_READ_ORIGIN = CLIENT_BLOCK_READS.labels("origin")
+
+
+@functools.lru_cache(maxsize=4096)
+def _id_and_query(ref: BlockRef) -> tuple[str, str]:
+    """A block's id and its query string for the nodes: a hash and a URL encoding of
+    the same fields on every read of the block, remembered for the blocks read lately."""
+    return ref.id, ref.query()
 
 
 def _asked_for(reply: NodeReply, length: int, span: tuple[int, int] | None) -> bytes | None:
@@ -223,6 +236,10 @@ class CacheClient:
             index,
         )
 
+    def block_id(self, info: ObjectInfo, index: int, block_size: int | None = None) -> str:
+        """The id of :meth:`block_ref` (remembered for the blocks read lately)."""
+        return _id_and_query(self.block_ref(info, index, block_size))[0]
+
     async def read_block(
         self, info: ObjectInfo, index: int, *, keep: bool = True, block_size: int | None = None
     ) -> bytes:
@@ -236,12 +253,12 @@ class CacheClient:
         more copy, and the block's memory is freed, and reused, once the caller is done.
         """
         ref = self.block_ref(info, index, block_size)
-        block_id = ref.id
+        block_id, query = _id_and_query(ref)
         data = self._memory.get(block_id)
         if data is not None:
-            CLIENT_BLOCK_READS.labels("local").inc()
+            _READ_LOCAL.inc()
             return data
-        data = await self._inflight.run(block_id, lambda: self._race(ref, block_id))
+        data = await self._inflight.run(block_id, lambda: self._race(ref, block_id, query))
         if keep:
             self.remember(block_id, data)
         return data
@@ -263,14 +280,14 @@ class CacheClient:
         blocks only; a whole block already here or on its way is used instead.
         """
         ref = self.block_ref(info, index, block_size)
-        block_id = ref.id
+        block_id, query = _id_and_query(ref)
         data = self._memory.get(block_id)
         if data is not None:
-            CLIENT_BLOCK_READS.labels("local").inc()
+            _READ_LOCAL.inc()
             return data[start:stop]
         if (task := self._inflight.get(block_id)) is not None:
             return (await asyncio.shield(task))[start:stop]
-        return await self._race(ref, block_id, (start, stop))
+        return await self._race(ref, block_id, query, (start, stop))
 
     def _owners(self, block_id: str) -> list[NodeInfo]:
         """Owners to try in order (:meth:`Ring.read_order`): the primary first, or a
@@ -281,7 +298,7 @@ class CacheClient:
         )
 
     async def _race(
-        self, ref: BlockRef, block_id: str, span: tuple[int, int] | None = None
+        self, ref: BlockRef, block_id: str, query: str, span: tuple[int, int] | None = None
     ) -> bytes:
         """The block (or its ``span``) from its owners, hedged, then from the origin too.
 
@@ -292,17 +309,70 @@ class CacheClient:
         Once every owner has had its hedge delay, the origin is asked too, whatever the
         owners are doing, and the first good answer wins: no mix of dead, hung and slow
         nodes holds a read up for more than ``hedge_delay`` per owner plus one origin read.
+
+        Most reads end with the first owner's answer well within ``hedge_delay``: that
+        wait is one future and one timer (:meth:`_first_answer`), and the race below is
+        set up only when the first owner is late or failed.
         """
-        loop = asyncio.get_running_loop()
         owners = self._owners(block_id)
         if not owners:
             CLIENT_FALLBACKS.labels("no_nodes").inc()
             return await self._from_origin(ref, span)
-        query = ref.query()
-        origin_at = loop.time() + self._hedge_delay * len(owners)
-        waiting = list(owners)
-        next_ask = loop.time()
+        asked_at = asyncio.get_running_loop().time()
+        answered = asyncio.Event()
+        first = asyncio.create_task(self._ask(owners[0], ref, block_id, query, answered, span))
+        try:
+            late = not await self._first_answer(first)
+        except BaseException:
+            first.cancel()
+            raise
+        if not late and (data := first.result()) is not None:
+            return data
+        # Late, or failed (then the next owner at once).
+        out = first if late else None
+        return await self._hedged(ref, block_id, span, query, owners, asked_at, out, answered)
+
+    async def _first_answer(self, task: asyncio.Task[bytes | None]) -> bool:
+        """Wait up to ``hedge_delay`` for the first owner's task; whether it is done.
+
+        ``asyncio.wait`` would do, at the cost of a set, a waiter and callbacks per read.
+        """
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        task.add_done_callback(wake)
+        timer = loop.call_later(self._hedge_delay, wake)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            task.remove_done_callback(wake)
+        return task.done()
+
+    async def _hedged(
+        self,
+        ref: BlockRef,
+        block_id: str,
+        span: tuple[int, int] | None,
+        query: str,
+        owners: list[NodeInfo],
+        asked_at: float,
+        first: asyncio.Task[bytes | None] | None,
+        answered: asyncio.Event,
+    ) -> bytes:
+        """The race of :meth:`_race` once its first owner, asked at ``asked_at``, has had
+        ``hedge_delay`` and is still out (``first``), or failed (``first`` None)."""
+        loop = asyncio.get_running_loop()
+        origin_at = asked_at + self._hedge_delay * len(owners)
+        waiting = list(owners[1:])
+        next_ask = loop.time() if first is None else asked_at + self._hedge_delay
         peers: dict[asyncio.Task[bytes | None], asyncio.Event] = {}
+        if first is not None:
+            peers[first] = answered
         origin: asyncio.Task[bytes] | None = None
         origin_error: BaseException | None = None
         try:
@@ -314,11 +384,9 @@ class CacheClient:
                     if peers:
                         CLIENT_FALLBACKS.labels("hedge").inc()
                         log.info("owners slow on block %s, asking node %s too", block_id, node.id)
-                    answered = asyncio.Event()
-                    task = asyncio.create_task(
-                        self._ask(node, ref, block_id, query, answered, span)
-                    )
-                    peers[task] = answered
+                    event = asyncio.Event()
+                    task = asyncio.create_task(self._ask(node, ref, block_id, query, event, span))
+                    peers[task] = event
                     next_ask = now + self._hedge_delay
                 if origin is None and (now >= origin_at or not (waiting or peers)):
                     if peers:
@@ -385,7 +453,7 @@ class CacheClient:
             reply = await self._wire.get(node.url, path_qs, headers, answered)
             body = _asked_for(reply, ref.length, span)
             if body is not None:
-                CLIENT_BLOCK_READS.labels("peer").inc()
+                _READ_PEER.inc()
                 if "x-ringcache-hot" in reply.headers:
                     self._hot[block_id] = True
                 return body
@@ -492,7 +560,7 @@ class CacheClient:
             data = await origin.read(ref.url, ref.offset + start, stop - start, ref.version)
         if len(data) != stop - start:
             raise OriginError(f"origin returned {len(data)} of {stop - start} bytes for {ref.url}")
-        CLIENT_BLOCK_READS.labels("origin").inc()
+        _READ_ORIGIN.inc()
         return data
 
     @property

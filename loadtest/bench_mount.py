@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -187,12 +188,25 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_mount: run as root (drop_caches, FUSE mounts, tc)")
-    with ProcessGroup():
-        run(args)
-
-
-def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-mount-"))
+    try:
+        with ProcessGroup():
+            run(args, work)
+    finally:
+        remove_work(work)
+
+
+def remove_work(work: Path) -> None:
+    """Delete the run's directory (several GiB: the origin's, the nodes' and the disk
+    caches' copies of the data), unless something is still mounted under it."""
+    mounted = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    if any(point.startswith(f"{work}/") for point in mounted):
+        print(f"bench_mount: {work} left in place: something is still mounted in it")
+        return
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     size, cold_size = args.size_mib * MIB, args.cold_mib * MIB
     only = set(args.only.split(",")) if args.only else None
     results: dict[str, object] = {

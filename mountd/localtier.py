@@ -141,6 +141,16 @@ class LocalTier:
         data = self.get(block_id)
         return None if data is None else data[start:stop]
 
+    def get_part_cached(self, block_id: str, start: int, stop: int) -> bytes | None:
+        """Bytes ``[start, stop)`` of the block if they are here, check out against their
+        parts, and are all in the page cache; else None, at once: never waits for the
+        disk, so the event loop may call it (and hop to a thread for :meth:`get_part`
+        only when it returns None)."""
+        entry = self._used(block_id)
+        if entry is None:
+            return None
+        return read_part(str(self._path(block_id, *entry)), entry[0], (start, stop), nowait=True)
+
     def _drop(self, block_id: str, entry: _Entry, path: Path, bad: BadBlockFile) -> None:
         with self._lock:
             if self._index.get(block_id) == entry:

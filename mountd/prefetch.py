@@ -73,7 +73,7 @@ class BlockFetcher:
         if self.tier is None:
             return await self._pull(info, index, bs, keep)
         loop = asyncio.get_running_loop()
-        block_id = self.client.block_ref(info, index, bs).id
+        block_id = self.client.block_id(info, index, bs)
         if self.client.has_local(block_id):
             return await self._pull(info, index, bs, keep)
         data = await loop.run_in_executor(self._disk, self.tier.get, block_id)
@@ -89,15 +89,21 @@ class BlockFetcher:
         """Bytes ``[start, stop)`` of a block, for a random read: from the memory tier,
         else the local disk tier if the block is there (only the parts that hold them),
         else only those bytes are fetched (and charged to the download limit)."""
-        ref = self.client.block_ref(info, index, bs)
-        if self.client.has_local(ref.id):
+        block_id = self.client.block_id(info, index, bs)
+        if self.client.has_local(block_id):
             return await self.client.read_part(info, index, start, stop, bs)
         if self.tier is not None:
-            loop = asyncio.get_running_loop()
-            part = await loop.run_in_executor(self._disk, self.tier.get_part, ref.id, start, stop)
+            # In the page cache: read on the loop, which costs less than the hop to a
+            # thread and back; otherwise the disk read waits on a thread.
+            part = self.tier.get_part_cached(block_id, start, stop)
+            if part is None:
+                loop = asyncio.get_running_loop()
+                part = await loop.run_in_executor(
+                    self._disk, self.tier.get_part, block_id, start, stop
+                )
             if part is not None:
                 return part
-        self._count_range_read(info, index, bs, ref.id)
+        self._count_range_read(info, index, bs, block_id)
         if self.download is not None:
             await self.download.charge(stop - start)
         return await self.client.read_part(info, index, start, stop, bs)
@@ -105,13 +111,18 @@ class BlockFetcher:
     def _count_range_read(self, info: ObjectInfo, index: int, bs: int, block_id: str) -> None:
         """Count a range read of a block that is not on this machine; at the
         ``PULL_AFTER``-th, pull the block whole in the background (unless
-        ``BACKGROUND_PULLS`` are running). Only for a file that fits in the memory tier:
-        blocks of a larger one are evicted before random reads come back to them, and
-        pulling them again and again cost more than the range reads they save (fio over
-        a 1 GiB file, 256 MiB tier). Blocks on the local disk tier are not pulled into
-        memory either: that would save a thread hop a read, for a whole-block read and
-        check each time."""
-        if info.size > self.client.memory_bytes:
+        ``BACKGROUND_PULLS`` are running), into a tier the whole file fits in: the memory
+        tier (and the disk tier, if any), else the disk tier alone. Blocks of a file
+        larger than the tier they would go to are evicted before random reads come back
+        to them, and pulling them again and again cost more than the range reads they
+        save (fio over a 1 GiB file, 256 MiB memory tier). Blocks on the disk tier are
+        not pulled into memory either: that would save a thread hop a read, for a
+        whole-block read and check each time."""
+        if info.size <= self.client.memory_bytes:
+            keep = True
+        elif self.tier is not None and info.size <= self.tier.capacity:
+            keep = False
+        else:
             return
         reads = self._range_reads.get(block_id, 0) + 1
         self._range_reads[block_id] = reads
@@ -120,7 +131,7 @@ class BlockFetcher:
         if len(self._behind) >= BACKGROUND_PULLS:
             return
         del self._range_reads[block_id]
-        task = asyncio.create_task(self.get(info, index, bs))
+        task = asyncio.create_task(self.get(info, index, bs, keep=keep))
         self._behind[block_id] = task
         task.add_done_callback(lambda t: self._pulled(block_id, t))
 
@@ -134,7 +145,7 @@ class BlockFetcher:
         one charge to the download limit)."""
         if self.download is None:
             return await self.client.read_block(info, index, keep=keep, block_size=bs)
-        block_id = self.client.block_ref(info, index, bs).id
+        block_id = self.client.block_id(info, index, bs)
         return await self._pulls.run(block_id, lambda: self._charged_read(info, index, bs, keep))
 
     async def _charged_read(self, info: ObjectInfo, index: int, bs: int, keep: bool) -> bytes:
@@ -142,7 +153,7 @@ class BlockFetcher:
         (which does not cross the network), then read it through the client."""
         assert self.download is not None
         ref = self.client.block_ref(info, index, bs)
-        if not self.client.has_local(ref.id):
+        if not self.client.has_local(self.client.block_id(info, index, bs)):
             await self.download.charge(ref.length)
         return await self.client.read_block(info, index, keep=keep, block_size=bs)
 
@@ -151,7 +162,7 @@ class BlockFetcher:
         (and the local tier)."""
         await self.client.fill(info, index, data, bs)
         if self.tier is not None:
-            block_id = self.client.block_ref(info, index, bs).id
+            block_id = self.client.block_id(info, index, bs)
             await asyncio.get_running_loop().run_in_executor(
                 self._disk, self.tier.put, block_id, data
             )

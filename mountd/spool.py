@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from clientlib.fill import fill_from_fd
 from clientlib.origin import ObjectInfo, Origin
 from clientlib.origin.base import PosixAttrs
 from mountd.prefetch import BlockFetcher
@@ -34,9 +35,6 @@ from mountd.throttle import Throttle, UploadMeter
 __all__ = ["Spool"]
 
 log = logging.getLogger(__name__)
-
-#: Blocks pushed to the cache at once after an upload (bounds memory to this many blocks).
-FILL_PARALLEL = 4
 
 
 class Spool:
@@ -121,24 +119,9 @@ class Spool:
 
     async def _fill(self, fetcher: BlockFetcher, info: ObjectInfo) -> None:
         bs = fetcher.block_size
-        loop = asyncio.get_running_loop()
-        gate = asyncio.Semaphore(FILL_PARALLEL)
-        started = time.monotonic()
-
-        async def one(index: int) -> None:
-            async with gate:
-                length = min(bs, info.size - index * bs)
-                data = await loop.run_in_executor(None, os.pread, self.fd, length, index * bs)
-                await fetcher.fill(info, index, bs, data)
-
-        count = (info.size + bs - 1) // bs
-        results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            log.warning(
-                "fill of %s: %d of %d blocks failed: %r", self.url, len(failed), count, failed[0]
-            )
-        log.debug("filled %d blocks of %s in %.2fs", count, self.url, time.monotonic() - started)
+        await fill_from_fd(
+            self.fd, info, bs, lambda index, data: fetcher.fill(info, index, bs, data)
+        )
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

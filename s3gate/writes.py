@@ -3,14 +3,13 @@ fill the cache.
 
 A written object is uploaded from its spool file with ``Origin.write`` (multipart for
 large files, as the mount's writes), then its blocks are pushed to their owners under
-the new version (:func:`fill_from_file`), so the next reader, through this gateway, a
+the new version (:func:`clientlib.fill.fill_from_fd`), so the next reader, through this gateway, a
 mount or a job, reads them as hits. A fill needs the caller's token to have the
 ``write`` right, like the mount's; a failed fill only means the next read misses.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -26,6 +25,7 @@ from aiohttp import web
 from clientlib import CacheClient
 from clientlib.auth import WRITE
 from clientlib.errors import NotFound, RingcacheError
+from clientlib.fill import fill_from_fd
 from clientlib.origin import ObjectInfo, Origin
 from clientlib.origin.base import PosixAttrs
 from s3gate.bodies import read_document, receive_body, spool_path
@@ -34,13 +34,9 @@ from s3gate.errors import S3Error, as_s3_error
 from s3gate.listing import NS, xml_answer
 from s3gate.objects import etag
 
-__all__ = ["delete_object", "delete_objects", "fill_from_file", "put_object", "write_object"]
+__all__ = ["delete_object", "delete_objects", "put_object", "write_object"]
 
 log = logging.getLogger(__name__)
-
-#: Blocks of one written object pushed to their owners at once.
-FILL_PARALLEL = 4
-
 
 #: The mode bits a caller may give a written object in ``x-amz-meta-mode``: read, write
 #: and execute, never setuid, setgid or sticky; in a ``file://`` bucket never group or
@@ -71,24 +67,14 @@ def user_metadata(request: web.Request, target: Target) -> PosixAttrs | None:
     return posix
 
 
-async def fill_from_file(client: CacheClient, info: ObjectInfo, path: Path) -> None:
+async def _fill(client: CacheClient, info: ObjectInfo, path: Path) -> None:
     """Push every block of the just-written ``info``, read from ``path``, to its owners."""
     bs = client.block_size
-    gate = asyncio.Semaphore(FILL_PARALLEL)
     fd = os.open(path, os.O_RDONLY)
-
-    async def one(index: int) -> int:
-        async with gate:
-            length = min(bs, info.size - index * bs)
-            data = await asyncio.to_thread(os.pread, fd, length, index * bs)
-            return await client.fill(info, index, data, bs)
-
     try:
-        count = (info.size + bs - 1) // bs
-        stored = await asyncio.gather(*(one(i) for i in range(count)))
+        await fill_from_fd(fd, info, bs, lambda index, data: client.fill(info, index, data, bs))
     finally:
         os.close(fd)
-    log.debug("filled %d of %d blocks of %s", sum(1 for s in stored if s), count, info.url)
 
 
 @contextlib.contextmanager
@@ -118,7 +104,7 @@ async def write_object(
         info = await origin.write(url, path, posix=posix)
     caller.client.forget(url)
     if info.size == size:
-        await fill_from_file(caller.client, info, path)
+        await _fill(caller.client, info, path)
     else:
         log.warning("%s is %d bytes after writing %d: not filling the cache", url, info.size, size)
     return info

@@ -61,6 +61,24 @@ def test_a_range_in_good_parts_is_served_and_a_damaged_block_never_is(tmp_path: 
     assert tier.get(block_id) == data
 
 
+def test_a_range_read_on_the_loop_is_served_only_checked_and_from_memory(tmp_path: Path) -> None:
+    """get_part_cached (the FUSE loop's read, which must never wait for the disk) serves
+    a range of a block in the page cache, checked by its parts; a damaged part or a
+    block not here is None, and the thread's get_part decides."""
+    tier = new_tier(tmp_path)
+    block_id, data = os.urandom(16).hex(), os.urandom(4 * MiB)
+    tier.put(block_id, data)
+    tier.get(block_id)  # its pages are in the page cache now
+    assert tier.get_part_cached(block_id, 100, 70_000) == data[100:70_000]
+    assert tier.get_part_cached(os.urandom(16).hex(), 0, 10) is None
+    path = damage(tier, block_id, data, 2 * PART_SIZE + 1)  # written: in the page cache
+    assert tier.get_part_cached(block_id, 10, 20) == data[10:20]  # a good part
+    assert tier.get_part_cached(block_id, 2 * PART_SIZE, 2 * PART_SIZE + 10) is None
+    assert path.exists()  # the loop only declines; the thread's read judges the block
+    assert tier.get_part(block_id, 2 * PART_SIZE, 2 * PART_SIZE + 10) is None
+    assert not path.exists()
+
+
 def test_a_whole_read_checks_every_byte(tmp_path: Path) -> None:
     tier = new_tier(tmp_path)
     block_id, data = os.urandom(16).hex(), os.urandom(MiB + 3)

@@ -129,6 +129,48 @@ def test_a_block_random_reads_keep_coming_back_to_is_pulled_whole_once(
     assert node_metric(node, "ringcache_served_bytes_total") < served + BS + 8192
 
 
+def test_random_reads_of_a_file_larger_than_memory_pull_its_blocks_to_the_disk_tier(
+    make_cluster, mount, s3, bucket, tmp_path
+):
+    """A file larger than the memory tier but not the disk tier: a block random reads
+    keep coming back to is pulled whole into the disk tier, and read from there after."""
+    data = payload(6 * BS)
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=data)
+    cluster = make_cluster(1)
+    tier = tmp_path / "tier"
+    m = mount(
+        cluster, f"s3://{bucket}", "--memory-cache", f"{BS}", "--local-cache", f"{tier}:64MiB"
+    )
+    node = cluster.nodes[0]
+
+    def blocks_on_disk() -> int:
+        return sum(1 for p in tier.glob("*/*") if not p.name.endswith(".tmp"))
+
+    fd = os.open(m.path / "big.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+        def read(block: int, k: int) -> None:
+            offset = block * BS + (k * 125 + 1) * 4096
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+
+        for k in range(PULL_AFTER - 1):  # jumps between blocks 1 and 3: ranges only
+            read(1, k)
+            read(3, k)
+        assert blocks_on_disk() == 0
+        read(1, PULL_AFTER - 1)  # block 1's last range read: pulled whole, to the disk
+        wait_until(lambda: blocks_on_disk() == 1, 20, "block 1 on the disk tier")
+        # From the disk tier: nothing more from the node. (A jump to block 5 between two
+        # reads of block 1, or they would be a stream, read whole with read-ahead.)
+        for k in (PULL_AFTER, PULL_AFTER + 1):
+            served = node_metric(node, "ringcache_served_bytes_total")
+            read(1, k)
+            assert node_metric(node, "ringcache_served_bytes_total") == served
+            read(5, k)
+    finally:
+        os.close(fd)
+
+
 def test_mounts_reading_one_cold_file_at_once_pull_it_from_the_origin_once(
     make_cluster, mount, s3, bucket
 ):

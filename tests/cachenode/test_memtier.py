@@ -1,0 +1,38 @@
+"""The memory tier (cachenode.memtier): a large block's copy is exactly its bytes and no
+process can change it, whatever pages the kernel gave it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+import pytest
+
+from cachenode.memtier import MemoryTier, shmem_huge_pages
+
+MiB = 1024 * 1024
+
+
+def test_a_large_blocks_copy_is_its_bytes_sealed_against_any_change() -> None:
+    tier = MemoryTier(64 * MiB, recheck_after=60)
+    data = os.urandom(4 * MiB + 12_345)  # two huge pages and a tail in small ones
+    tier.keep_copy("ab" * 16, 7, memoryview(bytearray(data)))
+    copy = tier.open("ab" * 16, 7)
+    assert copy is not None and copy.nbytes == len(data)
+    try:
+        assert os.pread(copy.fd, len(data) + 1, 0) == data
+        seals = fcntl.fcntl(copy.fd, fcntl.F_GET_SEALS)
+        for seal in (fcntl.F_SEAL_WRITE, fcntl.F_SEAL_GROW, fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_SEAL):
+            assert seals & seal, seal
+        with pytest.raises(PermissionError):
+            os.pwrite(copy.fd, b"x", 0)
+        with pytest.raises(PermissionError):
+            os.ftruncate(copy.fd, 1)
+    finally:
+        copy.close()
+    assert tier.open("ab" * 16, 8) is None  # another version of the block
+    tier.close()
+
+
+def test_the_kernels_huge_page_setting_for_shared_memory_is_read() -> None:
+    assert shmem_huge_pages() in {"always", "within_size", "advise", "never", "deny", "force"}
