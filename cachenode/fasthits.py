@@ -21,6 +21,15 @@ miss, a refusal with its 4xx, a read that must wait for the disk, every other ro
 So there is one implementation of every error and of every non-hit, and the fast path
 only ever produces the one response it is sure of.
 
+A GET of one byte range of a block (``Range: bytes=...``, one header, one range: what
+:mod:`clientlib.client` sends for a mount's random reads) is answered here too when the
+range is satisfiable, not the whole block, and its bytes are available at once
+(:meth:`HitServer.serve_range`): with aiohttp's 206 and ``Content-Range``, from the block's
+verified copy in the memory tier, or from the parts of its file that hold the range, read
+from the page cache and checked against the file's trailer
+(:meth:`BlockStore.read_range_now`). A range that is unsatisfiable, several ranges, or
+parts that are not all in memory or do not match are aiohttp's, as above.
+
 Small blocks go out with one ``writev`` of head and body; large ones with the head and
 then ``sendfile`` (:mod:`cachenode.sendfile`). Requests on one connection are answered
 strictly in order: a request is not looked at while the previous response is still
@@ -54,6 +63,7 @@ from cachenode.httphead import (
     BlockGetHead,
     could_be_head,
     parse_head,
+    parse_range_head,
     refusal,
 )
 from cachenode.memtier import default_max_copies
@@ -63,6 +73,7 @@ from cachenode.store import BlockFile, BlockStore
 from cachenode.verifier import Verifier
 from clientlib.auth import Claims
 from clientlib.errors import RingcacheError
+from clientlib.ranges import Span, parse_range
 
 __all__ = [
     "HEAD_TIMEOUT",
@@ -100,6 +111,17 @@ _HEADS = {
     + (_HOT if hot else b"")
     + (b"Connection: close\r\n" if close else b"")
     + b"Content-Length: %d\r\n\r\n"
+    for hot in (False, True)
+    for close in (False, True)
+}
+#: A range hit's response head, by (hot, close), to be formatted with the range's first and
+#: last byte, the block's length and the range's length (as aiohttp's route answers).
+_RANGE_HEADS = {
+    (hot, close): b"HTTP/1.1 206 Partial Content\r\nContent-Type: application/octet-stream\r\n"
+    + f"{RESULT_HEADER}: hit\r\n".encode()
+    + (_HOT if hot else b"")
+    + (b"Connection: close\r\n" if close else b"")
+    + b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
     for hot in (False, True)
     for close in (False, True)
 }
@@ -194,7 +216,7 @@ class HitServer:
         started = time.perf_counter()
         asked = self.asked(raw)
         if asked is None:
-            return False
+            return self.serve_range(conn, raw, started)
         head, fields = asked
         claims = self.claims(head, fields)
         node = self.node
@@ -217,6 +239,52 @@ class HitServer:
             conn.send_bytes(response, found, block_id, head.close)
         return True
 
+    def serve_range(self, conn: FastHitProtocol, raw: bytes, started: float) -> bool:
+        """Answer the request head ``raw`` if it asks for one byte range of a block whose
+        bytes can be sent now (see module); False leaves it to aiohttp.
+
+        Range heads are not kept (:meth:`asked`): random reads make each one new.
+        """
+        parsed = parse_range_head(raw)
+        if parsed is None:
+            return False
+        head, value = parsed
+        fields = _query_fields(head.query)
+        if fields is None:
+            return False
+        claims = self.claims(head, fields)
+        if claims is None:
+            return False
+        block_id = head.block_id
+        length = self.store.length(block_id)
+        if length is None:
+            return False
+        try:
+            span = parse_range((value,), length)
+        except RingcacheError:  # unsatisfiable or malformed: aiohttp's 416
+            return False
+        node = self.node
+        if not span.partial or not node.fair.try_acquire():
+            return False  # the whole block is a 200 without Content-Range: aiohttp's
+        found = self.store.read_range_now(block_id, span.part)
+        if found is None:
+            node.fair.release()
+            return False
+        hot = self.core.begin_get(block_id)
+        node.enter()
+        response = _RANGE_HEADS[hot, head.close] % (
+            span.start,
+            span.stop - 1,
+            span.length,
+            span.nbytes,
+        )
+        self._tally.hit(claims.tenant, span.nbytes, time.perf_counter() - started)
+        if isinstance(found, BlockFile):
+            conn.send_range(response, found, span, block_id, head.close)
+        else:
+            conn.send_bytes(response, found, block_id, head.close)
+        return True
+
     def report(self) -> None:
         """Add the fast hits so far to the node's Prometheus metrics."""
         self._tally.report()
@@ -228,6 +296,15 @@ class HitServer:
         self.core.end_get(block_id)
         if close or self.closing:
             transport.close()
+
+
+def _query_fields(query: str) -> dict[str, str] | None:
+    """A query's fields; None for a repeated parameter, whose rules are aiohttp's."""
+    if not query:
+        return {}
+    pairs = parse_qsl(query, keep_blank_values=True)
+    fields = dict(pairs)
+    return fields if len(fields) == len(pairs) else None
 
 
 def connection_budget(others: int) -> int:
@@ -379,6 +456,35 @@ class FastHitProtocol(asyncio.Protocol):
         else:
             self.sending = asyncio.ensure_future(
                 self._send_rest(transport, block, sent, block_id, close)
+            )
+
+    def send_range(
+        self, head: bytes, block: BlockFile, span: Span, block_id: str, close: bool
+    ) -> None:
+        """Answer with ``span`` of a large block's verified copy in the memory tier: the
+        head, then ``sendfile`` from the span's start, as :meth:`send_block` does."""
+        transport, sock = self._transport, self._sock
+        assert transport is not None and sock is not None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        transport.write(head)
+        sent = span.start
+        if not transport.get_write_buffer_size():  # else the body must not overtake it
+            try:
+                sent = send_now(sock.fileno(), block.fd, span.start, span.stop)
+            except OSError as exc:
+                log.debug("range of block %s: send failed after headers: %s", block_id, exc)
+                transport.abort()
+                sent = -1
+        if sent >= 0:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        if sent < 0 or sent == span.stop:
+            block.close()
+            self._hits.done(block_id, close, transport)
+        else:
+            # The same fd, sent up to the span's end (its close closes ``block``'s fd).
+            rest = BlockFile(block.fd, span.stop)
+            self.sending = asyncio.ensure_future(
+                self._send_rest(transport, rest, sent, block_id, close)
             )
 
     async def _send_rest(

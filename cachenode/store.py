@@ -370,6 +370,36 @@ class BlockStore:
         opened.close()
         return self._memory.keep(block_id, found.checksum, buf)
 
+    def read_range_now(self, block_id: str, part: tuple[int, int]) -> bytes | BlockFile | None:
+        """Bytes ``part`` (``[start, stop)``) of the block, verified and counted as a hit,
+        if that needs no wait for the disk: for the fast path's range GETs, as
+        :meth:`read_now` is for whole ones (None means "not now", and the caller then
+        takes :meth:`open_block`, which waits for the disk and deals with a bad file).
+
+        A small block is read whole (:meth:`read_now`) and sliced; a large one comes as
+        its copy in the memory tier (the caller sends ``part`` of it), else as the bytes of
+        ``part``, read with ``RWF_NOWAIT`` and checked against the trailer's parts that
+        hold them (:func:`clientlib.blockfile.read_part`), the same check as
+        :meth:`open_block` makes for a range. As there, a range does not copy the block
+        into the memory tier.
+        """
+        found = self._indexed(block_id)
+        if found is None:
+            return None
+        start, stop = part
+        if found.nbytes <= INLINE_READ_MAX:
+            whole = self.read_now(block_id)
+            if whole is None:
+                return None
+            assert isinstance(whole, bytes)  # a small block comes as its bytes
+            return whole[start:stop]
+        if (kept := self._kept_copy(found)) is not None:
+            return kept
+        piece = read_part(found.path, found.nbytes, part, nowait=True)
+        if piece is not None:
+            found.dir.policy.touch(found.key)
+        return piece
+
     async def _read_and_keep(self, found: _Found) -> BlockFile | BlockBytes | None:
         """A large block read whole and checked in the pool, then kept in the memory tier
         and sent from there (or as bytes if the tier could not take it); None if bad."""
