@@ -11,24 +11,28 @@ answers the ones it can answer at once and in full:
 - the hit core (:class:`HitCore`, shared with aiohttp's routes) authorises it, and its
   answer needs no proof;
 - a fair-share slot is free with nobody queueing (:class:`FairScheduler`);
-- the block is indexed and all of it is in the page cache, and its checksum matches
-  (:meth:`BlockStore.read_now`, which never waits for the disk).
+- the block is indexed, and its checksum matches: checked at once when all of it is in
+  the page cache or the memory tier (:meth:`BlockStore.read_now`, which never waits for
+  the disk), else read and checked in the store's pool first
+  (:meth:`BlockStore.open_block`, as aiohttp's route does) while the connection's next
+  requests wait, so that a connection is not lost to aiohttp at the first hit whose
+  file is out of the page cache (a block warmed with ``O_DIRECT``, or one the kernel
+  dropped); a file found bad then is dropped and its request handed over (a miss).
 
 Anything else, from the first request that fails one of these on, is handed to aiohttp
 with the bytes not yet consumed: the connection's protocol becomes aiohttp's
 ``RequestHandler``, which answers the request as if it had had it from the start (a
-miss, a refusal with its 4xx, a read that must wait for the disk, every other route).
+miss, a refusal with its 4xx, every other route).
 So there is one implementation of every error and of every non-hit, and the fast path
 only ever produces the one response it is sure of.
 
 A GET of one byte range of a block (``Range: bytes=...``, one header, one range: what
 :mod:`clientlib.client` sends for a mount's random reads) is answered here too when the
-range is satisfiable, not the whole block, and its bytes are available at once
-(:meth:`HitServer.serve_range`): with aiohttp's 206 and ``Content-Range``, from the block's
-verified copy in the memory tier, or from the parts of its file that hold the range, read
-from the page cache and checked against the file's trailer
-(:meth:`BlockStore.read_range_now`). A range that is unsatisfiable, several ranges, or
-parts that are not all in memory or do not match are aiohttp's, as above.
+range is satisfiable and not the whole block (:meth:`HitServer.serve_range`): with
+aiohttp's 206 and ``Content-Range``, from the block's verified copy in the memory tier,
+or from the parts of its file that hold the range, checked against the file's trailer
+(:meth:`BlockStore.read_range_now` from the page cache, else the pool as above). A
+range that is unsatisfiable, several ranges, or parts that do not match are aiohttp's.
 
 Small blocks go out with one ``writev`` of head and body; large ones with the head and
 then ``sendfile`` (:mod:`cachenode.sendfile`). Requests on one connection are answered
@@ -45,8 +49,8 @@ import logging
 import resource
 import socket
 import time
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -69,7 +73,7 @@ from cachenode.httphead import (
 from cachenode.memtier import default_max_copies
 from cachenode.metrics import REQUESTS_REFUSED
 from cachenode.sendfile import plain_tcp, send_file, send_now, wait_flushed
-from cachenode.store import BlockFile, BlockStore
+from cachenode.store import BlockBytes, BlockFile, BlockPart, BlockStore
 from cachenode.verifier import Verifier
 from clientlib.auth import Claims
 from clientlib.errors import RingcacheError
@@ -225,18 +229,8 @@ class HitServer:
         block_id = head.block_id
         found = self.store.read_now(block_id)
         if found is None:
-            node.fair.release()
-            return False
-        hot = self.core.begin_get(block_id)
-        node.enter()
-        large = isinstance(found, BlockFile)
-        nbytes = found.nbytes if large else len(found)
-        response = _HEADS[hot, head.close] % nbytes
-        self._tally.hit(claims.tenant, nbytes, time.perf_counter() - started)
-        if large:
-            conn.send_block(response, found, block_id, head.close)
-        else:
-            conn.send_bytes(response, found, block_id, head.close)
+            return self._later(conn, raw, block_id, None, head.close, claims.tenant, started)
+        self._send(conn, found, block_id, None, head.close, claims.tenant, started)
         return True
 
     def serve_range(self, conn: FastHitProtocol, raw: bytes, started: float) -> bool:
@@ -268,21 +262,91 @@ class HitServer:
             return False  # the whole block is a 200 without Content-Range: aiohttp's
         found = self.store.read_range_now(block_id, span.part)
         if found is None:
-            node.fair.release()
-            return False
+            return self._later(conn, raw, block_id, span, head.close, claims.tenant, started)
+        self._send(conn, found, block_id, span, head.close, claims.tenant, started)
+        return True
+
+    def _send(
+        self,
+        conn: FastHitProtocol,
+        found: bytes | BlockFile,
+        block_id: str,
+        span: Span | None,
+        close: bool,
+        tenant: str,
+        started: float,
+    ) -> None:
+        """Send a hit, the whole block (``span`` None) or ``span`` of it, whose verified
+        bytes or file are ``found``; the caller holds a fair-share slot for it. ``found``
+        as bytes is exactly what is sent (a range already sliced)."""
         hot = self.core.begin_get(block_id)
-        node.enter()
-        response = _RANGE_HEADS[hot, head.close] % (
-            span.start,
-            span.stop - 1,
-            span.length,
-            span.nbytes,
-        )
-        self._tally.hit(claims.tenant, span.nbytes, time.perf_counter() - started)
-        if isinstance(found, BlockFile):
-            conn.send_range(response, found, span, block_id, head.close)
+        self.node.enter()
+        large = isinstance(found, BlockFile)
+        if span is None:
+            nbytes = found.nbytes if large else len(found)
+            response = _HEADS[hot, close] % nbytes
         else:
-            conn.send_bytes(response, found, block_id, head.close)
+            nbytes = span.nbytes
+            response = _RANGE_HEADS[hot, close] % (span.start, span.stop - 1, span.length, nbytes)
+        self._tally.hit(tenant, nbytes, time.perf_counter() - started)
+        if not large:
+            conn.send_bytes(response, found, block_id, close)
+        elif span is None:
+            conn.send_block(response, found, block_id, close)
+        else:
+            conn.send_range(response, found, span, block_id, close)
+
+    def _later(
+        self,
+        conn: FastHitProtocol,
+        raw: bytes,
+        block_id: str,
+        span: Span | None,
+        close: bool,
+        tenant: str,
+        started: float,
+    ) -> bool:
+        """A request for an indexed block whose bytes are not all in memory: answered
+        here once the store has read and checked them in its pool, so that a connection
+        stays on the fast path through reads that wait for the disk (a block warmed with
+        ``O_DIRECT``, a random read after the page cache dropped the block) instead of
+        going over to aiohttp for good. False (the slot freed) for a block not indexed:
+        a miss, aiohttp's."""
+        if self.store.length(block_id) is None:
+            self.node.fair.release()
+            return False
+        conn.answer_later(raw, self._read_then_send(conn, block_id, span, close, tenant, started))
+        return True
+
+    async def _read_then_send(
+        self,
+        conn: FastHitProtocol,
+        block_id: str,
+        span: Span | None,
+        close: bool,
+        tenant: str,
+        started: float,
+    ) -> bool:
+        """Read and check the block (or ``span``'s parts) as aiohttp's route does, then
+        send it; False when nothing was sent (the block turned out absent or bad, and the
+        store dropped it): the request is then aiohttp's, a miss."""
+        try:
+            cached = await self.store.open_block(block_id, part=None if span is None else span.part)
+        except BaseException:
+            self.node.fair.release()
+            raise
+        if cached is None or not conn.open:
+            self.node.fair.release()
+            if cached is not None:
+                cached.close()
+            return cached is not None  # a connection gone needs no answer
+        if isinstance(cached, BlockPart):
+            found: bytes | BlockFile = cached.data
+        elif isinstance(cached, BlockBytes):
+            found = cached.data if span is None else cached.data[span.start : span.stop]
+        else:
+            found = cached
+        self._send(conn, found, block_id, span, close, tenant, started)
         return True
 
     def report(self) -> None:
@@ -422,6 +486,37 @@ class FastHitProtocol(asyncio.Protocol):
             self._transport.resume_reading()
         self._process()
 
+    @property
+    def open(self) -> bool:
+        """Whether the connection is still this protocol's and not closing."""
+        return self._transport is not None and not self._transport.is_closing()
+
+    def answer_later(self, raw: bytes, answer: Coroutine[Any, Any, bool]) -> None:
+        """Answer the request head ``raw`` (taken off the buffer) with ``answer``, which
+        sends the response or, finding nothing to send, returns False: the head then goes
+        back in front of the buffer and the connection to aiohttp. No request after it is
+        looked at meanwhile (:attr:`sending`)."""
+        self.sending = asyncio.ensure_future(self._answer(raw, answer))
+
+    async def _answer(self, raw: bytes, answer: Coroutine[Any, Any, bool]) -> None:
+        me = self.sending
+        try:
+            sent = await answer
+        except Exception:
+            # Nothing of the response is out: the client sees the connection close.
+            log.exception("fast path: a hit's read failed")
+            sent = True
+            if self._transport is not None:
+                self._transport.abort()
+        if self.sending is not me:
+            return  # the rest of the body is being sent: that task resumes the connection
+        self.sending = None
+        if sent:
+            self.resume()
+        elif self._transport is not None:
+            self._buf[:0] = raw + b"\r\n"
+            self._hand_over(self._transport)
+
     def send_bytes(self, head: bytes, body: bytes, block_id: str, close: bool) -> None:
         """Answer with a small block's bytes: head and body in one ``writev``."""
         transport = self._transport
@@ -430,18 +525,31 @@ class FastHitProtocol(asyncio.Protocol):
         self._hits.done(block_id, close, transport)
 
     def send_block(self, head: bytes, block: BlockFile, block_id: str, close: bool) -> None:
-        """Answer with a large block's verified file: the head, then ``sendfile``, inline
-        as far as the socket takes it, the rest once it has room (:attr:`sending`)."""
+        """Answer with a large block's verified file (see :meth:`_send_file`)."""
+        self._send_file(head, block, 0, block_id, close)
+
+    def send_range(
+        self, head: bytes, block: BlockFile, span: Span, block_id: str, close: bool
+    ) -> None:
+        """Answer with ``span`` of a large block's verified copy in the memory tier, or of
+        its file whose parts holding ``span`` were checked (see :meth:`_send_file`)."""
+        self._send_file(head, block._replace(nbytes=span.stop), span.start, block_id, close)
+
+    def _send_file(
+        self, head: bytes, block: BlockFile, start: int, block_id: str, close: bool
+    ) -> None:
+        """The head, then ``sendfile`` of ``block`` from ``start`` to its ``nbytes``,
+        inline as far as the socket takes it, the rest once it has room (:attr:`sending`)."""
         transport, sock = self._transport, self._sock
         assert transport is not None and sock is not None
         # Corked, head and body leave in full-sized segments, as nginx's tcp_nopush
         # does: a separate small head segment costs the reader a wakeup per block.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         transport.write(head)
-        sent = 0
+        sent = start
         if not transport.get_write_buffer_size():  # else the body must not overtake it
             try:
-                sent = send_now(sock.fileno(), block.fd, 0, block.nbytes)
+                sent = send_now(sock.fileno(), block.fd, start, block.nbytes)
             except OSError as exc:
                 # Part of the body may be out: the client must see a broken response,
                 # never a wrong one.
@@ -456,35 +564,6 @@ class FastHitProtocol(asyncio.Protocol):
         else:
             self.sending = asyncio.ensure_future(
                 self._send_rest(transport, block, sent, block_id, close)
-            )
-
-    def send_range(
-        self, head: bytes, block: BlockFile, span: Span, block_id: str, close: bool
-    ) -> None:
-        """Answer with ``span`` of a large block's verified copy in the memory tier: the
-        head, then ``sendfile`` from the span's start, as :meth:`send_block` does."""
-        transport, sock = self._transport, self._sock
-        assert transport is not None and sock is not None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-        transport.write(head)
-        sent = span.start
-        if not transport.get_write_buffer_size():  # else the body must not overtake it
-            try:
-                sent = send_now(sock.fileno(), block.fd, span.start, span.stop)
-            except OSError as exc:
-                log.debug("range of block %s: send failed after headers: %s", block_id, exc)
-                transport.abort()
-                sent = -1
-        if sent >= 0:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-        if sent < 0 or sent == span.stop:
-            block.close()
-            self._hits.done(block_id, close, transport)
-        else:
-            # The same fd, sent up to the span's end (its close closes ``block``'s fd).
-            rest = BlockFile(block.fd, span.stop)
-            self.sending = asyncio.ensure_future(
-                self._send_rest(transport, rest, sent, block_id, close)
             )
 
     async def _send_rest(

@@ -289,3 +289,57 @@ def test_a_block_is_hot_by_concurrency_or_by_rate_within_a_window(monkeypatch) -
     hot.end("a")
     clock[0] += hotblocks.HOT_WINDOW
     assert not hot.begin("b")  # a new window
+
+
+def _out_of_page_cache(node: Node, bid: str) -> None:
+    """Push a block's file out of the page cache, and prove it is out: a read that must
+    not wait for the disk fails."""
+    (path,) = node.cache_dir.glob(f"**/blocks/*/{bid}.*")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:
+            os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return
+        raise AssertionError(f"{path} is still in the page cache")
+    finally:
+        os.close(fd)
+
+
+async def test_a_hit_that_waits_for_the_disk_keeps_the_connection_on_the_fast_path(
+    make_cluster, client_for, tmp_path
+):
+    """A block whose file is out of the page cache (warmed with O_DIRECT, or dropped by
+    the kernel) is read and checked in the node's pool and sent by the fast path, a range
+    of it or all of it, and the connection stays on the fast path for the next request;
+    a bad file out of the page cache is still dropped and its request handed to aiohttp."""
+    cluster = make_cluster(1, extra=["--memory-cache", "0"])
+    node = cluster.nodes[0]
+    client = await client_for(cluster, memory_cache_bytes=0)
+    (large, data), (bad, bad_data) = await cached_blocks(client, tmp_path, [LARGE, LARGE])
+
+    _out_of_page_cache(node, large)
+    request = "".join(
+        f"GET /v1/blocks/{large} HTTP/1.1\r\nHost: x\r\n{extra}\r\n"
+        for extra in ("Range: bytes=1000-70999\r\n", "", "Range: bytes=5-9\r\n")
+    )
+    answers = await asyncio.to_thread(raw_exchange, node, request.encode(), 3)
+    assert [h.split(b"\r\n")[0] for h, _ in answers] == [
+        b"HTTP/1.1 206 Partial Content",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 206 Partial Content",
+    ]
+    assert [body for _, body in answers] == [data[1000:71000], data, data[5:10]]
+    assert b"Content-Range: bytes 1000-70999/%d" % LARGE in answers[0][0]
+    assert all(b"Server:" not in h for h, _ in answers)  # all three on the fast path
+
+    (path,) = node.cache_dir.glob(f"**/blocks/*/{bad}.*")
+    path.write_bytes(b"\0" * len(bad_data))
+    _out_of_page_cache(node, bad)
+    request = "".join(f"GET /v1/blocks/{b} HTTP/1.1\r\nHost: x\r\n\r\n" for b in (bad, large))
+    (dropped, after) = await asyncio.to_thread(raw_exchange, node, request.encode(), 2)
+    assert dropped[0].startswith(b"HTTP/1.1 404") and b"Server:" in dropped[0]
+    assert after[1] == data and b"Server:" in after[0]  # aiohttp has the connection now
+    assert not path.exists()
