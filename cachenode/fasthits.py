@@ -50,7 +50,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -132,6 +132,18 @@ _RANGE_HEADS = {
 _HEAD_TIMED_OUT = refusal(
     408, "Request Timeout", f"request head not complete within {HEAD_TIMEOUT:g} s"
 )
+
+
+class _Want(NamedTuple):
+    """A hit being answered: the block, the ``span`` of it asked (None: all of it),
+    whether the connection closes after it, the tenant it is counted for, and when its
+    request began."""
+
+    block_id: str
+    span: Span | None
+    close: bool
+    tenant: str
+    started: float
 
 
 class HitServer:
@@ -228,9 +240,10 @@ class HitServer:
             return False
         block_id = head.block_id
         found = self.store.read_now(block_id)
+        want = _Want(block_id, None, head.close, claims.tenant, started)
         if found is None:
-            return self._later(conn, raw, block_id, None, head.close, claims.tenant, started)
-        self._send(conn, found, block_id, None, head.close, claims.tenant, started)
+            return self._later(conn, raw, want)
+        self._send(conn, found, want)
         return True
 
     def serve_range(self, conn: FastHitProtocol, raw: bytes, started: float) -> bool:
@@ -261,24 +274,17 @@ class HitServer:
         if not span.partial or not node.fair.try_acquire():
             return False  # the whole block is a 200 without Content-Range: aiohttp's
         found = self.store.read_range_now(block_id, span.part)
+        want = _Want(block_id, span, head.close, claims.tenant, started)
         if found is None:
-            return self._later(conn, raw, block_id, span, head.close, claims.tenant, started)
-        self._send(conn, found, block_id, span, head.close, claims.tenant, started)
+            return self._later(conn, raw, want)
+        self._send(conn, found, want)
         return True
 
-    def _send(
-        self,
-        conn: FastHitProtocol,
-        found: bytes | BlockFile,
-        block_id: str,
-        span: Span | None,
-        close: bool,
-        tenant: str,
-        started: float,
-    ) -> None:
+    def _send(self, conn: FastHitProtocol, found: bytes | BlockFile, want: _Want) -> None:
         """Send a hit, the whole block (``span`` None) or ``span`` of it, whose verified
         bytes or file are ``found``; the caller holds a fair-share slot for it. ``found``
         as bytes is exactly what is sent (a range already sliced)."""
+        block_id, span, close, tenant, started = want
         hot = self.core.begin_get(block_id)
         self.node.enter()
         large = isinstance(found, BlockFile)
@@ -296,40 +302,24 @@ class HitServer:
         else:
             conn.send_range(response, found, span, block_id, close)
 
-    def _later(
-        self,
-        conn: FastHitProtocol,
-        raw: bytes,
-        block_id: str,
-        span: Span | None,
-        close: bool,
-        tenant: str,
-        started: float,
-    ) -> bool:
+    def _later(self, conn: FastHitProtocol, raw: bytes, want: _Want) -> bool:
         """A request for an indexed block whose bytes are not all in memory: answered
         here once the store has read and checked them in its pool, so that a connection
         stays on the fast path through reads that wait for the disk (a block warmed with
         ``O_DIRECT``, a random read after the page cache dropped the block) instead of
         going over to aiohttp for good. False (the slot freed) for a block not indexed:
         a miss, aiohttp's."""
-        if self.store.length(block_id) is None:
+        if self.store.length(want.block_id) is None:
             self.node.fair.release()
             return False
-        conn.answer_later(raw, self._read_then_send(conn, block_id, span, close, tenant, started))
+        conn.answer_later(raw, self._read_then_send(conn, want))
         return True
 
-    async def _read_then_send(
-        self,
-        conn: FastHitProtocol,
-        block_id: str,
-        span: Span | None,
-        close: bool,
-        tenant: str,
-        started: float,
-    ) -> bool:
+    async def _read_then_send(self, conn: FastHitProtocol, want: _Want) -> bool:
         """Read and check the block (or ``span``'s parts) as aiohttp's route does, then
         send it; False when nothing was sent (the block turned out absent or bad, and the
         store dropped it): the request is then aiohttp's, a miss."""
+        block_id, span = want.block_id, want.span
         try:
             cached = await self.store.open_block(block_id, part=None if span is None else span.part)
         except BaseException:
@@ -346,7 +336,7 @@ class HitServer:
             found = cached.data if span is None else cached.data[span.start : span.stop]
         else:
             found = cached
-        self._send(conn, found, block_id, span, close, tenant, started)
+        self._send(conn, found, want)
         return True
 
     def report(self) -> None:
