@@ -202,12 +202,9 @@ class HitServer:
         head = parse_head(raw)
         if head is None:
             return None
-        fields: dict[str, str] = {}
-        if head.query:
-            pairs = parse_qsl(head.query, keep_blank_values=True)
-            fields = dict(pairs)
-            if len(fields) != len(pairs):
-                return None
+        fields = _query_fields(head.query)
+        if fields is None:
+            return None
         known = (head, fields)
         if len(raw) <= MAX_KNOWN_HEAD:
             if len(self._known) >= MAX_KNOWN_HEADS:
