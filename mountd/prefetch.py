@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 #: Blocks read ahead when a stream starts; the window doubles with each block read, up
 #: to the mount's ``--prefetch-blocks``.
 FIRST_WINDOW = 2
+#: How far behind the furthest read a read of the same stream may still arrive. The
+#: kernel keeps up to 12 read-ahead reads of a mount (FUSE's ``max_background``) of up
+#: to 1 MiB each in flight besides the reads a reader waits for, and mountd is handed
+#: them in any order: reads 14 MiB behind were seen. Blocks that far back are kept, and
+#: a read there is no jump.
+LATE_BYTES = 16 * 1024 * 1024
 #: Range reads of one block after which it is pulled whole in the background: one read
 #: (a Parquet footer) costs only its bytes; a block read again and again is worth having.
 PULL_AFTER = 3
@@ -184,20 +190,22 @@ class FileReader:
     """Reads of one open file, pinned to the object version seen at open().
 
     A block a read asked for is held while a read waits for it and, once here, while it
-    is the block being read or the one before it; read-ahead blocks are held from the
-    one before the current block up to ``depth`` after it. So memory is bounded by about
-    ``(depth + 2) * block_size`` plus blocks that reads are still waiting for. Blocks
-    stay out of the client's memory tier (``keep=False`` for read-ahead): the kernel
-    keeps the file's pages, and a block this reader has passed is freed, so a stream
-    through a large file reuses the same few blocks' memory instead of faulting in (and
-    zeroing) fresh pages for every block.
+    is the block being read or one of the ``late`` before it (those within
+    ``LATE_BYTES``); read-ahead blocks are held from there up to ``depth`` after the
+    current block. So memory is bounded by about ``(depth + late + 1) * block_size``
+    plus blocks that reads are still waiting for. Blocks stay out of the client's
+    memory tier (``keep=False`` for read-ahead): the kernel keeps the file's pages, and
+    a block this reader has passed is freed, so a stream through a large file reuses
+    the same few blocks' memory instead of faulting in (and zeroing) fresh pages for
+    every block.
 
     The kernel's reads of one file run concurrently and arrive, and finish, out of
-    order: the tail of block ``k`` can come after the head of ``k + 1``, and a second
-    read of a block can arrive while the first waits for it. So a block is held from
-    the moment a read asks for it, not from when it arrives, and the block before the
-    current one is kept: with only the current block held, such reads fetch a block a
-    second time.
+    order: the tail of block ``k`` can come after reads of ``k + 3``, and a second read
+    of a block can arrive while the first waits for it. So a block is held from the
+    moment a read asks for it, not from when it arrives; the blocks within
+    ``LATE_BYTES`` behind the current one are kept; and a read there leaves the stream
+    where it is. Taken for a jump, such a read fetched its bytes a second time,
+    restarted the read-ahead window and cancelled read-ahead blocks on their way.
     """
 
     def __init__(self, fetcher: BlockFetcher, info: ObjectInfo, depth: int) -> None:
@@ -212,6 +220,7 @@ class FileReader:
         self._streak = 0
         self._first_window = min(FIRST_WINDOW, depth)
         self._window = self._first_window
+        self._late = max(1, -(-LATE_BYTES // self._bs))
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         """``size`` bytes at ``offset`` (fewer at the end of the file).
@@ -256,8 +265,9 @@ class FileReader:
         return out[offset - base : end - base]
 
     def _follow(self, first: int, last: int) -> None:
-        """Track the stream: a read in the block being read, the one before it (a late
-        one) or the next one continues it; anything else is a jump."""
+        """Track the stream: a read in the block being read, the one before it or the
+        next one continues it; a late one (up to ``late`` blocks behind) leaves it as it
+        is; anything else is a jump."""
         if self._position - 1 <= first <= self._position + 1:
             self._streak += 1
             if last > self._position >= 0:
@@ -266,6 +276,10 @@ class FileReader:
                 # the reader waits for and delay its first bytes several times over.
                 self._window = min(self._depth, self._window * 2)
             self._position = max(self._position, last)
+        elif self._position - self._late <= first < self._position:
+            # A read the kernel sent before the ones that overtook it: answering it must
+            # not move the stream back, shrink its window or cancel its read-ahead.
+            return
         else:
             self._streak = 0
             self._window = self._first_window
@@ -274,9 +288,9 @@ class FileReader:
             self._ahead.pop(index).cancel()  # passed, or left behind by a jump
 
     def _near(self, index: int, ahead: int) -> bool:
-        """Whether block ``index`` is within the block before the current one and
-        ``ahead`` blocks after it."""
-        return self._position - 1 <= index <= self._position + ahead
+        """Whether block ``index`` is within the ``late`` blocks before the current one
+        and ``ahead`` blocks after it."""
+        return self._position - self._late <= index <= self._position + ahead
 
     def _prefetch(self, start: int, stop: int) -> None:
         for index in range(start, stop):

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from clientlib.origin import ObjectInfo
+from mountd import prefetch
 from mountd.prefetch import FileReader
 
 BS = 8  # bytes a block: small, so the test can read many blocks
@@ -90,6 +93,46 @@ async def test_a_late_read_of_the_block_before_is_not_fetched_again() -> None:
     asked = [i for i, _ in fetcher.asked]
     assert len(asked) == len(set(asked)), f"blocks fetched twice: {asked}"
     assert fetcher.parts == []  # and no read taken for a jump
+    reader.close()
+
+
+async def test_reads_overtaken_by_reads_blocks_further_on_are_no_jump(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel hands mountd its read-ahead reads in any order, and the tail of block
+    ``k`` can come after reads of ``k + 3``. Such a read is answered from the block
+    already fetched: taken for a jump, it fetched its bytes again as a range, restarted
+    the read-ahead window and cancelled blocks on their way (which were fetched again)."""
+    monkeypatch.setattr(prefetch, "LATE_BYTES", 4 * BS)
+    blocks = 24
+    info = ObjectInfo("s3://b/k", "s3://b", "k", blocks * BS, "v1", 0.0)
+    fetcher = RecordingFetcher()
+    reader = FileReader(fetcher, info, depth=8)  # type: ignore[arg-type]
+    half = BS // 2
+    offsets = list(range(0, blocks * BS, half))
+    # Every fourth block's tail is overtaken by the reads of the next three blocks.
+    order: list[int] = []
+    late: list[int] = []
+    for offset in offsets:
+        index = offset // BS
+        if index % 4 == 1 and offset % BS:
+            late.append(offset)
+            continue
+        order.append(offset)
+        if late and index == late[0] // BS + 3 and offset % BS:
+            order.append(late.pop(0))
+    order += late
+    assert sorted(order) == offsets
+    for offset in order:
+        got = await reader.read(offset, half)
+        assert bytes(got) == bytes([offset // BS]) * half
+        await asyncio.sleep(0)
+    asked = [i for i, _ in fetcher.asked]
+    assert sorted(asked) == list(range(blocks)), f"blocks fetched twice or not at all: {asked}"
+    assert fetcher.parts == []
+    # Further back than LATE_BYTES is a jump again: only the bytes read are fetched.
+    assert bytes(await reader.read(2 * BS, half)) == bytes([2]) * half
+    assert fetcher.parts == [(2, 0, half)]
     reader.close()
 
 
