@@ -26,6 +26,7 @@ from clientlib.client import CacheClient
 from clientlib.origin import ObjectInfo
 from clientlib.singleflight import SingleFlight
 from mountd.localtier import LocalTier
+from mountd.readahead import READ_AHEAD_KB
 from mountd.throttle import Throttle
 
 __all__ = ["BlockFetcher", "FileReader"]
@@ -35,12 +36,12 @@ log = logging.getLogger(__name__)
 #: Blocks read ahead when a stream starts; the window doubles with each block read, up
 #: to the mount's ``--prefetch-blocks``.
 FIRST_WINDOW = 2
-#: How far behind the furthest read a read of the same stream may still arrive. The
-#: kernel keeps up to 12 read-ahead reads of a mount (FUSE's ``max_background``) of up
-#: to 1 MiB each in flight besides the reads a reader waits for, and mountd is handed
-#: them in any order: reads 14 MiB behind were seen. Blocks that far back are kept, and
-#: a read there is no jump.
-LATE_BYTES = 16 * 1024 * 1024
+#: How far behind the furthest read a read of the same stream may still arrive: the
+#: kernel has the reads of its read-ahead window and up to 12 more (FUSE's
+#: ``max_background``) of up to 1 MiB each in flight, and mountd is handed them in any
+#: order (14 MiB behind was seen with a 4 MiB window). Blocks that far back are kept,
+#: and a read there is no jump.
+LATE_BYTES = (READ_AHEAD_KB + 12 * 1024) * 1024
 #: Range reads of one block after which it is pulled whole in the background: one read
 #: (a Parquet footer) costs only its bytes; a block read again and again is worth having.
 PULL_AFTER = 3
