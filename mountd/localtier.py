@@ -1,4 +1,4 @@
-"""The on-disk local tier of one compute node (``mountd --local-cache PATH:SIZE``).
+"""The on-disk local tier of one compute node (``mountd --local-cache``).
 
 Whole blocks, one block file each (:mod:`clientlib.blockfile`, the format a cache node's
 store uses too), under ``PATH/<id[:2]>/``. Because a block id includes the object's
@@ -7,7 +7,9 @@ deleted and read again from the peers, never served; a random read takes only th
 that hold its bytes. Writes go to a temporary name and are renamed into place, so a crash
 leaves whole blocks or nothing. Eviction is LRU by bytes on disk, with the index rebuilt
 from the directory (oldest access time first) at start; files of an earlier layout are
-removed then.
+removed then. With a ``reserve`` (the default tier's, :mod:`mountd.cachedir`), a write
+that would leave less than that share of the filesystem free evicts this tier's least
+recently used blocks first, or is skipped: the tier never fills the disk others use.
 
 The methods are blocking (disk I/O) and thread-safe; mountd calls them on a small
 thread pool so the FUSE loop never waits on the disk.
@@ -60,11 +62,13 @@ class _Index(LRUCache[str, _Entry]):
 class LocalTier:
     """An LRU block cache of at most ``capacity`` bytes in the directory ``root``."""
 
-    def __init__(self, root: Path, capacity: int) -> None:
+    def __init__(self, root: Path, capacity: int, reserve: float = 0.0) -> None:
         self.root = root
         self.capacity = capacity
+        self.reserve = reserve
         self._index = _Index(capacity)
         self._lock = threading.Lock()
+        self._short = False  # the last write was skipped for want of free space
 
     @property
     def used(self) -> int:
@@ -167,6 +171,8 @@ class LocalTier:
             return
         if self._used(block_id) is not None:
             return
+        if self.reserve and not self._room_for(file_length(len(data))):
+            return
         entry = (len(data), block_checksum(data))
         path = self._path(block_id, *entry)
         tmp = path.with_name(f"{block_id}.{threading.get_ident()}.tmp")
@@ -179,6 +185,29 @@ class LocalTier:
         with self._lock:
             self._index[block_id] = entry
         self._delete_evicted()
+
+    def _room_for(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more leave :attr:`reserve` of the filesystem free, after
+        evicting this tier's least recently used blocks if need be; logs when it first
+        says no, and when there is room again."""
+        st = os.statvfs(self.root)
+        short = nbytes + self.reserve * st.f_blocks * st.f_frsize - st.f_bavail * st.f_frsize
+        if short > 0:
+            with self._lock:
+                while short > 0 and len(self._index):
+                    _, (length, _) = self._index.popitem()
+                    short -= file_length(length)
+            self._delete_evicted()
+        if (short > 0) != self._short:
+            self._short = short > 0
+            log.warning(
+                "local tier %s: %s",
+                self.root,
+                f"blocks not stored: less than {self.reserve:.0%} of the disk is free"
+                if self._short
+                else "storing blocks again",
+            )
+        return short <= 0
 
     def _delete_evicted(self) -> None:
         with self._lock:

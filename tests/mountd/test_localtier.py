@@ -119,3 +119,23 @@ def test_least_recently_used_blocks_leave_first_by_bytes(tmp_path: Path) -> None
     for block_id in (first, third, fourth):
         assert tier.get(block_id) == blocks[block_id]
     assert tier.used == 3 * file_length(MiB)
+
+
+def test_with_a_reserve_the_tier_gives_its_blocks_up_before_the_disk_fills(tmp_path: Path) -> None:
+    """A write that would leave less than ``reserve`` of the filesystem free evicts the
+    tier's least recently used blocks, and is skipped when that is not enough: the tier
+    never takes what the machine's other users need."""
+    tier = new_tier(tmp_path)
+    kept = {os.urandom(16).hex(): os.urandom(MiB) for _ in range(3)}
+    for block_id, data in kept.items():
+        tier.put(block_id, data)
+    assert tier.used == 3 * file_length(MiB)
+    st = os.statvfs(tmp_path)
+    tier.reserve = st.f_bavail / st.f_blocks + 0.01  # already short of it: nothing fits
+    block_id, data = os.urandom(16).hex(), os.urandom(MiB)
+    tier.put(block_id, data)
+    assert tier.get(block_id) is None and tier.used == 0
+    assert not any(block_path(tier, b, d).exists() for b, d in kept.items())
+    tier.reserve = 0.01  # room again
+    tier.put(block_id, data)
+    assert tier.get(block_id) == data
