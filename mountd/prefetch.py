@@ -172,6 +172,8 @@ class BlockFetcher:
             task.cancel()
         if self._disk is not None:
             self._disk.shutdown(wait=True)
+        if self.tier is not None:
+            self.tier.close()
 
 
 def _consume(task: asyncio.Task[bytes]) -> None:
