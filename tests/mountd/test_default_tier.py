@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
+from clientlib.launcher import wait_until
 from tests.conftest import make_token
 
 SIZE = 2 * BS + 4321
@@ -38,11 +39,11 @@ def test_a_mount_keeps_blocks_in_a_private_directory_of_its_own_by_default(
     (ident,) = tiers(root)
     assert stat.S_IMODE((root / ident).stat().st_mode) == 0o700
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
-    assert tiers(root) == {ident: 3}
+    wait_until(lambda: tiers(root) == {ident: 3}, 10, "3 blocks in the tier")  # written behind
     # A second mount of the same source while the first runs: a directory of its own.
     second = mount(cluster, f"s3://{bucket}", "--local-cache-root", str(root))
     assert (second.path / "a.bin").read_bytes() == data
-    assert tiers(root) == {ident: 3, f"{ident}.2": 3}
+    wait_until(lambda: tiers(root) == {ident: 3, f"{ident}.2": 3}, 10, "a second tier")
     first.unmount()
     second.unmount()
     # With the nodes gone, a new mount of it reads the blocks the first one kept,
