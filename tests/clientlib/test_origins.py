@@ -17,12 +17,19 @@ from pathlib import Path
 import boto3
 import pytest
 
-from clientlib.errors import BadRequest, Forbidden, NotFound, VersionMismatch
+from clientlib.errors import (
+    BadRequest,
+    ConfigError,
+    Forbidden,
+    NotFound,
+    OriginError,
+    VersionMismatch,
+)
 from clientlib.origin import Origins, beneath
 from clientlib.origin.base import PosixAttrs
 from clientlib.origin.local import FileOrigin
 from clientlib.origin.s3 import S3Origin
-from testkit import Seaweed, start_seaweed
+from testkit import S3Proxy, Seaweed, start_seaweed
 
 
 async def test_s3_backend_is_built_once_on_a_thread(monkeypatch):
@@ -360,3 +367,32 @@ async def test_s3_read_into_receives_the_range_of_the_pinned_version(s3_server, 
         view.release()
     finally:
         origin.close()
+
+
+async def test_s3_origin_retries_as_the_users_aws_settings_say(
+    s3_endpoint, s3, bucket, monkeypatch, tmp_path
+):
+    """``AWS_MAX_ATTEMPTS`` counts every attempt, as in every AWS tool; without it the
+    origin makes 6. A bad setting is one clear error, not a traceback at the first call."""
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    default = S3Origin(max_inflight=1)
+    assert default._client.meta.config.retries == {"mode": "standard", "total_max_attempts": 6}
+    default.close()
+    (tmp_path / "k").write_bytes(b"x")
+    proxy = S3Proxy(s3_endpoint, fail_writes=-1)  # every PUT: 503 SlowDown
+    monkeypatch.setenv("AWS_ENDPOINT_URL", await proxy.start())
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    origin = S3Origin(max_inflight=1)
+    try:
+        with pytest.raises(OriginError):
+            await origin.write(f"s3://{bucket}/k", tmp_path / "k")
+        assert proxy.write_failures == 2
+    finally:
+        origin.close()
+        await proxy.stop()
+    for name, value in (("AWS_MAX_ATTEMPTS", "many"), ("AWS_RETRY_MODE", "eager")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=name.removeprefix("AWS_").lower()):
+            S3Origin()
+        monkeypatch.delenv(name)
