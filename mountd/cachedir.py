@@ -18,9 +18,8 @@ open to others is not used.
 The size is a share of the filesystem's free space at start (:func:`default_size`),
 keeping :data:`RESERVE` of the filesystem free (the tier's writes keep that floor too,
 :class:`mountd.localtier.LocalTier`). The tier is off, with one log line, when that
-leaves less than :data:`LEAST`, or when the root is on a file system that lives in
-memory or in a container's writable layer (:data:`NOT_ON`), where a disk tier would
-cost memory or the container's own storage limit.
+leaves less than :data:`LEAST`, or when the root is not on a local disk
+(:data:`NOT_ON`: in memory, a container's writable layer, a network or FUSE file system).
 """
 
 from __future__ import annotations
@@ -67,9 +66,15 @@ RESERVE = 0.1
 #: Directories one identity may use at once (mounts of the same source on one machine).
 SLOTS = 4
 #: File systems a default tier is not put on: in memory (tmpfs, ramfs: a disk tier there
-#: only doubles the page cache's copy) or a container's writable layer (overlay: counted
-#: against the container's ephemeral storage, and gone with it).
-NOT_ON = frozenset({"tmpfs", "ramfs", "overlay", "zram"})
+#: only doubles the page cache's copy), a container's writable layer (overlay: counted
+#: against the container's ephemeral storage, and gone with it), or over the network (a
+#: home directory on NFS: not this machine's disk, maybe shared with other machines).
+#: FUSE file systems (``fuse``, ``fuse.*``) too: possibly networked, possibly a mount of
+#: ringcache itself.
+NOT_ON = frozenset(
+    {"tmpfs", "ramfs", "overlay", "zram"}
+    | {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs", "glusterfs", "9p"}
+)
 LOCK_NAME = ".lock"
 
 
@@ -188,8 +193,8 @@ def claim(root: Path, ident: str) -> Claimed | None:
     default size; None (and one log line saying why) when there is none to have."""
     try:
         kind = filesystem_type(root)
-        if kind in NOT_ON:
-            log.info("local tier off: %s is on %s, which would cost memory", root, kind)
+        if kind in NOT_ON or kind.partition(".")[0] == "fuse":
+            log.info("local tier off: %s is on %s, not a local disk", root, kind)
             return None
         root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if reason := _private_dir(root):

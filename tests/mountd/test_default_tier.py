@@ -11,6 +11,7 @@ from pathlib import Path
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.launcher import wait_until
+from mountd.cachedir import claim
 from tests.conftest import make_token
 
 SIZE = 2 * BS + 4321
@@ -54,6 +55,8 @@ def test_a_mount_keeps_blocks_in_a_private_directory_of_its_own_by_default(
         for offset in (BS + 7, SIZE - 65536, 0):
             assert os.pread(fh.fileno(), 65536, offset) == data[offset : offset + 65536]
     assert (third.path / "a.bin").read_bytes() == data
+    # Never inside a FUSE file system (a network one, or this very mount).
+    assert claim(third.path / "cache", "abc") is None
     assert third.metric("ringcache_client_block_reads_total", 'source="peer"') == 0
     assert third.metric("ringcache_client_block_reads_total", 'source="origin"') == 0
 
