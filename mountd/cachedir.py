@@ -11,9 +11,10 @@ includes the object's version (never stale) and is checked when read.
 
 A directory is held with an exclusive ``flock`` on its ``.lock`` file for the life of the
 mount: a second mount of the same identity takes the next slot (``ID.2``, ``ID.3``, ...)
-and, when all :data:`SLOTS` are taken, runs without a disk tier. Every level this module
-creates is mode 0700, and a directory owned by another user, reached through a link or
-open to others is not used.
+and, when all :data:`SLOTS` are taken, runs without a disk tier. A directory no mount
+has taken for :data:`STALE_SECONDS` is removed by the next mount that starts. Every
+level this module creates is mode 0700, and a directory owned by another user, reached
+through a link or open to others is not used.
 
 The size is a share of the filesystem's free space at start (:func:`default_size`),
 keeping :data:`RESERVE` of the filesystem free (the tier's writes keep that floor too,
@@ -31,7 +32,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +47,7 @@ __all__ = [
     "RESERVE",
     "SHARE",
     "SLOTS",
+    "STALE_SECONDS",
     "Claimed",
     "claim",
     "default_root",
@@ -65,6 +69,9 @@ LEAST = 256 * 1024**2
 RESERVE = 0.1
 #: Directories one identity may use at once (mounts of the same source on one machine).
 SLOTS = 4
+#: A directory no mount has taken for this long (an old token's scope, a source no
+#: longer mounted) is removed by the next mount that starts under the same root.
+STALE_SECONDS = 30 * 86400
 #: File systems a default tier is not put on: in memory (tmpfs, ramfs: a disk tier there
 #: only doubles the page cache's copy), a container's writable layer (overlay: counted
 #: against the container's ephemeral storage, and gone with it), or over the network (a
@@ -172,9 +179,47 @@ def _lock(path: Path) -> int | None:
         if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
             return None
         raise
+    if os.fstat(fd).st_nlink == 0:  # removed as stale while we waited for it
+        os.close(fd)
+        return None
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    os.write(fd, f"{os.getpid()}\n".encode())  # and its mtime says when it was taken
     return fd
+
+
+def _remove_stale(root: Path, keep: str) -> None:
+    """Remove the directories under ``root`` (but ``keep``'s) that no mount has taken
+    for :data:`STALE_SECONDS` and none holds now; logged, one line each."""
+    now = time.time()
+    for entry in os.scandir(root):
+        if entry.name.split(".")[0] == keep or not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        try:
+            if now - os.stat(path / LOCK_NAME).st_mtime < STALE_SECONDS:
+                continue
+            fd = _lock(path)
+        except OSError:
+            continue
+        if fd is None:
+            continue
+        try:
+            freed = _bytes_in(path)
+            for sub in os.scandir(path):
+                if sub.is_dir(follow_symlinks=False):
+                    shutil.rmtree(sub.path, ignore_errors=True)
+            os.unlink(path / LOCK_NAME)
+            os.rmdir(path)
+            log.info(
+                "local tier: removed %s, unused for %d days (%d MiB)",
+                path,
+                STALE_SECONDS // 86400,
+                freed >> 20,
+            )
+        except OSError as exc:
+            log.warning("local tier: cannot remove unused %s: %s", path, exc)
+        finally:
+            os.close(fd)
 
 
 def _bytes_in(path: Path) -> int:
@@ -200,6 +245,7 @@ def claim(root: Path, ident: str) -> Claimed | None:
         if reason := _private_dir(root):
             log.warning("local tier off: %s", reason)
             return None
+        _remove_stale(root, ident)
         for slot in range(1, SLOTS + 1):
             path = root / (ident if slot == 1 else f"{ident}.{slot}")
             if reason := _private_dir(path):

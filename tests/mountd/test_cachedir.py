@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 from clientlib.auth import create_token
@@ -14,6 +15,7 @@ from mountd.cachedir import (
     RESERVE,
     SHARE,
     SLOTS,
+    STALE_SECONDS,
     claim,
     default_size,
     filesystem_type,
@@ -113,3 +115,20 @@ def test_a_mount_with_another_token_gets_another_directory(tmp_path: Path) -> No
         identity("http://10.0.0.1:2379", "c", "s3://bkt", team),
     ]
     assert len({ident(team), *others}) == 1 + len(others)
+
+
+def test_directories_no_mount_took_for_a_month_are_removed_unless_held(tmp_path: Path) -> None:
+    old, held, recent = (claim(tmp_path, name) for name in ("old", "held", "recent"))
+    assert old and held and recent
+    (old.path / "ab").mkdir()
+    (old.path / "ab" / "block").write_bytes(b"x" * 4096)
+    old.release()
+    recent.release()
+    month_ago = time.time() - STALE_SECONDS - 60
+    for c in (old, held):
+        os.utime(c.path / ".lock", (month_ago, month_ago))
+    mine = claim(tmp_path, "mine")
+    assert mine is not None
+    assert not old.path.exists()  # unused for a month: gone
+    assert held.path.exists()  # as old, but a mount holds it
+    assert recent.path.exists()  # free, but taken lately
