@@ -7,12 +7,12 @@ set, the retry handler and the parsing of the answer into a dict (a profile of a
 put 40% of the nodes' Python time there). :class:`LeanGet` makes that one request with
 botocore's own parts and nothing else:
 
-- where the request goes, and the region it is signed for: whatever the client last
-  signed a ``GetObject`` of that bucket for, learnt from its ``before-sign`` event (a
-  hook on the client's own events), first from a presigned URL of a placeholder key
-  (:meth:`LeanGet.base`), then from any ``get_object`` this module falls back to. So the
-  endpoint (``AWS_ENDPOINT_URL``, FIPS, dual-stack...), path-style or virtual-host
-  addressing and the bucket's region (after a redirect) are the client's own;
+- where the request goes, and the region it is signed for: where the client last sent
+  a ``GetObject`` of that bucket and for which region it signed it, learnt from its
+  ``before-sign`` event (a hook on the client's own events). The first GET of a bucket
+  is therefore ``get_object``'s. So the endpoint (``AWS_ENDPOINT_URL``, FIPS,
+  dual-stack...), path-style or virtual-host addressing and the bucket's region (after
+  a region redirect too) are the client's own;
 - the signature: botocore's :class:`~botocore.auth.S3SigV4Auth`, with the session's
   credentials frozen per request (refreshed as the client's are) and the session token
   signed in;
@@ -54,8 +54,6 @@ __all__ = ["LeanGet"]
 
 log = logging.getLogger(__name__)
 
-#: The placeholder key presigned to learn a bucket's URL and region.
-_PLACEHOLDER = "_"
 #: Answers worth one of botocore's backoff steps before the client asks again.
 _TRANSIENT = frozenset({429, 500, 502, 503, 504})
 
@@ -107,15 +105,8 @@ class LeanGet:
 
     def base(self, bucket: str) -> tuple[str, str] | None:
         """The URL a key of ``bucket`` is appended to, and the region to sign for, as the
-        client resolves them (a presigned URL of a placeholder key teaches them the first
-        time); None when this bucket is left to ``get_object``."""
-        if bucket not in self._bases:
-            with self._asking_for(bucket, _PLACEHOLDER):
-                self._client.generate_presigned_url(
-                    "get_object", Params={"Bucket": bucket, "Key": _PLACEHOLDER}, ExpiresIn=60
-                )
-            if self._bases.get(bucket) is None:
-                log.info("GETs of bucket %s go through get_object", bucket)
+        client last sent a GET of it; None before that, or when the bucket is left to
+        ``get_object``."""
         return self._bases.get(bucket)
 
     def get(self, bucket: str, key: str, offset: int, length: int, etag: str) -> Answer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import http.client
 import mmap
 import os
@@ -15,14 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import botocore.config
 import pytest
 
-from clientlib.errors import BadRequest, Forbidden, NotFound, VersionMismatch
+from clientlib.errors import BadRequest, Forbidden, NotFound, OriginError, VersionMismatch
+from clientlib.launcher import free_port
 from clientlib.origin import Origins, beneath
 from clientlib.origin.base import PosixAttrs
 from clientlib.origin.local import FileOrigin
 from clientlib.origin.s3 import S3Origin
-from testkit import Seaweed, start_seaweed
+from testkit import S3Proxy, Seaweed, start_seaweed
 
 
 async def test_s3_backend_is_built_once_on_a_thread(monkeypatch):
@@ -358,5 +361,97 @@ async def test_s3_read_into_receives_the_range_of_the_pinned_version(s3_server, 
         await origin.read_into(url, 5, view[:100], info.version, size=len(body))
         assert bytes(view[:100]) == body[::-1][5:105]
         view.release()
+    finally:
+        origin.close()
+
+
+def _count_get_object(origin: S3Origin) -> list[str]:
+    """The URLs of the GetObject requests ``origin``'s boto3 client sends from now on
+    (its own event: a presigned URL sends nothing)."""
+    calls: list[str] = []
+    origin._client.meta.events.register(
+        "before-send.s3.GetObject", lambda request, **kw: calls.append(request.url)
+    )
+    return calls
+
+
+async def test_s3_block_gets_skip_get_object_and_keep_its_checks(s3_server):
+    """A block's GET is the lean one (no botocore call) against moto and SeaweedFS, with
+    the checks ``get_object``'s had: the pinned version, the size, a missing key."""
+    client, bucket = s3_server
+    body = os.urandom(2 * 1024 * 1024 + 13)
+    client.put_object(Bucket=bucket, Key="dir/a b+c.bin", Body=body)
+    origin = S3Origin(max_inflight=4)
+    calls = _count_get_object(origin)
+    try:
+        url = f"s3://{bucket}/dir/a b+c.bin"  # a key that must be percent-encoded
+        info = await origin.stat(url)
+        assert await origin.read(url, 7, 1000, info.version, size=len(body)) == body[7:1007]
+        buf = bytearray(1024 * 1024)
+        await origin.read_into(url, len(body) - len(buf), memoryview(buf), info.version)
+        assert bytes(buf) == body[-len(buf) :]
+        with pytest.raises(VersionMismatch):
+            await origin.read(url, 0, 10, info.version, size=len(body) - 1)
+        with pytest.raises(NotFound):
+            await origin.read(f"s3://{bucket}/none.bin", 0, 10, info.version)
+        client.put_object(Bucket=bucket, Key="dir/a b+c.bin", Body=body[::-1])
+        with pytest.raises(VersionMismatch):  # If-Match: 412
+            await origin.read(url, 0, 10, info.version)
+        assert len(calls) == 1  # the bucket's first GET, whose URL the lean ones take
+    finally:
+        origin.close()
+
+
+async def test_s3_block_get_refused_by_the_origin_is_retried_through_get_object(
+    s3, bucket, s3_endpoint, monkeypatch
+):
+    """A 503 to the lean GET: the request is made again by ``get_object``, whose standard
+    retries back off through the next 503 too; a lasting one is botocore's error."""
+    body = os.urandom(100_000)
+    s3.put_object(Bucket=bucket, Key="k", Body=body)
+    etag = s3.head_object(Bucket=bucket, Key="k")["ETag"].strip('"')
+    proxy = S3Proxy(s3_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", await proxy.start())
+    origin = S3Origin(max_inflight=2, max_attempts=3)
+    calls = _count_get_object(origin)
+    url = f"s3://{bucket}/k"
+    try:
+        assert await origin.read(url, 0, 10, etag) == body[:10]  # get_object's
+        assert await origin.read(url, 10, 10, etag) == body[10:20]  # lean
+        assert len(calls) == 1 and proxy.gets == 2
+        proxy.fail_gets = proxy.failures + 2  # the lean GET's and get_object's first
+        assert await origin.read(url, 0, len(body), etag, size=len(body)) == body
+        assert len(calls) == 3 and proxy.gets == 5
+        proxy.fail_gets = -1
+        with pytest.raises(OriginError, match="SlowDown"):
+            await origin.read(url, 0, 10, etag)
+        # The lean GET, then all of get_object's attempts (1 + max_attempts retries).
+        assert len(calls) == 3 + 4 and proxy.gets == 5 + 1 + 4
+    finally:
+        origin.close()
+        await proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("style", "host"),
+    [("path", "localhost:{port}/bkt/"), ("virtual", "bkt.localhost:{port}/")],
+)
+async def test_s3_block_gets_go_where_the_client_sent_them(monkeypatch, style, host):
+    """The lean GET's URL and signing region are the ones the client used for the
+    bucket's first GET: its endpoint, addressing style and region."""
+    port = free_port()  # nothing listens: the client's GET fails once it is signed
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{port}")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.setattr(
+        botocore.config,
+        "Config",
+        functools.partial(botocore.config.Config, s3={"addressing_style": style}),
+    )
+    origin = S3Origin(max_inflight=1, max_attempts=1, connect_timeout=1)
+    try:
+        assert origin._lean.base("bkt") is None
+        with pytest.raises(OriginError, match="unreachable"):
+            await origin.read("s3://bkt/k", 0, 10, "v1")
+        assert origin._lean.base("bkt") == (f"http://{host.format(port=port)}", "eu-west-3")
     finally:
         origin.close()
