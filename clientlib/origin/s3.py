@@ -4,7 +4,10 @@ Settings come from boto3's own environment and config files (``AWS_ENDPOINT_URL`
 ``AWS_ACCESS_KEY_ID``, profiles...), so a user's existing S3 setup just works. Retries
 with exponential backoff and jitter on 5xx and throttling are botocore's ``standard``
 retry mode rather than a loop of our own. The version tag is the ETag; reads send
-``If-Match`` so a block is never assembled from a newer version of the object.
+``If-Match`` so a block is never assembled from a newer version of the object. A read
+(a block: one ranged GET) is signed and sent with botocore's parts but without
+``get_object``'s per-call work (:mod:`clientlib.origin.s3lean`), and made by
+``get_object`` for any answer that path does not take.
 
 Writes go through boto3's managed transfers (``upload_file``, ``copy``): multipart above
 ``multipart_threshold`` with parts uploaded in parallel, straight from a file on disk, so
