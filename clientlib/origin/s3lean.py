@@ -1,4 +1,4 @@
-"""A block's ranged GetObject without botocore's per-call machinery: the node's miss path.
+"""A block's ranged GetObject without botocore's per-call machinery: a node's warm fetch.
 
 A node fetches a block with one ranged GET of one object version. Through
 ``client.get_object`` each such GET spends about a millisecond of CPU in botocore before
@@ -109,14 +109,17 @@ class LeanGet:
         ``get_object``."""
         return self._bases.get(bucket)
 
-    def get(self, bucket: str, key: str, offset: int, length: int, etag: str) -> Answer:
+    def get(
+        self, bucket: str, key: str, offset: int, length: int, etag: str, lean: bool = True
+    ) -> Answer:
         """GET bytes ``[offset, offset+length)`` of ``key`` if its ETag is still ``etag``;
-        the answer with its body unread (lean if it could be, else ``get_object``'s).
+        the answer with its body unread (lean if it could be and ``lean``, else
+        ``get_object``'s).
 
         Raises :class:`NotFound` (404) and :class:`VersionMismatch` (412) from the lean
         request; ``get_object``'s errors are botocore's.
         """
-        resp = self._lean(bucket, key, offset, length, etag)
+        resp = self._lean(bucket, key, offset, length, etag) if lean else None
         if resp is not None:
             headers = resp.headers
             return Answer(

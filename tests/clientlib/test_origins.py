@@ -376,8 +376,8 @@ def _count_get_object(origin: S3Origin) -> list[str]:
 
 
 async def test_s3_block_gets_skip_get_object_and_keep_its_checks(s3_server):
-    """A block's GET is the lean one (no botocore call) against moto and SeaweedFS, with
-    the checks ``get_object``'s had: the pinned version, the size, a missing key."""
+    """A warm fetch's GET is the lean one (no botocore call) against moto and SeaweedFS,
+    with the checks ``get_object``'s had: the pinned version, the size, a missing key."""
     client, bucket = s3_server
     body = os.urandom(2 * 1024 * 1024 + 13)
     client.put_object(Bucket=bucket, Key="dir/a b+c.bin", Body=body)
@@ -386,18 +386,23 @@ async def test_s3_block_gets_skip_get_object_and_keep_its_checks(s3_server):
     try:
         url = f"s3://{bucket}/dir/a b+c.bin"  # a key that must be percent-encoded
         info = await origin.stat(url)
-        assert await origin.read(url, 7, 1000, info.version, size=len(body)) == body[7:1007]
-        buf = bytearray(1024 * 1024)
-        await origin.read_into(url, len(body) - len(buf), memoryview(buf), info.version)
-        assert bytes(buf) == body[-len(buf) :]
+        view = memoryview(bytearray(1024 * 1024))
+        await origin.read_into(url, 7, view[:1000], info.version, size=len(body))
+        assert bytes(view[:1000]) == body[7:1007]
+        assert len(calls) == 1  # the bucket's first GET, whose URL the lean ones take
+        await origin.read_into(url, len(body) - len(view), view, info.version)
+        assert bytes(view) == body[-len(view) :]
         with pytest.raises(VersionMismatch):
-            await origin.read(url, 0, 10, info.version, size=len(body) - 1)
+            await origin.read_into(url, 0, view[:10], info.version, size=len(body) - 1)
         with pytest.raises(NotFound):
-            await origin.read(f"s3://{bucket}/none.bin", 0, 10, info.version)
+            await origin.read_into(f"s3://{bucket}/none.bin", 0, view[:10], info.version)
         client.put_object(Bucket=bucket, Key="dir/a b+c.bin", Body=body[::-1])
         with pytest.raises(VersionMismatch):  # If-Match: 412
-            await origin.read(url, 0, 10, info.version)
-        assert len(calls) == 1  # the bucket's first GET, whose URL the lean ones take
+            await origin.read_into(url, 0, view[:10], info.version)
+        assert len(calls) == 1
+        # A client's miss (bytes sent back) still goes through get_object.
+        assert await origin.read(url, 0, 10, (await origin.stat(url)).version) == body[::-1][:10]
+        assert len(calls) == 2
     finally:
         origin.close()
 
@@ -416,15 +421,18 @@ async def test_s3_block_get_refused_by_the_origin_is_retried_through_get_object(
     calls = _count_get_object(origin)
     url = f"s3://{bucket}/k"
     try:
-        assert await origin.read(url, 0, 10, etag) == body[:10]  # get_object's
-        assert await origin.read(url, 10, 10, etag) == body[10:20]  # lean
+        view = memoryview(bytearray(len(body)))
+        await origin.read_into(url, 0, view[:10], etag)  # get_object's
+        await origin.read_into(url, 10, view[10:20], etag)  # lean
+        assert bytes(view[:20]) == body[:20]
         assert len(calls) == 1 and proxy.gets == 2
         proxy.fail_gets = proxy.failures + 2  # the lean GET's and get_object's first
-        assert await origin.read(url, 0, len(body), etag, size=len(body)) == body
+        await origin.read_into(url, 0, view, etag, size=len(body))
+        assert bytes(view) == body
         assert len(calls) == 3 and proxy.gets == 5
         proxy.fail_gets = -1
         with pytest.raises(OriginError, match="SlowDown"):
-            await origin.read(url, 0, 10, etag)
+            await origin.read_into(url, 0, view[:10], etag)
         # The lean GET, then all of get_object's attempts (1 + max_attempts retries).
         assert len(calls) == 3 + 4 and proxy.gets == 5 + 1 + 4
     finally:
@@ -451,7 +459,7 @@ async def test_s3_block_gets_go_where_the_client_sent_them(monkeypatch, style, h
     try:
         assert origin._lean.base("bkt") is None
         with pytest.raises(OriginError, match="unreachable"):
-            await origin.read("s3://bkt/k", 0, 10, "v1")
+            await origin.read_into("s3://bkt/k", 0, memoryview(bytearray(10)), "v1")
         assert origin._lean.base("bkt") == (f"http://{host.format(port=port)}", "eu-west-3")
     finally:
         origin.close()
