@@ -67,7 +67,6 @@ from cachenode.httphead import (
     BlockGetHead,
     could_be_head,
     parse_head,
-    parse_range_head,
     refusal,
 )
 from cachenode.memtier import default_max_copies
@@ -188,13 +187,15 @@ class HitServer:
         return True
 
     def asked(self, raw: bytes) -> tuple[BlockGetHead, dict[str, str]] | None:
-        """What a request head (up to the CRLF of its last header) asks, if it is a plain
-        block GET (:func:`parse_head`), with its query's fields; None to let aiohttp
-        answer (also for a repeated query parameter, whose rules are aiohttp's).
+        """What a request head (up to the CRLF of its last header) asks, if it is a block
+        GET the fast path may take (:func:`parse_head`: plain, or with one ``Range``),
+        with its query's fields; None to let aiohttp answer (also for a repeated query
+        parameter, whose rules are aiohttp's).
 
-        A client asking for a hot block sends the same head again and again, so heads
-        are parsed once and kept (:data:`MAX_KNOWN_HEADS`); what a head may read is still
-        decided on every request (:meth:`claims`).
+        A client asking for a hot block sends the same head again and again, so plain
+        heads are parsed once and kept (:data:`MAX_KNOWN_HEADS`); range heads are not,
+        random reads make each one new. What a head may read is still decided on every
+        request (:meth:`claims`).
         """
         known = self._known.get(raw)
         if known is not None:
@@ -206,7 +207,7 @@ class HitServer:
         if fields is None:
             return None
         known = (head, fields)
-        if len(raw) <= MAX_KNOWN_HEAD:
+        if head.range is None and len(raw) <= MAX_KNOWN_HEAD:
             if len(self._known) >= MAX_KNOWN_HEADS:
                 self._known.clear()
             self._known[raw] = known
@@ -229,11 +230,14 @@ class HitServer:
         started = time.perf_counter()
         asked = self.asked(raw)
         if asked is None:
-            return self.serve_range(conn, raw, started)
+            return False
         head, fields = asked
         claims = self.claims(head, fields)
-        node = self.node
-        if claims is None or not node.fair.try_acquire():
+        if claims is None:
+            return False
+        if head.range is not None:
+            return self.serve_range(conn, raw, head, claims, started)
+        if not self.node.fair.try_acquire():
             return False
         block_id = head.block_id
         found = self.store.read_now(block_id)
@@ -243,32 +247,20 @@ class HitServer:
         self._send(conn, found, want)
         return True
 
-    def serve_range(self, conn: FastHitProtocol, raw: bytes, started: float) -> bool:
-        """Answer the request head ``raw`` if it asks for one byte range of a block whose
-        bytes can be sent now (see module); False leaves it to aiohttp.
-
-        Range heads are not kept (:meth:`asked`): random reads make each one new.
-        """
-        parsed = parse_range_head(raw)
-        if parsed is None:
-            return False
-        head, value = parsed
-        fields = _query_fields(head.query)
-        if fields is None:
-            return False
-        claims = self.claims(head, fields)
-        if claims is None:
-            return False
+    def serve_range(
+        self, conn: FastHitProtocol, raw: bytes, head: BlockGetHead, claims: Claims, started: float
+    ) -> bool:
+        """Answer the authorised request ``head`` for one byte range of a block if its
+        bytes can be sent now (see module); False leaves it to aiohttp."""
         block_id = head.block_id
         length = self.store.length(block_id)
         if length is None:
             return False
         try:
-            span = parse_range((value,), length)
+            span = parse_range((cast(str, head.range),), length)
         except RingcacheError:  # unsatisfiable or malformed: aiohttp's 416
             return False
-        node = self.node
-        if not span.partial or not node.fair.try_acquire():
+        if not span.partial or not self.node.fair.try_acquire():
             return False  # the whole block is a 200 without Content-Range: aiohttp's
         found = self.store.read_range_now(block_id, span.part)
         want = _Want(block_id, span, head.close, claims.tenant, started)

@@ -19,7 +19,6 @@ __all__ = [
     "BlockGetHead",
     "could_be_head",
     "parse_head",
-    "parse_range_head",
     "refusal",
 ]
 
@@ -41,7 +40,7 @@ _PARTIAL_HEAD_RE = re.compile(
     rb"(?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]*(?::[\t -~\x80-\xff]*)?)*\r?"
 )
 #: The headers the fast path looks at: those that make a request more than a plain GET
-#: (a ``Range`` makes it a range GET, :func:`parse_range_head`), and the two it uses.
+#: (a ``Range`` makes it a range GET), and the two it uses.
 _SPECIAL_RE = re.compile(
     rb"^(content-length|transfer-encoding|expect|upgrade|authorization|connection|range):"
     rb"[\t ]*(.*?)[\t ]*\r$",
@@ -66,45 +65,29 @@ HEAD_TOO_LARGE = refusal(
 
 
 class BlockGetHead(NamedTuple):
-    """What the fast path needs from a plain block GET's head."""
+    """What the fast path needs from a block GET's head."""
 
     target: str  # path and query, as signed
     block_id: str
     query: str
     authorization: str | None
     close: bool
+    #: The value of its one ``Range`` header (unchecked here: :func:`clientlib.ranges.
+    #: parse_range` decides it, as it does for aiohttp's route); None for a plain GET.
+    range: str | None
 
 
 def parse_head(head: bytes | bytearray) -> BlockGetHead | None:
-    """The request head (up to the CRLF of its last header) if it is a plain block GET
-    (no body, no upgrade, no ``Expect``, no ``Range``), else None."""
-    parsed = _parse(head)
-    if parsed is None or parsed[1]:
-        return None
-    return parsed[0]
-
-
-def parse_range_head(head: bytes | bytearray) -> tuple[BlockGetHead, str] | None:
-    """The request head and its ``Range`` value if it is a block GET that would be plain
-    but for exactly one ``Range`` header (several are aiohttp's to refuse), else None.
-    The value is not checked here: :func:`clientlib.ranges.parse_range` decides it, as it
-    does for aiohttp's route."""
-    parsed = _parse(head)
-    if parsed is None or len(parsed[1]) != 1:
-        return None
-    return parsed[0], parsed[1][0].decode("ascii")
-
-
-def _parse(head: bytes | bytearray) -> tuple[BlockGetHead, list[bytes]] | None:
-    """A block GET head with no body, no upgrade and no ``Expect``, and the values of its
-    ``Range`` headers; None for any other head."""
+    """The request head (up to the CRLF of its last header) if it is a block GET with no
+    body, no upgrade, no ``Expect`` and at most one ``Range`` header (several are
+    aiohttp's to refuse), else None."""
     match = _HEAD_RE.fullmatch(head)
     if match is None:
         return None
     target, block_id, query, headers = match.groups()
     authorization = None
     close = False
-    ranges: list[bytes] = []
+    range_value = None
     for special in _SPECIAL_RE.finditer(headers):
         name, value = special.groups()
         name = name.lower()
@@ -115,14 +98,19 @@ def _parse(head: bytes | bytearray) -> tuple[BlockGetHead, list[bytes]] | None:
             if b"upgrade" in tokens:
                 return None
             close = b"close" in tokens
-        elif name == b"range":
-            ranges.append(value)
+        elif name == b"range" and range_value is None:
+            range_value = value.decode("ascii")
         else:
-            return None  # a body, an upgrade, an expectation, or a second Authorization
-    get = BlockGetHead(
-        target.decode(), block_id.decode(), (query or b"").decode(), authorization, close
+            # a body, an upgrade, an expectation, a second Authorization or Range
+            return None
+    return BlockGetHead(
+        target.decode(),
+        block_id.decode(),
+        (query or b"").decode(),
+        authorization,
+        close,
+        range_value,
     )
-    return get, ranges
 
 
 def could_be_head(partial: bytes | bytearray) -> bool:

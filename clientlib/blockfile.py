@@ -57,7 +57,9 @@ __all__ = [
     "open_verified",
     "parse_name",
     "parse_names",
+    "part_span",
     "part_trailer",
+    "range_in",
     "read_part",
     "read_verified",
     "trailer_length",
@@ -340,11 +342,48 @@ def _read_parts(
     if not whole:
         return None
     view = memoryview(data)
-    for i in range(last - first + 1):
-        chunk = view[i * PART_SIZE : (i + 1) * PART_SIZE]
-        if xxhash.xxh3_64_digest(chunk) != want[i * _DIGEST : (i + 1) * _DIGEST]:
-            return None
+    if not _parts_match(view, want):
+        return None
     return view[start - begin : stop - begin]
+
+
+def _parts_match(data: memoryview, want: bytes | bytearray | memoryview) -> bool:
+    """Whether consecutive parts ``data`` match their digests ``want`` (in order)."""
+    for i in range(len(want) // _DIGEST):
+        chunk = data[i * PART_SIZE : (i + 1) * PART_SIZE]
+        if xxhash.xxh3_64_digest(chunk) != want[i * _DIGEST : (i + 1) * _DIGEST]:
+            return False
+    return True
+
+
+def part_span(nbytes: int, start: int, stop: int) -> tuple[int, int, int, int] | None:
+    """Where the parts that hold bytes ``[start, stop)`` of a block of ``nbytes`` are in
+    its file: ``(begin, end)`` of their bytes and of their digests in the trailer; None
+    for a block of one part (checked whole) or a range outside the block."""
+    if not trailer_length(nbytes) or not 0 <= start < stop <= nbytes:
+        return None
+    first, last = start // PART_SIZE, (stop - 1) // PART_SIZE
+    return (
+        first * PART_SIZE,
+        min(nbytes, (last + 1) * PART_SIZE),
+        nbytes + _DIGEST * first,
+        nbytes + _DIGEST * (last + 1),
+    )
+
+
+def range_in(file: memoryview, nbytes: int, start: int, stop: int) -> bytes | None:
+    """Bytes ``[start, stop)`` of the block whose whole file (``nbytes`` of data, then its
+    trailer) is ``file`` (a mapping of it, say), if the parts holding them match the
+    trailer; else None, as :func:`read_part`. The bytes are copied out first and the
+    parts checked after, so a change to the file meanwhile fails the check."""
+    span = part_span(nbytes, start, stop)
+    if span is None:
+        return None
+    begin, end, digests, digests_end = span
+    piece = bytes(file[start:stop])
+    if not _parts_match(file[begin:end], bytes(file[digests:digests_end])):
+        return None
+    return piece
 
 
 # -- writes ------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE, check_block_size
 from clientlib.errors import BadRequest, ConfigError
@@ -21,7 +22,11 @@ __all__ = [
     "config_key",
     "node_key",
     "nodes_prefix",
+    "parse_record",
+    "record_json",
 ]
+
+_R = TypeVar("_R")
 
 DEFAULT_REPLICAS = 3
 
@@ -60,6 +65,21 @@ def cluster_prefix(cluster: str) -> bytes:
     return f"/ringcache/{cluster}/".encode()
 
 
+def record_json(record: Any) -> bytes:
+    """A record dataclass as the compact JSON it is filed under in etcd."""
+    return json.dumps(asdict(record), separators=(",", ":")).encode()
+
+
+def parse_record(raw: bytes, what: str, build: Callable[[dict[str, Any]], _R]) -> _R:
+    """The record ``build`` makes of the JSON object ``raw``; anything malformed (not
+    JSON, a field missing or of the wrong type) is a :class:`BadRequest`, so readers skip
+    it. Records come from etcd, which anyone with its credentials can write: untrusted."""
+    try:
+        return build(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadRequest(f"malformed {what} record: {exc}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """One node's record under ``nodes/<id>``, kept alive by the node's lease."""
@@ -74,14 +94,15 @@ class NodeInfo:
     scheme: str = "http"
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return record_json(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> NodeInfo:
         """Parse a record; a malformed one is a :class:`BadRequest` (callers skip it)."""
-        try:
-            doc = json.loads(raw)
-            info = cls(
+        info = parse_record(
+            raw,
+            "node",
+            lambda doc: cls(
                 id=str(doc["id"]),
                 addr=str(doc["addr"]),
                 weight=float(doc.get("weight") or 0),
@@ -89,9 +110,8 @@ class NodeInfo:
                 state=doc.get("state", "active"),
                 started_at=float(doc.get("started_at") or 0),
                 scheme=str(doc.get("scheme") or "http"),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BadRequest(f"malformed node record: {exc}") from None
+            ),
+        )
         # Clients and nodes connect to ``addr``: only a plain host:port, nothing else.
         if not ADDR_RE.fullmatch(info.addr) or not NODE_ID_RE.fullmatch(info.id):
             raise BadRequest(f"node record with a malformed id or address {info.addr[:80]!r}")

@@ -10,16 +10,15 @@ reduced to a few bounded numbers (:func:`gateway_figures`).
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from clientlib.cluster import ADDR_RE, NODE_ID_RE
+from clientlib.cluster import ADDR_RE, NODE_ID_RE, parse_record, record_json
 from clientlib.errors import BadRequest
 from clientlib.ring import read_records
 
@@ -58,20 +57,20 @@ class GatewayInfo:
     started_at: float = 0.0
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return record_json(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> GatewayInfo:
         """Parse a record; a malformed one is a :class:`BadRequest` (readers skip it)."""
-        try:
-            doc = json.loads(raw)
-            info = cls(
+        info = parse_record(
+            raw,
+            "gateway",
+            lambda doc: cls(
                 id=str(doc["id"]),
                 metrics_addr=str(doc["metrics_addr"]),
                 started_at=float(doc.get("started_at") or 0),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BadRequest(f"malformed gateway record: {exc}") from None
+            ),
+        )
         if not ADDR_RE.fullmatch(info.metrics_addr) or not NODE_ID_RE.fullmatch(info.id):
             raise BadRequest(f"gateway record with a malformed id or address {info.id[:80]!r}")
         return info

@@ -10,8 +10,12 @@ page cache dropped before each job (so run as root); each job reads at most
 
 Warm phase (SeaweedFS as it is):
 
-* ``mountd``: a fresh mount for each job over cache nodes that hold the file;
-* ``mountd-local``: one mount with ``--local-cache`` that has read the file once;
+* ``mountd``: a fresh mount for each job over cache nodes that hold the file, with its
+  default local disk tier (``--local-cache auto``) EMPTY: a compute node that never read
+  the file (the tier fills as the job reads);
+* ``mountd-off``: the same with ``--local-cache off`` (the nodes and memory alone);
+* ``mountd-local``: one mount whose default local disk tier is warm: it has read the
+  file once;
 * ``rclone``, ``s3fs``: one mount each whose local disk cache has read the file once;
 * ``noopfs``: the ceiling.
 
@@ -227,6 +231,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
         AWS_DEFAULT_REGION="us-east-1",
     )
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    # The mounts' default local disk tiers live in the run's directory, removed with it.
+    env["RINGCACHE_LOCAL_CACHE_ROOT"] = str(work / "tiers")
     etcd = start_etcd(work / "etcd")
     nodes = [start_node(etcd.url, "bench", work / f"node{i}", size="8GiB") for i in range(3)]
     node_pids = [n.pid for n in nodes]
@@ -301,20 +307,25 @@ def run(args: argparse.Namespace, work: Path) -> None:
     warm: dict[str, dict[str, object]] = results["warm"]  # type: ignore[assignment]
     try:
         # -- warm phase ----------------------------------------------------------------------
-        prime = mountd("mountd-prime")
+        prime = mountd("mountd-prime", "--local-cache", "off")
         read_all(prime.path / "data.bin")  # the nodes now hold every block
         prime.close()
-        if wanted("mountd"):
-            warm["mountd"] = {}
+        for system, flags in (("mountd", ()), ("mountd-off", ("--local-cache", "off"))):
+            if not wanted(system):
+                continue
+            warm[system] = {}
             for shape in SHAPES:
-                m = mountd(f"mountd-{shape[0]}")
-                warm["mountd"][shape[0]] = measured(
+                # A new root for each job: its default tier starts empty.
+                root = work / f"{system}-{shape[0]}-tiers"
+                m = mountd(f"{system}-{shape[0]}", "--local-cache-root", str(root), *flags)
+                warm[system][shape[0]] = measured(
                     m.path / "data.bin", shape, size, args.runtime, [m.proc.pid, *node_pids]
                 )
                 m.close()
-            print("mountd", warm["mountd"], flush=True)
+                shutil.rmtree(root, ignore_errors=True)
+            print(system, warm[system], flush=True)
         for system, start, reads_first in (
-            ("mountd-local", lambda n: mountd(n, "--local-cache", f"{work}/tier:{size * 2}"), True),
+            ("mountd-local", mountd, True),
             ("rclone", rclone, True),
             ("s3fs", s3fs, True),
             ("noopfs", noopfs, False),
@@ -447,7 +458,13 @@ def report(results: dict[str, object]) -> str:
         lines.append(
             f"| {shape} ({'MB/s' if key == 'mbps' else 'IOPS'}) | " + " | ".join(cells) + " |"
         )
-    lines += ["", "In brackets: CPU us per MB read of the serving processes.", ""]
+    lines += ["", "In brackets: CPU us per MB read of the serving processes."]
+    lines += [
+        "`mountd`: a fresh mount per job, its default local disk tier empty at the start;",
+        "`mountd-off`: the same with `--local-cache off`; `mountd-local`: one mount whose",
+        "default local disk tier has read the file once.",
+        "",
+    ]
     if cold:
         lines += ["## Cold (S3's bandwidth per connection on the S3 port: tc htb)", ""]
         lines += ["| system | MB/s | CPU us per MB |", "|---|---:|---:|"]

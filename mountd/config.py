@@ -12,7 +12,7 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from clientlib.auth import Credentials
 from clientlib.config import (
@@ -34,8 +34,9 @@ from clientlib.config import (
 from clientlib.errors import BadRequest, ConfigError
 from clientlib.etcd import EtcdTarget
 from clientlib.urls import split_url
+from mountd.cachedir import default_root
 
-__all__ = ["SETTINGS", "MountConfig", "build_parser", "load_config"]
+__all__ = ["AUTO", "SETTINGS", "MountConfig", "build_parser", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,11 @@ class MountConfig:
     mountpoint: Path
     etcd: EtcdTarget
     cluster: str
-    local_cache: Path | None
+    #: A directory of the user's choice, :data:`AUTO` (one of :mod:`mountd.cachedir`'s,
+    #: sized there) or None (off).
+    local_cache: Path | Literal["auto"] | None
     local_cache_bytes: int
+    local_cache_root: Path
     read_only: bool
     metrics_listen: tuple[str, int] | None
     foreground: bool
@@ -109,6 +113,17 @@ def _umask(value: Any, what: str) -> int:
 
 ID = Number(int, 0, 2**32 - 2)
 LOCAL_CACHE = PathSize(default_size="10GiB", minimum=16 * 1024 * 1024)
+AUTO = "auto"
+
+
+def _local_cache(value: Any, what: str) -> tuple[Path | str | None, int]:
+    """``auto``, ``off`` or ``PATH[:SIZE]``: (:data:`AUTO` or None or a path, bytes)."""
+    if str(value) == AUTO:
+        return AUTO, 0
+    if str(value) == "off":
+        return None, 0
+    return LOCAL_CACHE(value, what)
+
 
 SETTINGS = SettingsTable(
     "mountd",
@@ -132,10 +147,22 @@ SETTINGS = SettingsTable(
         node_ca_setting(),
         Setting(
             "local_cache",
-            LOCAL_CACHE,
-            "an on-disk block cache on this machine "
+            _local_cache,
+            "the on-disk block tier on this machine: 'auto' is a private directory of "
+            "this mount under --local-cache-root, sized from the free space there (see "
+            "docs/mount.md); 'off'; or PATH[:SIZE] "
             f"(default size {LOCAL_CACHE.default_size}, at least 16MiB)",
-            metavar="PATH[:SIZE]",
+            default=AUTO,
+            metavar="auto|off|PATH[:SIZE]",
+        ),
+        Setting(
+            "local_cache_root",
+            LocalPath(),
+            "where --local-cache auto keeps one directory per mount",
+            default=lambda: str(default_root()),
+            shown_default="/var/cache/ringcache/mounts for root, "
+            "else $XDG_CACHE_HOME/ringcache/mounts",
+            metavar="PATH",
         ),
         Setting("read_only", SWITCH, "refuse every change with EROFS", default=False),
         Setting(
@@ -269,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config(argv: list[str] | None = None) -> MountConfig:
     """Parse flags (and the file and environment they point at) into a :class:`MountConfig`."""
     values = SETTINGS.resolve(build_parser().parse_args(argv))
-    local_cache, local_cache_bytes = values["local_cache"] or (None, 0)
+    local_cache, local_cache_bytes = values["local_cache"]
     return build(
         MountConfig,
         values,

@@ -45,7 +45,7 @@ from mountd.inodes import (
     kernel_name,
     parent_of,
 )
-from mountd.operation import operation
+from mountd.operation import Deadlines, operation
 from mountd.prefetch import BlockFetcher, FileReader
 from mountd.spool import Spool
 from mountd.throttle import Throttle
@@ -97,6 +97,7 @@ class RingcacheFS(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self.writers = Writers(config, self.inodes, fetcher)
         self._next_fh = 1
+        self.deadlines = Deadlines()
 
     # -- helpers ----------------------------------------------------------------------
     def _fh(self) -> int:

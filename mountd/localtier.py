@@ -1,4 +1,4 @@
-"""The on-disk local tier of one compute node (``mountd --local-cache PATH:SIZE``).
+"""The on-disk local tier of one compute node (``mountd --local-cache``).
 
 Whole blocks, one block file each (:mod:`clientlib.blockfile`, the format a cache node's
 store uses too), under ``PATH/<id[:2]>/``. Because a block id includes the object's
@@ -7,18 +7,26 @@ deleted and read again from the peers, never served; a random read takes only th
 that hold its bytes. Writes go to a temporary name and are renamed into place, so a crash
 leaves whole blocks or nothing. Eviction is LRU by bytes on disk, with the index rebuilt
 from the directory (oldest access time first) at start; files of an earlier layout are
-removed then.
+removed then. With a ``reserve`` (the default tier's, :mod:`mountd.cachedir`), a write
+that would leave less than that share of the filesystem free evicts this tier's least
+recently used blocks first, or is skipped: the tier never fills the disk others use.
 
 The methods are blocking (disk I/O) and thread-safe; mountd calls them on a small
-thread pool so the FUSE loop never waits on the disk.
+thread pool so the FUSE loop never waits on the disk, except :meth:`LocalTier.get_part_cached`,
+which is the event loop's: it reads through a mapping of the block file (kept for the
+most recently read blocks), only parts whose pages are all in the page cache
+(``mincore``), and checks them against the trailer on every read, as the thread's reads do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import mmap
 import os
 import threading
+from collections import OrderedDict, deque
 from pathlib import Path
 
 from cachetools import LRUCache
@@ -29,6 +37,8 @@ from clientlib.blockfile import (
     block_filename,
     file_length,
     parse_name,
+    part_span,
+    range_in,
     read_part,
     read_verified,
     write_block,
@@ -57,14 +67,61 @@ class _Index(LRUCache[str, _Entry]):
         return item
 
 
+_mincore = ctypes.CDLL(None, use_errno=True).mincore
+_mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+#: Block files kept mapped for the event loop's reads: a mapping whose pages are already
+#: mapped costs no page faults the next time.
+MAPPED_BLOCKS = 256
+
+
+class _Mapping:
+    """A whole block file mapped read-only (private: never written), and its address for
+    ``mincore``. The mapping is taken for exactly the file's expected length."""
+
+    __slots__ = ("_mm", "addr", "entry", "view")
+
+    def __init__(self, path: str, entry: _Entry) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_size != file_length(entry[0]):
+                raise ValueError(f"{path} is not {file_length(entry[0])} bytes")
+            # ACCESS_COPY: a writable (private) mapping, which ctypes can take the address of.
+            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+        handle = ctypes.c_char.from_buffer(self._mm)
+        self.addr = ctypes.addressof(handle)
+        del handle
+        self.entry = entry
+        self.view = memoryview(self._mm)
+
+    def resident(self, begin: int, end: int) -> bool:
+        """Whether bytes ``[begin, end)`` are all in the page cache (touching them then
+        neither waits for the disk nor meets a disk error)."""
+        first = begin - begin % mmap.PAGESIZE
+        pages = -(-(end - first) // mmap.PAGESIZE)
+        vec = ctypes.create_string_buffer(pages)
+        if _mincore(self.addr + first, end - first, vec) != 0:
+            return False
+        return vec.raw.count(1) == pages
+
+    def close(self) -> None:
+        self.view.release()
+        self._mm.close()
+
+
 class LocalTier:
     """An LRU block cache of at most ``capacity`` bytes in the directory ``root``."""
 
-    def __init__(self, root: Path, capacity: int) -> None:
+    def __init__(self, root: Path, capacity: int, reserve: float = 0.0) -> None:
         self.root = root
         self.capacity = capacity
+        self.reserve = reserve
         self._index = _Index(capacity)
         self._lock = threading.Lock()
+        self._short = False  # the last write was skipped for want of free space
+        self._maps: OrderedDict[str, _Mapping] = OrderedDict()  # the event loop's only
+        self._unmap: deque[str] = deque()  # blocks evicted or dropped by any thread
 
     @property
     def used(self) -> int:
@@ -145,16 +202,53 @@ class LocalTier:
         """Bytes ``[start, stop)`` of the block if they are here, check out against their
         parts, and are all in the page cache; else None, at once: never waits for the
         disk, so the event loop may call it (and hop to a thread for :meth:`get_part`
-        only when it returns None)."""
+        only when it returns None). Read through a mapping of the file, not copied out
+        of the page cache whole: only the bytes asked for are copied, and the parts
+        holding them are checked in place, on every read."""
+        while self._unmap:
+            self._close_map(self._unmap.popleft())
         entry = self._used(block_id)
         if entry is None:
             return None
-        return read_part(str(self._path(block_id, *entry)), entry[0], (start, stop), nowait=True)
+        span = part_span(entry[0], start, stop)
+        if span is None:
+            return None  # a block of one part: checked whole, by the thread
+        mapping = self._maps.get(block_id)
+        if mapping is None or mapping.entry != entry:
+            self._close_map(block_id)
+            try:
+                mapping = _Mapping(str(self._path(block_id, *entry)), entry)
+            except (OSError, ValueError):
+                return None  # the thread's read judges the file
+            self._maps[block_id] = mapping
+            if len(self._maps) > MAPPED_BLOCKS:
+                self._maps.popitem(last=False)[1].close()
+        else:
+            self._maps.move_to_end(block_id)
+        begin, end, digests, digests_end = span
+        if not (mapping.resident(begin, end) and mapping.resident(digests, digests_end)):
+            return None
+        piece = range_in(mapping.view, entry[0], start, stop)
+        if piece is None:
+            self._close_map(block_id)  # the thread's read will drop the file
+        return piece
+
+    def _close_map(self, block_id: str) -> None:
+        mapping = self._maps.pop(block_id, None)
+        if mapping is not None:
+            mapping.close()
+
+    def close(self) -> None:
+        """Unmap what the event loop's reads mapped (call from the event loop)."""
+        self._unmap.clear()
+        while self._maps:
+            self._maps.popitem()[1].close()
 
     def _drop(self, block_id: str, entry: _Entry, path: Path, bad: BadBlockFile) -> None:
         with self._lock:
             if self._index.get(block_id) == entry:
                 del self._index[block_id]
+        self._unmap.append(block_id)
         if bad.inode is None:
             return  # unreadable (gone, or a failing disk): forgotten, not judged
         log.warning("local tier: block %s at %s not served: %s; dropped", block_id, path, bad)
@@ -166,6 +260,8 @@ class LocalTier:
         if file_length(len(data)) > self.capacity:
             return
         if self._used(block_id) is not None:
+            return
+        if self.reserve and not self._room_for(file_length(len(data))):
             return
         entry = (len(data), block_checksum(data))
         path = self._path(block_id, *entry)
@@ -180,9 +276,33 @@ class LocalTier:
             self._index[block_id] = entry
         self._delete_evicted()
 
+    def _room_for(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more leave :attr:`reserve` of the filesystem free, after
+        evicting this tier's least recently used blocks if need be; logs when it first
+        says no, and when there is room again."""
+        st = os.statvfs(self.root)
+        short = nbytes + self.reserve * st.f_blocks * st.f_frsize - st.f_bavail * st.f_frsize
+        if short > 0:
+            with self._lock:
+                while short > 0 and len(self._index):
+                    _, (length, _) = self._index.popitem()
+                    short -= file_length(length)
+            self._delete_evicted()
+        if (short > 0) != self._short:
+            self._short = short > 0
+            log.warning(
+                "local tier %s: %s",
+                self.root,
+                f"blocks not stored: less than {self.reserve:.0%} of the disk is free"
+                if self._short
+                else "storing blocks again",
+            )
+        return short <= 0
+
     def _delete_evicted(self) -> None:
         with self._lock:
             evicted, self._index.evicted = self._index.evicted, []
         for block_id, entry in evicted:
+            self._unmap.append(block_id)  # a mapping would keep its disk space
             with contextlib.suppress(OSError):
                 self._path(block_id, *entry).unlink()

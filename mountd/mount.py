@@ -18,7 +18,8 @@ from clientlib.client import CacheClient
 from clientlib.errors import RingcacheError
 from clientlib.metrics import serve_metrics
 from clientlib.origin import Origins
-from mountd.config import MountConfig
+from mountd.cachedir import RESERVE, claim, identity
+from mountd.config import AUTO, MountConfig
 from mountd.daemon import report
 from mountd.fs import RingcacheFS
 from mountd.localtier import LocalTier
@@ -79,9 +80,16 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
     loop = asyncio.get_running_loop()
     client = _client(config)
     await client.start()
+    claimed = None
     tier = None
-    if config.local_cache is not None:
+    if config.local_cache == AUTO:
+        ident = identity(config.etcd.url, config.cluster, config.source, config.token_file)
+        claimed = await loop.run_in_executor(None, claim, config.local_cache_root, ident)
+        if claimed is not None:
+            tier = LocalTier(claimed.path, claimed.capacity, reserve=RESERVE)
+    elif config.local_cache is not None:
         tier = LocalTier(config.local_cache, config.local_cache_bytes)
+    if tier is not None:
         await loop.run_in_executor(None, tier.open)
     download = Throttle(config.download_limit, "download") if config.download_limit else None
     upload = Throttle(config.upload_limit, "upload") if config.upload_limit else None
@@ -123,3 +131,5 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
             pyfuse3.close(unmount=True)
         await client.close()
         fetcher.close()
+        if claimed is not None:
+            claimed.release()

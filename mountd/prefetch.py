@@ -172,6 +172,8 @@ class BlockFetcher:
             task.cancel()
         if self._disk is not None:
             self._disk.shutdown(wait=True)
+        if self.tier is not None:
+            self.tier.close()
 
 
 def _consume(task: asyncio.Task[bytes]) -> None:
@@ -233,6 +235,13 @@ class FileReader:
             # row, takes whole blocks: the kernel's first reads of a file are sent at
             # once and can arrive in any order, so the one at offset 0 may come second,
             # and answering an earlier one with a part fetched those bytes twice.
+            if first == last:
+                # Awaited here, not through gather(), whose task for it costs a turn of
+                # the event loop per read.
+                base = first * self._bs
+                return await self._fetcher.get_part(
+                    self.info, first, self._bs, offset - base, end - base
+                )
             parts = await asyncio.gather(
                 *(
                     self._fetcher.get_part(
@@ -245,7 +254,7 @@ class FileReader:
                     for i in indexes
                 )
             )
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            return b"".join(parts)
         if first == last:
             base = first * self._bs
             data = await self._block(first)

@@ -55,6 +55,20 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ringcache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_cache_root(workdir: Path) -> Iterator[Path]:
+    """Where the mounts a test starts keep their default local disk tier: under the
+    session's directory, not the machine's /var/cache (mountd reads the variable)."""
+    root = workdir / "local-cache"
+    old = os.environ.get("RINGCACHE_LOCAL_CACHE_ROOT")
+    os.environ["RINGCACHE_LOCAL_CACHE_ROOT"] = str(root)
+    yield root
+    if old is None:
+        del os.environ["RINGCACHE_LOCAL_CACHE_ROOT"]
+    else:
+        os.environ["RINGCACHE_LOCAL_CACHE_ROOT"] = old
+
+
 @pytest.fixture(scope="session")
 def etcd(workdir: Path) -> Iterator[Etcd]:
     proc = start_etcd(workdir / "etcd")

@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +34,11 @@ import boto3.exceptions
 import boto3.s3.transfer
 import botocore.config
 import botocore.exceptions
+import botocore.session
 
 from clientlib.errors import (
     BadRequest,
+    ConfigError,
     NotFound,
     OriginError,
     RingcacheError,
@@ -99,6 +102,24 @@ async def _bounded(
     return failures
 
 
+def _retries(core: botocore.session.Session, retries: int) -> dict[str, Any]:
+    """botocore's retry settings: the user's where set, as every AWS tool reads them
+    (``AWS_MAX_ATTEMPTS`` and ``AWS_RETRY_MODE``, or ``max_attempts`` and ``retry_mode``
+    in the profile), else ``standard`` mode with ``retries`` after the first attempt. A
+    ``Config`` given to the client would override the user's settings, so they are read
+    here first."""
+    mode = os.environ.get("AWS_RETRY_MODE") or core.get_scoped_config().get("retry_mode")
+    if mode not in (None, "standard", "adaptive", "legacy"):
+        raise ConfigError(f"AWS retry_mode must be standard, adaptive or legacy, not {mode!r}")
+    try:
+        attempts = core.get_config_variable("max_attempts")  # all attempts, the first too
+    except ValueError as exc:
+        raise ConfigError(f"AWS max_attempts must be a whole number: {exc}") from None
+    if attempts is None:
+        return {"mode": mode or "standard", "max_attempts": retries}  # botocore: retries
+    return {"mode": mode or "standard", "total_max_attempts": attempts}
+
+
 class S3Origin(Origin):
     """Reads objects with a pooled boto3 client on a dedicated thread pool.
 
@@ -109,17 +130,18 @@ class S3Origin(Origin):
     def __init__(
         self,
         max_inflight: int = 32,
-        max_attempts: int = 5,
+        retries: int = 5,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
     ) -> None:
+        core = botocore.session.get_session()
         config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries=_retries(core, retries),
             max_pool_connections=max_inflight,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
         )
-        session = boto3.session.Session()
+        session = boto3.session.Session(botocore_session=core)
         self._client = session.client("s3", config=config)
         # The client's credentials object (the session caches it): refreshed as theirs.
         self._lean = LeanGet(self._client, session.get_credentials())

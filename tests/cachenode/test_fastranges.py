@@ -13,7 +13,7 @@ import asyncio
 
 import aiohttp
 
-from cachenode.httphead import parse_head, parse_range_head
+from cachenode.httphead import parse_head
 from clientlib.auth import Credentials
 from clientlib.blockfile import PART_SIZE
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
@@ -31,22 +31,21 @@ RANGES = [
 ]
 
 
-def test_parse_range_head_takes_one_range_header_only() -> None:
+def test_parse_head_takes_one_range_header_only() -> None:
     bid = "0a" * 16
-    one = head(f"GET /v1/blocks/{bid}?src=x HTTP/1.1", "Host: x", "range: bytes=5-9")
-    parsed = parse_range_head(one)
-    assert parsed is not None
-    got, value = parsed
-    assert value == "bytes=5-9" and got.block_id == bid and got.target == f"/v1/blocks/{bid}?src=x"
-    assert parse_head(one) is None  # the full-hit path still takes only plain GETs
-    assert parse_range_head(head(f"GET /v1/blocks/{bid} HTTP/1.1", "Host: x")) is None
+    one = parse_head(head(f"GET /v1/blocks/{bid}?src=x HTTP/1.1", "Host: x", "range: bytes=5-9"))
+    assert one is not None
+    assert one.range == "bytes=5-9" and one.block_id == bid
+    assert one.target == f"/v1/blocks/{bid}?src=x"
+    plain = parse_head(head(f"GET /v1/blocks/{bid} HTTP/1.1", "Host: x"))
+    assert plain is not None and plain.range is None
     for other in (
         head(f"GET /v1/blocks/{bid} HTTP/1.1", "Range: bytes=0-1", "Range: bytes=4-5"),
         head(f"GET /v1/blocks/{bid} HTTP/1.1", "Range: bytes=0-1", "Content-Length: 3"),
         head(f"HEAD /v1/blocks/{bid} HTTP/1.1", "Range: bytes=0-1"),
         head(f"GET /v1/blocks/{bid} HTTP/1.1", "Range: bytes=0-1", "Expect: 100-continue"),
     ):
-        assert parse_range_head(other) is None, other
+        assert parse_head(other) is None, other
 
 
 async def ranged_get(

@@ -36,3 +36,17 @@ def test_a_large_blocks_copy_is_its_bytes_sealed_against_any_change() -> None:
 
 def test_the_kernels_huge_page_setting_for_shared_memory_is_read() -> None:
     assert shmem_huge_pages() in {"always", "within_size", "advise", "never", "deny", "force"}
+
+
+def test_a_small_blocks_bytes_are_served_until_their_recheck_is_due(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    clock = [1000.0]
+    monkeypatch.setattr("cachenode.memtier.time.monotonic", lambda: clock[0])
+    tier = MemoryTier(MiB, recheck_after=60)
+    data = os.urandom(65_536)
+    assert tier.keep("cd" * 16, 9, bytearray(data)) == data
+    assert tier.get("cd" * 16, 9) == data
+    assert tier.get("cd" * 16, 10) is None  # the index holds another version: dropped
+    assert tier.get("cd" * 16, 9) is None
+    tier.keep("cd" * 16, 9, bytearray(data))
+    clock[0] += 61  # due for a check against its file: the store reads it again
+    assert tier.get("cd" * 16, 9) is None

@@ -19,7 +19,14 @@ import boto3
 import botocore.config
 import pytest
 
-from clientlib.errors import BadRequest, Forbidden, NotFound, OriginError, VersionMismatch
+from clientlib.errors import (
+    BadRequest,
+    ConfigError,
+    Forbidden,
+    NotFound,
+    OriginError,
+    VersionMismatch,
+)
 from clientlib.launcher import free_port
 from clientlib.origin import Origins, beneath
 from clientlib.origin.base import PosixAttrs
@@ -417,7 +424,7 @@ async def test_s3_block_get_refused_by_the_origin_is_retried_through_get_object(
     etag = s3.head_object(Bucket=bucket, Key="k")["ETag"].strip('"')
     proxy = S3Proxy(s3_endpoint)
     monkeypatch.setenv("AWS_ENDPOINT_URL", await proxy.start())
-    origin = S3Origin(max_inflight=2, max_attempts=3)
+    origin = S3Origin(max_inflight=2, retries=3)
     calls = _count_get_object(origin)
     url = f"s3://{bucket}/k"
     try:
@@ -455,7 +462,7 @@ async def test_s3_block_gets_go_where_the_client_sent_them(monkeypatch, style, h
         "Config",
         functools.partial(botocore.config.Config, s3={"addressing_style": style}),
     )
-    origin = S3Origin(max_inflight=1, max_attempts=1, connect_timeout=1)
+    origin = S3Origin(max_inflight=1, retries=0, connect_timeout=1)
     try:
         assert origin._lean.base("bkt") is None
         with pytest.raises(OriginError, match="unreachable"):
@@ -463,3 +470,32 @@ async def test_s3_block_gets_go_where_the_client_sent_them(monkeypatch, style, h
         assert origin._lean.base("bkt") == (f"http://{host.format(port=port)}", "eu-west-3")
     finally:
         origin.close()
+
+
+async def test_s3_origin_retries_as_the_users_aws_settings_say(
+    s3_endpoint, s3, bucket, monkeypatch, tmp_path
+):
+    """``AWS_MAX_ATTEMPTS`` counts every attempt, as in every AWS tool; without it the
+    origin makes 6. A bad setting is one clear error, not a traceback at the first call."""
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    default = S3Origin(max_inflight=1)
+    assert default._client.meta.config.retries == {"mode": "standard", "total_max_attempts": 6}
+    default.close()
+    (tmp_path / "k").write_bytes(b"x")
+    proxy = S3Proxy(s3_endpoint, fail_writes=-1)  # every PUT: 503 SlowDown
+    monkeypatch.setenv("AWS_ENDPOINT_URL", await proxy.start())
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    origin = S3Origin(max_inflight=1)
+    try:
+        with pytest.raises(OriginError):
+            await origin.write(f"s3://{bucket}/k", tmp_path / "k")
+        assert proxy.write_failures == 2
+    finally:
+        origin.close()
+        await proxy.stop()
+    for name, value in (("AWS_MAX_ATTEMPTS", "many"), ("AWS_RETRY_MODE", "eager")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=name.removeprefix("AWS_").lower()):
+            S3Origin()
+        monkeypatch.delenv(name)

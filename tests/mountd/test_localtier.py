@@ -119,3 +119,53 @@ def test_least_recently_used_blocks_leave_first_by_bytes(tmp_path: Path) -> None
     for block_id in (first, third, fourth):
         assert tier.get(block_id) == blocks[block_id]
     assert tier.used == 3 * file_length(MiB)
+
+
+def test_with_a_reserve_the_tier_gives_its_blocks_up_before_the_disk_fills(tmp_path: Path) -> None:
+    """A write that would leave less than ``reserve`` of the filesystem free evicts the
+    tier's least recently used blocks, and is skipped when that is not enough: the tier
+    never takes what the machine's other users need."""
+    tier = new_tier(tmp_path)
+    kept = {os.urandom(16).hex(): os.urandom(MiB) for _ in range(3)}
+    for block_id, data in kept.items():
+        tier.put(block_id, data)
+    assert tier.used == 3 * file_length(MiB)
+    st = os.statvfs(tmp_path)
+    tier.reserve = st.f_bavail / st.f_blocks + 0.01  # already short of it: nothing fits
+    block_id, data = os.urandom(16).hex(), os.urandom(MiB)
+    tier.put(block_id, data)
+    assert tier.get(block_id) is None and tier.used == 0
+    assert not any(block_path(tier, b, d).exists() for b, d in kept.items())
+    tier.reserve = 0.01  # room again
+    tier.put(block_id, data)
+    assert tier.get(block_id) == data
+
+
+def test_the_loops_mapped_reads_check_every_read_and_let_go_of_evicted_files(
+    tmp_path: Path,
+) -> None:
+    """The event loop's reads go through a mapping of the block file: a part changed
+    after a first good read is refused at the next read (checked every time, not once),
+    and a block evicted from the tier is unmapped, so its disk space is given back."""
+    tier = LocalTier(tmp_path, 2 * file_length(4 * MiB))
+    tier.open()
+    block_id, data = os.urandom(16).hex(), os.urandom(4 * MiB)
+    tier.put(block_id, data)
+    tier.get(block_id)
+    assert tier.get_part_cached(block_id, 5, 4096) == data[5:4096]
+    path = block_path(tier, block_id, data)
+    assert str(path) in Path("/proc/self/maps").read_text()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes([data[100] ^ 1]), 100)  # in place: the mapping sees it
+    finally:
+        os.close(fd)
+    assert tier.get_part_cached(block_id, 5, 4096) is None
+    assert tier.get_part_cached(block_id, PART_SIZE, PART_SIZE + 10) == data[PART_SIZE:][:10]
+    for _ in range(2):  # two more blocks: the first is evicted
+        other = os.urandom(16).hex()
+        tier.put(other, os.urandom(4 * MiB))
+    assert not path.exists()
+    tier.get_part_cached(other, 0, 10)  # the loop's next read lets go of it
+    assert str(path) not in Path("/proc/self/maps").read_text()
+    tier.close()

@@ -108,7 +108,8 @@ async def test_upload_refused_with_503_is_the_writers_error_and_a_retry_succeeds
     await proxy.start()
     (tmp_path / "spool").mkdir()
     cluster = make_cluster(1)
-    env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url)
+    # Two attempts per request, not six: the same refusal, without a minute of backoff.
+    env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url, AWS_MAX_ATTEMPTS="2")
     m = await asyncio.to_thread(
         start_local_mount,
         f"s3://{bucket}",
