@@ -4,7 +4,11 @@ Settings come from boto3's own environment and config files (``AWS_ENDPOINT_URL`
 ``AWS_ACCESS_KEY_ID``, profiles...), so a user's existing S3 setup just works. Retries
 with exponential backoff and jitter on 5xx and throttling are botocore's ``standard``
 retry mode rather than a loop of our own. The version tag is the ETag; reads send
-``If-Match`` so a block is never assembled from a newer version of the object.
+``If-Match`` so a block is never assembled from a newer version of the object. A read
+into a reused buffer (a node's warm fetch: one ranged GET) is signed and sent with
+botocore's parts but without ``get_object``'s per-call work
+(:mod:`clientlib.origin.s3lean`), and made by ``get_object`` for any answer that path
+does not take.
 
 Writes go through boto3's managed transfers (``upload_file``, ``copy``): multipart above
 ``multipart_threshold`` with parts uploaded in parallel, straight from a file on disk, so
@@ -17,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import http.client
 import logging
 import os
 import time
@@ -31,7 +34,6 @@ import boto3.exceptions
 import boto3.s3.transfer
 import botocore.config
 import botocore.exceptions
-import botocore.response
 import botocore.session
 
 from clientlib.errors import (
@@ -44,6 +46,7 @@ from clientlib.errors import (
 )
 from clientlib.metrics import ORIGIN_BYTES, ORIGIN_REQUESTS
 from clientlib.origin.base import ObjectInfo, Origin, PosixAttrs, Progress, TooManyObjects
+from clientlib.origin.s3lean import Answer, LeanGet
 from clientlib.urls import join_url, split_url
 
 __all__ = ["S3Origin"]
@@ -138,7 +141,10 @@ class S3Origin(Origin):
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
         )
-        self._client = boto3.session.Session(botocore_session=core).client("s3", config=config)
+        session = boto3.session.Session(botocore_session=core)
+        self._client = session.client("s3", config=config)
+        # The client's credentials object (the session caches it): refreshed as theirs.
+        self._lean = LeanGet(self._client, session.get_credentials())
         self._executor = ThreadPoolExecutor(max_inflight, thread_name_prefix="s3-origin")
         # Transfers run their parts on their own threads; together they stay under the
         # connection pool so a large upload cannot starve reads of connections.
@@ -178,28 +184,51 @@ class S3Origin(Origin):
         return dataclasses.replace(info, content_type=head.get("ContentType", "")), head
 
     def _get_object(
-        self, bucket: str, key: str, offset: int, length: int, etag: str, size: int | None
-    ) -> dict[str, Any]:
-        """GET the range of the object at version ``etag``; the answer, its body unread."""
-        resp = self._client.get_object(
-            Bucket=bucket,
-            Key=key,
-            Range=f"bytes={offset}-{offset + length - 1}",
-            IfMatch=f'"{etag}"',
-        )
+        self,
+        bucket: str,
+        key: str,
+        offset: int,
+        length: int,
+        etag: str,
+        size: int | None,
+        lean: bool,
+    ) -> Answer:
+        """GET the range of the object at version ``etag`` (:class:`LeanGet`, ``lean`` or
+        not); the answer, its body unread, once its length and the object's size are
+        checked."""
+        url = f"s3://{bucket}/{key}"
+        got = self._lean.get(bucket, key, offset, length, etag, lean)
         # "bytes A-B/TOTAL": the object's size, for free with the bytes.
-        total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+        total = str(got.content_range).rpartition("/")[2]
         if size is not None and total != str(size):
-            resp["Body"].close()
-            raise VersionMismatch(f"s3://{bucket}/{key} is {total or '?'} bytes, not {size}")
-        return resp
+            got.body.close()
+            raise VersionMismatch(f"{url} is {total or '?'} bytes, not {size}")
+        if got.content_length is None or int(got.content_length) != length:
+            got.body.close()
+            raise OriginError(f"S3 answered {got.content_length} bytes of {url} for {length}")
+        return got
 
     def _get_sync(
         self, bucket: str, key: str, offset: int, length: int, etag: str, size: int | None
     ) -> bytes:
-        resp = self._get_object(bucket, key, offset, length, etag, size)
-        with resp["Body"] as body:
-            return body.read()
+        url = f"s3://{bucket}/{key}"
+        # Not lean: with S3's bandwidth per connection (bench_mount's cold phase), client
+        # misses through the lean GET were slower (233-250 MB/s against 286-302) for a
+        # reason not found yet, although it costs less CPU per GET without that limit.
+        got = self._get_object(bucket, key, offset, length, etag, size, lean=False)
+        if got.fp is None or got.fp.chunked or got.release is None:
+            with got.body:
+                data: bytes = got.body.read()
+        else:
+            try:
+                data = got.fp.read(length)
+            except OSError as exc:
+                got.body.close()
+                raise OriginError(f"S3 body of {url} failed: {exc}") from None
+            self._finish(url, got, len(data), length)
+        if len(data) != length:
+            raise OriginError(f"S3 sent {len(data)} bytes of {url}, not {length}")
+        return data
 
     def _get_into_sync(
         self, bucket: str, key: str, offset: int, buf: memoryview, etag: str, size: int | None
@@ -207,43 +236,38 @@ class S3Origin(Origin):
         """:meth:`_get_sync` received straight into ``buf``: ``recv`` into its pages, no
         bytes object in between.
 
-        The body is read through the ``http.client`` response under urllib3's (what a
-        plain botocore body wraps): urllib3's own ``readinto`` reads into a new bytes
-        object and copies. A body botocore wraps in more (a checksum check) is read
-        with ``read()`` and copied, so that nothing botocore checks goes unchecked.
+        The body is read through the ``http.client`` response under urllib3's: urllib3's
+        own ``readinto`` reads into a new bytes object and copies. A body botocore wraps
+        in more (a checksum check) is read with ``read()`` and copied, so that nothing
+        botocore checks goes unchecked.
         """
         url = f"s3://{bucket}/{key}"
-        resp = self._get_object(bucket, key, offset, len(buf), etag, size)
-        body = resp["Body"]
-        if resp.get("ContentLength") != len(buf):
-            body.close()
-            raise OriginError(
-                f"S3 answered {resp.get('ContentLength')} bytes of {url} for {len(buf)}"
-            )
-        raw = getattr(body, "_raw_stream", None)
-        fp = getattr(raw, "_fp", None)
-        if (
-            type(body) is not botocore.response.StreamingBody
-            or not isinstance(fp, http.client.HTTPResponse)
-            or fp.chunked
-        ):
-            with body:
-                data = body.read()
+        got = self._get_object(bucket, key, offset, len(buf), etag, size, lean=True)
+        fp = got.fp
+        if fp is None or fp.chunked or got.release is None:
+            with got.body:
+                data = got.body.read()
             if len(data) != len(buf):
                 raise OriginError(f"S3 sent {len(data)} bytes of {url}, not {len(buf)}")
             buf[:] = data
             return
-        got = 0
+        done = 0
         try:
-            while got < len(buf) and (n := fp.readinto(buf[got:])):
-                got += n
+            while done < len(buf) and (n := fp.readinto(buf[done:])):
+                done += n
         except OSError as exc:
-            body.close()
-            raise OriginError(f"S3 body of {url} failed after {got} bytes: {exc}") from None
-        if got != len(buf) or not fp.isclosed():
-            body.close()
-            raise OriginError(f"S3 body of {url} ended after {got} of {len(buf)} bytes")
-        raw.release_conn()  # read to its end: the connection serves the next request
+            got.body.close()
+            raise OriginError(f"S3 body of {url} failed after {done} bytes: {exc}") from None
+        self._finish(url, got, done, len(buf))
+
+    @staticmethod
+    def _finish(url: str, got: Answer, done: int, want: int) -> None:
+        """Hand back the connection of a body read to its end; close one cut short."""
+        assert got.fp is not None and got.release is not None
+        if done != want or not got.fp.isclosed():
+            got.body.close()
+            raise OriginError(f"S3 body of {url} ended after {done} of {want} bytes")
+        got.release()  # read to its end: the connection serves the next request
 
     async def read(
         self, url: str, offset: int, length: int, version: str, *, size: int | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import http.client
 import mmap
 import os
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import botocore.config
 import pytest
 
 from clientlib.errors import (
@@ -25,6 +27,7 @@ from clientlib.errors import (
     OriginError,
     VersionMismatch,
 )
+from clientlib.launcher import free_port
 from clientlib.origin import Origins, beneath
 from clientlib.origin.base import PosixAttrs
 from clientlib.origin.local import FileOrigin
@@ -365,6 +368,106 @@ async def test_s3_read_into_receives_the_range_of_the_pinned_version(s3_server, 
         await origin.read_into(url, 5, view[:100], info.version, size=len(body))
         assert bytes(view[:100]) == body[::-1][5:105]
         view.release()
+    finally:
+        origin.close()
+
+
+def _count_get_object(origin: S3Origin) -> list[str]:
+    """The URLs of the GetObject requests ``origin``'s boto3 client sends from now on
+    (its own event: a presigned URL sends nothing)."""
+    calls: list[str] = []
+    origin._client.meta.events.register(
+        "before-send.s3.GetObject", lambda request, **kw: calls.append(request.url)
+    )
+    return calls
+
+
+async def test_s3_block_gets_skip_get_object_and_keep_its_checks(s3_server):
+    """A warm fetch's GET is the lean one (no botocore call) against moto and SeaweedFS,
+    with the checks ``get_object``'s had: the pinned version, the size, a missing key."""
+    client, bucket = s3_server
+    body = os.urandom(2 * 1024 * 1024 + 13)
+    client.put_object(Bucket=bucket, Key="dir/a b+c.bin", Body=body)
+    origin = S3Origin(max_inflight=4)
+    calls = _count_get_object(origin)
+    try:
+        url = f"s3://{bucket}/dir/a b+c.bin"  # a key that must be percent-encoded
+        info = await origin.stat(url)
+        view = memoryview(bytearray(1024 * 1024))
+        await origin.read_into(url, 7, view[:1000], info.version, size=len(body))
+        assert bytes(view[:1000]) == body[7:1007]
+        assert len(calls) == 1  # the bucket's first GET, whose URL the lean ones take
+        await origin.read_into(url, len(body) - len(view), view, info.version)
+        assert bytes(view) == body[-len(view) :]
+        with pytest.raises(VersionMismatch):
+            await origin.read_into(url, 0, view[:10], info.version, size=len(body) - 1)
+        with pytest.raises(NotFound):
+            await origin.read_into(f"s3://{bucket}/none.bin", 0, view[:10], info.version)
+        client.put_object(Bucket=bucket, Key="dir/a b+c.bin", Body=body[::-1])
+        with pytest.raises(VersionMismatch):  # If-Match: 412
+            await origin.read_into(url, 0, view[:10], info.version)
+        assert len(calls) == 1
+        # A client's miss (bytes sent back) still goes through get_object.
+        assert await origin.read(url, 0, 10, (await origin.stat(url)).version) == body[::-1][:10]
+        assert len(calls) == 2
+    finally:
+        origin.close()
+
+
+async def test_s3_block_get_refused_by_the_origin_is_retried_through_get_object(
+    s3, bucket, s3_endpoint, monkeypatch
+):
+    """A 503 to the lean GET: the request is made again by ``get_object``, whose standard
+    retries back off through the next 503 too; a lasting one is botocore's error."""
+    body = os.urandom(100_000)
+    s3.put_object(Bucket=bucket, Key="k", Body=body)
+    etag = s3.head_object(Bucket=bucket, Key="k")["ETag"].strip('"')
+    proxy = S3Proxy(s3_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", await proxy.start())
+    origin = S3Origin(max_inflight=2, retries=3)
+    calls = _count_get_object(origin)
+    url = f"s3://{bucket}/k"
+    try:
+        view = memoryview(bytearray(len(body)))
+        await origin.read_into(url, 0, view[:10], etag)  # get_object's
+        await origin.read_into(url, 10, view[10:20], etag)  # lean
+        assert bytes(view[:20]) == body[:20]
+        assert len(calls) == 1 and proxy.gets == 2
+        proxy.fail_gets = proxy.failures + 2  # the lean GET's and get_object's first
+        await origin.read_into(url, 0, view, etag, size=len(body))
+        assert bytes(view) == body
+        assert len(calls) == 3 and proxy.gets == 5
+        proxy.fail_gets = -1
+        with pytest.raises(OriginError, match="SlowDown"):
+            await origin.read_into(url, 0, view[:10], etag)
+        # The lean GET, then all of get_object's attempts (1 + max_attempts retries).
+        assert len(calls) == 3 + 4 and proxy.gets == 5 + 1 + 4
+    finally:
+        origin.close()
+        await proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("style", "host"),
+    [("path", "localhost:{port}/bkt/"), ("virtual", "bkt.localhost:{port}/")],
+)
+async def test_s3_block_gets_go_where_the_client_sent_them(monkeypatch, style, host):
+    """The lean GET's URL and signing region are the ones the client used for the
+    bucket's first GET: its endpoint, addressing style and region."""
+    port = free_port()  # nothing listens: the client's GET fails once it is signed
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{port}")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.setattr(
+        botocore.config,
+        "Config",
+        functools.partial(botocore.config.Config, s3={"addressing_style": style}),
+    )
+    origin = S3Origin(max_inflight=1, retries=0, connect_timeout=1)
+    try:
+        assert origin._lean.base("bkt") is None
+        with pytest.raises(OriginError, match="unreachable"):
+            await origin.read_into("s3://bkt/k", 0, memoryview(bytearray(10)), "v1")
+        assert origin._lean.base("bkt") == (f"http://{host.format(port=port)}", "eu-west-3")
     finally:
         origin.close()
 
