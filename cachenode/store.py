@@ -300,9 +300,10 @@ class BlockStore:
         A block of at most ``read_max`` bytes comes as :class:`BlockBytes` (it was read
         to verify it anyway, and one write of head and body is cheaper than a
         ``sendfile`` of a few pages); a larger one as an open :class:`BlockFile`, verified
-        in the pool and sent by the caller from the page cache; when the memory tier can
-        hold it, the whole block is read, checked and copied there, and sent from that
-        copy (:mod:`cachenode.memtier`). With ``part`` (bytes
+        in the pool and sent by the caller from the page cache; when the memory tier
+        admits it (its second whole-block hit, :meth:`MemoryTier.admits`), the whole
+        block is read, checked and copied there, and sent from that copy
+        (:mod:`cachenode.memtier`). With ``part`` (bytes
         ``[start, stop)``) the caller sends only those bytes, and only the parts of the
         file holding them may have been checked: a :class:`BlockPart` when they are in the
         page cache (read on the event loop thread, no hop to the pool), else a
@@ -315,7 +316,7 @@ class BlockStore:
             return await self._read(found, block_id)
         if (kept := self._kept_copy(found)) is not None:
             return kept
-        if part is None and self._memory.fits(found.nbytes):
+        if part is None and self._memory.admits(block_id, found.nbytes):
             return await self._read_and_keep(found)
         if part is not None:
             piece = read_part(found.path, found.nbytes, part, nowait=True)
@@ -343,9 +344,10 @@ class BlockStore:
         file is read with ``RWF_NOWAIT``, which fails rather than block when any of it is
         out of the page cache. A small block comes back as its bytes (from the memory tier
         when it is there); a large one as an open, verified :class:`BlockFile`: its copy in
-        the memory tier, or the file, which is then copied into the tier. None means
-        "not now": absent, not all in memory, or not as indexed. The caller then takes
-        :meth:`open_block`, which waits for the disk and deals with a bad file.
+        the memory tier, or the file, which is then copied into the tier if it admits the
+        block (:meth:`MemoryTier.admits`). None means "not now": absent, not all in
+        memory, or not as indexed. The caller then takes :meth:`open_block`, which waits
+        for the disk and deals with a bad file.
         """
         found = self._find(block_id)
         if not isinstance(found, _Found):
@@ -365,7 +367,8 @@ class BlockStore:
             return None
         found.dir.policy.touch(found.key)
         if not small:
-            self._memory.keep_copy(block_id, found.checksum, buf)
+            if self._memory.admits(block_id, nbytes):
+                self._memory.keep_copy(block_id, found.checksum, buf)
             return opened
         opened.close()
         return self._memory.keep(block_id, found.checksum, buf)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from cachenode import memtier
 from cachenode.memtier import MemoryTier, shmem_huge_pages
 
 MiB = 1024 * 1024
@@ -50,3 +51,18 @@ def test_a_small_blocks_bytes_are_served_until_their_recheck_is_due(monkeypatch)
     tier.keep("cd" * 16, 9, bytearray(data))
     clock[0] += 61  # due for a check against its file: the store reads it again
     assert tier.get("cd" * 16, 9) is None
+
+
+def test_a_large_block_is_admitted_at_its_second_hit() -> None:
+    """A stream through a file larger than the tier hits each block once: copying each
+    would cost more than sending it. The second hit of a block remembered is admitted."""
+    tier = MemoryTier(64 * MiB, recheck_after=60)
+    assert not tier.admits("ab" * 16, 4 * MiB)  # remembered
+    assert not tier.admits("cd" * 16, 4 * MiB)
+    assert tier.admits("ab" * 16, 4 * MiB)
+    assert not tier.admits("ab" * 16, 4 * MiB)  # forgotten once admitted: copied now
+    assert not tier.admits("ef" * 16, 64 * MiB) and not tier.admits("ef" * 16, 64 * MiB)
+    for n in range(memtier.SEEN_BLOCKS):  # "cd" is pushed out of what is remembered
+        tier.admits(f"{n:032x}", 4 * MiB)
+    assert not tier.admits("cd" * 16, 4 * MiB)
+    tier.close()
