@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.status import list_nodes
 from clientlib.warmup import warmup
+from testkit import S3Proxy
 from tests.conftest import cachectl, client_metric, run_cachectl
 
 SIZES = {"hot/a.bin": 2 * BS + 100, "hot/b.bin": BS, "hot/deep/c.bin": 3000, "cold/d.bin": BS + 1}
@@ -169,18 +171,21 @@ async def test_warmup_of_a_path_inside_a_mount_uses_its_source(make_cluster, s3,
 
 
 async def test_a_read_joining_a_warm_fetch_gets_the_stored_block_without_a_second_get(
-    make_cluster, client_for, faulty_s3, s3, bucket
+    make_cluster, client_for, s3_endpoint, s3, bucket
 ):
     # A warm fetch keeps no copy of the bytes (they go from the origin's socket to the
     # block file); a read of the block meanwhile waits for it and reads the stored file.
     body = os.urandom(2 * BS + 100)
     s3.put_object(Bucket=bucket, Key="slow/a.bin", Body=body)
-    slow = await faulty_s3(1.0)
+    proxy = S3Proxy(s3_endpoint, delay=2.0)
+    slow = await proxy.start()
     cluster = make_cluster(1, env={**os.environ, "AWS_ENDPOINT_URL": slow})
     client = await client_for(cluster, hedge_delay=30.0)  # no hedge to the origin meanwhile
     warming = asyncio.create_task(warmup(client, [f"s3://{bucket}/slow/"]))
-    await asyncio.sleep(0.4)  # the warm request is at the node, its GETs wait for the origin
-    assert not warming.done()
+    deadline = time.monotonic() + 20
+    while proxy.gets_in_flight < 3:  # the warm fetches of all 3 blocks wait for the origin
+        assert time.monotonic() < deadline and not warming.done(), proxy.gets_in_flight
+        await asyncio.sleep(0.02)
     direct = client_metric("ringcache_client_block_reads_total", source="origin")
     assert await client.read(f"s3://{bucket}/slow/a.bin") == body
     # from the node, not the client's own fallback to the origin
@@ -188,3 +193,5 @@ async def test_a_read_joining_a_warm_fetch_gets_the_stored_block_without_a_secon
     report = await warming
     assert (report.blocks_fetched, report.bytes_fetched, report.errors) == (3, len(body), 0)
     assert cluster.metric("ringcache_origin_requests_total", 'op="get"') == 3
+    assert proxy.gets == 3
+    await proxy.stop()
