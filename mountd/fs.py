@@ -15,6 +15,7 @@ stored mode (:class:`PosixAttrs`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -271,7 +272,7 @@ class RingcacheFS(pyfuse3.Operations):
         await self.inodes.fetch_posix(node)  # the upload must keep them
         spool = self.writers.get(node.ino)
         if spool is not None:
-            spool.truncate(size)
+            await spool.truncate(size)
             node.attr.size = size
             self.inodes.modified(node)
             return
@@ -281,7 +282,7 @@ class RingcacheFS(pyfuse3.Operations):
         spool = await self.writers.open(node, self._object(node), truncate=size == 0)
         try:
             if size:
-                spool.truncate(size)
+                await spool.truncate(size)
             else:
                 spool.dirty = True
             await self._commit(spool, node)
@@ -428,12 +429,12 @@ class RingcacheFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         return await handle.reader.read(off, size)
 
-    @operation()
+    @operation(timed=False)  # waits out an upload of the same file, which has its own
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         if handle.spool is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        written = handle.spool.write(off, buf)
+        written = await handle.spool.write(off, buf)
         node = handle.node
         node.attr.size = handle.spool.size
         self.inodes.modified(node)
@@ -522,13 +523,16 @@ class RingcacheFS(pyfuse3.Operations):
         if node.attr.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         spool = self.writers.get(node.ino)
-        if spool is not None:
-            spool.detached = True
-        if node.attr.version:  # not only a local file that was never uploaded
-            url = self.config.url(node.path)
-            await self.origin.delete(url)
-            self.client.forget(url)
-        self.inodes.removed(node.path)
+        # An upload of the open file under way ends first: deleted, then put back, the
+        # file would outlive its unlink.
+        async with spool.lock if spool is not None else contextlib.nullcontext():
+            if spool is not None:
+                spool.detached = True
+            if node.attr.version:  # not only a local file that was never uploaded
+                url = self.config.url(node.path)
+                await self.origin.delete(url)
+                self.client.forget(url)
+            self.inodes.removed(node.path)
         self.inodes.touch(parent)
 
     @operation()
@@ -595,13 +599,15 @@ class RingcacheFS(pyfuse3.Operations):
             await self._commit(spool, node)
         src = self.config.url(node.path)
         dst = self.config.url(dst_path)
-        info = await self.origin.rename(src, dst)
-        self.client.forget(src)
-        self.client.forget(dst)
-        self.inodes.moved(node, dst_path)
-        self._committed(node, info)
-        if spool is not None:
-            spool.url = dst
+        # No upload of the open file meanwhile: it would land at the old name.
+        async with spool.lock if spool is not None else contextlib.nullcontext():
+            info = await self.origin.rename(src, dst)
+            self.client.forget(src)
+            self.client.forget(dst)
+            self.inodes.moved(node, dst_path)
+            self._committed(node, info)
+            if spool is not None:
+                spool.url = dst
         self._renamed(old_parent, new_parent, node)
 
     def _renamed(self, old_parent: Inode, new_parent: Inode, node: Inode) -> None:

@@ -6,7 +6,10 @@ the spool directory (memory stays bounded whatever the file's size); ``close()``
 the origin has it, so an acknowledged close is durable and a failed upload is the
 writer's error. Right after the upload, the file's blocks are pushed to their owners
 under the new object version (fill-on-write): the next job, on another machine, reads
-them as cache hits.
+them as cache hits. A write or truncation while an upload of the file is under way
+(another handle's fsync, or the retry at release of a close that failed) waits until it
+is done: the object is the file as it was when the upload began, and the change goes up
+with the next close.
 
 An existing object opened without ``O_TRUNC`` is first copied into the spool (through
 the cache) when it is at most ``max_rewrite_bytes``; a larger one is refused, because
@@ -61,21 +64,27 @@ class Spool:
             await loop.run_in_executor(None, os.pwrite, self.fd, data, index * bs)
         self.size = info.size
 
-    def write(self, offset: int, data: bytes) -> int:
-        # A pwrite lands in the page cache: cheaper than a thread hop for FUSE-sized
-        # (<= 1 MiB) writes. ENOSPC and EIO surface as OSError with that errno.
-        written = os.pwrite(self.fd, data, offset)
-        self.size = max(self.size, offset + written)
-        self.dirty = True
-        return written
+    async def write(self, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset``, once no upload of this spool is under way: the
+        upload reads the file, and a change under it would be torn into the object or
+        marked clean with the upload that missed it."""
+        async with self.lock:
+            # A pwrite lands in the page cache: cheaper than a thread hop for FUSE-sized
+            # (<= 1 MiB) writes. ENOSPC and EIO surface as OSError with that errno.
+            written = os.pwrite(self.fd, data, offset)
+            self.size = max(self.size, offset + written)
+            self.dirty = True
+            return written
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)
 
-    def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
-        self.size = size
-        self.dirty = True
+    async def truncate(self, size: int) -> None:
+        """Cut or extend the file to ``size``, once no upload is under way (see write)."""
+        async with self.lock:
+            os.ftruncate(self.fd, size)
+            self.size = size
+            self.dirty = True
 
     async def commit(
         self,

@@ -10,6 +10,7 @@ writing until the rename is done.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -37,6 +38,8 @@ class Writers:
         self._fetcher = fetcher
         self._spools: dict[int, Spool] = {}
         self._renaming: set[str] = set()
+        #: Spools being made (and loaded), by inode number: set once done.
+        self._making: dict[int, asyncio.Event] = {}
 
     def get(self, ino: int) -> Spool | None:
         return self._spools.get(ino)
@@ -49,38 +52,56 @@ class Writers:
 
     async def open(self, node: Inode, info: ObjectInfo, truncate: bool) -> Spool:
         """The spool of ``node`` (at ``info``), created (and filled with the current
-        object unless ``truncate``) if it has none yet; one more reference to it."""
+        object unless ``truncate``) if it has none yet; one more reference to it.
+
+        Two opens of one file at once share one spool: the second waits until the first
+        has made it. The reference is taken before any wait, so a release meanwhile does
+        not close the spool under this open."""
+        while (making := self._making.get(node.ino)) is not None:
+            await making.wait()
         spool = self._spools.get(node.ino)
         if spool is None:
-            url = info.url
-            if any(url.startswith(prefix) for prefix in self._renaming):
-                log.warning("refusing to write %s: its directory is being renamed", url)
-                raise pyfuse3.FUSEError(errno.EBUSY)
-            if not truncate and node.attr.size > self._config.max_rewrite_bytes:
-                log.warning(
-                    "refusing to rewrite %s (%d bytes > --max-rewrite %d): open it with "
-                    "O_TRUNC to replace it",
-                    url,
-                    node.attr.size,
-                    self._config.max_rewrite_bytes,
-                )
-                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-            spool = Spool(self._config.spool_dir, url)
+            self._making[node.ino] = done = asyncio.Event()
             try:
-                if not truncate and node.attr.size:
-                    await spool.load(self._fetcher, info)
-            except BaseException:
-                spool.close()
-                raise
-            self._spools[node.ino] = spool
-            self._inodes.pin(node)
-        elif truncate:
-            spool.truncate(0)
+                spool = await self._make(node, info, truncate)
+            finally:
+                del self._making[node.ino]
+                done.set()
+        spool.refs += 1
         if truncate:
-            spool.dirty = True
+            try:
+                await spool.truncate(0)  # after an upload under way (see Spool)
+            except BaseException:
+                self.close(node)
+                raise
             node.attr.size = 0
             self._inodes.modified(node)
-        spool.refs += 1
+        return spool
+
+    async def _make(self, node: Inode, info: ObjectInfo, truncate: bool) -> Spool:
+        """A new spool for ``node``, registered and pinned; loaded unless ``truncate``."""
+        url = info.url
+        if any(url.startswith(prefix) for prefix in self._renaming):
+            log.warning("refusing to write %s: its directory is being renamed", url)
+            raise pyfuse3.FUSEError(errno.EBUSY)
+        if not truncate and node.attr.size > self._config.max_rewrite_bytes:
+            log.warning(
+                "refusing to rewrite %s (%d bytes > --max-rewrite %d): open it with "
+                "O_TRUNC to replace it",
+                url,
+                node.attr.size,
+                self._config.max_rewrite_bytes,
+            )
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        spool = Spool(self._config.spool_dir, url)
+        try:
+            if not truncate and node.attr.size:
+                await spool.load(self._fetcher, info)
+        except BaseException:
+            spool.close()
+            raise
+        self._spools[node.ino] = spool
+        self._inodes.pin(node)
         return spool
 
     def close(self, node: Inode) -> Spool | None:

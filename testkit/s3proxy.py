@@ -43,7 +43,8 @@ class S3Proxy:
     completion, copies). The attributes may be changed while it runs (a fault that
     heals); ``failures`` and ``write_failures`` count the 503s sent. ``gets`` counts the
     GETs received, ``gets_in_flight`` those not yet answered and ``max_gets_in_flight``
-    the most at once: how many origin requests its clients had open together.
+    the most at once: how many origin requests its clients had open together;
+    ``writes_in_flight`` the PUTs and POSTs not yet answered.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class S3Proxy:
         self.gets = 0
         self.gets_in_flight = 0
         self.max_gets_in_flight = 0
+        self.writes_in_flight = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
@@ -68,6 +70,12 @@ class S3Proxy:
         self._session = session
 
         async def handle(request: web.Request) -> web.Response:
+            if request.method in ("PUT", "POST"):
+                self.writes_in_flight += 1
+                try:
+                    return await answer(request)
+                finally:
+                    self.writes_in_flight -= 1
             if request.method != "GET":
                 return await answer(request)
             self.gets += 1

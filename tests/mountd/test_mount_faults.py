@@ -8,6 +8,7 @@ proxy in front of moto that answers 503 SlowDown (see ``S3Proxy``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import signal
@@ -99,6 +100,77 @@ def test_origin_fallback_reads_of_a_mount_count_against_its_download_limit(
     assert m.metric("ringcache_mount_limited_bytes_total", 'direction="download"') == size
     floor = (size - rate) / rate - 0.1  # the bucket may start full: one second's worth
     assert elapsed >= floor, f"{size} bytes from the origin in {elapsed:.2f}s at {rate} B/s"
+
+
+@contextlib.asynccontextmanager
+async def slow_origin_mount(make_cluster, s3_endpoint, bucket, tmp_path):  # type: ignore[no-untyped-def]
+    """A mount whose S3 answers every request a second late (an upload lasts), and the
+    proxy; every call into the mount must come from a thread: the proxy runs on this loop."""
+    proxy = S3Proxy(s3_endpoint, delay=1.0)
+    await proxy.start()
+    cluster = make_cluster(1)
+    env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url)
+    m = await asyncio.to_thread(
+        start_local_mount,
+        f"s3://{bucket}",
+        tmp_path / "mnt",
+        cluster.etcd.url,
+        cluster.name,
+        env=env,
+    )
+    try:
+        yield m, proxy
+    finally:
+        await asyncio.to_thread(m.stop)
+        await proxy.stop()
+
+
+async def until_uploading(proxy: S3Proxy, closing: asyncio.Task[None]) -> None:
+    """Once the close in ``closing`` has an upload at the origin."""
+    while proxy.writes_in_flight == 0:
+        assert not closing.done(), "close returned without an upload"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_write_during_an_upload_of_the_same_file_waits_and_is_uploaded_next(
+    make_cluster, s3, s3_endpoint, bucket, tmp_path
+):
+    """One handle's close uploads while another handle writes the same file (the kernel
+    holds no lock over a flush, unlike fsync): the write may neither tear the object
+    being uploaded nor be marked clean by that upload."""
+    first, second = os.urandom(300 * 1024), os.urandom(300 * 1024)
+    async with slow_origin_mount(make_cluster, s3_endpoint, bucket, tmp_path) as (m, proxy):
+        path = m.path / "shared.bin"
+        one = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        two = await asyncio.to_thread(os.open, path, os.O_WRONLY)
+        try:
+            await asyncio.to_thread(os.write, one, first)
+            closing = asyncio.create_task(asyncio.to_thread(os.close, one))
+            await until_uploading(proxy, closing)
+            await asyncio.to_thread(os.pwrite, two, second, 0)
+            await closing
+            assert s3_bytes(s3, bucket, "shared.bin") == first  # not torn
+        finally:
+            await asyncio.to_thread(os.close, two)  # uploads the write that waited
+        assert s3_bytes(s3, bucket, "shared.bin") == second
+
+
+async def test_an_unlink_during_an_upload_of_the_file_leaves_it_deleted(
+    make_cluster, s3, s3_endpoint, bucket, tmp_path
+):
+    """A multipart upload (three requests, each a second late) under way at close, and
+    the file unlinked meanwhile: the upload may not complete after the delete."""
+    async with slow_origin_mount(make_cluster, s3_endpoint, bucket, tmp_path) as (m, proxy):
+        path = m.path / "gone.bin"
+        fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        await asyncio.to_thread(os.write, fd, os.urandom(20 * MiB))  # multipart above 16 MiB
+        closing = asyncio.create_task(asyncio.to_thread(os.close, fd))
+        await until_uploading(proxy, closing)
+        await asyncio.to_thread(os.unlink, path)
+        await closing
+        assert not await asyncio.to_thread(path.exists)
+        assert s3_bytes(s3, bucket, "gone.bin") is None
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 async def test_upload_refused_with_503_is_the_writers_error_and_a_retry_succeeds(
