@@ -98,15 +98,37 @@ def fio(path: Path, rw: str, bs: str, jobs: int, size: int, runtime: float) -> d
 
 
 def measured(
-    path: Path, shape: tuple[str, str, str, int], size: int, runtime: float, pids: list[int]
+    path: Path,
+    shape: tuple[str, str, str, int],
+    size: int,
+    runtime: float,
+    pids: list[int],
+    profile: Path | None = None,
 ) -> dict[str, float]:
-    """fio's figures and the CPU the serving processes spent per MB read."""
+    """fio's figures and the CPU the serving processes spent per MB read; with
+    ``profile``, a ``py-spy record --native`` of the first two of ``pids`` (the mount
+    and one node) during the job, as ``<profile>-<pid>.txt`` (collapsed stacks; py-spy's
+    own CPU is not counted, but it slows the processes it samples: take figures from
+    runs without it)."""
     _, rw, bs, jobs = shape
+    spies = (
+        [py_spy(pid, runtime, Path(f"{profile}-{pid}.txt")) for pid in pids[:2]] if profile else []
+    )
     before = cpu_seconds(pids)
     r = fio(path, rw, bs, jobs, size, runtime)
     r["cpu_s"] = cpu_seconds(pids) - before
+    for spy in spies:
+        spy.wait(timeout=runtime + 30)
     r["cpu_us_per_mb"] = r["cpu_s"] * 1e6 / max(r["bytes"] / 1e6, 1e-9)
     return r
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """``py-spy record`` of ``pid`` for ``seconds``, native frames, collapsed to ``out``."""
+    spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(spy), "record", "--native", "-p", str(pid)]
+    cmd += ["-d", str(max(1, round(seconds))), "-f", "raw", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 class Mounted:
@@ -188,6 +210,12 @@ def main() -> None:
     parser.add_argument("--mounts", type=int, default=3, help="N mounts reading one object")
     parser.add_argument("--only", help="comma-separated systems of the warm phase")
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--shapes", help="comma-separated job shapes of the warm phase")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy record the serving processes during each warm job, to results/OUT-prof/",
+    )
     parser.add_argument("--out", default="mount", help="results/OUT.json and OUT.md")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -213,6 +241,7 @@ def remove_work(work: Path) -> None:
 def run(args: argparse.Namespace, work: Path) -> None:
     size, cold_size = args.size_mib * MIB, args.cold_mib * MIB
     only = set(args.only.split(",")) if args.only else None
+    shapes = [s for s in SHAPES if not args.shapes or s[0] in args.shapes.split(",")]
     results: dict[str, object] = {
         "args": vars(args),
         "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()},
@@ -304,6 +333,12 @@ def run(args: argparse.Namespace, work: Path) -> None:
     def wanted(system: str) -> bool:
         return only is None or system in only
 
+    def profiled(system: str, shape: tuple[str, str, str, int]) -> Path | None:
+        if not args.profile:
+            return None
+        (RESULTS / f"{args.out}-prof").mkdir(parents=True, exist_ok=True)
+        return RESULTS / f"{args.out}-prof" / f"{system}-{shape[0]}"
+
     warm: dict[str, dict[str, object]] = results["warm"]  # type: ignore[assignment]
     try:
         # -- warm phase ----------------------------------------------------------------------
@@ -314,12 +349,17 @@ def run(args: argparse.Namespace, work: Path) -> None:
             if not wanted(system):
                 continue
             warm[system] = {}
-            for shape in SHAPES:
+            for shape in shapes:
                 # A new root for each job: its default tier starts empty.
                 root = work / f"{system}-{shape[0]}-tiers"
                 m = mountd(f"{system}-{shape[0]}", "--local-cache-root", str(root), *flags)
                 warm[system][shape[0]] = measured(
-                    m.path / "data.bin", shape, size, args.runtime, [m.proc.pid, *node_pids]
+                    m.path / "data.bin",
+                    shape,
+                    size,
+                    args.runtime,
+                    [m.proc.pid, *node_pids],
+                    profiled(system, shape),
                 )
                 m.close()
                 shutil.rmtree(root, ignore_errors=True)
@@ -337,8 +377,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
                 read_all(m.path / "data.bin")
             pids = [m.proc.pid, *node_pids] if system.startswith("mountd") else [m.proc.pid]
             warm[system] = {
-                shape[0]: measured(m.path / "data.bin", shape, size, args.runtime, pids)
-                for shape in SHAPES
+                shape[0]: measured(
+                    m.path / "data.bin", shape, size, args.runtime, pids, profiled(system, shape)
+                )
+                for shape in shapes
             }
             m.close()
             print(system, warm[system], flush=True)
@@ -451,6 +493,8 @@ def report(results: dict[str, object]) -> str:
     lines.append("| shape | " + " | ".join(systems) + " |")
     lines.append("|---|" + "---:|" * len(systems))
     for shape, _, bs, _ in SHAPES:
+        if not all(shape in warm[s] for s in systems):
+            continue
         key = "mbps" if bs == "1m" else "iops"
         cells = [
             f"{warm[s][shape][key]:,.0f} ({warm[s][shape]['cpu_us_per_mb']:,.0f})" for s in systems
