@@ -19,7 +19,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from clientlib.blockget import MAX_HEAD, BlockGetClient, NodeProtocolError
+from clientlib.blockget import MAX_HEAD, BlockGetClient, NodeProtocolError, unfilled
 from tests.conftest import self_signed_cert
 
 BODY = os.urandom(3 * 1024 * 1024 + 17)
@@ -101,6 +101,36 @@ async def test_bodies_are_exact_and_connections_are_kept() -> None:
         assert all(r.body == BODY for r in replies)
         assert len(connections) == 4  # concurrent requests take a connection each
         wire.close()
+
+
+@on_both_loops
+async def test_a_body_received_in_pieces_into_reused_memory_is_exact() -> None:
+    """A body's buffer is not zeroed (:func:`unfilled`): memory that held other bytes
+    (freed buffers of the same size, all 0xAA; below malloc's mmap threshold, so the
+    heap hands them out again) is received into, piece by piece, and a reply holds
+    only the node's bytes."""
+    body = os.urandom(100 * 1024)
+    dirty = [bytearray(b"\xaa" * len(body)) for _ in range(4)]
+    del dirty
+
+    async def in_pieces(reader, writer):  # type: ignore[no-untyped-def]
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        for start in range(0, len(body), 16 * 1024):
+            writer.write(body[start : start + 16 * 1024])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        writer.close()
+
+    server, url = await raw_server(in_pieces)
+    wire = BlockGetClient(1.0, 5.0, 30.0)
+    try:
+        reply = await wire.get(url, "/v1/blocks/a", {})
+        assert reply.body == body
+        assert len(unfilled(3)) == 3
+    finally:
+        wire.close()
+        server.close()
 
 
 @on_both_loops
