@@ -18,34 +18,18 @@ block GET (fills, presence checks, stats) stays on aiohttp.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ssl as ssl_module
 from dataclasses import dataclass
 
-__all__ = ["BlockGetClient", "NodeProtocolError", "NodeReply", "unfilled"]
+from clientlib.buffers import unfilled
+
+__all__ = ["BlockGetClient", "NodeProtocolError", "NodeReply"]
 
 #: Largest response head accepted, and the first buffer a head is read into.
 MAX_HEAD = 64 * 1024
 _FIRST_HEAD_BUFFER = 16 * 1024
 #: Idle connections kept per node; more are closed when they come back.
 MAX_IDLE_PER_PEER = 32
-
-
-_new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
-_new_bytearray.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-_new_bytearray.restype = ctypes.py_object
-
-
-def unfilled(length: int) -> bytearray:
-    """A ``bytearray`` of ``length`` bytes as the allocator gave them, not zeroed.
-
-    ``bytearray(length)`` clears the block's memory only for the socket to overwrite
-    all of it; in a mount reading a few hundred MB/s that clearing was 8-17% of the
-    event loop's time (py-spy). A body is handed out only once every byte of it has
-    been received (:meth:`_Connection.buffer_updated`), so what the memory held
-    before is never seen.
-    """
-    return _new_bytearray(None, length)
 
 
 class NodeProtocolError(ConnectionError):
@@ -140,6 +124,7 @@ class _Connection(asyncio.BufferedProtocol):
             if early > length:
                 self._fail(NodeProtocolError("more bytes than the Content-Length"))
                 return
+            # Not zeroed (clientlib.buffers): the body is handed out only once whole.
             self._body = unfilled(length)
             self._body[:early] = self._head[start : self._head_len]
             self._got = early

@@ -19,6 +19,7 @@ from clientlib.blockfile import (
     open_verified,
     parse_name,
     parse_names,
+    read_direct,
     read_part,
     read_verified,
     write_block,
@@ -103,3 +104,52 @@ def test_a_direct_write_leaves_the_block_out_of_the_page_cache(tmp_path):
     finally:
         os.close(fd)
     assert read_verified(path, len(data), block_checksum(data)) == data
+
+
+def _cached(path: str) -> bool:
+    """Whether the first page of the file is in the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(DIRECT_ALIGN)], 0, os.RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("nbytes", [1, DIRECT_ALIGN + 1, 3 * PART_SIZE + 11, 4 << 20])
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_direct_read_is_the_block_and_stays_out_of_the_page_cache(tmp_path, nbytes, cached):
+    """An unaligned length and the trailer after the block come back as the block's own
+    bytes, whether the page cache holds the file (then read from the disk all the same)
+    or not (then it still does not)."""
+    data = os.urandom(nbytes)
+    path = str(tmp_path / "block")
+    write_block(str(tmp_path / "tmp"), path, data, direct=True)
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # a small block's tail was buffered
+    os.close(fd)
+    if cached:
+        Path(path).read_bytes()
+    got = read_direct(path, nbytes, block_checksum(data))
+    assert isinstance(got, memoryview) and got == data
+    if nbytes > DIRECT_ALIGN:  # (a file of a few bytes may live in its inode)
+        assert _cached(path) == cached
+
+
+def test_a_direct_read_of_a_damaged_or_short_file_is_refused(tmp_path):
+    data = os.urandom(2 * PART_SIZE + 1)
+    path, checksum = written(tmp_path, data)
+    with open(path, "r+b") as f:
+        f.seek(PART_SIZE + 3)
+        f.write(bytes([data[PART_SIZE + 3] ^ 1]))
+    bad = read_direct(path, len(data), checksum)
+    assert isinstance(bad, BadBlockFile) and bad.reason == "checksum mismatch"
+    assert bad.inode == os.stat(path).st_ino
+    os.truncate(path, PART_SIZE)
+    short = read_direct(path, len(data), checksum)
+    assert isinstance(short, BadBlockFile) and short.inode is not None
+    missing = read_direct(str(tmp_path / "gone"), len(data), checksum)
+    assert isinstance(missing, BadBlockFile) and missing.inode is None
