@@ -4,7 +4,7 @@ Every block a client reads from a node is one ``GET /v1/blocks/<id>`` answered w
 ``Content-Length`` body of up to a block. Through a general HTTP client the body is read
 into bytes objects, sliced by the parser and joined again; here the connection is an
 ``asyncio.BufferedProtocol`` that, once the head is parsed, hands the kernel the rest of
-the block's own ``bytearray`` to receive into: one copy per block, which at a mount's few
+the block's own buffer to receive into: one copy per block, which at a mount's few
 hundred MB/s is the difference that matters (figures: ``loadtest/results/mount.md``).
 
 It speaks exactly the HTTP/1.1 a cache node answers: one request at a time on a
@@ -21,7 +21,7 @@ import asyncio
 import ssl as ssl_module
 from dataclasses import dataclass
 
-from clientlib.buffers import unfilled
+from clientlib.buffers import unfilled_aligned
 
 __all__ = ["BlockGetClient", "NodeProtocolError", "NodeReply"]
 
@@ -42,7 +42,7 @@ class NodeReply:
 
     status: int
     headers: dict[str, str]
-    body: bytearray
+    body: memoryview
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -53,7 +53,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.lost = False
         self._head = bytearray(_FIRST_HEAD_BUFFER)
         self._head_len = 0
-        self._body: bytearray | None = None
+        self._body: memoryview | None = None
         self._got = 0
         self._reply: asyncio.Future[NodeReply] | None = None
         self._answered: asyncio.Event | None = None
@@ -95,7 +95,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._body is not None:
-            return memoryview(self._body)[self._got :]
+            return self._body[self._got :]
         if self._head_len == len(self._head):
             # A new buffer, not a resize: the loop may still hold a view of the old one.
             self._head = self._head + bytes(len(self._head))
@@ -125,7 +125,9 @@ class _Connection(asyncio.BufferedProtocol):
                 self._fail(NodeProtocolError("more bytes than the Content-Length"))
                 return
             # Not zeroed (clientlib.buffers): the body is handed out only once whole.
-            self._body = unfilled(length)
+            # Page-aligned: a mount's local tier writes a block with O_DIRECT, which
+            # would otherwise copy it into an aligned buffer first.
+            self._body = unfilled_aligned(length, 4096)
             self._body[:early] = self._head[start : self._head_len]
             self._got = early
             if self._answered is not None:

@@ -49,14 +49,16 @@ def _id_and_query(ref: BlockRef) -> tuple[str, str]:
     return ref.id, ref.query()
 
 
-def _asked_for(reply: NodeReply, length: int, span: tuple[int, int] | None) -> bytes | None:
+def _asked_for(
+    reply: NodeReply, length: int, span: tuple[int, int] | None
+) -> bytes | memoryview | None:
     """The bytes asked for from a node's answer, or ``None`` if it does not hold them.
 
     A node may answer a ranged request with the whole block (a lookup it joins to a
     fetch in flight does), so a whole block is sliced here.
     """
     if reply.status == 200 and len(reply.body) == length:
-        return reply.body if span is None else reply.body[span[0] : span[1]]
+        return reply.body if span is None else bytes(reply.body[span[0] : span[1]])
     if span is not None and reply.status == 206:
         start, stop = span
         expected = f"bytes {start}-{stop - 1}/{length}"
@@ -245,7 +247,7 @@ class CacheClient:
     ) -> bytes:
         """One whole block: memory tier, then owners, then the origin.
 
-        A block from a peer is the ``bytearray`` it was received into (see
+        A block from a peer is a view of the buffer it was received into (see
         :mod:`clientlib.blockget`), shared with the memory tier: read it, never change it.
         ``keep=False`` leaves a fetched block out of the memory tier: for a caller that
         streams through a file once and keeps what it read elsewhere (the mount's kernel
@@ -469,7 +471,7 @@ class CacheClient:
                     reply.status,
                     block_id,
                     ref.url,
-                    reply.body[:200].decode("utf-8", "replace"),
+                    bytes(reply.body[:200]).decode("utf-8", "replace"),
                 )
         except TimeoutError:
             reason = "timeout"
