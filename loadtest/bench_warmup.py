@@ -153,11 +153,13 @@ class Profile:
              "-p", ",".join(map(str, self.pids))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        # py-spy for the Python side (one per node; --nonblocking does not stop them).
+        # py-spy for the Python side (one per node, and one for this process: the
+        # warmup's client; --nonblocking does not stop them).
         spy = str(Path(sys.executable).parent / "py-spy")
         self._spies = []
-        for pid in self.pids:
-            out = str(self.out / f"py-spy-{pid}.txt")
+        for pid in [*self.pids, os.getpid()]:
+            name = "client" if pid == os.getpid() else pid
+            out = str(self.out / f"py-spy-{name}.txt")
             cmd = [spy, "record", "--gil", "--nonblocking", "-r", "250", "-f", "raw", "-o", out,
                    "-p", str(pid)]  # fmt: skip
             self._spies.append(
