@@ -16,13 +16,13 @@ Only if none has it does the miss go to the origin, so a scale-out or a drain do
 crash the hit rate or send a burst to the origin.
 
 Blocks move only when membership does, so the first three are asked only while that can
-help: during ``window`` seconds (``--handoff-window``, default
-:data:`DEFAULT_WINDOW`) after this node joined or after its view of the ring last
-changed (a node added, removed, restarted, reweighted or draining), the owner on the
-ring with draining nodes also while any node is draining, and only nodes that still
-have a record in etcd (a node whose lease has expired serves nothing). In steady state
-the block's previous owner *is* this node: each such lookup was a GET to another node
-answered with 404, for every miss, which cost a warmup about a third of the nodes' CPU
+help: for ``window`` seconds (``--handoff-window``, default :data:`DEFAULT_WINDOW`) after
+this node joined or its view of the ring last changed (a node added, removed,
+restarted, reweighted or draining); the owner on the ring with draining nodes also for
+as long as a node is draining; and only nodes that still have a record in etcd (a node
+whose lease has expired serves nothing). Once the ring has been still that long, this
+node has owned its blocks all along: each lookup was a GET to another node answered
+with 404, for every miss, about a fifth of the nodes' CPU in a warmup
 (``loadtest/results/warmup.md``). The current primary owner is asked whatever the ring's
 age: when this node is not it, the block is a hot block's replica or a hedged read, and
 the primary has the block or is fetching it.
