@@ -22,7 +22,7 @@ restarted, reweighted or draining); the owner on the ring with draining nodes al
 as long as a node is draining; and only nodes that still have a record in etcd (a node
 whose lease has expired serves nothing). Once the ring has been still that long, this
 node has owned its blocks all along: each lookup was a GET to another node answered
-with 404, for every miss, about a fifth of the nodes' CPU in a warmup
+with 404, for every miss: about 15% of the nodes' CPU in a warmup
 (``loadtest/results/warmup.md``). The current primary owner is asked whatever the ring's
 age: when this node is not it, the block is a hot block's replica or a hedged read, and
 the primary has the block or is fetching it.
@@ -55,10 +55,10 @@ __all__ = ["DEFAULT_WINDOW", "Handoff"]
 log = logging.getLogger(__name__)
 
 #: Seconds after a join or a ring change during which misses ask previous owners. A
-#: moved block is found on its old owner only until clients have read it once through
-#: its new one: a burst of jobs after a scale-out, or a warmup (1 TiB at the ~1 GB/s a
-#: few nodes take in is under 20 minutes). Ten minutes covers the burst; blocks first
-#: read later come from the origin, as any miss does.
+#: moved block is worth asking for only until clients have read it once through its new
+#: owner, which the jobs running at a scale-out do within minutes. Ten minutes covers
+#: such a burst, and a warmup of a few hundred GiB at the ~1 GB/s a few nodes take in;
+#: blocks first read later come from the origin, as any miss does.
 DEFAULT_WINDOW = 600.0
 
 
