@@ -75,6 +75,7 @@ KiB = 1024
 MiB = 1024 * KiB
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
 CLUSTER = "bench-hot"
 
 #: size label: the metric of the "ratio to nginx-1w" column
@@ -250,6 +251,11 @@ class WrkResult:
     server_cpu_s: float = 0.0
     wrk_cpu_s: float = 0.0
     other_cpu_s: float = 0.0
+    #: With pinning: all the busy time of the server's core and of wrk's core.
+    server_core_cpu_s: float = 0.0
+    wrk_core_cpu_s: float = 0.0
+    server_core: dict[str, float] = field(default_factory=dict)
+    wrk_core: dict[str, float] = field(default_factory=dict)
     raw: str = field(default="", repr=False)
 
 
@@ -314,10 +320,31 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / _CLK_TCK
 
 
-def _busy_seconds() -> float:
-    """CPU time all cores spent not idle since boot (user+nice+system+irq+softirq)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _CLK_TCK
+def _core_seconds(cpu: int | None = None) -> dict[str, float]:
+    """CPU time all cores (or core ``cpu``) spent since boot: ``busy`` (not idle: user,
+    nice, system, irq, softirq, steal), and of that ``user`` (with nice), ``system`` and
+    ``softirq``."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    for line in Path("/proc/stat").read_text().splitlines():
+        label, *values = line.split()
+        if label == name:
+            f = [int(x) / _CLK_TCK for x in values]
+            busy = sum(f[:8]) - f[3] - f[4]
+            return {"busy": busy, "user": f[0] + f[1], "system": f[2], "softirq": f[6]}
+    raise RuntimeError(f"no {name} line in /proc/stat")
+
+
+def _busy_seconds(cpu: int | None = None) -> float:
+    """CPU time all cores (or core ``cpu``) spent not idle since boot."""
+    return _core_seconds(cpu)["busy"]
+
+
+def pin(pids: list[int], cpu: int) -> None:
+    """Keep every thread of these processes (and the threads they start) on core ``cpu``."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task.name), {cpu})
 
 
 def _children(pid: int) -> list[int]:
@@ -337,9 +364,13 @@ def run_wrk(
     connections: int,
     duration: float,
     server_pids: list[int],
+    cores: tuple[int, int] | None = None,
 ) -> WrkResult:
-    """One wrk run; also measures the CPU time the server and wrk used during it."""
+    """One wrk run; also measures the CPU time the server and wrk used during it, and
+    with ``cores`` (the server's, wrk's: wrk is started on its own) each core's busy
+    time."""
     cmd = [
+        *([] if cores is None else [TASKSET, "-c", str(cores[1])]),
         WRK,
         f"-t{threads}",
         f"-c{connections}",
@@ -353,6 +384,7 @@ def run_wrk(
     ]
     before = _cpu_seconds(server_pids)
     busy_before = _busy_seconds()
+    core_before = [_core_seconds(c) for c in cores or ()]
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         timer = threading.Timer(duration + 60, proc.kill)
@@ -367,6 +399,10 @@ def run_wrk(
                 proc.returncode = -1
         server_cpu = _cpu_seconds(server_pids) - before
         busy = _busy_seconds() - busy_before
+        core = [
+            {k: v - b[k] for k, v in _core_seconds(c).items()}
+            for c, b in zip(cores or (), core_before, strict=True)
+        ]
         out.seek(0)
         text = out.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
@@ -377,6 +413,11 @@ def run_wrk(
     # Everything else the machine did meanwhile (other programs, and the kernel's
     # softirq work not charged to either process): a noisy-neighbour indicator.
     result.other_cpu_s = max(0.0, busy - server_cpu - result.wrk_cpu_s)
+    if core:
+        result.server_core = core[0]
+        result.wrk_core = core[1]
+        result.server_core_cpu_s = core[0]["busy"]
+        result.wrk_core_cpu_s = core[1]["busy"]
     return result
 
 
@@ -475,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="hot_blocks", help="results file stem (hot_blocks)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each server on core --server-cpu and wrk on --wrk-cpu (default: on)",
+    )
+    p.add_argument("--server-cpu", type=int, default=0, help="the servers' core (0)")
+    p.add_argument("--wrk-cpu", type=int, default=1, help="wrk's core (1)")
+    p.add_argument(
         "--hold",
         type=float,
         default=0,
@@ -525,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         root = nginx_root([b for size in sizes for b in blocks[size]], tmp / "nginx-root")
         nginx: dict[int, tuple[Process, str]] = {}
-        for workers in (1, 2):
+        cores = (args.server_cpu, args.wrk_cpu) if args.pin else None
+        for workers in (1,) if args.pin else (1, 2):
             proc, url = start_nginx(tmp / f"nginx-{workers}w", root, workers)
             started.append(proc)
             nginx[workers] = (proc, url)
@@ -542,9 +592,14 @@ def main(argv: list[str] | None = None) -> int:
 
         servers: list[tuple[str, str, list[int], str]] = [
             ("cachenode", node.url, [node.pid], "node_path"),
-            ("nginx-1w", nginx[1][1], [nginx[1][0].pid, *_children(nginx[1][0].pid)], "nginx_path"),
-            ("nginx-2w", nginx[2][1], [nginx[2][0].pid, *_children(nginx[2][0].pid)], "nginx_path"),
+            *(
+                (f"nginx-{w}w", url, [proc.pid, *_children(proc.pid)], "nginx_path")
+                for w, (proc, url) in nginx.items()
+            ),
         ]
+        if cores is not None:
+            for _, _, pids, _ in servers:
+                pin(pids, cores[0])
         samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for turn, size, (name, url, pids, attr) in itertools.product(
             range(args.rounds), sizes, servers
@@ -554,8 +609,8 @@ def main(argv: list[str] | None = None) -> int:
                 tmp / f"{name}-{size}.lua", [getattr(b, attr) for b in blocks[size]]
             )
             if args.warmup > 0:
-                run_wrk(url, script, args.threads, conns, args.warmup, pids)
-            r = run_wrk(url, script, args.threads, conns, args.duration, pids)
+                run_wrk(url, script, args.threads, conns, args.warmup, pids, cores)
+            r = run_wrk(url, script, args.threads, conns, args.duration, pids, cores)
             row = {
                 "round": turn + 1,
                 **{k: v for k, v in asdict(r).items() if k != "raw"},
@@ -563,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
                 "wrk_cpu_pct": 100 * r.wrk_cpu_s / r.seconds,
                 "other_cpu_pct": 100 * r.other_cpu_s / r.seconds,
                 "server_cpu_us_per_request": 1e6 * r.server_cpu_s / max(r.requests, 1),
+                "server_core_cpu_us_per_request": 1e6 * r.server_core_cpu_s / max(r.requests, 1),
+                "wrk_core_cpu_us_per_request": 1e6 * r.wrk_core_cpu_s / max(r.requests, 1),
                 "machine_cpu_us_per_request": 1e6
                 * (r.server_cpu_s + r.wrk_cpu_s + r.other_cpu_s)
                 / max(r.requests, 1),
@@ -575,7 +632,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"p99 {_fmt_ms(r.latency_ms.get('p99'))}  server CPU "
                 f"{row['server_cpu_pct']:.0f}%  wrk CPU {row['wrk_cpu_pct']:.0f}%  "
                 f"other CPU {row['other_cpu_pct']:.0f}%  "
-                f"CPU/req {row['server_cpu_us_per_request']:,.0f} us",
+                f"CPU/req {row['server_cpu_us_per_request']:,.0f} us  "
+                f"server core/req {row['server_core_cpu_us_per_request']:,.0f} us  "
+                f"wrk core/req {row['wrk_core_cpu_us_per_request']:,.0f} us  "
+                f"machine/req {row['machine_cpu_us_per_request']:,.0f} us",
                 flush=True,
             )
             if r.non_2xx or any(r.errors.values()):
