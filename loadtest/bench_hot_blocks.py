@@ -13,15 +13,24 @@ round-robin over ``--blocks`` hot blocks, at two block sizes:
 - 4 MiB: blocks of one 64 MiB object (the cluster's default block size);
 - 64 KiB: one-block objects of 64 KiB each (``bs`` is still 4 MiB; the block is short).
 
-nginx runs twice, with 1 and with 2 worker processes; ratios are to nginx with 1 worker.
-Everything listens on 127.0.0.1, and ``wrk`` shares the machine's cores with the server
-under test, so these are same-host numbers, not NIC-limited ones.
+Everything listens on 127.0.0.1, so these are same-host numbers, not NIC-limited ones.
+By default (``--pin``) every thread of the server under test runs on one core
+(``--server-cpu``) and ``wrk`` on another (``--wrk-cpu``), the same for cachenode and
+nginx: each server has one core to itself, as nginx with one worker has, and neither
+competes with ``wrk`` for it. nginx then runs with 1 worker only; with ``--no-pin`` all
+share the machine's cores, and nginx also runs with 2 workers. Ratios are to nginx with
+1 worker.
+
+What the CPU figures count: a server's CPU is its processes' user and system time
+(``/proc/<pid>/stat``); the server's core is all the busy time of its core (with
+``--pin``); the machine's is every core's busy time. The kernel's loopback work (TCP
+receive and ACK processing, BBR's paced sends) runs on whichever core and is charged to
+whichever task is current there, so a server's own figure at 4 MiB still moves by up to
+2x between rounds, pinned or not, while the machine's moves by ~15%.
 
 The servers take turns: each of ``--rounds`` rounds runs every server once per size, and
 each figure reported is the median over the rounds (the range of the CPU per request is
-shown beside it). A server's CPU per 4 MiB request moves by 2x from one run to the next
-even on an idle machine (where the loopback's receive work is charged depends on
-timing), so one run per server could not tell a change from that noise.
+shown beside it), so that one noisy round cannot decide a target.
 
 Targets (issue 18): cachenode CPU per 4 MiB request <= 1.5x nginx's, and >= 1.0x nginx's
 requests/s at 64 KiB (both to nginx with 1 worker).
@@ -699,22 +708,30 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "hot_blocks_per_size": args.blocks,
         "notes": [
-            "all on 127.0.0.1; wrk shares the machine's "
-            f"{env['cpus']} cores with the server under test",
+            (
+                f"all on 127.0.0.1; each server's threads pinned to core {args.server_cpu} "
+                f"and wrk to core {args.wrk_cpu} (taskset), the same for every server"
+                if args.pin
+                else f"all on 127.0.0.1; wrk shares the machine's {env['cpus']} cores with "
+                "the server under test (not pinned)"
+            ),
             "4MiB: 4 MiB blocks of one object; 64KiB: one-block 64 KiB objects (bs=4 MiB)",
             "cachenode URL /v1/blocks/<id> (a hit, no source parameters); nginx URL = the "
             "block file's path under a copy of <cache dir>/blocks/ whose files hold just the "
             "block's bytes (the node's end with part checksums, which it never sends)",
             "nginx: sendfile on, tcp_nopush on, access_log off, keepalive_requests 1e6",
             "ratio = MiB/s at 4MiB, req/s at 64KiB, to nginx with 1 worker process",
-            "CPU % = CPU time of the server process(es) / wall time (100% = one core); "
-            "other CPU = the rest of the machine's busy time meanwhile (kernel softirq work "
-            "plus any other program: well above ~30% means a noisy neighbour, rerun); server "
-            "CPU/req = the server's CPU time per request; machine CPU/req = all the "
-            "machine's busy time per request (server, wrk and the kernel's work wherever it "
-            "was charged): at 4 MiB the loopback's receive work lands on the server or on "
-            "wrk by timing, which moves the server's figure by up to 2x between rounds while "
-            "the machine's stays within ~15%",
+            "CPU % = CPU time (user + system) of the server process(es) / wall time (100% = "
+            "one core); other CPU = the rest of the machine's busy time meanwhile (kernel "
+            "softirq work not charged to a task, plus any other program: well above ~30% "
+            "means a noisy neighbour, rerun); server CPU/req = the server's CPU time per "
+            "request, the figure of the 4 MiB target; machine CPU/req = all the machine's "
+            "busy time per request (server, wrk and the kernel's work wherever it was "
+            "charged). The kernel's loopback work (TCP receive and ACK processing, paced "
+            "sends) is charged to whichever task is current on the core where it runs, so at "
+            "4 MiB the server's figure moves by up to 2x between rounds, pinned or not, "
+            "while the machine's stays within ~15%; the json has each round's per-core "
+            "user, system and softirq time (server_core, wrk_core)",
             f"{args.rounds} rounds, the servers taking turns in each; every figure is the "
             "median over the rounds (CPU/req range: lowest and highest round); a "
             f"{args.warmup:g}s wrk run before each measured one is discarded",
