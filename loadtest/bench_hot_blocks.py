@@ -635,15 +635,19 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_after": os.getloadavg()[0],
             }
             samples.setdefault((size, name), []).append(row)
+            cores_txt = (
+                f"server core/req {row['server_core_cpu_us_per_request']:,.0f} us  "
+                f"wrk core/req {row['wrk_core_cpu_us_per_request']:,.0f} us  "
+                if cores is not None
+                else ""
+            )
             print(
                 f"r{turn + 1} {size:>6} {name:<10} {r.requests_per_s:>10,.0f} req/s "
                 f"{r.mib_per_s:>8,.0f} MiB/s  p50 {_fmt_ms(r.latency_ms.get('p50'))}  "
                 f"p99 {_fmt_ms(r.latency_ms.get('p99'))}  server CPU "
                 f"{row['server_cpu_pct']:.0f}%  wrk CPU {row['wrk_cpu_pct']:.0f}%  "
                 f"other CPU {row['other_cpu_pct']:.0f}%  "
-                f"CPU/req {row['server_cpu_us_per_request']:,.0f} us  "
-                f"server core/req {row['server_core_cpu_us_per_request']:,.0f} us  "
-                f"wrk core/req {row['wrk_core_cpu_us_per_request']:,.0f} us  "
+                f"CPU/req {row['server_cpu_us_per_request']:,.0f} us  {cores_txt}"
                 f"machine/req {row['machine_cpu_us_per_request']:,.0f} us",
                 flush=True,
             )
