@@ -92,7 +92,9 @@ async def run(config: NodeConfig) -> None:
     secret = load_secret(config.token_file) if config.token_file else None
     credentials = Credentials.for_secret(secret) if secret else Credentials()
     peer_ssl = client_context(config.ca)
-    handoff = Handoff(watcher, node_id, credentials, ssl_context=peer_ssl)
+    handoff = Handoff(
+        watcher, node_id, credentials, ssl_context=peer_ssl, window=config.handoff_window
+    )
     node.peer_ssl = peer_ssl
     shield = OriginShield(node_id, config.origin_max_inflight, watcher)
     readthrough = ReadThrough(store, origins, shield, handoff)

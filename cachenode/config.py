@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cachenode.eviction import DEFAULT_POLICY, POLICIES
+from cachenode.handoff import DEFAULT_WINDOW
 from cachenode.store import DEFAULT_MEMORY_RECHECK, CacheDirSpec
 from clientlib.auth import load_secret
 from clientlib.cluster import check_node_id
@@ -57,6 +58,7 @@ class NodeConfig:
     eviction: str
     lease_ttl: int
     drain_grace: float
+    handoff_window: float
     shutdown_timeout: float
     log_level: str
     token_file: Path | None
@@ -161,6 +163,15 @@ SETTINGS = SettingsTable(
             Number(float, 0, 600),
             "seconds between leaving the ring and closing the port on SIGTERM",
             default=2.0,
+            metavar="SECONDS",
+        ),
+        Setting(
+            "handoff_window",
+            Number(float, 0, 86400),
+            "seconds after this node joins, or the ring changes, during which a miss first "
+            "asks the block's previous owners (a scale-out or a drain keeps its hits); 0 "
+            "turns that off",
+            default=DEFAULT_WINDOW,
             metavar="SECONDS",
         ),
         Setting(

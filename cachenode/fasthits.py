@@ -74,7 +74,7 @@ from cachenode.metrics import REQUESTS_REFUSED
 from cachenode.sendfile import plain_tcp, send_file, send_now, wait_flushed
 from cachenode.store import BlockBytes, BlockFile, BlockPart, BlockStore
 from cachenode.verifier import Verifier
-from clientlib.auth import Claims
+from clientlib.auth import ALL_ACCESS, Claims
 from clientlib.errors import RingcacheError
 from clientlib.ranges import Span, parse_range
 
@@ -133,6 +133,17 @@ _HEAD_TIMED_OUT = refusal(
 )
 
 
+class _Asked(NamedTuple):
+    """A block GET's head as the fast path reads it: the head, its query's fields, and
+    whether, on this node, it may read its block with no further check (an open
+    cluster's GET by block id alone: :meth:`HitCore.claims` is then everything and
+    :meth:`HitCore.lookup` needs all access and asks for no proof, whatever the head)."""
+
+    head: BlockGetHead
+    fields: dict[str, str]
+    open_read: bool
+
+
 class _Want(NamedTuple):
     """A hit being answered: the block, the ``span`` of it asked (None: all of it),
     whether the connection closes after it, the tenant it is counted for, and when its
@@ -167,7 +178,7 @@ class HitServer:
         self.closing = False
         self._tally = HitTally()
         #: Request head -> what it asks, with its query's fields parsed (see :meth:`asked`).
-        self._known: dict[bytes, tuple[BlockGetHead, dict[str, str]]] = {}
+        self._known: dict[bytes, _Asked] = {}
         node.before_report.append(self.report)
 
     def admit(self, conn: FastHitProtocol) -> bool:
@@ -186,7 +197,7 @@ class HitServer:
         self.connections.discard(oldest)
         return True
 
-    def asked(self, raw: bytes) -> tuple[BlockGetHead, dict[str, str]] | None:
+    def asked(self, raw: bytes) -> _Asked | None:
         """What a request head (up to the CRLF of its last header) asks, if it is a block
         GET the fast path may take (:func:`parse_head`: plain, or with one ``Range``),
         with its query's fields; None to let aiohttp answer (also for a repeated query
@@ -195,7 +206,7 @@ class HitServer:
         A client asking for a hot block sends the same head again and again, so plain
         heads are parsed once and kept (:data:`MAX_KNOWN_HEADS`); range heads are not,
         random reads make each one new. What a head may read is still decided on every
-        request (:meth:`claims`).
+        request (:meth:`claims`), except where nothing can change it (``open_read``).
         """
         known = self._known.get(raw)
         if known is not None:
@@ -206,7 +217,8 @@ class HitServer:
         fields = _query_fields(head.query)
         if fields is None:
             return None
-        known = (head, fields)
+        open_read = self.core.verifier is None and "src" not in fields
+        known = _Asked(head, fields, open_read)
         if head.range is None and len(raw) <= MAX_KNOWN_HEAD:
             if len(self._known) >= MAX_KNOWN_HEADS:
                 self._known.clear()
@@ -231,8 +243,8 @@ class HitServer:
         asked = self.asked(raw)
         if asked is None:
             return False
-        head, fields = asked
-        claims = self.claims(head, fields)
+        head, fields, open_read = asked
+        claims = ALL_ACCESS if open_read else self.claims(head, fields)
         if claims is None:
             return False
         if head.range is not None:
@@ -241,10 +253,9 @@ class HitServer:
             return False
         block_id = head.block_id
         found = self.store.read_now(block_id)
-        want = _Want(block_id, None, head.close, claims.tenant, started)
         if found is None:
-            return self._later(conn, raw, want)
-        self._send(conn, found, want)
+            return self._later(conn, raw, _Want(block_id, None, head.close, claims.tenant, started))
+        self._send(conn, found, block_id, None, head.close, claims.tenant, started)
         return True
 
     def serve_range(
@@ -263,17 +274,25 @@ class HitServer:
         if not span.partial or not self.node.fair.try_acquire():
             return False  # the whole block is a 200 without Content-Range: aiohttp's
         found = self.store.read_range_now(block_id, span.part)
-        want = _Want(block_id, span, head.close, claims.tenant, started)
         if found is None:
-            return self._later(conn, raw, want)
-        self._send(conn, found, want)
+            return self._later(conn, raw, _Want(block_id, span, head.close, claims.tenant, started))
+        self._send(conn, found, block_id, span, head.close, claims.tenant, started)
         return True
 
-    def _send(self, conn: FastHitProtocol, found: bytes | BlockFile, want: _Want) -> None:
-        """Send a hit, the whole block (``span`` None) or ``span`` of it, whose verified
-        bytes or file are ``found``; the caller holds a fair-share slot for it. ``found``
-        as bytes is exactly what is sent (a range already sliced)."""
-        block_id, span, close, tenant, started = want
+    def _send(
+        self,
+        conn: FastHitProtocol,
+        found: bytes | BlockFile,
+        block_id: str,
+        span: Span | None,
+        close: bool,
+        tenant: str,
+        started: float,
+    ) -> None:
+        """Send a hit of ``block_id``, the whole block (``span`` None) or ``span`` of it,
+        whose verified bytes or file are ``found``, asked by ``tenant`` at ``started``
+        (then the connection closes if ``close``); the caller holds a fair-share slot for
+        it. ``found`` as bytes is exactly what is sent (a range already sliced)."""
         hot = self.core.begin_get(block_id)
         self.node.enter()
         large = isinstance(found, BlockFile)
@@ -325,7 +344,7 @@ class HitServer:
             found = cached.data if span is None else cached.data[span.start : span.stop]
         else:
             found = cached
-        self._send(conn, found, want)
+        self._send(conn, found, *want)
         return True
 
     def report(self) -> None:
@@ -400,8 +419,10 @@ class FastHitProtocol(asyncio.Protocol):
             self.sending.cancel()
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
         self.last_active = time.monotonic()
+        if self.sending is None and not self._buf and self._answer_whole(data):
+            return
+        self._buf += data
         if self.head_since is None:
             self.head_since = self.last_active
         if self.sending is None:
@@ -410,6 +431,28 @@ class FastHitProtocol(asyncio.Protocol):
             # A client pipelining while a response is under way: take no more for now.
             self._transport.pause_reading()
             self._reading_paused = True
+
+    def _answer_whole(self, data: bytes) -> bool:
+        """Take ``data`` at once if it is exactly one whole request head (what a client
+        that waits for each answer sends): answered if it is a hit, else handed over with
+        it, as :meth:`_process` would, without the buffer's copies. False: nothing was
+        done, and the buffer's way (:meth:`_process`) must take ``data``."""
+        end = len(data) - 4
+        transport = self._transport
+        if (
+            end > MAX_HEAD
+            or data.find(b"\r\n\r\n") != end
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        ):
+            return False
+        if self._hits.serve(self, data[: end + 2]):
+            self.head_since = None
+        else:
+            self._buf += data
+            self._hand_over(transport)
+        return True
 
     def eof_received(self) -> bool:
         """The client sent all it will: answer what it asked, then close (True keeps the

@@ -15,6 +15,18 @@ origin and so can never recurse):
 Only if none has it does the miss go to the origin, so a scale-out or a drain does not
 crash the hit rate or send a burst to the origin.
 
+Blocks move only when membership does, so the first three are asked only while that can
+help: for ``window`` seconds (``--handoff-window``, default :data:`DEFAULT_WINDOW`) after
+this node joined or its view of the ring last changed (a node added, removed,
+restarted, reweighted or draining); the owner on the ring with draining nodes also for
+as long as a node is draining; and only nodes that still have a record in etcd (a node
+whose lease has expired serves nothing). Once the ring has been still that long, this
+node has owned its blocks all along: each lookup was a GET to another node answered
+with 404, for every miss: about 15% of the nodes' CPU in a warmup
+(``loadtest/results/warmup.md``). The current primary owner is asked whatever the ring's
+age: when this node is not it, the block is a hot block's replica or a hedged read, and
+the primary has the block or is fetching it.
+
 On a secured cluster both sides prove they hold the cluster secret: the lookup is signed
 with it (for that node only), and the answer must carry the node's proof over the bytes
 sent (:data:`clientlib.auth.PROOF_HEADER`). Bytes without a valid proof are dropped, so a
@@ -26,19 +38,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
+import time
 
 import aiohttp
 
-from cachenode.metrics import HANDOFFS
+from cachenode.metrics import HANDOFF_WINDOW, HANDOFFS
 from clientlib.auth import PROOF_HEADER, Credentials, body_digest
 from clientlib.cluster import NodeInfo
 from clientlib.ring import Ring, RingWatcher
 from clientlib.tls import client_context
 
-__all__ = ["Handoff"]
+__all__ = ["DEFAULT_WINDOW", "Handoff"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds after a join or a ring change during which misses ask previous owners. A
+#: moved block is worth asking for only until clients have read it once through its new
+#: owner, which the jobs running at a scale-out do within minutes. Ten minutes covers
+#: such a burst, and a warmup of a few hundred GiB at the ~1 GB/s a few nodes take in;
+#: blocks first read later come from the origin, as any miss does.
+DEFAULT_WINDOW = 600.0
 
 
 class Handoff:
@@ -52,6 +73,7 @@ class Handoff:
         timeout: float = 15.0,
         ssl_context: ssl.SSLContext | None = None,
         answer_timeout: float = 1.0,
+        window: float = DEFAULT_WINDOW,
     ) -> None:
         self._ssl = ssl_context
         self._watcher = watcher
@@ -64,6 +86,10 @@ class Handoff:
         self._previous = Ring()
         self._without_self = Ring()
         self._with_draining = Ring()
+        self._window = window
+        #: When (time.monotonic) previous owners stop being asked; see the docstring.
+        self._window_ends = -math.inf
+        self._draining = False
         self._follower: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -74,6 +100,8 @@ class Handoff:
         )
         await self._watcher.start()
         await self._derive()
+        self._open_window("joined")
+        HANDOFF_WINDOW.set_function(self.window_left)
         self._follower = asyncio.create_task(self._follow(), name="handoff-rings")
 
     async def close(self) -> None:
@@ -106,29 +134,50 @@ class Handoff:
         )
         if self._seen is not None:
             self._previous = self._seen
+            self._open_window("ring changed")
         self._seen = current
         self._without_self = without_self
         self._with_draining = with_draining
+        self._draining = any(n.state == "draining" for n in current.nodes.values())
+
+    def _open_window(self, why: str) -> None:
+        self._window_ends = time.monotonic() + self._window
+        if self._window > 0:
+            log.info("%s: misses ask previous owners for the next %.0fs", why, self._window)
+
+    def window_left(self) -> float:
+        """Seconds left in which misses ask the blocks' previous owners (0: steady state)."""
+        if self._watcher.ring is not self._seen:  # a change not derived yet: still open
+            return self._window
+        return max(0.0, self._window_ends - time.monotonic())
 
     def _rings(self) -> list[Ring]:
-        return [self._without_self, self._with_draining, self._previous, self._watcher.ring]
+        """The rings whose owners may hold a block this node misses (see the docstring)."""
+        current = self._watcher.ring
+        if self.window_left() > 0:
+            return [self._without_self, self._with_draining, self._previous, current]
+        if self._draining:
+            return [self._with_draining, current]
+        return [current]
 
     def sources(self, block_id: str) -> list[NodeInfo]:
-        """Distinct other nodes that may hold ``block_id``, most likely first."""
+        """Distinct other live nodes that may hold ``block_id``, most likely first."""
+        alive = self._watcher.ring.nodes
         seen = {self._self_id}
         out: list[NodeInfo] = []
         for ring in self._rings():
             for node in ring.owners(block_id, 1):
-                if node.id not in seen:
+                if node.id not in seen and node.id in alive:
                     seen.add(node.id)
                     out.append(node)
         return out
 
     async def fetch(self, block_id: str, length: int) -> bytes | None:
         """The block from another node that has it cached, or ``None``."""
-        if self._session is None:
-            return None
-        for node in self.sources(block_id):
+        sources = self.sources(block_id) if self._session is not None else []
+        if not sources:
+            return None  # nobody else can have it: not a handoff, not counted
+        for node in sources:
             try:
                 path = f"/v1/blocks/{block_id}"
                 headers = self._credentials.headers("GET", path, node=node.id)

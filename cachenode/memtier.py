@@ -45,8 +45,9 @@ import mmap
 import os
 import resource
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
@@ -90,29 +91,59 @@ class _Entry(NamedTuple):
     memfd: int  # a large block's sealed memfd, else -1
 
 
-class _Entries(LRUCache[str, _Entry]):
-    """An LRU of entries that closes an entry's memfd when the entry leaves, and counts
-    the memfds it holds."""
+class _Entries:
+    """Entries by block id, least recently used first, at most ``maxsize`` bytes of them;
+    an entry's memfd is closed when the entry leaves, and the memfds held are counted.
 
-    copies = 0
+    An ``OrderedDict`` rather than ``cachetools.LRUCache``: a hit's lookup here is one
+    C-level ``get`` and ``move_to_end``, where ``LRUCache.get`` takes five Python calls,
+    on a path that a hot node runs tens of thousands of times a second.
+    """
 
-    def __setitem__(self, key: str, value: _Entry, **kwargs: Any) -> None:
-        self.pop(key, None)
-        super().__setitem__(key, value, **kwargs)
-        if value.memfd >= 0:
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.currsize = 0
+        self.copies = 0
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> _Entry | None:
+        """The entry of ``key``, now the most recently used; None if there is none."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: _Entry) -> None:
+        """Keep ``entry`` (of at most ``maxsize`` bytes) for ``key``, dropping the least
+        recently used entries to make room."""
+        self.pop(key)
+        while self._entries and self.currsize + entry.nbytes > self.maxsize:
+            self.popitem()
+        self._entries[key] = entry
+        self.currsize += entry.nbytes
+        if entry.memfd >= 0:
             self.copies += 1
 
-    def __delitem__(self, key: str, **kwargs: Any) -> None:
-        entry = self[key]
-        super().__delitem__(key, **kwargs)
+    def pop(self, key: str) -> None:
+        """Drop the entry of ``key``, if any."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self.currsize -= entry.nbytes
         if entry.memfd >= 0:
             self.copies -= 1
             os.close(entry.memfd)
 
+    def popitem(self) -> None:
+        """Drop the least recently used entry."""
+        self.pop(next(iter(self._entries)))
+
     def clear(self) -> None:
-        """Drop every entry through :meth:`__delitem__` (``Cache.clear`` bypasses it,
-        which would leave the memfds open)."""
-        while self:
+        """Drop every entry."""
+        while self._entries:
             self.popitem()
 
 
@@ -150,7 +181,7 @@ class MemoryTier:
     """
 
     def __init__(self, capacity: int, recheck_after: float, max_copies: int | None = None) -> None:
-        self._blocks = _Entries(max(capacity, 1), getsizeof=lambda entry: entry.nbytes)
+        self._blocks = _Entries(max(capacity, 1))
         self._recheck_after = recheck_after
         self._max_copies = default_max_copies() if max_copies is None else max_copies
         self._seen: LRUCache[str, None] = LRUCache(SEEN_BLOCKS)
@@ -168,10 +199,10 @@ class MemoryTier:
         if entry is None:
             return None
         if entry.checksum != checksum:
-            del self._blocks[block_id]  # another version of the block
+            self._blocks.pop(block_id)  # another version of the block
             return None
         if time.monotonic() - entry.checked_at > self._recheck_after:
-            del self._blocks[block_id]  # due for a check against the file
+            self._blocks.pop(block_id)  # due for a check against the file
             return None
         return entry
 
@@ -193,7 +224,7 @@ class MemoryTier:
         return them as bytes."""
         data = bytes(data)
         if len(data) < self._blocks.maxsize:
-            self._blocks[block_id] = _Entry(checksum, time.monotonic(), len(data), data, -1)
+            self._blocks.put(block_id, _Entry(checksum, time.monotonic(), len(data), data, -1))
         return data
 
     def fits(self, nbytes: int) -> bool:
@@ -217,7 +248,7 @@ class MemoryTier:
         nbytes = len(data)
         if not self.fits(nbytes):
             return
-        self._blocks.pop(block_id, None)
+        self._blocks.pop(block_id)
         while self._blocks.copies >= self._max_copies:
             self._blocks.popitem()
         try:
@@ -225,7 +256,7 @@ class MemoryTier:
         except OSError as exc:
             log.warning("block %s not kept in memory: %s", block_id, exc)
             return
-        self._blocks[block_id] = _Entry(checksum, time.monotonic(), nbytes, None, memfd)
+        self._blocks.put(block_id, _Entry(checksum, time.monotonic(), nbytes, None, memfd))
 
     def close(self) -> None:
         """Drop every entry, closing every sealed copy."""

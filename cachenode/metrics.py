@@ -20,6 +20,7 @@ __all__ = [
     "EVICTIONS",
     "GET_HIT_SECONDS",
     "HANDOFFS",
+    "HANDOFF_WINDOW",
     "HIT_BYTES",
     "REQUESTS_REFUSED",
     "REQUEST_BUCKETS",
@@ -138,6 +139,10 @@ HANDOFFS = Counter(
     "ringcache_handoffs_total",
     "Misses looked up on the block's previous or primary owner before the origin",
     ["result"],
+)
+HANDOFF_WINDOW = Gauge(
+    "ringcache_handoff_window_seconds",
+    "Seconds left in which misses ask previous owners (after a join or a ring change)",
 )
 SHIELD_WAIT = Histogram(
     "ringcache_origin_shield_wait_seconds",

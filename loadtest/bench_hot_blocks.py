@@ -13,15 +13,24 @@ round-robin over ``--blocks`` hot blocks, at two block sizes:
 - 4 MiB: blocks of one 64 MiB object (the cluster's default block size);
 - 64 KiB: one-block objects of 64 KiB each (``bs`` is still 4 MiB; the block is short).
 
-nginx runs twice, with 1 and with 2 worker processes; ratios are to nginx with 1 worker.
-Everything listens on 127.0.0.1, and ``wrk`` shares the machine's cores with the server
-under test, so these are same-host numbers, not NIC-limited ones.
+Everything listens on 127.0.0.1, so these are same-host numbers, not NIC-limited ones.
+By default (``--pin``) every thread of the server under test runs on one core
+(``--server-cpu``) and ``wrk`` on another (``--wrk-cpu``), the same for cachenode and
+nginx: each server has one core to itself, as nginx with one worker has, and neither
+competes with ``wrk`` for it. nginx then runs with 1 worker only; with ``--no-pin`` all
+share the machine's cores, and nginx also runs with 2 workers. Ratios are to nginx with
+1 worker.
+
+What the CPU figures count: a server's CPU is its processes' user and system time
+(``/proc/<pid>/stat``); the server's core is all the busy time of its core (with
+``--pin``); the machine's is every core's busy time. The kernel's loopback work (TCP
+receive and ACK processing, BBR's paced sends) runs on whichever core and is charged to
+whichever task is current there, so a server's own figure at 4 MiB still moves by up to
+2x between rounds, pinned or not, while the machine's moves by ~15%.
 
 The servers take turns: each of ``--rounds`` rounds runs every server once per size, and
 each figure reported is the median over the rounds (the range of the CPU per request is
-shown beside it). A server's CPU per 4 MiB request moves by 2x from one run to the next
-even on an idle machine (where the loopback's receive work is charged depends on
-timing), so one run per server could not tell a change from that noise.
+shown beside it), so that one noisy round cannot decide a target.
 
 Targets (issue 18): cachenode CPU per 4 MiB request <= 1.5x nginx's, and >= 1.0x nginx's
 requests/s at 64 KiB (both to nginx with 1 worker).
@@ -75,6 +84,7 @@ KiB = 1024
 MiB = 1024 * KiB
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
 CLUSTER = "bench-hot"
 
 #: size label: the metric of the "ratio to nginx-1w" column
@@ -250,6 +260,11 @@ class WrkResult:
     server_cpu_s: float = 0.0
     wrk_cpu_s: float = 0.0
     other_cpu_s: float = 0.0
+    #: With pinning: all the busy time of the server's core and of wrk's core.
+    server_core_cpu_s: float = 0.0
+    wrk_core_cpu_s: float = 0.0
+    server_core: dict[str, float] = field(default_factory=dict)
+    wrk_core: dict[str, float] = field(default_factory=dict)
     raw: str = field(default="", repr=False)
 
 
@@ -314,10 +329,31 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / _CLK_TCK
 
 
-def _busy_seconds() -> float:
-    """CPU time all cores spent not idle since boot (user+nice+system+irq+softirq)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _CLK_TCK
+def _core_seconds(cpu: int | None = None) -> dict[str, float]:
+    """CPU time all cores (or core ``cpu``) spent since boot: ``busy`` (not idle: user,
+    nice, system, irq, softirq, steal), and of that ``user`` (with nice), ``system`` and
+    ``softirq``."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    for line in Path("/proc/stat").read_text().splitlines():
+        label, *values = line.split()
+        if label == name:
+            f = [int(x) / _CLK_TCK for x in values]
+            busy = sum(f[:8]) - f[3] - f[4]
+            return {"busy": busy, "user": f[0] + f[1], "system": f[2], "softirq": f[6]}
+    raise RuntimeError(f"no {name} line in /proc/stat")
+
+
+def _busy_seconds(cpu: int | None = None) -> float:
+    """CPU time all cores (or core ``cpu``) spent not idle since boot."""
+    return _core_seconds(cpu)["busy"]
+
+
+def pin(pids: list[int], cpu: int) -> None:
+    """Keep every thread of these processes (and the threads they start) on core ``cpu``."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task.name), {cpu})
 
 
 def _children(pid: int) -> list[int]:
@@ -337,9 +373,13 @@ def run_wrk(
     connections: int,
     duration: float,
     server_pids: list[int],
+    cores: tuple[int, int] | None = None,
 ) -> WrkResult:
-    """One wrk run; also measures the CPU time the server and wrk used during it."""
+    """One wrk run; also measures the CPU time the server and wrk used during it, and
+    with ``cores`` (the server's, wrk's: wrk is started on its own) each core's busy
+    time."""
     cmd = [
+        *([] if cores is None else [TASKSET, "-c", str(cores[1])]),
         WRK,
         f"-t{threads}",
         f"-c{connections}",
@@ -353,6 +393,7 @@ def run_wrk(
     ]
     before = _cpu_seconds(server_pids)
     busy_before = _busy_seconds()
+    core_before = [_core_seconds(c) for c in cores or ()]
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         timer = threading.Timer(duration + 60, proc.kill)
@@ -367,6 +408,10 @@ def run_wrk(
                 proc.returncode = -1
         server_cpu = _cpu_seconds(server_pids) - before
         busy = _busy_seconds() - busy_before
+        core = [
+            {k: v - b[k] for k, v in _core_seconds(c).items()}
+            for c, b in zip(cores or (), core_before, strict=True)
+        ]
         out.seek(0)
         text = out.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
@@ -377,6 +422,11 @@ def run_wrk(
     # Everything else the machine did meanwhile (other programs, and the kernel's
     # softirq work not charged to either process): a noisy-neighbour indicator.
     result.other_cpu_s = max(0.0, busy - server_cpu - result.wrk_cpu_s)
+    if core:
+        result.server_core = core[0]
+        result.wrk_core = core[1]
+        result.server_core_cpu_s = core[0]["busy"]
+        result.wrk_core_cpu_s = core[1]["busy"]
     return result
 
 
@@ -475,6 +525,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="hot_blocks", help="results file stem (hot_blocks)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each server on core --server-cpu and wrk on --wrk-cpu (default: on)",
+    )
+    p.add_argument("--server-cpu", type=int, default=0, help="the servers' core (0)")
+    p.add_argument("--wrk-cpu", type=int, default=1, help="wrk's core (1)")
+    p.add_argument(
         "--hold",
         type=float,
         default=0,
@@ -525,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         root = nginx_root([b for size in sizes for b in blocks[size]], tmp / "nginx-root")
         nginx: dict[int, tuple[Process, str]] = {}
-        for workers in (1, 2):
+        cores = (args.server_cpu, args.wrk_cpu) if args.pin else None
+        for workers in (1,) if args.pin else (1, 2):
             proc, url = start_nginx(tmp / f"nginx-{workers}w", root, workers)
             started.append(proc)
             nginx[workers] = (proc, url)
@@ -542,9 +601,14 @@ def main(argv: list[str] | None = None) -> int:
 
         servers: list[tuple[str, str, list[int], str]] = [
             ("cachenode", node.url, [node.pid], "node_path"),
-            ("nginx-1w", nginx[1][1], [nginx[1][0].pid, *_children(nginx[1][0].pid)], "nginx_path"),
-            ("nginx-2w", nginx[2][1], [nginx[2][0].pid, *_children(nginx[2][0].pid)], "nginx_path"),
+            *(
+                (f"nginx-{w}w", url, [proc.pid, *_children(proc.pid)], "nginx_path")
+                for w, (proc, url) in nginx.items()
+            ),
         ]
+        if cores is not None:
+            for _, _, pids, _ in servers:
+                pin(pids, cores[0])
         samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for turn, size, (name, url, pids, attr) in itertools.product(
             range(args.rounds), sizes, servers
@@ -554,8 +618,8 @@ def main(argv: list[str] | None = None) -> int:
                 tmp / f"{name}-{size}.lua", [getattr(b, attr) for b in blocks[size]]
             )
             if args.warmup > 0:
-                run_wrk(url, script, args.threads, conns, args.warmup, pids)
-            r = run_wrk(url, script, args.threads, conns, args.duration, pids)
+                run_wrk(url, script, args.threads, conns, args.warmup, pids, cores)
+            r = run_wrk(url, script, args.threads, conns, args.duration, pids, cores)
             row = {
                 "round": turn + 1,
                 **{k: v for k, v in asdict(r).items() if k != "raw"},
@@ -563,19 +627,28 @@ def main(argv: list[str] | None = None) -> int:
                 "wrk_cpu_pct": 100 * r.wrk_cpu_s / r.seconds,
                 "other_cpu_pct": 100 * r.other_cpu_s / r.seconds,
                 "server_cpu_us_per_request": 1e6 * r.server_cpu_s / max(r.requests, 1),
+                "server_core_cpu_us_per_request": 1e6 * r.server_core_cpu_s / max(r.requests, 1),
+                "wrk_core_cpu_us_per_request": 1e6 * r.wrk_core_cpu_s / max(r.requests, 1),
                 "machine_cpu_us_per_request": 1e6
                 * (r.server_cpu_s + r.wrk_cpu_s + r.other_cpu_s)
                 / max(r.requests, 1),
                 "loadavg_after": os.getloadavg()[0],
             }
             samples.setdefault((size, name), []).append(row)
+            cores_txt = (
+                f"server core/req {row['server_core_cpu_us_per_request']:,.0f} us  "
+                f"wrk core/req {row['wrk_core_cpu_us_per_request']:,.0f} us  "
+                if cores is not None
+                else ""
+            )
             print(
                 f"r{turn + 1} {size:>6} {name:<10} {r.requests_per_s:>10,.0f} req/s "
                 f"{r.mib_per_s:>8,.0f} MiB/s  p50 {_fmt_ms(r.latency_ms.get('p50'))}  "
                 f"p99 {_fmt_ms(r.latency_ms.get('p99'))}  server CPU "
                 f"{row['server_cpu_pct']:.0f}%  wrk CPU {row['wrk_cpu_pct']:.0f}%  "
                 f"other CPU {row['other_cpu_pct']:.0f}%  "
-                f"CPU/req {row['server_cpu_us_per_request']:,.0f} us",
+                f"CPU/req {row['server_cpu_us_per_request']:,.0f} us  {cores_txt}"
+                f"machine/req {row['machine_cpu_us_per_request']:,.0f} us",
                 flush=True,
             )
             if r.non_2xx or any(r.errors.values()):
@@ -639,22 +712,30 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "hot_blocks_per_size": args.blocks,
         "notes": [
-            "all on 127.0.0.1; wrk shares the machine's "
-            f"{env['cpus']} cores with the server under test",
+            (
+                f"all on 127.0.0.1; each server's threads pinned to core {args.server_cpu} "
+                f"and wrk to core {args.wrk_cpu} (taskset), the same for every server"
+                if args.pin
+                else f"all on 127.0.0.1; wrk shares the machine's {env['cpus']} cores with "
+                "the server under test (not pinned)"
+            ),
             "4MiB: 4 MiB blocks of one object; 64KiB: one-block 64 KiB objects (bs=4 MiB)",
             "cachenode URL /v1/blocks/<id> (a hit, no source parameters); nginx URL = the "
             "block file's path under a copy of <cache dir>/blocks/ whose files hold just the "
             "block's bytes (the node's end with part checksums, which it never sends)",
             "nginx: sendfile on, tcp_nopush on, access_log off, keepalive_requests 1e6",
             "ratio = MiB/s at 4MiB, req/s at 64KiB, to nginx with 1 worker process",
-            "CPU % = CPU time of the server process(es) / wall time (100% = one core); "
-            "other CPU = the rest of the machine's busy time meanwhile (kernel softirq work "
-            "plus any other program: well above ~30% means a noisy neighbour, rerun); server "
-            "CPU/req = the server's CPU time per request; machine CPU/req = all the "
-            "machine's busy time per request (server, wrk and the kernel's work wherever it "
-            "was charged): at 4 MiB the loopback's receive work lands on the server or on "
-            "wrk by timing, which moves the server's figure by up to 2x between rounds while "
-            "the machine's stays within ~15%",
+            "CPU % = CPU time (user + system) of the server process(es) / wall time (100% = "
+            "one core); other CPU = the rest of the machine's busy time meanwhile (kernel "
+            "softirq work not charged to a task, plus any other program: well above ~30% "
+            "means a noisy neighbour, rerun); server CPU/req = the server's CPU time per "
+            "request, the figure of the 4 MiB target; machine CPU/req = all the machine's "
+            "busy time per request (server, wrk and the kernel's work wherever it was "
+            "charged). The kernel's loopback work (TCP receive and ACK processing, paced "
+            "sends) is charged to whichever task is current on the core where it runs, so at "
+            "4 MiB the server's figure moves by up to 2x between rounds, pinned or not, "
+            "while the machine's stays within ~15%; the json has each round's per-core "
+            "user, system and softirq time (server_core, wrk_core)",
             f"{args.rounds} rounds, the servers taking turns in each; every figure is the "
             "median over the rounds (CPU/req range: lowest and highest round); a "
             f"{args.warmup:g}s wrk run before each measured one is discarded",

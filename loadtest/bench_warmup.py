@@ -14,6 +14,12 @@ in one run, each reading every byte once:
   checked and stored on its disk;
 - ``warmup again``: the second warmup, which must fetch nothing.
 
+The nodes run with ``--handoff-window 2`` and the warmup starts once that window has
+closed on every node: the warmup of new data into a cluster that has been up, whose
+misses go straight to the origin (``cachenode/handoff.py``). ``--fresh-cluster`` keeps
+the nodes' default window (10 minutes) instead: a cluster that has just formed, where
+every miss first asks the block's owner on the ring without its node.
+
 For each it reports the seconds, and the CPU seconds per GiB moved of the S3 server and,
 for warmups, of the three nodes together (``/proc/PID/stat`` utime + stime before and
 after; boto3's and rclone's own CPU is the bench process's or rclone's, not counted).
@@ -44,8 +50,9 @@ from pathlib import Path
 
 from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
-from clientlib.launcher import Process, start_etcd, start_node
+from clientlib.launcher import Node, Process, start_etcd, start_node
 from clientlib.warmup import warmup
+from testkit.metrics import metric_sum
 from testkit.seaweed import Seaweed, start_seaweed
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,6 +60,7 @@ GiB = 1 << 30
 TICK = os.sysconf("SC_CLK_TCK")
 TARGET_SPEED = 0.8  # boto3 seconds / warmup seconds, at least
 TARGET_CPU = 1.5  # nodes' CPU / S3 server's CPU, at most
+STEADY_WINDOW = 2.0  # the nodes' --handoff-window, unless --fresh-cluster
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -145,11 +153,13 @@ class Profile:
              "-p", ",".join(map(str, self.pids))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        # py-spy for the Python side (one per node; --nonblocking does not stop them).
+        # py-spy for the Python side (one per node, and one for this process: the
+        # warmup's client; --nonblocking does not stop them).
         spy = str(Path(sys.executable).parent / "py-spy")
         self._spies = []
-        for pid in self.pids:
-            out = str(self.out / f"py-spy-{pid}.txt")
+        for pid in [*self.pids, os.getpid()]:
+            name = "client" if pid == os.getpid() else pid
+            out = str(self.out / f"py-spy-{name}.txt")
             cmd = [spy, "record", "--gil", "--nonblocking", "-r", "250", "-f", "raw", "-o", out,
                    "-p", str(pid)]  # fmt: skip
             self._spies.append(
@@ -179,6 +189,13 @@ class Profile:
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         (self.out / "perf-report.txt").write_text(report.stdout + report.stderr)
+
+
+def handoff_window_left(nodes: list[Node]) -> float:
+    """The longest time left in any node's handoff window (0: all in steady state)."""
+    return max(
+        metric_sum(n.get("/metrics").decode(), "ringcache_handoff_window_seconds") for n in nodes
+    )
 
 
 def row(name: str, m: Meter, nbytes: int, nodes: bool) -> dict[str, object]:
@@ -219,6 +236,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         # The disk's headroom is not what this measures: a shared machine's disk may be
         # near the default 10% free, and a node that refuses the blocks fails the run.
         extra = ["--free-space-ratio", "0.02"]
+        if not args.fresh_cluster:
+            extra += ["--handoff-window", str(STEADY_WINDOW)]
         nodes = [
             start_node(etcd.url, "bench", work / f"node{i}", size="4GiB", extra=extra)
             for i in range(3)
@@ -238,6 +257,17 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         async with CacheClient(etcd.url, "bench") as client:
             while len(client.ring) < 3:
                 await asyncio.sleep(0.05)
+            if not args.fresh_cluster:
+                while (left := handoff_window_left(nodes)) > 0:
+                    await asyncio.sleep(min(left, 1.0))
+            in_window = handoff_window_left(nodes) > 0
+            # The client's S3 client (for the listing) is built before the clock, as
+            # boto3's run takes its client from the default session it built earlier: a
+            # fresh botocore session parses its endpoint and service JSON once per process,
+            # about 0.3 s of CPU that ``cachectl warmup`` pays once, whatever it warms.
+            built = time.monotonic()
+            await client.origins.prepare_s3()
+            s3_client_s = time.monotonic() - built
             profile = Profile(args.profile, node_pids) if args.profile else nullcontext()
             with profile, Meter(origin_pid, node_pids) as m:
                 first = await warmup(client, ["s3://bench/bars/"], threads=args.threads)
@@ -257,6 +287,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             "object_bytes": size,
             "blocks": blocks,
             "threads": args.threads,
+            "warmup_in_handoff_window": in_window,
+            "client_s3_setup_s": round(s3_client_s, 3),
             "results": rows,
             "warmup_speed_vs_boto3": round(boto["seconds"] / warm["seconds"], 2),
             "nodes_cpu_vs_origin_cpu": round(
@@ -278,6 +310,17 @@ def report(doc: dict) -> str:  # type: ignore[type-arg]
         f"{doc['object_bytes'] >> 20} MiB = {doc['blocks']} blocks of 4 MiB; origin = "
         f"SeaweedFS (`weed mini`) on loopback; {doc['threads']} requests, transfers or "
         "batches in flight; 3 cachenodes. One run on a shared 2-core machine.",
+        "",
+        "The warmup ran "
+        + (
+            "inside the nodes' handoff window (a cluster just formed: every miss first "
+            "asks another node, `--fresh-cluster`)."
+            if doc["warmup_in_handoff_window"]
+            else "after the nodes' handoff window had closed (a cluster that has been up: "
+            "misses go straight to the origin)."
+        )
+        + f" The warmup's S3 client was built before it ({doc['client_s3_setup_s']} s), as "
+        "boto3's comes from the session the bench built earlier.",
         "",
         "| run | seconds | MB/s | S3 server CPU s/GiB | nodes' CPU s/GiB | client CPU s/GiB |",
         "|---|---:|---:|---:|---:|---:|",
@@ -310,6 +353,11 @@ if __name__ == "__main__":
     parser.add_argument("--objects", type=int, default=64)
     parser.add_argument("--object-mib", type=int, default=16)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument(
+        "--fresh-cluster",
+        action="store_true",
+        help="warm up inside the nodes' default handoff window, not after a short one closed",
+    )
     parser.add_argument("--name", default="warmup", help="results file stem (warmup)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(

@@ -599,7 +599,9 @@ class RingcacheFS(pyfuse3.Operations):
             await self._commit(spool, node)
         src = self.config.url(node.path)
         dst = self.config.url(dst_path)
-        # No upload of the open file meanwhile: it would land at the old name.
+        # No upload of the open file meanwhile: it would land at the old name. The kernel
+        # holds the file's lock over a rename, so only a release retrying a failed close
+        # (which holds no lock) can start one now.
         async with spool.lock if spool is not None else contextlib.nullcontext():
             info = await self.origin.rename(src, dst)
             self.client.forget(src)

@@ -153,6 +153,13 @@ async def test_hits_are_exact_and_other_requests_are_handed_to_aiohttp_in_order(
     ((closing_head, body),) = await asyncio.to_thread(raw_exchange, node, closing, 1)
     assert b"Connection: close" in closing_head and body == small_data
 
+    # A request alone in its segment (taken without the buffer) that is not a hit is
+    # handed over with its bytes, as one in the buffer is.
+    alone = f"GET /v1/blocks/{missing} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    ((alone_head, body),) = await asyncio.to_thread(raw_exchange, node, alone, 1)
+    assert alone_head.startswith(b"HTTP/1.1 404 Not Found") and b"Server:" in alone_head
+    assert b"not cached" in body
+
 
 async def test_a_request_head_seen_before_is_authorised_again_every_time(
     make_cluster, client_for, tmp_path, secret

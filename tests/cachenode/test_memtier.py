@@ -66,3 +66,33 @@ def test_a_large_block_is_admitted_at_its_second_hit() -> None:
         tier.admits(f"{n:032x}", 4 * MiB)
     assert not tier.admits("cd" * 16, 4 * MiB)
     tier.close()
+
+
+def test_the_least_recently_used_blocks_leave_first_and_their_copies_are_closed() -> None:
+    """By bytes, oldest use first; at ``max_copies`` sealed copies, the oldest entries
+    leave until one is free; every copy that leaves (or remains at close) is closed."""
+    tier = MemoryTier(3 * 65_536 + 1, recheck_after=60, max_copies=1)
+    small = {c * 32: os.urandom(65_536) for c in "abc"}
+    for n, (bid, data) in enumerate(small.items()):
+        tier.keep(bid, n, bytearray(data))
+    assert tier.get("a" * 32, 0) == small["a" * 32]  # now the most recently used
+    tier.keep("d" * 32, 3, bytearray(65_536))  # no room: "b", the least recently used, left
+    assert tier.get("b" * 32, 1) is None
+    assert tier.get("a" * 32, 0) == small["a" * 32] and tier.get("c" * 32, 2) is not None
+
+    big = MemoryTier(64 * MiB, recheck_after=60, max_copies=1)
+    big.keep("e" * 32, 4, bytearray(65_536))
+    big.keep_copy("f" * 32, 5, memoryview(bytearray(2 * MiB)))
+    first = big.open("f" * 32, 5)
+    assert first is not None
+    first.close()
+    memfds = set(os.listdir("/proc/self/fd"))
+    big.keep_copy("0" * 32, 6, memoryview(bytearray(2 * MiB)))  # one copy at most
+    assert big.open("f" * 32, 5) is None and big.get("e" * 32, 4) is None  # older: gone
+    kept = big.open("0" * 32, 6)
+    assert kept is not None
+    kept.close()
+    assert set(os.listdir("/proc/self/fd")) == memfds  # "f"'s memfd closed, "0"'s opened
+    big.close()
+    assert len(set(os.listdir("/proc/self/fd"))) == len(memfds) - 1
+    tier.close()

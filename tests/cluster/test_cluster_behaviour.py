@@ -66,6 +66,44 @@ async def test_scale_out_from_3_to_4_nodes_keeps_origin_traffic_low(
     assert node_metric(new, "ringcache_handoffs_total", 'result="hit"') == moved
 
 
+async def test_misses_ask_other_nodes_only_in_the_handoff_window_after_a_join(
+    make_cluster, client_for, s3, bucket
+):
+    """In steady state a miss goes straight to the origin; right after a join it first
+    asks the block's previous owner (``cachenode/handoff.py``)."""
+    cluster = make_cluster(0)
+    steady = cluster.add(extra=["--handoff-window", "1"])
+    joined = cluster.add()  # the default window: minutes
+    # The steady node's window reopened when the other joined; wait for it to close.
+    for _ in range(300):
+        if node_metric(steady, "ringcache_handoff_window_seconds") == 0:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the 1 s handoff window never closed")
+    assert node_metric(joined, "ringcache_handoff_window_seconds") > 0
+    objects = {}
+    # 20 one-block objects: a node owns none of them with odds of 2 * (1/2)^20.
+    for i in range(20):
+        objects[f"s3://{bucket}/w{i}"] = body = os.urandom(BS // 4)
+        s3.put_object(Bucket=bucket, Key=f"w{i}", Body=body)
+    # No hedging: a hedged read makes a node that is not the block's owner ask the
+    # owner whatever the window, which is not what this test is about.
+    client = await client_for(cluster, hedge_delay=60)
+    for url, body in objects.items():
+        assert await client.read(url) == body
+    for node in (steady, joined):
+        misses = node_metric(node, "ringcache_block_misses_total")
+        assert misses > 0, "a node owns none of the blocks: the test proves nothing"
+        assert node_metric(node, "ringcache_origin_requests_total", 'op="get"') == misses
+    # Every miss of the node in steady state went to the origin without asking the
+    # other node; every miss of the node that just joined asked the steady one first.
+    assert node_metric(steady, "ringcache_handoffs_total") == 0
+    assert node_metric(joined, "ringcache_handoffs_total", 'result="miss"') == node_metric(
+        joined, "ringcache_block_misses_total"
+    )
+
+
 async def test_drain_under_read_load_fails_no_read_and_leaves_status(
     make_cluster, client_for, s3, bucket
 ):

@@ -103,23 +103,24 @@ def test_origin_fallback_reads_of_a_mount_count_against_its_download_limit(
 
 
 @contextlib.asynccontextmanager
-async def slow_origin_mount(make_cluster, s3_endpoint, bucket, tmp_path):  # type: ignore[no-untyped-def]
-    """A mount whose S3 answers every request a second late (an upload lasts), and the
-    proxy; every call into the mount must come from a thread: the proxy runs on this loop."""
-    proxy = S3Proxy(s3_endpoint, delay=1.0)
+async def mount_behind(proxy, make_cluster, bucket, tmp_path, *args, **env):  # type: ignore[no-untyped-def]
+    """A mount of ``bucket`` whose S3 is ``proxy`` (started here), with mountd's extra
+    ``args`` and ``env``; stopped with the proxy at the end. Every call into the mount must
+    come from a thread: the proxy answers on this loop."""
     await proxy.start()
     cluster = make_cluster(1)
-    env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url)
+    env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url, **env)
     m = await asyncio.to_thread(
         start_local_mount,
         f"s3://{bucket}",
         tmp_path / "mnt",
         cluster.etcd.url,
         cluster.name,
+        *args,
         env=env,
     )
     try:
-        yield m, proxy
+        yield m
     finally:
         await asyncio.to_thread(m.stop)
         await proxy.stop()
@@ -139,7 +140,8 @@ async def test_a_write_during_an_upload_of_the_same_file_waits_and_is_uploaded_n
     holds no lock over a flush, unlike fsync): the write may neither tear the object
     being uploaded nor be marked clean by that upload."""
     first, second = os.urandom(300 * 1024), os.urandom(300 * 1024)
-    async with slow_origin_mount(make_cluster, s3_endpoint, bucket, tmp_path) as (m, proxy):
+    proxy = S3Proxy(s3_endpoint, delay=1.0)  # every answer a second late: an upload lasts
+    async with mount_behind(proxy, make_cluster, bucket, tmp_path) as m:
         path = m.path / "shared.bin"
         one = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         two = await asyncio.to_thread(os.open, path, os.O_WRONLY)
@@ -160,7 +162,8 @@ async def test_an_unlink_during_an_upload_of_the_file_leaves_it_deleted(
 ):
     """A multipart upload (three requests, each a second late) under way at close, and
     the file unlinked meanwhile: the upload may not complete after the delete."""
-    async with slow_origin_mount(make_cluster, s3_endpoint, bucket, tmp_path) as (m, proxy):
+    proxy = S3Proxy(s3_endpoint, delay=1.0)  # every answer a second late: an upload lasts
+    async with mount_behind(proxy, make_cluster, bucket, tmp_path) as m:
         path = m.path / "gone.bin"
         fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         await asyncio.to_thread(os.write, fd, os.urandom(20 * MiB))  # multipart above 16 MiB
@@ -176,28 +179,21 @@ async def test_an_unlink_during_an_upload_of_the_file_leaves_it_deleted(
 async def test_upload_refused_with_503_is_the_writers_error_and_a_retry_succeeds(
     make_cluster, s3, s3_endpoint, bucket, tmp_path
 ):
-    proxy = S3Proxy(s3_endpoint)
-    await proxy.start()
     (tmp_path / "spool").mkdir()
-    cluster = make_cluster(1)
-    # Two attempts per request, not six: the same refusal, without a minute of backoff.
-    env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url, AWS_MAX_ATTEMPTS="2")
-    m = await asyncio.to_thread(
-        start_local_mount,
-        f"s3://{bucket}",
-        tmp_path / "mnt",
-        cluster.etcd.url,
-        cluster.name,
-        "--spool-dir",
-        str(tmp_path / "spool"),
-        env=env,
-    )
+    args = ("--spool-dir", str(tmp_path / "spool"))
+    proxy = S3Proxy(s3_endpoint)
     big, small = os.urandom(20 * MiB), os.urandom(1000)  # multipart above 16 MiB
-    try:
+    # Two attempts per request, not six: the same refusal, without a minute of backoff.
+    async with mount_behind(
+        proxy, make_cluster, bucket, tmp_path, *args, AWS_MAX_ATTEMPTS="2"
+    ) as m:
         await asyncio.to_thread((m.path / "before.bin").write_bytes, b"acknowledged")
         proxy.fail_writes = -1  # every PUT and POST: 503 SlowDown
 
-        fd = os.open(m.path / "big.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        big_path = m.path / "big.bin"
+        fd = await asyncio.to_thread(
+            os.open, big_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
+        )
         try:
             await asyncio.to_thread(os.write, fd, big)
             with pytest.raises(OSError) as exc:
@@ -209,7 +205,7 @@ async def test_upload_refused_with_503_is_the_writers_error_and_a_retry_succeeds
             await asyncio.to_thread(os.fsync, fd)
             assert s3_bytes(s3, bucket, "big.bin") == big
         finally:
-            os.close(fd)
+            await asyncio.to_thread(os.close, fd)
 
         proxy.fail_writes, failures = -1, proxy.write_failures
         with pytest.raises(OSError) as exc:
@@ -225,9 +221,6 @@ async def test_upload_refused_with_503_is_the_writers_error_and_a_retry_succeeds
         assert await asyncio.to_thread((m.path / "big.bin").read_bytes) == big
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
         assert list((tmp_path / "spool").iterdir()) == []  # no spool left once closed
-    finally:
-        await asyncio.to_thread(m.stop)
-        await proxy.stop()
     assert not mounted(m.path)
 
 
