@@ -37,7 +37,7 @@ import sys
 import threading
 from array import array
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import xxhash
 
@@ -67,6 +67,9 @@ __all__ = [
     "trailer_length",
     "write_block",
 ]
+
+#: A block's bytes as read: bytes, or a view of the buffer a direct read filled.
+_Buf = TypeVar("_Buf", bytes, memoryview)
 
 #: Bytes a part. A random 64 KiB read through a mount reaches a node as a range of a
 #: little more than 64 KiB; 256 KiB parts keep the over-read of such a range to one or
@@ -223,15 +226,20 @@ def read_verified(path: str, nbytes: int, checksum: int) -> bytes | BadBlockFile
                 chunks.append(chunk)
                 got += len(chunk)
             data = b"".join(chunks)
-        if len(data) != nbytes:
-            return BadBlockFile(f"{len(data)} bytes, want {nbytes}", None, os.fstat(fd).st_ino)
-        if xxhash.xxh3_64_intdigest(data) != checksum:
-            return BadBlockFile("checksum mismatch", None, os.fstat(fd).st_ino)
-        return data
+        return _checked(data, nbytes, checksum, fd)
     except OSError as exc:
         return _os_error(exc, "read")
     finally:
         os.close(fd)
+
+
+def _checked(data: _Buf, nbytes: int, checksum: int, fd: int) -> _Buf | BadBlockFile:
+    """``data``, read whole from ``fd``, if it is ``nbytes`` matching ``checksum``."""
+    if len(data) != nbytes:
+        return BadBlockFile(f"{len(data)} bytes, want {nbytes}", None, os.fstat(fd).st_ino)
+    if xxhash.xxh3_64_intdigest(data) != checksum:
+        return BadBlockFile("checksum mismatch", None, os.fstat(fd).st_ino)
+    return data
 
 
 def read_direct(path: str, nbytes: int, checksum: int) -> memoryview | BadBlockFile:
@@ -262,12 +270,7 @@ def read_direct(path: str, nbytes: int, checksum: int) -> memoryview | BadBlockF
             if exc.errno != errno.EINVAL:
                 raise
             return read_verified(path, nbytes, checksum)  # O_DIRECT taken, not this I/O
-        if got < nbytes:
-            return BadBlockFile(f"{got} bytes, want {nbytes}", None, os.fstat(fd).st_ino)
-        data = buf[:nbytes]
-        if xxhash.xxh3_64_intdigest(data) != checksum:
-            return BadBlockFile("checksum mismatch", None, os.fstat(fd).st_ino)
-        return data
+        return _checked(buf[: min(got, nbytes)], nbytes, checksum, fd)
     except OSError as exc:
         return _os_error(exc, "read")
     finally:
