@@ -243,6 +243,16 @@ async def wait_ring(client: CacheClient, active: int, timeout: float = 15.0) -> 
         await asyncio.sleep(0.05)
 
 
+async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait until ``condition()`` holds: a test's next step needs a state, not a delay
+    that a loaded machine can outrun."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"still not so after {timeout}s")
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 async def client_for() -> AsyncIterator[Callable[..., object]]:
     """Factory: a started CacheClient for a cluster, closed at the end of the test."""
@@ -269,16 +279,18 @@ def private_etcd(tmp_path: Path) -> Iterator[Etcd]:
 
 
 @pytest.fixture
-async def faulty_s3(s3_endpoint: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
-    """``await faulty_s3(delay, fail_gets=N)``: an S3 endpoint in front of moto with
-    ``delay`` seconds to first byte whose first ``N`` GETs (all if < 0) get 503 SlowDown
-    (see :class:`testkit.S3Proxy`)."""
+async def faulty_s3(s3_endpoint: str) -> AsyncIterator[Callable[..., Awaitable[S3Proxy]]]:
+    """``await faulty_s3(delay, fail_gets=N)``: a started :class:`testkit.S3Proxy` in
+    front of moto (its endpoint is ``.url``) with ``delay`` seconds to first byte, whose
+    first ``N`` GETs (all if < 0) get 503 SlowDown; its counts tell a test what its
+    clients have asked of the origin so far."""
     proxies: list[S3Proxy] = []
 
-    async def start(delay: float = 0.0, fail_gets: int = 0) -> str:
+    async def start(delay: float = 0.0, fail_gets: int = 0) -> S3Proxy:
         proxy = S3Proxy(s3_endpoint, delay, fail_gets)
         proxies.append(proxy)
-        return await proxy.start()
+        await proxy.start()
+        return proxy
 
     yield start
     for proxy in proxies:

@@ -14,7 +14,7 @@ from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.cluster import node_key, nodes_prefix
 from clientlib.etcd import connect
 from clientlib.launcher import start_etcd, start_node
-from tests.conftest import node_metric, wait_ring
+from tests.conftest import node_metric, until, wait_ring
 
 
 async def node_records(etcd_url: str, cluster: str) -> dict[str, dict]:
@@ -46,12 +46,12 @@ async def test_sigterm_drains_leaves_the_ring_and_finishes_inflight_reads(
 ):
     data = os.urandom(BS)
     s3.put_object(Bucket=bucket, Key="slow", Body=data)
-    endpoint = await faulty_s3(2.0)
+    slow = await faulty_s3(2.0)
     node = start_node(
         etcd.url,
         cluster_name,
         tmp_path / "n0",
-        env={**os.environ, "AWS_ENDPOINT_URL": endpoint},
+        env={**os.environ, "AWS_ENDPOINT_URL": slow.url},
         extra=["--drain-grace", "1"],
     )
     try:
@@ -59,7 +59,7 @@ async def test_sigterm_drains_leaves_the_ring_and_finishes_inflight_reads(
             await wait_ring(client, 1)
             info = await client.stat(f"s3://{bucket}/slow")
             read = asyncio.create_task(client.read_block(info, 0))
-            await asyncio.sleep(0.5)  # the node is now waiting on the slow origin
+            await until(lambda: slow.gets_in_flight >= 1)  # the node waits on the origin
             node.signal(signal.SIGTERM)
             await wait_ring(client, 0, timeout=5)  # left the ring while still serving
             assert (await node_records(etcd.url, cluster_name))[

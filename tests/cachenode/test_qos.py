@@ -99,7 +99,7 @@ async def test_misses_waiting_on_a_slow_origin_do_not_hold_the_serving_slots(
 ):
     slow = await faulty_s3(2.0)
     node = make_cluster(
-        1, env={**os.environ, "AWS_ENDPOINT_URL": slow}, extra=["--serve-slots", "1"]
+        1, env={**os.environ, "AWS_ENDPOINT_URL": slow.url}, extra=["--serve-slots", "1"]
     ).nodes[0]
 
     def source(key: str, body: bytes) -> tuple[str, dict[str, str]]:

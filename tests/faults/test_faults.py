@@ -17,7 +17,7 @@ from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.errors import OriginError
 from clientlib.launcher import start_node
 from tests.conftest import client_metric as sample
-from tests.conftest import node_metric, wait_ring
+from tests.conftest import node_metric, until, wait_ring
 
 
 async def test_node_killed_while_fetching_from_a_slow_origin_fails_no_read(
@@ -26,7 +26,7 @@ async def test_node_killed_while_fetching_from_a_slow_origin_fails_no_read(
     data = os.urandom(3 * BS)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
     slow = await faulty_s3(1.0)
-    env = {**os.environ, "AWS_ENDPOINT_URL": slow}
+    env = {**os.environ, "AWS_ENDPOINT_URL": slow.url}
     nodes = [start_node(etcd.url, cluster_name, tmp_path / f"n{i}", env=env) for i in range(2)]
     try:
         async with CacheClient(etcd.url, cluster_name) as client:
@@ -37,7 +37,8 @@ async def test_node_killed_while_fetching_from_a_slow_origin_fails_no_read(
             owner = client.ring.owners(first, 1)[0]
             victim = next(n for n in nodes if n.addr == owner.addr)
             read = asyncio.create_task(client.read(url))
-            await asyncio.sleep(0.4)  # the owners are now waiting on the slow origin
+            # Once the owners wait on the slow origin for all 3 blocks, the victim's first.
+            await until(lambda: slow.gets_in_flight >= 3)
             victim.kill()
             assert await read == data
             assert not victim.alive()
@@ -95,7 +96,10 @@ async def test_origin_throttling_is_retried_with_backoff(
     s3.put_object(Bucket=bucket, Key="k", Body=data)
     throttled = await faulty_s3(0.0, fail_gets=2)
     node = start_node(
-        etcd.url, cluster_name, tmp_path / "n0", env={**os.environ, "AWS_ENDPOINT_URL": throttled}
+        etcd.url,
+        cluster_name,
+        tmp_path / "n0",
+        env={**os.environ, "AWS_ENDPOINT_URL": throttled.url},
     )
     try:
         # Hedging would read the origin itself while the node backs off (a loaded machine
@@ -116,9 +120,9 @@ async def test_persistent_origin_errors_are_a_clear_error(
     s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 1000)
     broken = await faulty_s3(0.0, fail_gets=-1)
     node = start_node(
-        etcd.url, cluster_name, tmp_path / "n0", env={**os.environ, "AWS_ENDPOINT_URL": broken}
+        etcd.url, cluster_name, tmp_path / "n0", env={**os.environ, "AWS_ENDPOINT_URL": broken.url}
     )
-    monkeypatch.setenv("AWS_ENDPOINT_URL", broken)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", broken.url)
     try:
         async with CacheClient(etcd.url, cluster_name) as client:
             await wait_ring(client, 1)
