@@ -303,5 +303,9 @@ class RingWatcher:
             finally:
                 if watch is not None:
                     # Bounded: cancelling a watch whose stream is mid-event can hang.
-                    with contextlib.suppress(*ETCD_ERRORS):
+                    # AttributeError: aetcd drops its watcher when the client is closed
+                    # (forget_token above, after an auth error; close() after its
+                    # timeout), and cancel() then fails on it. Nothing is left to cancel,
+                    # and the loop must go on following the ring.
+                    with contextlib.suppress(*ETCD_ERRORS, AttributeError):
                         await asyncio.wait_for(watch.cancel(), 1.0)
