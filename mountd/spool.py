@@ -7,7 +7,7 @@ the origin has it, so an acknowledged close is durable and a failed upload is th
 writer's error. Right after the upload, the file's blocks are pushed to their owners
 under the new object version (fill-on-write): the next job, on another machine, reads
 them as cache hits. A write or truncation while an upload of the file is under way
-(another handle's fsync, or the retry at release of a close that failed) waits until it
+(another handle's close, or the retry at release of a close that failed) waits until it
 is done: the object is the file as it was when the upload began, and the change goes up
 with the next close.
 
