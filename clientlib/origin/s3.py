@@ -216,10 +216,11 @@ class S3Origin(Origin):
         # misses through the lean GET were slower (233-250 MB/s against 286-302) for a
         # reason not found yet, although it costs less CPU per GET without that limit.
         got = self._get_object(bucket, key, offset, length, etag, size, lean=False)
-        if got.fp is None or got.fp.chunked or got.release is None:
+        if not got.direct:
             with got.body:
                 data: bytes = got.body.read()
         else:
+            assert got.fp is not None
             try:
                 data = got.fp.read(length)
             except OSError as exc:
@@ -244,7 +245,7 @@ class S3Origin(Origin):
         url = f"s3://{bucket}/{key}"
         got = self._get_object(bucket, key, offset, len(buf), etag, size, lean=True)
         fp = got.fp
-        if fp is None or fp.chunked or got.release is None:
+        if fp is None or not got.direct:
             with got.body:
                 data = got.body.read()
             if len(data) != len(buf):

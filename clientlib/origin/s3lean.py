@@ -211,3 +211,9 @@ class Answer:
     body: Any
     fp: http.client.HTTPResponse | None
     release: Callable[[], None] | None
+
+    @property
+    def direct(self) -> bool:
+        """Whether the body may be read from ``fp`` itself and its connection handed
+        back with ``release``: not wrapped by botocore, and not chunked."""
+        return self.fp is not None and not self.fp.chunked and self.release is not None
