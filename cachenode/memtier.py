@@ -223,7 +223,7 @@ class MemoryTier:
         """Keep a small block's bytes just checked against ``checksum`` (if they fit);
         return them as bytes."""
         data = bytes(data)
-        if len(data) < self._blocks.maxsize:
+        if self.fits(len(data)):
             self._blocks.put(block_id, _Entry(checksum, time.monotonic(), len(data), data, -1))
         return data
 
