@@ -125,8 +125,9 @@ class _Connection(asyncio.BufferedProtocol):
                 self._fail(NodeProtocolError("more bytes than the Content-Length"))
                 return
             # Not zeroed (clientlib.buffers): the body is handed out only once whole.
-            # Page-aligned: a mount's local tier writes a block with O_DIRECT, which
-            # would otherwise copy it into an aligned buffer first.
+            # Page-aligned, so an O_DIRECT write of it (write_block) needs no aligned
+            # copy first; the local tier, written so in session 5, now writes through
+            # the page cache (mount.md), so nothing relies on that today.
             self._body = unfilled_aligned(length, 4096)
             self._body[:early] = self._head[start : self._head_len]
             self._got = early

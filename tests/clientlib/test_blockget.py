@@ -128,7 +128,7 @@ async def test_a_body_received_in_pieces_into_reused_memory_is_exact() -> None:
     try:
         reply = await wire.get(url, "/v1/blocks/a", {})
         assert reply.body == body
-        # Page-aligned, for a local tier's O_DIRECT write of it.
+        # Page-aligned, as blockget promises (an O_DIRECT write needs no copy of it).
         assert ctypes.addressof(ctypes.c_char.from_buffer(reply.body)) % 4096 == 0
     finally:
         wire.close()
