@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
 
+import cachetools
 import xxhash
 
 from cachenode.cachedir import CacheDir, CacheDirSpec, unlink_quietly
@@ -47,6 +48,7 @@ from clientlib.blockfile import (
     block_checksum,
     block_filename,
     open_cached,
+    open_or_read,
     read_part,
     read_verified,
 )
@@ -81,11 +83,15 @@ DEFAULT_MEMORY_RECHECK = 60.0
 #: Threads for blocking file work; the disks, not the threads, are the limit.
 _IO_THREADS = 4
 
+#: Large blocks remembered as read whole from the disk past the page cache, so that the
+#: next read of one goes through it (:meth:`BlockStore.open_block`).
+_DIRECT_READS = 4096
+
 
 class BlockBytes(NamedTuple):
     """A whole block's verified bytes (read to verify them, or from the memory tier)."""
 
-    data: bytes
+    data: bytes | memoryview
 
     @property
     def nbytes(self) -> int:
@@ -136,7 +142,7 @@ def _key(block_id: str) -> int:
     return int(check_block_id(block_id), 16)
 
 
-def _close_abandoned(job: asyncio.Future[BlockFile | BadBlockFile]) -> None:
+def _close_abandoned(job: asyncio.Future[BlockFile | memoryview | BadBlockFile]) -> None:
     """Close the file a pool job opened for a caller that was cancelled meanwhile."""
     if job.cancelled() or job.exception() is not None:
         return
@@ -197,6 +203,8 @@ class BlockStore:
         #: Where :meth:`read_now` checks large blocks: one buffer, reused, because a fresh
         #: large buffer costs a page fault per page on every hit.
         self._scratch = bytearray()
+        #: Keys of large blocks last read whole past the page cache (:meth:`open_block`).
+        self._direct_reads: cachetools.LRUCache[int, None] = cachetools.LRUCache(_DIRECT_READS)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -300,7 +308,12 @@ class BlockStore:
         A block of at most ``read_max`` bytes comes as :class:`BlockBytes` (it was read
         to verify it anyway, and one write of head and body is cheaper than a
         ``sendfile`` of a few pages); a larger one as an open :class:`BlockFile`, verified
-        in the pool and sent by the caller from the page cache; when the memory tier
+        in the pool and sent by the caller from the page cache, or, when it is not all in
+        the page cache, as :class:`BlockBytes` read from the disk with ``O_DIRECT`` into a
+        buffer of its own (:func:`~clientlib.blockfile.open_or_read`): a block streamed
+        once does not fill the page cache. The next whole read of a block read so (among
+        the last :data:`_DIRECT_READS`) goes through the page cache, where the hits after
+        it find it; when the memory tier
         admits it (its second whole-block hit, :meth:`MemoryTier.admits`), the whole
         block is read, checked and copied there, and sent from that copy
         (:mod:`cachenode.memtier`). With ``part`` (bytes
@@ -318,14 +331,18 @@ class BlockStore:
             return kept
         if part is None and self._memory.admits(block_id, found.nbytes):
             return await self._read_and_keep(found)
+        loop = asyncio.get_running_loop()
+        args = (found.path, found.nbytes, found.checksum)
         if part is not None:
             piece = read_part(found.path, found.nbytes, part, nowait=True)
             if piece is not None:
                 found.dir.policy.touch(found.key)
                 return BlockPart(piece, found.nbytes)
-        job = asyncio.get_running_loop().run_in_executor(
-            self._pool(), blockfile.open_verified, found.path, found.nbytes, found.checksum, part
-        )
+            job = loop.run_in_executor(self._pool(), blockfile.open_verified, *args, part)
+        elif self._direct_reads.pop(found.key, False) is None:
+            job = loop.run_in_executor(self._pool(), blockfile.open_verified, *args)
+        else:
+            job = loop.run_in_executor(self._pool(), open_or_read, *args)
         try:
             opened = await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -335,6 +352,9 @@ class BlockStore:
             self._drop_bad(found, block_id, opened)
             return None
         found.dir.policy.touch(found.key)
+        if isinstance(opened, memoryview):
+            self._direct_reads[found.key] = None
+            return BlockBytes(opened)
         return opened
 
     def read_now(self, block_id: str) -> bytes | BlockFile | None:

@@ -32,6 +32,7 @@ import itertools
 import mmap
 import operator
 import os
+import platform
 import re
 import sys
 import threading
@@ -55,6 +56,7 @@ __all__ = [
     "block_filename",
     "file_length",
     "open_cached",
+    "open_or_read",
     "open_verified",
     "parse_name",
     "parse_names",
@@ -64,6 +66,7 @@ __all__ = [
     "read_direct",
     "read_part",
     "read_verified",
+    "resident",
     "trailer_length",
     "write_block",
 ]
@@ -323,6 +326,26 @@ def open_verified(
     return bad
 
 
+def open_or_read(path: str, nbytes: int, checksum: int) -> BlockFile | memoryview | BadBlockFile:
+    """A whole block to send, checked: its file, open (:func:`open_verified`), when all of
+    it is in the page cache, else its bytes read from the disk with ``O_DIRECT``
+    (:func:`read_direct`), so that a block read once does not fill the page cache: on
+    this project's VM new page cache pages cost more CPU than the read itself, and they
+    push out the pages hits are served from. A kernel that cannot tell
+    (:func:`resident`) gets :func:`open_verified`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return _os_error(exc, "open")
+    try:
+        cached = resident(fd, 0, nbytes)
+    finally:
+        os.close(fd)
+    if cached is False:
+        return read_direct(path, nbytes, checksum)
+    return open_verified(path, nbytes, checksum)
+
+
 def read_part(
     path: str, nbytes: int, part: tuple[int, int], *, nowait: bool = False
 ) -> bytes | None:
@@ -346,16 +369,58 @@ def read_part(
         os.close(fd)
 
 
+class _CachestatRange(ctypes.Structure):
+    _fields_ = (("off", ctypes.c_uint64), ("len", ctypes.c_uint64))
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = tuple(
+        (name, ctypes.c_uint64)
+        for name in ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")
+    )
+
+
+#: ``cachestat(2)`` (Linux 6.5): 451 in the syscall table every newer architecture shares.
+_CACHESTAT = 451 if platform.machine() in ("x86_64", "aarch64", "riscv64") else None
+_libc = ctypes.CDLL(None, use_errno=True)
+_PAGE = mmap.PAGESIZE
+
+
+def resident(fd: int, start: int, stop: int) -> bool | None:
+    """Whether every page of bytes ``[start, stop)`` of the file ``fd`` is in the page
+    cache; None when this kernel cannot tell (no ``cachestat(2)``).
+
+    Asked with ``cachestat(2)``, which only counts pages. A ``RWF_NOWAIT`` read that
+    finds a page missing is no way to ask: before it fails with ``EAGAIN`` it starts the
+    kernel's read-ahead of the range, so the probe itself reads the file from the disk
+    into the page cache, on the caller's thread (an event loop's, in the hit fast path).
+    """
+    global _CACHESTAT
+    if _CACHESTAT is None or stop <= start:
+        return None if _CACHESTAT is None else True
+    span = _CachestatRange(start, stop - start)
+    stat = _Cachestat()
+    if _libc.syscall(_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):  # older kernel, seccomp
+            _CACHESTAT = None
+        return None
+    return stat.nr_cache >= (stop - 1) // _PAGE - start // _PAGE + 1
+
+
 def open_cached(
     path: str, nbytes: int, checksum: int, buf: bytearray | memoryview
 ) -> BlockFile | None:
     """The file at ``path``, open, if all of its ``nbytes`` are in the page cache and match
     ``checksum``; they are left in ``buf`` (``nbytes`` long). None means "not now": absent,
     not all in memory, or not as named; the caller then waits for the disk elsewhere.
-    Never blocks on the disk (``RWF_NOWAIT``)."""
+    Never blocks on the disk (``RWF_NOWAIT``), and never starts a read of it: a block not
+    all in the page cache is found so by :func:`resident` first."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
+        return None
+    if resident(fd, 0, nbytes) is False:
+        os.close(fd)
         return None
     try:
         got = os.preadv(fd, (buf,), 0, os.RWF_NOWAIT)
@@ -377,10 +442,16 @@ def _read_parts(
     first, last = start // PART_SIZE, (stop - 1) // PART_SIZE
     begin, end = first * PART_SIZE, min(nbytes, (last + 1) * PART_SIZE)
     want = bytearray(_DIGEST * (last - first + 1))
+    digests = nbytes + _DIGEST * first
+    if nowait and not (
+        resident(fd, begin, end) is not False
+        and resident(fd, digests, digests + len(want)) is not False
+    ):
+        return None  # not all in the page cache: a RWF_NOWAIT read would start reading it
     data = bytearray(end - begin)
     flags = os.RWF_NOWAIT if nowait else 0
     try:
-        whole = os.preadv(fd, (want,), nbytes + _DIGEST * first, flags) == len(want)
+        whole = os.preadv(fd, (want,), digests, flags) == len(want)
         whole = whole and os.preadv(fd, (data,), begin, flags) == len(data)
     except BlockingIOError:  # RWF_NOWAIT: some of it is on the disk
         return None
