@@ -8,14 +8,16 @@ hangs up does not cancel the fetch the other waiters (and the cache) still want.
 
 A block fetched to be stored and not sent (:meth:`ReadThrough.warm`) is received into a
 reused page-aligned buffer and written from it with ``O_DIRECT``
-(:mod:`cachenode.blockbuffers`); nobody gets its bytes, and a lookup that joins such a
-fetch reads the block from the store once it is written.
+(:mod:`cachenode.blockbuffers`) by the thread that received it, in one job; nobody gets
+its bytes, and a lookup that joins such a fetch reads the block from the store once it
+is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import cachetools
 
@@ -180,18 +182,24 @@ class ReadThrough:
         return data
 
     async def _fetch_to_store(self, ref: BlockRef, block_id: str) -> bytes | None:
-        """The origin's bytes of the block received into a reused buffer and stored from
-        it; None once stored, else a copy of the bytes.
+        """The origin's bytes of the block received into a reused buffer and written from
+        it by the thread that received them (:meth:`BlockStore.put_received`); None once
+        stored, else a copy of the bytes.
 
         The buffer is reused only after a fetch that ended normally: one that failed or
         was cancelled may leave a write in the store's pool still reading it.
         """
         buf = self._buffers.take(ref.length)
         view = memoryview(buf)[: ref.length]
-        async with self._shield.request(ref.length):
-            origin = await self._origins.get(ref.url)
-            await origin.read_into(ref.url, ref.offset, view, ref.version, size=ref.size)
-        stored = await self._store.put(block_id, view, direct=True)
+
+        async def receive(write: Callable[[], OSError | None]) -> OSError | None:
+            async with self._shield.request(ref.length):
+                origin = await self._origins.get(ref.url)
+                return await origin.read_into_then(
+                    ref.url, ref.offset, view, ref.version, write, size=ref.size
+                )
+
+        stored = await self._store.put_received(block_id, view, receive)
         data = None if stored else bytes(view)
         view.release()
         self._buffers.give(buf)

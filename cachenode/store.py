@@ -30,7 +30,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, TypeAlias
@@ -530,33 +530,94 @@ class BlockStore:
             return True
         return await self._puts.run(key, lambda: self._put(block_id, key, data, direct))
 
+    async def put_received(
+        self,
+        block_id: str,
+        buf: memoryview,
+        receive: Callable[[Callable[[], OSError | None]], Awaitable[OSError | None]],
+    ) -> bool:
+        """Store a block that is yet to arrive in ``buf`` (page-aligned and writable, as
+        :meth:`put` with ``direct`` takes it; its length is the block's): for a block
+        fetched only to be stored (a warmup).
+
+        ``receive(write)`` fills ``buf`` and then calls the blocking ``write()`` on the
+        thread that received the bytes (:meth:`Origin.read_into_then`), which writes the
+        block file with ``O_DIRECT`` from ``buf``: one job on one thread per block, where
+        a fetch and then :meth:`put` cost a hop to the origin's thread, back, to the
+        store's pool and back. The room for it is made before ``receive`` starts.
+
+        True once stored (or already stored, or being stored by another put, whose end
+        it waits for: then ``receive`` may not be called at all); False if it cannot be,
+        with the received bytes in ``buf``. Errors of ``receive`` propagate, and nothing
+        is stored; a failed ``write`` is handled as in :meth:`put` (the next dir).
+        """
+        key = _key(block_id)
+        if len(buf) > MAX_BLOCK_SIZE:
+            raise BadRequest(f"block {block_id} of {len(buf)} bytes exceeds {MAX_BLOCK_SIZE}")
+        if key not in self._puts and any(key in d.policy for d in self._up):
+            return True
+        return await self._puts.run(key, lambda: self._put_received(block_id, key, buf, receive))
+
+    async def _put_received(
+        self,
+        block_id: str,
+        key: int,
+        buf: memoryview,
+        receive: Callable[[Callable[[], OSError | None]], Awaitable[OSError | None]],
+    ) -> bool:
+        await self._unlinked(key)
+        nbytes = len(buf)
+        room = next(self._rooms(block_id, nbytes), None)
+        if room is None:
+            await receive(lambda: None)
+            if not self._up:
+                log.error("block %s not stored: no cache dir is up", block_id)
+            return False
+        d, doomed = room
+        tmp = self._tmp_path(d, block_id)
+        doomed_paths = [path for _, path in doomed]
+        checksums: list[int] = []  # the block's, once ``write`` has deleted the victims
+
+        def write() -> OSError | None:
+            unlink_quietly(doomed_paths)
+            checksum = block_checksum(buf)
+            checksums.append(checksum)
+            try:
+                blockfile.write_block(
+                    tmp, d.block_path(block_id, nbytes, checksum), buf, direct=True
+                )
+            except OSError as exc:
+                return exc
+            return None
+
+        # Puts of the victims wait until their old files are gone (see _track_unlinks).
+        unlinked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._track_unlinks([key for key, _ in doomed], unlinked)
+        d.reserved += nbytes
+        try:
+            failed = await receive(write)
+        finally:
+            d.reserved -= nbytes
+            if not checksums and doomed_paths:  # received nothing: make the room all the same
+                await asyncio.get_running_loop().run_in_executor(
+                    self._pool(), unlink_quietly, doomed_paths
+                )
+            unlinked.set_result(None)
+        if failed is not None or d.down:
+            if failed is not None:
+                self._write_failed(d, block_id, failed)
+            return await self._put(block_id, key, buf, True)  # the bytes are here: other dirs
+        d.policy.insert(key, nbytes, checksums[0])
+        return True
+
     async def _put(self, block_id: str, key: int, data: bytes | memoryview, direct: bool) -> bool:
-        unlinking = self._unlinking.get(key)
-        if unlinking is not None:
-            await asyncio.wait([unlinking])
+        await self._unlinked(key)
         nbytes = len(data)
         loop = asyncio.get_running_loop()
-        for d in self._ranked(block_id):
-            if nbytes > d.limit:
-                log.warning(
-                    "block %s (%d bytes) is larger than cache dir %s (%d bytes)",
-                    block_id,
-                    nbytes,
-                    d.root,
-                    d.limit,
-                )
-                continue
-            try:
-                doomed = d.make_room(nbytes, self._free_space_ratio)
-            except OSError as exc:
-                self._write_failed(d, block_id, exc)
-                continue
-            if doomed is None:
-                log.warning("block %s: no room in cache dir %s", block_id, d.root)
-                continue
+        for d, doomed in self._rooms(block_id, nbytes):
             checksum = block_checksum(data)
             final = d.block_path(block_id, nbytes, checksum)
-            tmp = f"{d.tmp}/{block_id}.{os.getpid()}.{next(self._tmp_counter)}.tmp"
+            tmp = self._tmp_path(d, block_id)
             doomed_paths = [path for _, path in doomed]
             job = loop.run_in_executor(
                 self._pool(), _write_block, tmp, final, data, doomed_paths, direct
@@ -577,6 +638,43 @@ class BlockStore:
         if not self._up:
             log.error("block %s not stored: no cache dir is up", block_id)
         return False
+
+    async def _unlinked(self, key: int) -> None:
+        """Wait until an old file of the block being deleted is gone."""
+        unlinking = self._unlinking.get(key)
+        if unlinking is not None:
+            await asyncio.wait([unlinking])
+
+    def _rooms(
+        self, block_id: str, nbytes: int
+    ) -> Iterator[tuple[CacheDir, list[tuple[int, str]]]]:
+        """The dirs a put of the block tries, in rendezvous order, each with the victims
+        evicted to make room in it (keys and paths of files still to delete); a dir is
+        made room in only when the caller asks for it. A dir without room (block larger
+        than the dir, free space not reachable by evicting) is skipped, one that fails
+        is marked down; each is logged."""
+        for d in self._ranked(block_id):
+            if nbytes > d.limit:
+                log.warning(
+                    "block %s (%d bytes) is larger than cache dir %s (%d bytes)",
+                    block_id,
+                    nbytes,
+                    d.root,
+                    d.limit,
+                )
+                continue
+            try:
+                doomed = d.make_room(nbytes, self._free_space_ratio)
+            except OSError as exc:
+                self._write_failed(d, block_id, exc)
+                continue
+            if doomed is None:
+                log.warning("block %s: no room in cache dir %s", block_id, d.root)
+                continue
+            yield d, doomed
+
+    def _tmp_path(self, d: CacheDir, block_id: str) -> str:
+        return f"{d.tmp}/{block_id}.{os.getpid()}.{next(self._tmp_counter)}.tmp"
 
     def _write_failed(self, d: CacheDir, block_id: str, exc: OSError) -> None:
         if d.failed(exc.errno):

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import boto3.exceptions
@@ -52,6 +52,8 @@ from clientlib.urls import join_url, split_url
 __all__ = ["S3Origin"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: An object's headers that a rewrite of its metadata keeps.
 _CONTENT_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "CacheControl")
@@ -286,14 +288,30 @@ class S3Origin(Origin):
     async def read_into(
         self, url: str, offset: int, buf: memoryview, version: str, *, size: int | None = None
     ) -> None:
+        await self.read_into_then(url, offset, buf, version, lambda: None, size=size)
+
+    async def read_into_then(
+        self,
+        url: str,
+        offset: int,
+        buf: memoryview,
+        version: str,
+        then: Callable[[], T],
+        *,
+        size: int | None = None,
+    ) -> T:
+        """:meth:`read_into`, then ``then()`` on the thread that received the bytes."""
         origin, key = split_url(url)
         ORIGIN_REQUESTS.labels("get").inc()
-        if not buf:
-            return
-        await self._call(
-            lambda: self._get_into_sync(origin[5:], key, offset, buf, version, size), url
-        )
+
+        def get_then() -> T:
+            if buf:
+                self._get_into_sync(origin[5:], key, offset, buf, version, size)
+            return then()
+
+        result: T = await self._call(get_then, url)
         ORIGIN_BYTES.inc(len(buf))
+        return result
 
     def _list_sync(
         self, bucket: str, prefix: str, max_items: int | None = None
