@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import mmap
 import os
 import random
 import resource
@@ -23,6 +24,7 @@ from clientlib.blockfile import (
     BlockFile,
     block_checksum,
     block_filename,
+    resident,
     trailer_length,
 )
 from clientlib.blocks import MAX_BLOCK_SIZE
@@ -638,3 +640,124 @@ async def test_memory_tier_copies_hold_a_quarter_of_the_fd_limit_and_close_with_
     assert isinstance(got, BlockFile) and read_block_file(got) == blocks[last]
     store.close()
     assert memfd_copies() == 0
+
+
+def _cached_pages(path: Path, nbytes: int) -> bool | None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return resident(fd, 0, nbytes)
+    finally:
+        os.close(fd)
+
+
+async def test_a_block_out_of_the_page_cache_is_read_past_it_once_then_through_it(
+    make_store, tmp_path
+):
+    """A whole large block on the disk comes as its bytes, read with O_DIRECT, leaving the
+    page cache as it was (a stream's block read once); read again, it goes through the
+    page cache and comes as its file, sent from there, as do the hits after it."""
+    store = make_store(16 * MiB)
+    block_id, data = new_id(), os.urandom(4 * MiB)
+    assert await store.put(block_id, data, direct=True)
+    path = block_files(tmp_path / "d0")[block_id]
+    assert _cached_pages(path, len(data)) is False
+    first = await store.open_block(block_id)
+    assert isinstance(first, BlockBytes) and first.data == data and first.nbytes == len(data)
+    assert _cached_pages(path, len(data)) is False
+    second = await store.open_block(block_id)
+    assert isinstance(second, BlockFile) and read_block_file(second) == data
+    assert _cached_pages(path, len(data)) is True
+    third = store.read_now(block_id)
+    assert isinstance(third, BlockFile)
+    third.close()
+
+
+def _receiver(data: bytes, buf: memoryview, seen: list[str]):  # type: ignore[no-untyped-def]
+    """A ``receive`` for put_received that fills ``buf`` with ``data`` on a thread and
+    writes there, as an origin's read_into_then does."""
+
+    async def receive(write):  # type: ignore[no-untyped-def]
+        def job():  # type: ignore[no-untyped-def]
+            buf[:] = data
+            seen.append("received")
+            return write()
+
+        return await asyncio.to_thread(job)
+
+    return receive
+
+
+def _aligned(nbytes: int) -> memoryview:
+    return memoryview(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE))
+
+
+async def test_put_received_writes_the_block_the_receiver_filled(make_store, tmp_path):
+    store = make_store(16 * MiB)
+    block_id, data = new_id(), os.urandom(4 * MiB)
+    buf, seen = _aligned(len(data)), []
+    assert await store.put_received(block_id, buf, _receiver(data, buf, seen))
+    assert seen == ["received"]
+    path = block_files(tmp_path / "d0")[block_id]
+    assert path.name == block_filename(block_id, len(data), block_checksum(data))
+    assert _cached_pages(path, len(data)) is False  # written with O_DIRECT
+    assert await store.get(block_id) == data
+    # Stored already: nothing is received again.
+    assert await store.put_received(block_id, buf, _receiver(data, buf, seen))
+    assert seen == ["received"]
+
+
+async def test_put_received_that_fails_to_receive_stores_nothing_and_still_makes_room(
+    make_store, tmp_path
+):
+    store = make_store(8 * MiB + 2 * trailer_length(4 * MiB))
+    old = [(new_id(), os.urandom(4 * MiB)) for _ in range(2)]
+    for block_id, data in old:
+        assert await store.put(block_id, data)
+
+    async def broken(write):  # type: ignore[no-untyped-def]
+        raise ConnectionResetError("origin went away")
+
+    block_id = new_id()
+    with pytest.raises(ConnectionResetError):
+        await store.put_received(block_id, _aligned(4 * MiB), broken)
+    assert block_id not in store
+    kept = [i for i, _ in old if i in store]
+    assert len(kept) == 1  # the victim evicted for it is gone, file and all
+    assert sorted(block_files(tmp_path / "d0")) == kept
+    assert store.used_bytes == 4 * MiB
+    assert not os.listdir(tmp_path / "d0" / "tmp")
+
+
+async def test_put_received_whose_write_fails_stores_the_bytes_in_another_dir(
+    make_store, tmp_path, monkeypatch
+):
+    store = make_store(16 * MiB, 16 * MiB)
+    block_id, data = new_id(), os.urandom(4 * MiB)
+    first = store.placement(block_id)[0]
+    real_write = store_mod.blockfile.write_block
+
+    def failing(tmp, final, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if final.startswith(str(first)):
+            raise OSError(errno.EIO, "I/O error")
+        real_write(tmp, final, *args, **kwargs)
+
+    monkeypatch.setattr(store_mod.blockfile, "write_block", failing)
+    buf = _aligned(len(data))
+    assert await store.put_received(block_id, buf, _receiver(data, buf, []))
+    other = next(p for p in (tmp_path / "d0", tmp_path / "d1") if p != first)
+    assert block_id in block_files(other)
+    assert await store.get(block_id) == data
+
+
+async def test_put_received_and_a_put_of_one_block_store_one_file(make_store, tmp_path):
+    store = make_store(16 * MiB)
+    block_id, data = new_id(), os.urandom(4 * MiB)
+    buf = _aligned(len(data))
+    results = await asyncio.gather(
+        store.put_received(block_id, buf, _receiver(data, buf, [])),
+        store.put(block_id, data),
+    )
+    assert results == [True, True]
+    assert list(block_files(tmp_path / "d0")) == [block_id]
+    assert store.used_bytes == len(data)
+    assert await store.get(block_id) == data

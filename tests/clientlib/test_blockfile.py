@@ -16,12 +16,15 @@ from clientlib.blockfile import (
     block_checksum,
     block_filename,
     file_length,
+    open_cached,
+    open_or_read,
     open_verified,
     parse_name,
     parse_names,
     read_direct,
     read_part,
     read_verified,
+    resident,
     write_block,
 )
 
@@ -153,3 +156,73 @@ def test_a_direct_read_of_a_damaged_or_short_file_is_refused(tmp_path):
     assert isinstance(short, BadBlockFile) and short.inode is not None
     missing = read_direct(str(tmp_path / "gone"), len(data), checksum)
     assert isinstance(missing, BadBlockFile) and missing.inode is None
+
+
+def _dropped(tmp_path: Path, data: bytes) -> tuple[str, int]:
+    """A block file written past the page cache, none of it cached."""
+    path, checksum = str(tmp_path / "block"), block_checksum(data)
+    write_block(str(tmp_path / "tmp"), path, data, direct=True)
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the trailer was buffered
+    os.close(fd)
+    return path, checksum
+
+
+def _resident(path: str, start: int, stop: int) -> bool | None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return resident(fd, start, stop)
+    finally:
+        os.close(fd)
+
+
+def test_resident_tells_whether_every_page_of_a_range_is_in_the_page_cache(tmp_path):
+    data = os.urandom(4 << 20)
+    path, _ = _dropped(tmp_path, data)
+    assert _resident(path, 0, len(data)) is False
+    with open(path, "rb") as f:
+        f.seek(PART_SIZE)
+        f.read(PART_SIZE)
+    assert _resident(path, PART_SIZE + 1, 2 * PART_SIZE - 1) is True
+    assert _resident(path, 0, len(data)) is False
+    Path(path).read_bytes()
+    assert _resident(path, 0, file_length(len(data))) is True
+
+
+def test_probes_of_a_block_out_of_the_page_cache_read_none_of_it(tmp_path):
+    """The event loop's checks (whole block, or a range's parts) answer "not now" for a
+    block on the disk without starting a read of it: a RWF_NOWAIT read would have started
+    the kernel's read-ahead of the file into the page cache."""
+    data = os.urandom(4 << 20)
+    path, checksum = _dropped(tmp_path, data)
+    assert open_cached(path, len(data), checksum, bytearray(len(data))) is None
+    assert read_part(path, len(data), (10, PART_SIZE + 10), nowait=True) is None
+    assert _resident(path, 0, file_length(len(data))) is False
+    Path(path).read_bytes()
+    opened = open_cached(path, len(data), checksum, buf := bytearray(len(data)))
+    assert isinstance(opened, BlockFile) and buf == data
+    opened.close()
+    assert (
+        read_part(path, len(data), (10, PART_SIZE + 10), nowait=True) == data[10 : PART_SIZE + 10]
+    )
+
+
+def test_open_or_read_sends_a_cached_block_from_its_file_and_reads_the_rest_past_the_cache(
+    tmp_path,
+):
+    data = os.urandom(3 * PART_SIZE + 11)
+    path, checksum = _dropped(tmp_path, data)
+    got = open_or_read(path, len(data), checksum)
+    assert isinstance(got, memoryview) and got == data
+    assert _resident(path, 0, len(data)) is False
+    Path(path).read_bytes()
+    opened = open_or_read(path, len(data), checksum)
+    assert isinstance(opened, BlockFile) and os.pread(opened.fd, len(data), 0) == data
+    opened.close()
+    with open(path, "r+b") as f:  # its first page is cached now, the rest is not
+        f.write(bytes([data[0] ^ 1]))
+        f.flush()
+        os.fsync(f.fileno())
+    bad = open_or_read(path, len(data), checksum)
+    assert isinstance(bad, BadBlockFile) and bad.reason == "checksum mismatch"

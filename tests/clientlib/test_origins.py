@@ -499,3 +499,36 @@ async def test_s3_origin_retries_as_the_users_aws_settings_say(
         with pytest.raises(ConfigError, match=name.removeprefix("AWS_").lower()):
             S3Origin()
         monkeypatch.delenv(name)
+
+
+async def test_s3_read_into_then_writes_on_the_receiving_thread_only_after_a_good_read(
+    s3_server,
+):
+    """``then`` runs once the buffer holds the range, on the thread that received it (no
+    hop back to the loop), and never when the read is refused."""
+    client, bucket = s3_server
+    body = os.urandom(2 * 1024 * 1024 + 5)
+    client.put_object(Bucket=bucket, Key="t.bin", Body=body)
+    origin = S3Origin(max_inflight=4)
+    try:
+        url = f"s3://{bucket}/t.bin"
+        info = await origin.stat(url)
+        view = memoryview(mmap.mmap(-1, 1024 * 1024, flags=mmap.MAP_PRIVATE))
+        calls: list[tuple[int, bytes]] = []
+
+        def then() -> str:
+            calls.append((threading.get_ident(), bytes(view)))
+            return "written"
+
+        got = await origin.read_into_then(url, 1000, view, info.version, then, size=len(body))
+        assert got == "written"
+        [(thread, seen)] = calls
+        assert seen == body[1000 : 1000 + len(view)]
+        assert thread != threading.get_ident()
+        with pytest.raises(VersionMismatch):
+            await origin.read_into_then(url, 0, view, info.version, then, size=len(body) + 1)
+        with pytest.raises(NotFound):
+            await origin.read_into_then(f"s3://{bucket}/no.bin", 0, view, info.version, then)
+        assert len(calls) == 1
+    finally:
+        origin.close()
