@@ -146,7 +146,9 @@ class S3Origin(Origin):
         session = boto3.session.Session(botocore_session=core)
         self._client = session.client("s3", config=config)
         # The client's credentials object (the session caches it): refreshed as theirs.
-        self._lean = LeanGet(self._client, session.get_credentials())
+        self._lean = LeanGet(
+            self._client, session.get_credentials(), core.get_config_variable("ca_bundle")
+        )
         self._executor = ThreadPoolExecutor(max_inflight, thread_name_prefix="s3-origin")
         # Transfers run their parts on their own threads; together they stay under the
         # connection pool so a large upload cannot starve reads of connections.
@@ -664,4 +666,5 @@ class S3Origin(Origin):
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._lean.close()
         self._client.close()

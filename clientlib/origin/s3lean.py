@@ -16,8 +16,10 @@ botocore's own parts and nothing else:
 - the signature: botocore's :class:`~botocore.auth.S3SigV4Auth`, with the session's
   credentials frozen per request (refreshed as the client's are) and the session token
   signed in;
-- the connection: the client's own HTTP session (its urllib3 pools: kept-alive
-  connections, ``max_pool_connections``, timeouts, CA bundle, proxies, client cert).
+- the connection: kept-alive ``http.client`` connections of its own, made with the
+  transport settings of the client's session (:mod:`clientlib.origin.s3conns`: CA
+  bundle, timeouts, pool size); a client or endpoint with a proxy or a client
+  certificate is left to ``get_object``.
 
 Whatever answer this path does not take as it is goes to ``get_object``. A 206 is the
 block (a 200 too: the caller checks its length and ``Content-Range``); 404 and 412 are
@@ -46,9 +48,9 @@ import botocore.exceptions
 import botocore.response
 import botocore.retries.standard
 import botocore.utils
-import urllib3
 
 from clientlib.errors import NotFound, VersionMismatch
+from clientlib.origin.s3conns import Body, Connection, Connections
 
 __all__ = ["LeanGet"]
 
@@ -65,10 +67,10 @@ class LeanGet:
     ``before-sign`` event is its own request's.
     """
 
-    def __init__(self, client: Any, credentials: Any) -> None:
+    def __init__(self, client: Any, credentials: Any, ca_bundle: str | None = None) -> None:
         self._client = client
         self._credentials = credentials
-        self._http = client._endpoint.http_session  # the client's pools and TLS settings
+        self._conns = Connections(client.meta.config, ca_bundle)
         #: bucket -> (URL up to the key, signing region), or None: always ``get_object``.
         self._bases: dict[str, tuple[str, str] | None] = {}
         self._asking = threading.local()  # .what: the (bucket, key) this thread signs
@@ -119,15 +121,15 @@ class LeanGet:
         Raises :class:`NotFound` (404) and :class:`VersionMismatch` (412) from the lean
         request; ``get_object``'s errors are botocore's.
         """
-        resp = self._lean(bucket, key, offset, length, etag) if lean else None
-        if resp is not None:
-            headers = resp.headers
+        sent = self._lean(bucket, key, offset, length, etag) if lean else None
+        if sent is not None:
+            url, conn, resp = sent
             return Answer(
-                headers.get("Content-Length"),
-                headers.get("Content-Range", ""),
+                resp.getheader("Content-Length"),
+                resp.getheader("Content-Range", ""),
+                Body(conn, resp),
                 resp,
-                resp._fp,
-                resp.release_conn,
+                lambda: self._conns.give_back(url, conn),
             )
         with self._asking_for(bucket, key):
             got = self._client.get_object(
@@ -151,19 +153,22 @@ class LeanGet:
 
     def _lean(
         self, bucket: str, key: str, offset: int, length: int, etag: str
-    ) -> urllib3.BaseHTTPResponse | None:
-        """The lean GET: its 200 or 206 answer, or None when ``get_object`` must make
-        this request."""
+    ) -> tuple[str, Connection, http.client.HTTPResponse] | None:
+        """The lean GET: its URL, connection and 200 or 206 answer, or None when
+        ``get_object`` must make this request."""
         if self._credentials is None:
             return None
+        base = self.base(bucket)
+        if base is None:
+            return None
+        prefix, region = base
+        url = prefix + botocore.utils.percent_encode(key, safe="/~")
+        if not self._conns.usable(url):
+            return None
         try:
-            base = self.base(bucket)
-            if base is None:
-                return None
-            prefix, region = base
             request = botocore.awsrequest.AWSRequest(
                 "GET",
-                prefix + botocore.utils.percent_encode(key, safe="/~"),
+                url,
                 headers={
                     "Range": f"bytes={offset}-{offset + length - 1}",
                     "If-Match": f'"{etag}"',
@@ -171,18 +176,15 @@ class LeanGet:
             )
             frozen = self._credentials.get_frozen_credentials()
             botocore.auth.S3SigV4Auth(frozen, "s3", region).add_auth(request)
-            prepared = request.prepare()
-            prepared.stream_output = True
-            resp = self._http.send(prepared).raw
-        except botocore.exceptions.BotoCoreError as exc:
+            conn, resp = self._conns.get(url, dict(request.headers.items()))
+        except (botocore.exceptions.BotoCoreError, OSError, http.client.HTTPException) as exc:
             log.info("GET of s3://%s/%s failed (%s); asking through get_object", bucket, key, exc)
             self._back_off()
             return None
         status = resp.status
         if status in (200, 206):  # the caller checks the length and Content-Range
-            return resp
-        resp.drain_conn()
-        resp.release_conn()
+            return url, conn, resp
+        self._conns.finish_error(url, conn, resp)
         if status == 404:
             raise NotFound(f"no such object: s3://{bucket}/{key}")
         if status == 412:
@@ -191,6 +193,10 @@ class LeanGet:
         if status in _TRANSIENT:
             self._back_off()
         return None
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        self._conns.close()
 
     def _back_off(self) -> None:
         """Wait what botocore's standard retry mode waits before its second attempt."""

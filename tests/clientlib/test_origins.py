@@ -9,6 +9,7 @@ import functools
 import http.client
 import mmap
 import os
+import socket
 import stat
 import threading
 import time
@@ -32,6 +33,7 @@ from clientlib.origin import Origins, beneath
 from clientlib.origin.base import PosixAttrs
 from clientlib.origin.local import FileOrigin
 from clientlib.origin.s3 import S3Origin
+from clientlib.origin.s3conns import Connections
 from testkit import S3Proxy, Seaweed, start_seaweed
 
 
@@ -530,5 +532,69 @@ async def test_s3_read_into_then_writes_on_the_receiving_thread_only_after_a_goo
         with pytest.raises(NotFound):
             await origin.read_into_then(f"s3://{bucket}/no.bin", 0, view, info.version, then)
         assert len(calls) == 1
+    finally:
+        origin.close()
+
+
+async def test_s3_lean_gets_keep_their_connection_and_replace_one_the_server_closed(
+    seaweed, monkeypatch
+):
+    """Against SeaweedFS, which keeps connections alive (moto closes each one)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "seaweed")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "seaweed")
+    client, bucket = seaweed.client(), f"keep-{os.getpid()}-{time.monotonic_ns()}"
+    client.create_bucket(Bucket=bucket)
+    body = os.urandom(300_000)
+    client.put_object(Bucket=bucket, Key="c.bin", Body=body)
+    made = []
+    connect = Connections._connect
+
+    def counted(self, *args):  # type: ignore[no-untyped-def]
+        made.append(args)
+        return connect(self, *args)
+
+    monkeypatch.setattr(Connections, "_connect", counted)
+    origin = S3Origin(max_inflight=4)
+    try:
+        url = f"s3://{bucket}/c.bin"
+        info = await origin.stat(url)
+        view = memoryview(bytearray(1000))
+        for offset in range(0, 10_000, 1000):
+            await origin.read_into(url, offset, view, info.version, size=len(body))
+            assert bytes(view) == body[offset : offset + 1000]
+        assert len(made) == 1  # the first GET is get_object's; the lean ones share one
+        # The server drops the idle connection: the next GET makes a new one.
+        [[idle]] = origin._lean._conns._idle.values()
+        assert idle.sock is not None
+        idle.sock.shutdown(socket.SHUT_RDWR)
+        await origin.read_into(url, 5, view, info.version, size=len(body))
+        assert bytes(view) == body[5:1005] and len(made) == 2
+    finally:
+        origin.close()
+
+
+async def test_s3_lean_get_never_bypasses_a_proxy_the_environment_sets(s3_server, monkeypatch):
+    """With HTTP(S)_PROXY set for the endpoint, every GET goes where botocore sends it:
+    through the proxy (here one that does not answer), never straight to the server."""
+    client, bucket = s3_server
+    client.put_object(Bucket=bucket, Key="p.bin", Body=b"x" * 5000)
+    origin = S3Origin(max_inflight=2, retries=0)
+    try:
+        url = f"s3://{bucket}/p.bin"
+        info = await origin.stat(url)
+        view = memoryview(bytearray(100))
+        await origin.read_into(url, 0, view, info.version)  # learns the bucket's URL
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        proxied = S3Origin(max_inflight=2, retries=0)
+        try:
+            proxied._lean._bases.update(origin._lean._bases)
+            with pytest.raises(OriginError):
+                await proxied.read_into(url, 100, view, info.version)
+        finally:
+            proxied.close()
     finally:
         origin.close()
