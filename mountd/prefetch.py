@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from cachetools import LRUCache
 
@@ -73,23 +74,28 @@ class BlockFetcher:
     def block_size(self) -> int:
         return self.client.block_size
 
-    async def get(self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True) -> bytes:
+    async def get(
+        self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True, stream: bool = False
+    ) -> bytes:
         """Block ``index`` in blocks of ``bs`` (the size the caller cut the file with);
         ``keep=False`` for read-ahead, whose blocks the kernel's page cache keeps (see
-        :meth:`CacheClient.read_block`), not the client's memory tier."""
+        :meth:`CacheClient.read_block`), not the client's memory tier. ``stream`` for a
+        block a sequential reader reads whole: a fetched one is stored in the disk tier
+        past the page cache (:meth:`LocalTier.put`)."""
         if self.tier is None:
             return await self._pull(info, index, bs, keep)
         loop = asyncio.get_running_loop()
         block_id = self.client.block_id(info, index, bs)
         if self.client.has_local(block_id):
             return await self._pull(info, index, bs, keep)
-        data = await loop.run_in_executor(self._disk, self.tier.get, block_id)
-        if data is not None:
-            if keep:
-                self.client.remember(block_id, data)
-            return data
+        if self.tier.has(block_id):
+            data = await loop.run_in_executor(self._disk, self.tier.get, block_id)
+            if data is not None:
+                if keep:
+                    self.client.remember(block_id, data)
+                return data
         data = await self._pull(info, index, bs, keep)
-        loop.run_in_executor(self._disk, self.tier.put, block_id, data)
+        loop.run_in_executor(self._disk, partial(self.tier.put, block_id, data, direct=stream))
         return data
 
     async def get_part(self, info: ObjectInfo, index: int, bs: int, start: int, stop: int) -> bytes:
@@ -306,7 +312,7 @@ class FileReader:
         for index in range(start, stop):
             if index not in self._ahead and index not in self._asked:
                 task = asyncio.create_task(
-                    self._fetcher.get(self.info, index, self._bs, keep=False)
+                    self._fetcher.get(self.info, index, self._bs, keep=False, stream=True)
                 )
                 task.add_done_callback(_consume)
                 self._ahead[index] = task
@@ -320,7 +326,9 @@ class FileReader:
         if task is None:
             task = self._ahead.pop(index, None)
             if task is None:
-                task = asyncio.create_task(self._fetcher.get(self.info, index, self._bs))
+                task = asyncio.create_task(
+                    self._fetcher.get(self.info, index, self._bs, stream=True)
+                )
                 task.add_done_callback(_consume)
             self._asked[index] = task
         try:
@@ -330,7 +338,7 @@ class FileReader:
             # through every tier, before the read fails.
             if self._asked.get(index) is task:
                 del self._asked[index]
-            data = await self._fetcher.get(self.info, index, self._bs)
+            data = await self._fetcher.get(self.info, index, self._bs, stream=True)
         for done in [i for i, t in self._asked.items() if t.done() and not self._near(i, 0)]:
             del self._asked[done]
         return data
