@@ -26,9 +26,13 @@ class RecordingFetcher:
         self.asked: list[tuple[int, bool]] = []  # whole blocks: (index, keep)
         self.parts: list[tuple[int, int, int]] = []  # byte ranges: (index, start, stop)
         self.sizes: set[int] = set()  # block sizes asked with
+        self.streamed: list[bool] = []  # whole blocks: asked as a stream's (stream=True)
 
-    async def get(self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True) -> bytes:
+    async def get(
+        self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True, stream: bool = False
+    ) -> bytes:
         self.asked.append((index, keep))
+        self.streamed.append(stream)
         self.sizes.add(bs)
         return bytes([index]) * BS
 
@@ -57,6 +61,9 @@ async def test_read_ahead_opens_up_as_a_stream_goes_on_and_is_not_kept() -> None
     assert sorted(i for i, _ in fetcher.asked) == list(range(20))
     assert fetcher.asked[0] == (0, True)
     assert all(not keep for _, keep in fetcher.asked[1:])
+    # Every block a stream reads whole is asked as a stream's: a fetched one goes to the
+    # disk tier past the page cache, where the kernel keeps the reader's copy.
+    assert all(fetcher.streamed)
     reader.close()
 
 
@@ -143,7 +150,9 @@ async def test_reads_waiting_for_one_block_share_one_fetch() -> None:
     gate = asyncio.Event()
 
     class GatedFetcher(RecordingFetcher):
-        async def get(self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True) -> bytes:
+        async def get(
+            self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True, stream: bool = False
+        ) -> bytes:
             self.asked.append((index, keep))
             await gate.wait()
             return bytes([index]) * BS
