@@ -51,6 +51,11 @@ PULL_AFTER = 3
 BACKGROUND_PULLS = 2
 #: Blocks whose range reads are counted (least recently read forgotten first).
 COUNTED_BLOCKS = 4096
+#: Fetched blocks waiting to be written to the local disk tier, at most; a block fetched
+#: while that many wait is not stored. A stream's blocks are written with ``O_DIRECT``,
+#: at the disk's pace: on a disk slower than the links, the blocks waiting (each holding
+#: its buffer) would otherwise grow with the file.
+MAX_STORING = 16
 
 
 class BlockFetcher:
@@ -69,6 +74,7 @@ class BlockFetcher:
         self._disk = ThreadPoolExecutor(4, thread_name_prefix="local-tier") if tier else None
         self._range_reads: LRUCache[str, int] = LRUCache(COUNTED_BLOCKS)
         self._behind: dict[str, asyncio.Task[bytes]] = {}  # background pulls of whole blocks
+        self._storing = 0  # blocks handed to the disk tier's threads, not yet written
 
     @property
     def block_size(self) -> int:
@@ -95,8 +101,29 @@ class BlockFetcher:
                     self.client.remember(block_id, data)
                 return data
         data = await self._pull(info, index, bs, keep)
-        loop.run_in_executor(self._disk, partial(self.tier.put, block_id, data, direct=stream))
+        self._store(block_id, data, stream)
         return data
+
+    def _store(self, block_id: str, data: bytes, direct: bool) -> None:
+        """Write a fetched block to the disk tier on its threads, unless
+        :data:`MAX_STORING` blocks already wait for them (the reader is never held up)."""
+        assert self.tier is not None
+        if self._storing >= MAX_STORING:
+            log.debug(
+                "block %s not stored in the local tier: %d blocks wait", block_id, MAX_STORING
+            )
+            return
+        self._storing += 1
+        loop = asyncio.get_running_loop()
+        stored = loop.run_in_executor(
+            self._disk, partial(self.tier.put, block_id, data, direct=direct)
+        )
+        stored.add_done_callback(self._stored)
+
+    def _stored(self, done: asyncio.Future[None]) -> None:
+        self._storing -= 1
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            log.warning("local tier: storing a block failed: %s", exc)
 
     async def get_part(self, info: ObjectInfo, index: int, bs: int, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of a block, for a random read: from the memory tier,

@@ -7,12 +7,15 @@ the requests a sequential reader causes, which those cannot see from outside.
 from __future__ import annotations
 
 import asyncio
+import threading
+from pathlib import Path
 
 import pytest
 
 from clientlib.origin import ObjectInfo
 from mountd import prefetch
-from mountd.prefetch import FileReader
+from mountd.localtier import LocalTier
+from mountd.prefetch import BlockFetcher, FileReader
 
 BS = 8  # bytes a block: small, so the test can read many blocks
 
@@ -193,3 +196,34 @@ async def test_an_open_file_fetches_blocks_of_the_size_it_was_cut_with() -> None
     assert bytes(await reader.read(3 * BS + 1, 4)) == b"\x03" * 4
     assert bytes(await reader.read(5 * BS + 1, 4)) == b"\x05" * 4
     assert fetcher.sizes == {BS}
+
+
+async def test_blocks_waiting_for_the_disk_tier_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk tier slower than the links: a block fetched while MAX_STORING others wait
+    to be written is not stored (their buffers would grow with the file, the reader is
+    not held up); once they are written, blocks are stored again."""
+    monkeypatch.setattr(prefetch, "MAX_STORING", 2)
+    gate = threading.Event()
+
+    class SlowTier(LocalTier):
+        def put(self, block_id: str, data: bytes, *, direct: bool = False) -> None:
+            gate.wait(10)
+            super().put(block_id, data, direct=direct)
+
+    tier = SlowTier(tmp_path, 64 * 4096)
+    tier.open()
+    fetcher = BlockFetcher(None, tier)  # type: ignore[arg-type]  # storing needs no client
+    ids = [f"{i:032x}" for i in range(5)]
+    for block_id in ids[:4]:
+        fetcher._store(block_id, bytes(4096), True)
+    gate.set()
+    for _ in range(500):
+        if fetcher._storing == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert [tier.has(block_id) for block_id in ids[:4]] == [True, True, False, False]
+    fetcher._store(ids[4], bytes(4096), True)
+    fetcher.close()  # waits for the tier's threads
+    assert tier.has(ids[4])
