@@ -10,12 +10,12 @@ sequential reader: the mount's own page cache keeps what a stream read, and fill
 second copy in the page cache was most of what a block cost here). A block a stream
 read is written with ``O_DIRECT`` too (``put(direct=True)``), for the same reason: the
 buffered write filled fresh page cache pages for a copy nobody reads soon, which cost
-a fresh mount's sequential read 1,000-4,200 us of CPU per MB on this project's VM,
-against 870-950 direct (``mount.md``, session 6). A block pulled for random reads is
-written through the page cache: those reads come right back for other parts of it,
-and a direct write left them all to the disk (session 5: 428 against 3,868 random
-4 KiB reads a second). Eviction is LRU by bytes on
-disk, with the index rebuilt from the directory (oldest access time first) at start;
+a fresh mount's sequential read 850-6,640 us of CPU per MB on this project's VM (over
+2,000 in 7 of 22 rounds), against 860-1,270 direct (``mount.md``, session 6). A block
+pulled for random reads is written through the page cache: those reads come right
+back for other parts of it, and a direct write left them all to the disk (session 5:
+428 against 3,868 random 4 KiB reads a second). Eviction is LRU by bytes on disk,
+with the index rebuilt from the directory (oldest access time first) at start;
 files of an earlier layout are removed then. With a ``reserve`` (the default tier's,
 :mod:`mountd.cachedir`), a write that would leave less than that share of the filesystem
 free evicts this tier's least recently used blocks first, or is skipped: the tier never
