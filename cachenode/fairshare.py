@@ -72,10 +72,19 @@ class FairScheduler:
                 raise
         TENANT_QUEUE_SECONDS.labels(tenant).observe(time.monotonic() - started)
 
+    def free(self) -> bool:
+        """Whether a slot is free and nobody queues: what :meth:`try_acquire` takes.
+
+        A request answered in full within one call (the fast path's small hits) asks only
+        this: the slot it would take would be given back before anything else could run,
+        let alone ask for one.
+        """
+        return self._busy < self._slots and not self._active
+
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody queues (the hit fast path, which cannot
         wait); the caller must :meth:`release` it."""
-        if self._busy < self._slots and not self._active:
+        if self.free():
             self._busy += 1
             return True
         return False

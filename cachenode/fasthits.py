@@ -177,6 +177,9 @@ class HitServer:
         #: Set when the site stops: each response in progress closes its connection.
         self.closing = False
         self._tally = HitTally()
+        self._hot = node.hot
+        #: A small hit's response head by (hot, close, length) (see :meth:`_send_now`).
+        self._heads: dict[tuple[bool, bool, int], bytes] = {}
         #: Request head -> what it asks, with its query's fields parsed (see :meth:`asked`).
         self._known: dict[bytes, _Asked] = {}
         node.before_report.append(self.report)
@@ -240,23 +243,63 @@ class HitServer:
         """Answer the request head ``raw`` if it is a hit that can be sent now; False
         leaves it to aiohttp."""
         started = time.perf_counter()
-        asked = self.asked(raw)
+        asked = self._known.get(raw)
         if asked is None:
-            return False
+            asked = self.asked(raw)
+            if asked is None:
+                return False
         head, fields, open_read = asked
         claims = ALL_ACCESS if open_read else self.claims(head, fields)
         if claims is None:
             return False
         if head.range is not None:
             return self.serve_range(conn, raw, head, claims, started)
-        if not self.node.fair.try_acquire():
+        fair = self.node.fair
+        if not fair.free():
             return False
         block_id = head.block_id
         found = self.store.read_now(block_id)
+        if type(found) is bytes:
+            self._send_now(conn, found, block_id, head.close, claims.tenant, started)
+            return True
+        taken = fair.try_acquire()  # nothing ran since free()
+        assert taken
         if found is None:
             return self._later(conn, raw, _Want(block_id, None, head.close, claims.tenant, started))
         self._send(conn, found, block_id, None, head.close, claims.tenant, started)
         return True
+
+    def _send_now(
+        self,
+        conn: FastHitProtocol,
+        body: bytes,
+        block_id: str,
+        close: bool,
+        tenant: str,
+        started: float,
+    ) -> None:
+        """Send a whole small block's verified ``body``, asked by ``tenant`` at ``started``,
+        in one ``writev`` (what the socket does not take at once, the transport sends
+        later).
+
+        The request is answered before anything else runs, so it takes nothing that it
+        would give back at once, as :meth:`_send` and :meth:`done` do: its fair-share slot
+        was only checked free (:meth:`FairScheduler.free`), it counts as a hot-block GET
+        that began and ended now (:meth:`HotBlocks.hit`), and it is never in flight for
+        a drain (:attr:`NodeContext.inflight`), only the node's last request.
+        """
+        now = time.monotonic()
+        hot = self._hot.hit(block_id, now)
+        self.node.last_request = now
+        nbytes = len(body)
+        key = (hot, close, nbytes)
+        response = self._heads.get(key)
+        if response is None:
+            if len(self._heads) >= MAX_KNOWN_HEADS:
+                self._heads.clear()
+            response = self._heads[key] = _HEADS[hot, close] % nbytes
+        self._tally.hit(tenant, nbytes, time.perf_counter() - started)
+        conn.send_whole(response, body, close or self.closing)
 
     def serve_range(
         self, conn: FastHitProtocol, raw: bytes, head: BlockGetHead, claims: Claims, started: float
@@ -538,6 +581,15 @@ class FastHitProtocol(asyncio.Protocol):
         elif self._transport is not None:
             self._buf[:0] = raw + b"\r\n"
             self._hand_over(self._transport)
+
+    def send_whole(self, head: bytes, body: bytes, close: bool) -> None:
+        """Answer with head and body in one ``writev``, holding nothing (see
+        :meth:`HitServer._send_now`); then close if ``close``."""
+        transport = self._transport
+        assert transport is not None
+        transport.writelines((head, body))
+        if close:
+            transport.close()
 
     def send_bytes(self, head: bytes, body: bytes, block_id: str, close: bool) -> None:
         """Answer with a small block's bytes: head and body in one ``writev``."""

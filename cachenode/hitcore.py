@@ -8,6 +8,8 @@ and the fast path (:mod:`cachenode.fasthits`) differ only in how they talk to th
   (:meth:`Verifier.prove`), which only the aiohttp path sends.
 - Counting: block requests in flight (:meth:`NodeContext.enter`) and hot blocks
   (:meth:`HitCore.begin_get`), and the headers a hit carries (:meth:`HitCore.hit_headers`).
+  The fast path's small hits, answered within one call, are never in flight: they count
+  as hot-block GETs that began and ended at once (:meth:`HotBlocks.hit`).
 - Ranges (:mod:`cachenode.ranges`) and the ``sendfile`` rules (:mod:`cachenode.sendfile`:
   plain TCP only, after the transport's buffer) are the other shared pieces.
 """

@@ -28,18 +28,24 @@ class HotBlocks:
         self._window_start = time.monotonic()
 
     def begin(self, block_id: str) -> bool:
-        """Count a GET of ``block_id`` in; whether the block is hot.
+        """Count a GET of ``block_id`` in; whether the block is hot."""
+        hot = self.hit(block_id, time.monotonic())
+        self._active[block_id] = self._active.get(block_id, 0) + 1
+        return hot
+
+    def hit(self, block_id: str, now: float) -> bool:
+        """Count a GET of ``block_id`` that begins and ends at ``now`` (monotonic), within
+        one call, so that nothing can see it in flight (the fast path's small hits: no
+        :meth:`end` to pair); whether the block is hot, this GET counted as in flight.
 
         The window's counts are dropped as a whole when it ends, so they cost one dict
         entry per block asked for within the last window, and nothing per request later.
         """
-        active = self._active[block_id] = self._active.get(block_id, 0) + 1
-        now = time.monotonic()
         if now - self._window_start >= HOT_WINDOW:
             self._recent.clear()
             self._window_start = now
         recent = self._recent[block_id] = self._recent.get(block_id, 0) + 1
-        return active >= HOT_CONCURRENCY or recent >= HOT_REQUESTS
+        return recent >= HOT_REQUESTS or self._active.get(block_id, 0) + 1 >= HOT_CONCURRENCY
 
     def end(self, block_id: str) -> None:
         """Count a GET of ``block_id`` out (answered, failed or given up)."""

@@ -258,6 +258,9 @@ class WrkResult:
     errors: dict[str, int]
     non_2xx: int
     server_cpu_s: float = 0.0
+    #: Of server_cpu_s, the time in user space: the server's own code (the kernel's
+    #: loopback work, wherever it lands, is system time), so the steady part of the figure.
+    server_user_s: float = 0.0
     wrk_cpu_s: float = 0.0
     other_cpu_s: float = 0.0
     #: With pinning: all the busy time of the server's core and of wrk's core.
@@ -319,14 +322,20 @@ end
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes (all their threads), in seconds."""
-    total = 0
+def _cpu_split(pids: list[int]) -> tuple[float, float]:
+    """utime and stime of these processes (all their threads), in seconds."""
+    user = system = 0
     for pid in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / _CLK_TCK
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / _CLK_TCK, system / _CLK_TCK
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (all their threads), in seconds."""
+    return sum(_cpu_split(pids))
 
 
 def _core_seconds(cpu: int | None = None) -> dict[str, float]:
@@ -391,7 +400,7 @@ def run_wrk(
         str(script),
         url,
     ]
-    before = _cpu_seconds(server_pids)
+    before = _cpu_split(server_pids)
     busy_before = _busy_seconds()
     core_before = [_core_seconds(c) for c in cores or ()]
     with tempfile.TemporaryFile() as out:
@@ -406,7 +415,9 @@ def run_wrk(
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.returncode = -1
-        server_cpu = _cpu_seconds(server_pids) - before
+        after = _cpu_split(server_pids)
+        server_user = after[0] - before[0]
+        server_cpu = sum(after) - sum(before)
         busy = _busy_seconds() - busy_before
         core = [
             {k: v - b[k] for k, v in _core_seconds(c).items()}
@@ -418,6 +429,7 @@ def run_wrk(
         raise RuntimeError(f"wrk failed ({status}): {' '.join(cmd)}\n{text}")
     result = parse_wrk(text)
     result.server_cpu_s = server_cpu
+    result.server_user_s = server_user
     result.wrk_cpu_s = usage.ru_utime + usage.ru_stime
     # Everything else the machine did meanwhile (other programs, and the kernel's
     # softirq work not charged to either process): a noisy-neighbour indicator.
@@ -456,9 +468,9 @@ def _fmt_ms(ms: float | None) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| size | server | req/s | MiB/s | p50 | p99 | server CPU | server CPU/req "
-        "| CPU/req range | machine CPU/req | wrk CPU | other CPU "
+        "| CPU/req range | server user/req | machine CPU/req | wrk CPU | other CPU "
         "| ratio to nginx-1w | target |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     )
     lines = []
     for r in rows:
@@ -475,7 +487,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['size']} | {r['server']} | {r['requests_per_s']:,.0f} | {r['mib_per_s']:,.0f} "
             f"| {_fmt_ms(r['latency_ms'].get('p50'))} | {_fmt_ms(r['latency_ms'].get('p99'))} "
             f"| {r['server_cpu_pct']:.0f}% | {r['server_cpu_us_per_request']:,.0f} us "
-            f"| {low:,.0f}-{high:,.0f} us | {r.get('machine_cpu_us_per_request', 0):,.0f} us "
+            f"| {low:,.0f}-{high:,.0f} us | {r.get('server_user_us_per_request', 0):,.1f} us "
+            f"| {r.get('machine_cpu_us_per_request', 0):,.0f} us "
             f"| {r['wrk_cpu_pct']:.0f}% | {r['other_cpu_pct']:.0f}% "
             f"| {'' if ratio is None else f'{ratio:.2f}x'} | {target_txt} |"
         )
@@ -533,6 +546,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-cpu", type=int, default=0, help="the servers' core (0)")
     p.add_argument("--wrk-cpu", type=int, default=1, help="wrk's core (1)")
     p.add_argument(
+        "--ref-node",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also measure the node of the checkout DIR (a worktree of main, say) as "
+        "cachenode-ref, in turns with the others: before and after in one run",
+    )
+    p.add_argument(
         "--hold",
         type=float,
         default=0,
@@ -567,20 +588,29 @@ def main(argv: list[str] | None = None) -> int:
         origin = tmp / "origin"
         objects = make_objects(origin, args.blocks)
         cache_dir = tmp / "cache"
-        node = start_node(
-            etcd.url,
-            CLUSTER,
-            cache_dir,
-            size="4GiB",
-            # The disk is shared with whatever else runs here: its free share is not ours.
-            extra=["--file-root", str(origin), "--log-level", "WARNING", "--free-space-ratio", "0"],
-        )
+        # The disk is shared with whatever else runs here: its free share is not ours.
+        node_args = ["--file-root", str(origin), "--log-level", "WARNING"]
+        node_args += ["--free-space-ratio", "0"]
+        node = start_node(etcd.url, CLUSTER, cache_dir, size="4GiB", extra=node_args)
         started.append(node)
         print(f"cachenode {node.url} (pid {node.pid}), cache dir {cache_dir}", flush=True)
         blocks = {
             size: [warm(node.url, cache_dir, path, i) for path, i in objects[size]]
             for size in sizes
         }
+        ref = None
+        if args.ref_node is not None:
+            # Another checkout's node (its own cluster, cache and copy of the blocks): the
+            # module is found in the working directory first (python -m).
+            with contextlib.chdir(args.ref_node):
+                ref = start_node(
+                    etcd.url, CLUSTER + "-ref", tmp / "cache-ref", size="4GiB", extra=node_args
+                )
+            started.append(ref)
+            print(f"cachenode-ref {ref.url} (pid {ref.pid}) from {args.ref_node}", flush=True)
+            for size in sizes:
+                for path, i in objects[size]:
+                    warm(ref.url, tmp / "cache-ref", path, i)
         root = nginx_root([b for size in sizes for b in blocks[size]], tmp / "nginx-root")
         nginx: dict[int, tuple[Process, str]] = {}
         cores = (args.server_cpu, args.wrk_cpu) if args.pin else None
@@ -601,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
 
         servers: list[tuple[str, str, list[int], str]] = [
             ("cachenode", node.url, [node.pid], "node_path"),
+            *([] if ref is None else [("cachenode-ref", ref.url, [ref.pid], "node_path")]),
             *(
                 (f"nginx-{w}w", url, [proc.pid, *_children(proc.pid)], "nginx_path")
                 for w, (proc, url) in nginx.items()
@@ -627,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wrk_cpu_pct": 100 * r.wrk_cpu_s / r.seconds,
                 "other_cpu_pct": 100 * r.other_cpu_s / r.seconds,
                 "server_cpu_us_per_request": 1e6 * r.server_cpu_s / max(r.requests, 1),
+                "server_user_us_per_request": 1e6 * r.server_user_s / max(r.requests, 1),
                 "server_core_cpu_us_per_request": 1e6 * r.server_core_cpu_s / max(r.requests, 1),
                 "wrk_core_cpu_us_per_request": 1e6 * r.wrk_core_cpu_s / max(r.requests, 1),
                 "machine_cpu_us_per_request": 1e6
@@ -647,7 +679,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"p99 {_fmt_ms(r.latency_ms.get('p99'))}  server CPU "
                 f"{row['server_cpu_pct']:.0f}%  wrk CPU {row['wrk_cpu_pct']:.0f}%  "
                 f"other CPU {row['other_cpu_pct']:.0f}%  "
-                f"CPU/req {row['server_cpu_us_per_request']:,.0f} us  {cores_txt}"
+                f"CPU/req {row['server_cpu_us_per_request']:,.0f} us "
+                f"(user {row['server_user_us_per_request']:,.1f})  {cores_txt}"
                 f"machine/req {row['machine_cpu_us_per_request']:,.0f} us",
                 flush=True,
             )
@@ -725,17 +758,21 @@ def main(argv: list[str] | None = None) -> int:
             "block's bytes (the node's end with part checksums, which it never sends)",
             "nginx: sendfile on, tcp_nopush on, access_log off, keepalive_requests 1e6",
             "ratio = MiB/s at 4MiB, req/s at 64KiB, to nginx with 1 worker process",
-            "CPU % = CPU time (user + system) of the server process(es) / wall time (100% = "
-            "one core); other CPU = the rest of the machine's busy time meanwhile (kernel "
-            "softirq work not charged to a task, plus any other program: well above ~30% "
-            "means a noisy neighbour, rerun); server CPU/req = the server's CPU time per "
-            "request, the figure of the 4 MiB target; machine CPU/req = all the machine's "
-            "busy time per request (server, wrk and the kernel's work wherever it was "
-            "charged). The kernel's loopback work (TCP receive and ACK processing, paced "
-            "sends) is charged to whichever task is current on the core where it runs, so at "
-            "4 MiB the server's figure moves by up to 2x between rounds, pinned or not, "
-            "while the machine's stays within ~15%; the json has each round's per-core "
-            "user, system and softirq time (server_core, wrk_core)",
+            (
+                "CPU % = CPU time (user + system) of the server process(es) / wall time (100% ="
+                " one core); other CPU = the rest of the machine's busy time meanwhile (kernel "
+                "softirq work not charged to a task, plus any other program: well above ~30% "
+                "means a noisy neighbour, rerun); server CPU/req = the server's CPU time per "
+                "request, the figure of the 4 MiB target, and server user/req its user-space "
+                "part (the server's own code: the kernel's loopback work is system time); "
+                "machine CPU/req = all the machine's busy time per request (server, wrk and the"
+                " kernel's work wherever it was charged). The kernel's loopback work (TCP "
+                "receive and ACK processing, paced sends) is charged to whichever task is "
+                "current on the core where it runs, so at 4 MiB the server's figure moves by up"
+                " to 2x between rounds, pinned or not, while the machine's stays within ~15%; "
+                "the json has each round's per-core user, system and softirq time (server_core,"
+                " wrk_core)"
+            ),
             f"{args.rounds} rounds, the servers taking turns in each; every figure is the "
             "median over the rounds (CPU/req range: lowest and highest round); a "
             f"{args.warmup:g}s wrk run before each measured one is discarded",

@@ -301,6 +301,29 @@ def test_a_block_is_hot_by_concurrency_or_by_rate_within_a_window(monkeypatch) -
     assert not hot.begin("b")  # a new window
 
 
+def test_a_get_answered_within_one_call_counts_in_the_window_and_stays_out_of_flight(
+    monkeypatch,
+) -> None:
+    """``HotBlocks.hit``, the fast path's small hits: each counts in the window as a GET
+    that began does, is hot with the GETs already in flight as if it were one more, and
+    leaves nothing in flight behind it."""
+    clock = [1000.0]
+    monkeypatch.setattr(hotblocks.time, "monotonic", lambda: clock[0])
+    hot = hotblocks.HotBlocks()
+    hits = [hot.hit("a", clock[0]) for _ in range(hotblocks.HOT_REQUESTS)]
+    assert hits == [False] * (hotblocks.HOT_REQUESTS - 1) + [True]
+    clock[0] += hotblocks.HOT_WINDOW
+    assert not hot.hit("a", clock[0])  # a new window; and no GET of "a" left in flight
+    for _ in range(hotblocks.HOT_CONCURRENCY - 1):
+        assert not hot.begin("b")
+    assert hot.hit("b", clock[0])  # one more than those in flight
+    clock[0] += hotblocks.HOT_WINDOW
+    for _ in range(hotblocks.HOT_CONCURRENCY - 1):
+        hot.end("b")
+    assert [hot.begin("b") for _ in range(hotblocks.HOT_CONCURRENCY)][-1]
+    assert not hot.hit("c", clock[0])
+
+
 def _out_of_page_cache(node: Node, bid: str) -> None:
     """Push a block's file out of the page cache, and prove it is out: a read that must
     not wait for the disk fails."""
