@@ -7,11 +7,15 @@ deleted and read again from the peers, never served; a random read takes only th
 that hold its bytes. Writes go to a temporary name and are renamed into place, so a
 crash leaves whole blocks or nothing. Whole blocks are read with ``O_DIRECT`` (a
 sequential reader: the mount's own page cache keeps what a stream read, and filling a
-second copy in the page cache was most of what a block cost here), but written through
-the page cache: a fresh mount's random reads come right back for other parts of the
-block it just stored, and a direct write left them all to the disk (``mount.md``,
-session 5: 428 against 3,868 random 4 KiB reads a second). Eviction is LRU by bytes on
-disk, with the index rebuilt from the directory (oldest access time first) at start;
+second copy in the page cache was most of what a block cost here). A block a stream
+read is written with ``O_DIRECT`` too (``put(direct=True)``), for the same reason: the
+buffered write filled fresh page cache pages for a copy nobody reads soon, which cost
+a fresh mount's sequential read 850-6,640 us of CPU per MB on this project's VM (over
+2,000 in 7 of 22 rounds), against 860-1,270 direct (``mount.md``, session 6). A block
+pulled for random reads is written through the page cache: those reads come right
+back for other parts of it, and a direct write left them all to the disk (session 5:
+428 against 3,868 random 4 KiB reads a second). Eviction is LRU by bytes on disk,
+with the index rebuilt from the directory (oldest access time first) at start;
 files of an earlier layout are removed then. With a ``reserve`` (the default tier's,
 :mod:`mountd.cachedir`), a write that would leave less than that share of the filesystem
 free evicts this tier's least recently used blocks first, or is skipped: the tier never
@@ -264,8 +268,18 @@ class LocalTier:
         with contextlib.suppress(OSError):
             path.unlink()
 
-    def put(self, block_id: str, data: bytes) -> None:
-        """Store a block (atomically); evicts the least recently used to make room."""
+    def has(self, block_id: str) -> bool:
+        """Whether the block is indexed here (its recency unchanged): lets a caller skip
+        the hop to a thread for :meth:`get` when it is not, as for every block of a file
+        read for the first time."""
+        with self._lock:
+            return block_id in self._index
+
+    def put(self, block_id: str, data: bytes, *, direct: bool = False) -> None:
+        """Store a block (atomically); evicts the least recently used to make room.
+        ``direct`` writes it past the page cache (``O_DIRECT``, from ``data`` itself when
+        it is a page-aligned buffer, as received blocks are): for a block read by a stream,
+        which nobody reads from the page cache soon (see the module docstring)."""
         if file_length(len(data)) > self.capacity:
             return
         if self._used(block_id) is not None:
@@ -277,9 +291,7 @@ class LocalTier:
         tmp = path.with_name(f"{block_id}.{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(exist_ok=True)
-            # Through the page cache (not O_DIRECT, as a node's store writes): see the
-            # module docstring.
-            write_block(str(tmp), str(path), data)
+            write_block(str(tmp), str(path), data, direct=direct)
         except OSError as exc:
             log.warning("local tier: cannot store block %s in %s: %s", block_id, self.root, exc)
             return

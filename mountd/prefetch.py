@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from cachetools import LRUCache
 
@@ -50,6 +51,11 @@ PULL_AFTER = 3
 BACKGROUND_PULLS = 2
 #: Blocks whose range reads are counted (least recently read forgotten first).
 COUNTED_BLOCKS = 4096
+#: Fetched blocks waiting to be written to the local disk tier, at most; a block fetched
+#: while that many wait is not stored. A stream's blocks are written with ``O_DIRECT``,
+#: at the disk's pace: on a disk slower than the links, the blocks waiting (each holding
+#: its buffer) would otherwise grow with the file.
+MAX_STORING = 16
 
 
 class BlockFetcher:
@@ -68,29 +74,56 @@ class BlockFetcher:
         self._disk = ThreadPoolExecutor(4, thread_name_prefix="local-tier") if tier else None
         self._range_reads: LRUCache[str, int] = LRUCache(COUNTED_BLOCKS)
         self._behind: dict[str, asyncio.Task[bytes]] = {}  # background pulls of whole blocks
+        self._storing = 0  # blocks handed to the disk tier's threads, not yet written
 
     @property
     def block_size(self) -> int:
         return self.client.block_size
 
-    async def get(self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True) -> bytes:
+    async def get(
+        self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True, stream: bool = False
+    ) -> bytes:
         """Block ``index`` in blocks of ``bs`` (the size the caller cut the file with);
         ``keep=False`` for read-ahead, whose blocks the kernel's page cache keeps (see
-        :meth:`CacheClient.read_block`), not the client's memory tier."""
+        :meth:`CacheClient.read_block`), not the client's memory tier. ``stream`` for a
+        block a sequential reader reads whole: a fetched one is stored in the disk tier
+        past the page cache (:meth:`LocalTier.put`)."""
         if self.tier is None:
             return await self._pull(info, index, bs, keep)
         loop = asyncio.get_running_loop()
         block_id = self.client.block_id(info, index, bs)
         if self.client.has_local(block_id):
             return await self._pull(info, index, bs, keep)
-        data = await loop.run_in_executor(self._disk, self.tier.get, block_id)
-        if data is not None:
-            if keep:
-                self.client.remember(block_id, data)
-            return data
+        if self.tier.has(block_id):
+            data = await loop.run_in_executor(self._disk, self.tier.get, block_id)
+            if data is not None:
+                if keep:
+                    self.client.remember(block_id, data)
+                return data
         data = await self._pull(info, index, bs, keep)
-        loop.run_in_executor(self._disk, self.tier.put, block_id, data)
+        self._store(block_id, data, stream)
         return data
+
+    def _store(self, block_id: str, data: bytes, direct: bool) -> None:
+        """Write a fetched block to the disk tier on its threads, unless
+        :data:`MAX_STORING` blocks already wait for them (the reader is never held up)."""
+        assert self.tier is not None
+        if self._storing >= MAX_STORING:
+            log.debug(
+                "block %s not stored in the local tier: %d blocks wait", block_id, MAX_STORING
+            )
+            return
+        self._storing += 1
+        loop = asyncio.get_running_loop()
+        stored = loop.run_in_executor(
+            self._disk, partial(self.tier.put, block_id, data, direct=direct)
+        )
+        stored.add_done_callback(self._stored)
+
+    def _stored(self, done: asyncio.Future[None]) -> None:
+        self._storing -= 1
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            log.warning("local tier: storing a block failed: %s", exc)
 
     async def get_part(self, info: ObjectInfo, index: int, bs: int, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of a block, for a random read: from the memory tier,
@@ -306,7 +339,7 @@ class FileReader:
         for index in range(start, stop):
             if index not in self._ahead and index not in self._asked:
                 task = asyncio.create_task(
-                    self._fetcher.get(self.info, index, self._bs, keep=False)
+                    self._fetcher.get(self.info, index, self._bs, keep=False, stream=True)
                 )
                 task.add_done_callback(_consume)
                 self._ahead[index] = task
@@ -320,7 +353,9 @@ class FileReader:
         if task is None:
             task = self._ahead.pop(index, None)
             if task is None:
-                task = asyncio.create_task(self._fetcher.get(self.info, index, self._bs))
+                task = asyncio.create_task(
+                    self._fetcher.get(self.info, index, self._bs, stream=True)
+                )
                 task.add_done_callback(_consume)
             self._asked[index] = task
         try:
@@ -330,7 +365,7 @@ class FileReader:
             # through every tier, before the read fails.
             if self._asked.get(index) is task:
                 del self._asked[index]
-            data = await self._fetcher.get(self.info, index, self._bs)
+            data = await self._fetcher.get(self.info, index, self._bs, stream=True)
         for done in [i for i, t in self._asked.items() if t.done() and not self._near(i, 0)]:
             del self._asked[done]
         return data

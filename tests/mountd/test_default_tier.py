@@ -9,9 +9,11 @@ import os
 import stat
 from pathlib import Path
 
+from clientlib.blockfile import parse_name
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.launcher import wait_until
 from mountd.cachedir import claim
+from mountd.localtier import LocalTier
 from tests.conftest import make_token
 
 SIZE = 2 * BS + 4321
@@ -59,6 +61,35 @@ def test_a_mount_keeps_blocks_in_a_private_directory_of_its_own_by_default(
     assert claim(third.path / "cache", "abc") is None
     assert third.metric("ringcache_client_block_reads_total", 'source="peer"') == 0
     assert third.metric("ringcache_client_block_reads_total", 'source="origin"') == 0
+
+
+def test_blocks_a_stream_read_are_stored_past_the_page_cache(
+    make_cluster, mount, s3, bucket, tmp_path
+):
+    """A file read from start to end: its whole blocks go to the tier with O_DIRECT (the
+    kernel keeps the reader's pages in the mount's page cache; a second copy there only
+    cost CPU), so none of their parts is in the page cache afterwards; they are served,
+    checked, to the next mount."""
+    data = os.urandom(SIZE)
+    s3.put_object(Bucket=bucket, Key="a.bin", Body=data)
+    root = tmp_path / "local"
+    first = mount(make_cluster(1), f"s3://{bucket}", "--local-cache-root", str(root))
+    assert (first.path / "a.bin").read_bytes() == data
+    (ident,) = tiers(root)
+    wait_until(lambda: tiers(root) == {ident: 3}, 10, "3 blocks in the tier")
+    first.unmount()
+    tier = LocalTier(root / ident, 4 * BS)
+    tier.open()
+    whole = [
+        parsed[0]
+        for path in (root / ident).glob("*/*")
+        if (parsed := parse_name(os.fsencode(path.name))) and parsed[1] == BS
+    ]
+    assert len(whole) == 2
+    for block_id in whole:
+        assert tier.get_part_cached(block_id, 0, 4096) is None  # not in the page cache
+        assert tier.get(block_id) is not None  # whole and checked
+    tier.close()
 
 
 def test_off_keeps_nothing_on_disk(make_cluster, mount, s3, bucket, tmp_path):

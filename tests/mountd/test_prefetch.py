@@ -7,12 +7,15 @@ the requests a sequential reader causes, which those cannot see from outside.
 from __future__ import annotations
 
 import asyncio
+import threading
+from pathlib import Path
 
 import pytest
 
 from clientlib.origin import ObjectInfo
 from mountd import prefetch
-from mountd.prefetch import FileReader
+from mountd.localtier import LocalTier
+from mountd.prefetch import BlockFetcher, FileReader
 
 BS = 8  # bytes a block: small, so the test can read many blocks
 
@@ -26,9 +29,13 @@ class RecordingFetcher:
         self.asked: list[tuple[int, bool]] = []  # whole blocks: (index, keep)
         self.parts: list[tuple[int, int, int]] = []  # byte ranges: (index, start, stop)
         self.sizes: set[int] = set()  # block sizes asked with
+        self.streamed: list[bool] = []  # whole blocks: asked as a stream's (stream=True)
 
-    async def get(self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True) -> bytes:
+    async def get(
+        self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True, stream: bool = False
+    ) -> bytes:
         self.asked.append((index, keep))
+        self.streamed.append(stream)
         self.sizes.add(bs)
         return bytes([index]) * BS
 
@@ -57,6 +64,9 @@ async def test_read_ahead_opens_up_as_a_stream_goes_on_and_is_not_kept() -> None
     assert sorted(i for i, _ in fetcher.asked) == list(range(20))
     assert fetcher.asked[0] == (0, True)
     assert all(not keep for _, keep in fetcher.asked[1:])
+    # Every block a stream reads whole is asked as a stream's: a fetched one goes to the
+    # disk tier past the page cache, where the kernel keeps the reader's copy.
+    assert all(fetcher.streamed)
     reader.close()
 
 
@@ -143,7 +153,9 @@ async def test_reads_waiting_for_one_block_share_one_fetch() -> None:
     gate = asyncio.Event()
 
     class GatedFetcher(RecordingFetcher):
-        async def get(self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True) -> bytes:
+        async def get(
+            self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True, stream: bool = False
+        ) -> bytes:
             self.asked.append((index, keep))
             await gate.wait()
             return bytes([index]) * BS
@@ -184,3 +196,34 @@ async def test_an_open_file_fetches_blocks_of_the_size_it_was_cut_with() -> None
     assert bytes(await reader.read(3 * BS + 1, 4)) == b"\x03" * 4
     assert bytes(await reader.read(5 * BS + 1, 4)) == b"\x05" * 4
     assert fetcher.sizes == {BS}
+
+
+async def test_blocks_waiting_for_the_disk_tier_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk tier slower than the links: a block fetched while MAX_STORING others wait
+    to be written is not stored (their buffers would grow with the file, the reader is
+    not held up); once they are written, blocks are stored again."""
+    monkeypatch.setattr(prefetch, "MAX_STORING", 2)
+    gate = threading.Event()
+
+    class SlowTier(LocalTier):
+        def put(self, block_id: str, data: bytes, *, direct: bool = False) -> None:
+            gate.wait(10)
+            super().put(block_id, data, direct=direct)
+
+    tier = SlowTier(tmp_path, 64 * 4096)
+    tier.open()
+    fetcher = BlockFetcher(None, tier)  # type: ignore[arg-type]  # storing needs no client
+    ids = [f"{i:032x}" for i in range(5)]
+    for block_id in ids[:4]:
+        fetcher._store(block_id, bytes(4096), True)
+    gate.set()
+    for _ in range(500):
+        if fetcher._storing == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert [tier.has(block_id) for block_id in ids[:4]] == [True, True, False, False]
+    fetcher._store(ids[4], bytes(4096), True)
+    fetcher.close()  # waits for the tier's threads
+    assert tier.has(ids[4])
