@@ -83,15 +83,18 @@ class FairScheduler:
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody queues (the hit fast path, which cannot
-        wait); the caller must :meth:`release` it."""
-        if self.free():
+        wait); the caller must :meth:`release` it. (:meth:`free`'s test, inline: this and
+        :meth:`release` run on every large hit.)"""
+        if self._busy < self._slots and not self._active:
             self._busy += 1
             return True
         return False
 
     def release(self) -> None:
         """Give back a slot taken by :meth:`try_acquire`."""
-        self._release()
+        self._busy -= 1
+        if self._active:
+            self._dispatch()
 
     def _release(self) -> None:
         self._busy -= 1

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import resource
 import socket
 import time
@@ -154,6 +155,29 @@ class _Want(NamedTuple):
     close: bool
     tenant: str
     started: float
+
+
+class _Body:
+    """A large block's rest being sent (see :meth:`FastHitProtocol._send_rest_when_writable`):
+    to ``transport``'s socket through its duplicate ``out``, ``sent`` bytes of it so far."""
+
+    __slots__ = ("block", "block_id", "close", "out", "sent", "transport")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        block: BlockFile,
+        out: int,
+        sent: int,
+        block_id: str,
+        close: bool,
+    ) -> None:
+        self.transport = transport
+        self.block = block
+        self.out = out
+        self.sent = sent
+        self.block_id = block_id
+        self.close = close
 
 
 class HitServer:
@@ -336,7 +360,7 @@ class HitServer:
         whose verified bytes or file are ``found``, asked by ``tenant`` at ``started``
         (then the connection closes if ``close``); the caller holds a fair-share slot for
         it. ``found`` as bytes is exactly what is sent (a range already sliced)."""
-        hot = self.core.begin_get(block_id)
+        hot = self._hot.begin(block_id)  # HitCore.begin_get's count, one call less
         self.node.enter()
         large = isinstance(found, BlockFile)
         if span is None:
@@ -398,7 +422,7 @@ class HitServer:
         """A fast response is sent (or given up): free its slot and counts."""
         self.node.fair.release()
         self.node.leave()
-        self.core.end_get(block_id)
+        self._hot.end(block_id)  # HitCore.end_get's count, one call less
         if close or self.closing:
             transport.close()
 
@@ -437,6 +461,8 @@ class FastHitProtocol(asyncio.Protocol):
         #: The task finishing a response (or waiting for the socket): while it runs, no
         #: further request is looked at.
         self.sending: asyncio.Future[None] | None = None
+        #: The large block whose rest is being sent from a writability callback.
+        self._body: _Body | None = None
         self.last_active = time.monotonic()
         #: When the head now awaited began (None: between requests, see HEAD_TIMEOUT).
         self.head_since: float | None = self.last_active
@@ -456,6 +482,8 @@ class FastHitProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._hits.connections.discard(self)
+        if self._body is not None:
+            self._end_body(ConnectionResetError("connection lost mid-body"))
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         if self.sending is not None:
@@ -635,10 +663,72 @@ class FastHitProtocol(asyncio.Protocol):
         if sent < 0 or sent == block.nbytes:
             block.close()
             self._hits.done(block_id, close, transport)
-        else:
+        elif transport.get_write_buffer_size():  # the head is still buffered
             self.sending = asyncio.ensure_future(
                 self._send_rest(transport, block, sent, block_id, close)
             )
+        else:
+            self._send_rest_when_writable(transport, sock, block, sent, block_id, close)
+
+    def _send_rest_when_writable(
+        self,
+        transport: asyncio.Transport,
+        sock: socket.socket,
+        block: BlockFile,
+        sent: int,
+        block_id: str,
+        close: bool,
+    ) -> None:
+        """Send the rest of a large block from a writability callback on a duplicate of
+        the socket (as :func:`cachenode.sendfile.send_file` does, see there why a
+        duplicate), with no task: a task, its coroutines and futures were a good part of
+        a 4 MiB hit's Python calls, each of which runs with caches cold after the
+        kernel's network work. :attr:`sending` is a plain future meanwhile, so that no
+        further request is looked at; :meth:`_end_body` ends it."""
+        loop = asyncio.get_running_loop()
+        out = os.dup(sock.fileno())
+        self.sending = loop.create_future()
+        self._body = _Body(transport, block, out, sent, block_id, close)
+        try:
+            loop.add_writer(out, self._write_body)
+        except BaseException:
+            self._end_body(None)
+            raise
+
+    def _write_body(self) -> None:
+        """The socket has room: ``sendfile`` more of the body being sent."""
+        body = self._body
+        if body is None:
+            return
+        if body.transport.is_closing():
+            self._end_body(ConnectionResetError("connection closed mid-body"))
+            return
+        try:
+            body.sent = send_now(body.out, body.block.fd, body.sent, body.block.nbytes)
+        except OSError as exc:  # ConnectionError included: the client hung up
+            self._end_body(exc)
+            return
+        if body.sent >= body.block.nbytes:
+            self._end_body(None)
+
+    def _end_body(self, error: BaseException | None) -> None:
+        """The body is sent (``error`` None) or given up (the connection is aborted: the
+        client must see a broken response, never a wrong one); go on with the
+        connection's next request, if it is still open."""
+        body, self._body = self._body, None
+        assert body is not None
+        asyncio.get_running_loop().remove_writer(body.out)
+        os.close(body.out)
+        body.block.close()
+        if error is not None:
+            log.debug("hit of block %s: send failed after headers: %s", body.block_id, error)
+            body.transport.abort()
+        sending, self.sending = self.sending, None
+        if sending is not None and not sending.done():
+            sending.set_result(None)
+        self._hits.done(body.block_id, body.close, body.transport)
+        if self._transport is not None:
+            self.resume()
 
     async def _send_rest(
         self,
