@@ -20,7 +20,7 @@ from cachenode.httphead import parse_head
 from clientlib.auth import Credentials
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.launcher import Node, local_get
-from tests.conftest import make_token, node_metric
+from tests.conftest import make_token, node_metric, until
 
 SMALL = 65_536 + 7
 LARGE = BS
@@ -376,3 +376,46 @@ async def test_a_hit_that_waits_for_the_disk_keeps_the_connection_on_the_fast_pa
     assert dropped[0].startswith(b"HTTP/1.1 404") and b"Server:" in dropped[0]
     assert after[1] == data and b"Server:" in after[0]  # aiohttp has the connection now
     assert not path.exists()
+
+
+def _hang_up_mid_body(node: Node, bid: str) -> None:
+    """Ask for a large block three times on one connection with a small receive buffer,
+    read a little of the first body, then hang up with the rest unread (the node's socket
+    is full by then: more than its largest send buffer was asked for, so it is sending the
+    rest from a writability callback)."""
+    host, port = node.addr.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect((host, int(port)))
+        sock.sendall(f"GET /v1/blocks/{bid} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 3)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # RST
+
+
+async def test_a_large_body_given_up_mid_way_frees_its_slot_and_files(
+    make_cluster, client_for, tmp_path
+):
+    """A client that hangs up while the rest of a large block is being sent: the node
+    closes the block's file and its socket's duplicate, and gives back the serving slot
+    (with one slot, a leak would hand every later hit to aiohttp)."""
+    cluster = make_cluster(1, extra=["--serve-slots", "1"])
+    node = cluster.nodes[0]
+    client = await client_for(cluster, memory_cache_bytes=0)
+    ((large, data),) = await cached_blocks(client, tmp_path, [LARGE])
+
+    async def fast_get() -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{node.url}/v1/blocks/{large}") as resp,
+        ):
+            assert "Server" not in resp.headers  # the fast path answered
+            assert await resp.read() == data
+
+    for _ in range(3):  # the block's copy is in the memory tier from its second hit on
+        await fast_get()
+    fds = os.listdir(f"/proc/{node.pid}/fd")
+    for _ in range(5):
+        await asyncio.to_thread(_hang_up_mid_body, node, large)
+    await until(lambda: len(os.listdir(f"/proc/{node.pid}/fd")) <= len(fds))
+    await fast_get()
