@@ -49,7 +49,7 @@ class FairScheduler:
             yield held
         finally:
             if held.held:
-                self._release()
+                self.release()
 
     async def acquire(self, tenant: str, cost: int) -> None:
         """Take a slot, waiting the tenant's turn; the caller must :meth:`release` it."""
@@ -68,7 +68,7 @@ class FairScheduler:
                 await future
             except asyncio.CancelledError:
                 if future.done() and not future.cancelled():
-                    self._release()  # granted just as the waiter gave up
+                    self.release()  # granted just as the waiter gave up
                 raise
         TENANT_QUEUE_SECONDS.labels(tenant).observe(time.monotonic() - started)
 
@@ -91,14 +91,11 @@ class FairScheduler:
         return False
 
     def release(self) -> None:
-        """Give back a slot taken by :meth:`try_acquire`."""
+        """Give back a slot taken by :meth:`acquire` or :meth:`try_acquire`; a queued
+        tenant's request gets it."""
         self._busy -= 1
         if self._active:
             self._dispatch()
-
-    def _release(self) -> None:
-        self._busy -= 1
-        self._dispatch()
 
     def _dispatch(self) -> None:
         """Grant free slots: each visited tenant earns a quantum, spends it on requests."""
