@@ -389,14 +389,14 @@ class BlockStore:
         else:
             return None
         nbytes, checksum = entry
-        if nbytes <= INLINE_READ_MAX:
+        small = nbytes <= INLINE_READ_MAX
+        if small:
             if (data := self._memory.get(block_id, checksum)) is not None:
                 d.policy.touch(key)
                 return data
         elif (kept := self._memory.open(block_id, checksum)) is not None:
             d.policy.touch(key)
             return kept
-        small = nbytes <= INLINE_READ_MAX
         if small:
             buf: bytearray | memoryview = bytearray(nbytes)
         else:
