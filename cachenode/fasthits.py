@@ -231,13 +231,11 @@ class HitServer:
         parameter, whose rules are aiohttp's).
 
         A client asking for a hot block sends the same head again and again, so plain
-        heads are parsed once and kept (:data:`MAX_KNOWN_HEADS`); range heads are not,
-        random reads make each one new. What a head may read is still decided on every
-        request (:meth:`claims`), except where nothing can change it (``open_read``).
+        heads are parsed once and kept (:data:`MAX_KNOWN_HEADS`; :meth:`serve` looks a
+        head up there before it asks this); range heads are not, random reads make each
+        one new. What a head may read is still decided on every request
+        (:meth:`claims`), except where nothing can change it (``open_read``).
         """
-        known = self._known.get(raw)
-        if known is not None:
-            return known
         head = parse_head(raw)
         if head is None:
             return None
