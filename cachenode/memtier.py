@@ -39,6 +39,7 @@ What it promises (``docs/security.md``, "What a node serves"):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import mmap
@@ -51,9 +52,9 @@ from typing import NamedTuple
 
 from cachetools import LRUCache
 
-from clientlib.blockfile import BlockFile
+from clientlib.blockfile import BlockFile, block_checksum
 
-__all__ = ["MemoryTier", "shmem_huge_pages"]
+__all__ = ["MemoryTier", "may_pin", "shmem_huge_pages"]
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,14 @@ class _Entry(NamedTuple):
     checked_at: float
     nbytes: int
     data: bytes | None  # a small block's bytes
-    memfd: int  # a large block's sealed memfd, else -1
+    fd: int  # a large block's copy (a pinned file or a sealed memfd), else -1
+    pinned: int  # the address of a pinned copy's locked mapping, else 0
 
 
 class _Entries:
     """Entries by block id, least recently used first, at most ``maxsize`` bytes of them;
-    an entry's memfd is closed when the entry leaves, and the memfds held are counted.
+    an entry's copy is closed (and unmapped) when the entry leaves, and the copies held are
+    counted.
 
     An ``OrderedDict`` rather than ``cachetools.LRUCache``: a hit's lookup here is one
     C-level ``get`` and ``move_to_end``, where ``LRUCache.get`` takes five Python calls,
@@ -116,6 +119,10 @@ class _Entries:
             self._entries.move_to_end(key)
         return entry
 
+    def peek(self, key: str) -> _Entry | None:
+        """The entry of ``key``, its place in the order left as it is."""
+        return self._entries.get(key)
+
     def put(self, key: str, entry: _Entry) -> None:
         """Keep ``entry`` (of at most ``maxsize`` bytes) for ``key``, dropping the least
         recently used entries to make room."""
@@ -124,8 +131,13 @@ class _Entries:
             self.popitem()
         self._entries[key] = entry
         self.currsize += entry.nbytes
-        if entry.memfd >= 0:
+        if entry.fd >= 0:
             self.copies += 1
+
+    def renew(self, key: str, checked_at: float) -> None:
+        """Mark the entry of ``key`` as checked at ``checked_at``, keeping its copy."""
+        self._entries[key] = self._entries[key]._replace(checked_at=checked_at)
+        self._entries.move_to_end(key)
 
     def pop(self, key: str) -> None:
         """Drop the entry of ``key``, if any."""
@@ -133,9 +145,11 @@ class _Entries:
         if entry is None:
             return
         self.currsize -= entry.nbytes
-        if entry.memfd >= 0:
+        if entry.fd >= 0:
             self.copies -= 1
-            os.close(entry.memfd)
+            if entry.pinned:
+                _libc.munmap(entry.pinned, entry.nbytes)
+            os.close(entry.fd)
 
     def popitem(self) -> None:
         """Drop the least recently used entry."""
@@ -167,6 +181,81 @@ def _sealed_copy(block_id: str, data: bytes | bytearray | memoryview) -> int:
     return fd
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+)
+_libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _pinned_copy(where: str, data: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """An unnamed file in ``where``'s file system holding exactly ``data`` (not empty),
+    its pages locked in memory through a read-only shared mapping: (fd, the mapping's
+    address).
+
+    ``O_TMPFILE | O_EXCL``: the file has no name and can never be given one, so no
+    process can open it but through this process's fd. It is written with ``write``, so
+    its page cache gets the file system's large folios, from which ``sendfile`` costs
+    less than from a memfd's 4 KiB shmem pages. ``mlock`` keeps every page resident:
+    the page cache never drops them, so they are never read back from the disk (write
+    back of them to the disk happens, and changes nothing in memory).
+    """
+    fd = os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC, 0o400)
+    try:
+        view, nbytes, done = memoryview(data).cast("B"), len(data), 0
+        while done < nbytes:
+            done += os.pwrite(fd, view[done:], done)
+        address = _libc.mmap(None, nbytes, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address == _MAP_FAILED:
+            raise _libc_error("mmap")
+        if _libc.mlock(address, nbytes) != 0:
+            exc = _libc_error("mlock")
+            _libc.munmap(address, nbytes)
+            raise exc
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, address
+
+
+def _libc_error(call: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{call}: {os.strerror(err)}")
+
+
+def _copy_checksum(entry: _Entry) -> int:
+    """The checksum of the bytes a large block's copy holds now."""
+    if entry.pinned:
+        return block_checksum(memoryview((ctypes.c_char * entry.nbytes).from_address(entry.pinned)))
+    with mmap.mmap(entry.fd, entry.nbytes, prot=mmap.PROT_READ) as mapped:
+        return block_checksum(mapped)
+
+
+#: The bit of ``CAP_IPC_LOCK`` in ``/proc/self/status``'s ``CapEff`` (``linux/capability.h``).
+CAP_IPC_LOCK = 14
+
+
+def may_pin(nbytes: int) -> bool:
+    """Whether this process may lock ``nbytes`` of memory: it has ``CAP_IPC_LOCK``, or its
+    ``RLIMIT_MEMLOCK`` allows that much."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY or soft >= nbytes:
+        return True
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
+    return False
+
+
 #: Large blocks whose first whole-block hit the tier remembers (ids only), to admit a
 #: block at its second: a few times the copies a tier of the default size holds.
 SEEN_BLOCKS = 1024
@@ -174,8 +263,13 @@ SEEN_BLOCKS = 1024
 
 class MemoryTier:
     """Verified copies of blocks, at most ``capacity`` bytes of them (LRU) and at most
-    ``max_copies`` sealed copies of large ones (default :func:`default_max_copies`), each
-    served for at most ``recheck_after`` seconds after its check.
+    ``max_copies`` copies of large ones (default :func:`default_max_copies`), each served
+    for at most ``recheck_after`` seconds after its check.
+
+    A large block's copy is a pinned file (:func:`_pinned_copy`) when the process may
+    lock ``capacity`` bytes (:func:`may_pin`), else a sealed memfd; the tier says which
+    once, at start, and if a pinned copy cannot be made it makes sealed memfds from then
+    on, and says so once.
 
     Used on the event loop thread only.
     """
@@ -185,16 +279,29 @@ class MemoryTier:
         self._recheck_after = recheck_after
         self._max_copies = default_max_copies() if max_copies is None else max_copies
         self._seen: LRUCache[str, None] = LRUCache(SEEN_BLOCKS)
-        if capacity > 0 and (huge := shmem_huge_pages()) in ("never", "deny"):
+        self._pin = capacity > 0 and may_pin(capacity)
+        if capacity > 0 and not self._pin:
             log.info(
-                "memory tier: copies of large blocks get 4 KiB pages (%s is %r); 'advise' "
-                "makes sending them cheaper",
-                SHMEM_HUGE_SETTING,
-                huge,
+                "memory tier: copies of large blocks are sealed memfds, not pinned files: "
+                "locking %d bytes needs RLIMIT_MEMLOCK room or CAP_IPC_LOCK",
+                capacity,
             )
+            if (huge := shmem_huge_pages()) in ("never", "deny"):
+                log.info(
+                    "memory tier: sealed memfds get 4 KiB pages (%s is %r); 'advise' makes "
+                    "sending them cheaper",
+                    SHMEM_HUGE_SETTING,
+                    huge,
+                )
+
+    @property
+    def pins(self) -> bool:
+        """Whether large blocks' copies are made as pinned files (else sealed memfds)."""
+        return self._pin
 
     def _entry(self, block_id: str, checksum: int) -> _Entry | None:
-        """The block's entry if it is for ``checksum`` and checked recently enough."""
+        """The block's entry if it is for ``checksum`` and checked recently enough. A
+        large block's copy due for a check stays, for :meth:`keep_copy` to renew."""
         entry = self._blocks.get(block_id)
         if entry is None:
             return None
@@ -202,7 +309,8 @@ class MemoryTier:
             self._blocks.pop(block_id)  # another version of the block
             return None
         if time.monotonic() - entry.checked_at > self._recheck_after:
-            self._blocks.pop(block_id)  # due for a check against the file
+            if entry.fd < 0:
+                self._blocks.pop(block_id)  # due for a check against the file
             return None
         return entry
 
@@ -215,16 +323,16 @@ class MemoryTier:
         """A large block's verified copy, open for ``sendfile``, if it is here for
         ``checksum``; the caller owns the returned fd (the tier may drop its own)."""
         entry = self._entry(block_id, checksum)
-        if entry is None or entry.memfd < 0:
+        if entry is None or entry.fd < 0:
             return None
-        return BlockFile(os.dup(entry.memfd), entry.nbytes)
+        return BlockFile(os.dup(entry.fd), entry.nbytes)
 
     def keep(self, block_id: str, checksum: int, data: bytes | bytearray | memoryview) -> bytes:
         """Keep a small block's bytes just checked against ``checksum`` (if they fit);
         return them as bytes."""
         data = bytes(data)
         if self.fits(len(data)):
-            self._blocks.put(block_id, _Entry(checksum, time.monotonic(), len(data), data, -1))
+            self._blocks.put(block_id, _Entry(checksum, time.monotonic(), len(data), data, -1, 0))
         return data
 
     def fits(self, nbytes: int) -> bool:
@@ -234,30 +342,66 @@ class MemoryTier:
     def admits(self, block_id: str, nbytes: int) -> bool:
         """Whether a large block of ``nbytes`` being hit whole should be copied here now:
         when it fits and this is its second hit since it was last remembered (the first
-        is only remembered)."""
+        is only remembered), or its copy here is due for a check (:meth:`keep_copy`)."""
         if not self.fits(nbytes):
             return False
+        if self._blocks.peek(block_id) is not None:
+            return True
         if self._seen.pop(block_id, False) is None:
             return True
         self._seen[block_id] = None
         return False
 
-    def keep_copy(self, block_id: str, checksum: int, data: bytearray | memoryview) -> None:
+    def keep_copy(
+        self, block_id: str, checksum: int, data: bytearray | memoryview, where: str
+    ) -> None:
         """Keep a copy of a large block's bytes just checked against ``checksum``, if
-        they fit."""
+        they fit; a pinned copy goes in ``where``'s file system (the block's cache dir).
+
+        A copy already here for ``checksum`` (one due for a check, whose file was just
+        checked) is kept and marked checked if its own bytes still match ``checksum``:
+        a new pinned copy is a file whose pages the kernel writes to the disk once, and
+        a hot set rechecked every minute would be written again every minute.
+        """
         nbytes = len(data)
         if not self.fits(nbytes):
             return
-        self._blocks.pop(block_id)
+        now = time.monotonic()
+        if (old := self._blocks.peek(block_id)) is not None:
+            if old.fd >= 0 and old.checksum == checksum and _copy_checksum(old) == checksum:
+                self._blocks.renew(block_id, now)
+                return
+            self._blocks.pop(block_id)
         while self._blocks.copies >= self._max_copies:
             self._blocks.popitem()
         try:
-            memfd = _sealed_copy(block_id, data)
+            fd, pinned = self._copy(block_id, data, where)
         except OSError as exc:
             log.warning("block %s not kept in memory: %s", block_id, exc)
             return
-        self._blocks.put(block_id, _Entry(checksum, time.monotonic(), nbytes, None, memfd))
+        self._blocks.put(block_id, _Entry(checksum, now, nbytes, None, fd, pinned))
+
+    def _copy(self, block_id: str, data: bytearray | memoryview, where: str) -> tuple[int, int]:
+        """A new copy of ``data``: pinned in ``where`` if the tier pins, else (or if that
+        fails, from now on) a sealed memfd; (fd, the pinned mapping's address or 0)."""
+        if self._pin:
+            try:
+                return _pinned_copy(where, data)
+            except OSError as exc:
+                self._pin = False
+                log.warning(
+                    "memory tier: block %s's copy cannot be pinned in %s (%s); copies of "
+                    "large blocks are sealed memfds from now on",
+                    block_id,
+                    where,
+                    exc,
+                )
+        return _sealed_copy(block_id, data), 0
+
+    def drop(self, block_id: str) -> None:
+        """Drop the block's entry, if any (its file failed a check)."""
+        self._blocks.pop(block_id)
 
     def close(self) -> None:
-        """Drop every entry, closing every sealed copy."""
+        """Drop every entry, closing every copy."""
         self._blocks.clear()

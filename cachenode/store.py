@@ -409,7 +409,7 @@ class BlockStore:
         d.policy.touch(key)
         if not small:
             if self._memory.admits(block_id, nbytes):
-                self._memory.keep_copy(block_id, checksum, buf)
+                self._memory.keep_copy(block_id, checksum, buf, d.root)
             return opened
         opened.close()
         return self._memory.keep(block_id, checksum, buf)
@@ -454,7 +454,7 @@ class BlockStore:
             self._drop_bad(found, found.block_id, data)
             return None
         found.dir.policy.touch(found.key)
-        self._memory.keep_copy(found.block_id, found.checksum, data)
+        self._memory.keep_copy(found.block_id, found.checksum, data, found.dir.root)
         return self._memory.open(found.block_id, found.checksum) or BlockBytes(data)
 
     def _kept_copy(self, found: _Found) -> BlockFile | None:
@@ -516,6 +516,7 @@ class BlockStore:
             return  # the file was replaced while we read; the new one is fine
         log.warning("block %s in cache dir %s not served: %s; dropped", block_id, d.root, bad)
         d.policy.remove(found.key)
+        self._memory.drop(block_id)  # a copy due for a check is not renewed
         if bad.inode is not None:
             try:
                 if os.stat(path).st_ino == bad.inode:
