@@ -11,29 +11,55 @@ What it promises (``docs/security.md``, "What a node serves"):
   made by the store when it read the file; a large one only at its second whole-block
   hit among the last :data:`SEEN_BLOCKS` large blocks hit (:meth:`MemoryTier.admits`).
   A stream through a file larger than the tier hits each block once, and copying each
-  into a new sealed copy that nobody asks for again cost the node more than sending it:
+  into a new copy that nobody asks for again cost the node more than sending it:
   whole-block reads of such a stream took 1,555-1,779 us of the machine's CPU per MB
   without the copy against 2,412-2,570 with it.
 - A small block (one the store reads inline) is kept as a ``bytes`` object, which
-  nothing can change; a large one is copied into a sealed ``memfd`` (no process can
-  change, grow or shrink it after the copy) and served from it with ``sendfile``. Neither
-  is hashed again while it is served from here: those bytes never come from the disk
-  again. (Hashing a 64 KiB block on every hit was 2% of a hot node's samples in py-spy,
-  for a check that only a flipped bit in RAM could fail, as it could in a sealed copy.)
-- An entry is served for at most ``recheck_after`` seconds after its check; then it is
-  dropped, and the next serve reads the file and checks it again, so a block that rotted
-  on disk meanwhile is caught within that time, as is a flipped bit in the tier itself.
-- A large block's copy asks for huge pages (``MADV_HUGEPAGE``), which the kernel grants
+  nothing can change. Neither it nor a large block's copy is hashed again while it is
+  served from here. (Hashing a 64 KiB block on every hit was 2% of a hot node's samples
+  in py-spy, for a check that only a flipped bit in RAM could fail, as it could in a
+  copy.)
+- A large block is copied into a **pinned copy** (:func:`_pinned_copy`) and served from it
+  with ``sendfile``: an unnamed file (``O_TMPFILE | O_EXCL``) in the file system of the
+  block's cache dir, written once, whose pages are locked in memory (``mlock`` on a
+  read-only shared mapping) until it leaves the tier. ``sendfile`` from its page cache
+  (the file system's large folios) costs less than from a memfd's 4 KiB shmem pages.
+
+  - Its bytes never come from the disk again: a locked page is never dropped from the
+    page cache. The kernel writes the pages to the disk (once, about 30 s after the
+    copy; a copy dropped sooner is never written) and never reads them back.
+  - No process can open it by a name: it has none and can never get one. The only way
+    to it is the node's own fd, through ``/proc/<pid>/fd``, open to the node's user and
+    to root only; they can already change the node's block files and memory
+    (``docs/security.md``, "Out of scope"). Unlike a sealed memfd, such a process
+    could write into it (no seal exists for a file on a disk's file system): the
+    recheck below hashes the copy itself, so such a change is never served past
+    ``recheck_after``.
+  - While kept it takes its size in that file system (which the store's free-space
+    check counts), and its locked pages count against ``RLIMIT_MEMLOCK``.
+- Where a pinned copy cannot be made, the copy is a **sealed memfd** (no process can
+  change, grow or shrink it after the copy), as it always was: when the process may not
+  lock the tier's capacity (no ``CAP_IPC_LOCK`` and too small an ``RLIMIT_MEMLOCK``: said
+  once at start), or from the first pinned copy that fails (a file system without
+  ``O_TMPFILE``, no room: said once then). A memfd's pages are shared memory, which the
+  kernel may move to swap where swap is on; a serve then reads them back from the swap
+  device. Such a copy asks for huge pages (``MADV_HUGEPAGE``), which the kernel grants
   when ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` is ``advise``,
-  ``within_size`` or ``always``. ``sendfile`` from 4 KiB pages costs the machine about a
-  quarter more than from a file (whose page cache uses large folios); from huge pages it
-  costs about the same. With ``never`` (a common default) the copy has 4 KiB pages and
-  the node says so once at start.
+  ``within_size`` or ``always``; with ``never`` (a common default) the copy has 4 KiB
+  pages and the node says so once at start.
+- An entry is served for at most ``recheck_after`` seconds after its check; then the
+  next serve reads the file and checks it again, so a block that rotted on disk
+  meanwhile is caught within that time. A small block's entry is dropped then. A large
+  block's copy is kept if the file still checks and the copy's own bytes still match the
+  checksum (:meth:`MemoryTier.keep_copy`), else made anew, so a flipped bit in the copy
+  is caught within that time too. Keeping it spares the disk a write of every hot block
+  at every recheck.
 - Least recently used entries leave first, by bytes, and a large block's copy also when
-  ``max_copies`` sealed copies are kept: each holds an open file, and the node's other
-  files (block files being sent, client connections) must keep the rest of its
+  ``max_copies`` copies are kept: each holds an open file, and the node's other files
+  (block files being sent, client connections) must keep the rest of its
   ``RLIMIT_NOFILE``.
-- :meth:`MemoryTier.close` closes every copy.
+- :meth:`MemoryTier.close` closes (and unmaps) every copy; an entry whose file failed a
+  check is dropped (:meth:`MemoryTier.drop`).
 """
 
 from __future__ import annotations
