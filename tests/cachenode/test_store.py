@@ -7,6 +7,7 @@ import errno
 import mmap
 import os
 import random
+import re
 import resource
 import shutil
 import time
@@ -607,19 +608,25 @@ async def test_a_range_without_good_part_checksums_is_checked_whole(make_store, 
     assert await store.get(block_id) == data
 
 
-def memfd_copies() -> int:
-    """The memory tier's sealed copies open in this process."""
-    return sum(
-        os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:ringcache-")
+def tier_copies(where: Path) -> int:
+    """The memory tier's copies open in this process: sealed memfds, and pinned copies in
+    ``where`` (nameless files, which ``/proc`` shows as ``<dir>/#<inode> (deleted)``)."""
+    links = [
+        os.readlink(f"/proc/self/fd/{fd}")
         for fd in os.listdir("/proc/self/fd")
         if os.path.exists(f"/proc/self/fd/{fd}")
+    ]
+    return sum(
+        link.startswith("/memfd:ringcache-")
+        or re.fullmatch(rf"{re.escape(str(where))}/#\d+ \(deleted\)", link) is not None
+        for link in links
     )
 
 
 async def test_memory_tier_copies_hold_a_quarter_of_the_fd_limit_and_close_with_the_store(
-    make_store,
+    make_store, tmp_path
 ):
-    """Each large block kept in memory is an open memfd: a tier sized in bytes alone
+    """Each large block kept in memory is an open file: a tier sized in bytes alone
     could hold more of them than the node may open files (then accept() and every block
     file fail with EMFILE)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -634,12 +641,12 @@ async def test_memory_tier_copies_hold_a_quarter_of_the_fd_limit_and_close_with_
         for _ in range(2):  # a large block is copied into memory at its second hit
             got = await store.open_block(block_id)
             assert isinstance(got, BlockFile) and read_block_file(got) == data
-    assert 0 < memfd_copies() <= 200 // 4
+    assert 0 < tier_copies(tmp_path / "d0") <= 200 // 4
     last = list(blocks)[-1]
     got = await store.open_block(last)  # the newest copy is still served
     assert isinstance(got, BlockFile) and read_block_file(got) == blocks[last]
     store.close()
-    assert memfd_copies() == 0
+    assert tier_copies(tmp_path / "d0") == 0
 
 
 def _cached_pages(path: Path, nbytes: int) -> bool | None:
