@@ -649,6 +649,34 @@ async def test_memory_tier_copies_hold_a_quarter_of_the_fd_limit_and_close_with_
     assert tier_copies(tmp_path / "d0") == 0
 
 
+async def test_a_large_blocks_copy_in_memory_is_pinned_in_its_cache_dirs_file_system(
+    make_store, tmp_path
+):
+    """A large block admitted to the memory tier is served from a nameless file made in
+    the file system of the cache dir that holds the block (a tier of 6 MiB: its pages
+    can be locked under a default RLIMIT_MEMLOCK)."""
+    store = make_store(16 * MiB, 16 * MiB, memory_bytes=6 * MiB)
+    blocks = {new_id(): os.urandom(LARGE) for _ in range(8)}
+    for block_id, data in blocks.items():
+        assert await store.put(block_id, data)
+    where = {
+        block_id: str(tmp_path / d) for d in ("d0", "d1") for block_id in block_files(tmp_path / d)
+    }
+    assert set(where.values()) == {str(tmp_path / "d0"), str(tmp_path / "d1")}
+    for block_id, data in blocks.items():
+        for _ in range(2):  # copied into memory at the second hit
+            got = await store.open_block(block_id)
+            assert isinstance(got, BlockFile) and read_block_file(got) == data
+        copy = await store.open_block(block_id)
+        assert isinstance(copy, BlockFile)
+        try:
+            link = os.readlink(f"/proc/self/fd/{copy.fd}")
+            assert re.fullmatch(rf"{re.escape(where[block_id])}/#\d+ \(deleted\)", link)
+            assert read_block_file(copy._replace(fd=os.dup(copy.fd))) == data
+        finally:
+            copy.close()
+
+
 def _cached_pages(path: Path, nbytes: int) -> bool | None:
     fd = os.open(path, os.O_RDONLY)
     try:
