@@ -24,6 +24,8 @@ What it promises (``docs/security.md``, "What a node serves"):
   block's cache dir, written once, whose pages are locked in memory (``mlock`` on a
   read-only shared mapping) until it leaves the tier. ``sendfile`` from its page cache
   (the file system's large folios) costs less than from a memfd's 4 KiB shmem pages.
+  The store has it made in its pool (:meth:`MemoryTier.keep_copy`): a write to a disk's
+  file system can block, for tens of ms under heavy writes, and the event loop must not.
 
   - Its bytes never come from the disk again: a locked page is never dropped from the
     page cache. The kernel writes the pages to the disk (once, about 30 s after the
@@ -64,6 +66,7 @@ What it promises (``docs/security.md``, "What a node serves"):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import fcntl
@@ -73,6 +76,8 @@ import os
 import resource
 import time
 from collections import OrderedDict
+from concurrent.futures import Executor, Future
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -173,9 +178,7 @@ class _Entries:
         self.currsize -= entry.nbytes
         if entry.fd >= 0:
             self.copies -= 1
-            if entry.pinned:
-                _libc.munmap(entry.pinned, entry.nbytes)
-            os.close(entry.fd)
+            _release(entry.fd, entry.pinned, entry.nbytes)
 
     def popitem(self) -> None:
         """Drop the least recently used entry."""
@@ -254,6 +257,41 @@ def _pinned_copy(where: str, data: bytes | bytearray | memoryview) -> tuple[int,
     return fd, address
 
 
+class _CopyMismatch(Exception):
+    """A pinned copy's bytes did not match the block's checksum."""
+
+
+def _pinned_copy_of(where: str, source: bytes | int, nbytes: int, checksum: int) -> tuple[int, int]:
+    """A pinned copy (:func:`_pinned_copy`) of ``source``: bytes, or an open block file
+    (closed here) whose first ``nbytes`` are read; made in a pool. The copy's own pages
+    are then hashed: :class:`_CopyMismatch` unless they match ``checksum``."""
+    if isinstance(source, int):
+        try:
+            data = os.pread(source, nbytes, 0)
+        finally:
+            os.close(source)
+    else:
+        data = source
+    if len(data) != nbytes:
+        raise _CopyMismatch(f"{len(data)} bytes read, not {nbytes}")
+    fd, address = _pinned_copy(where, data)
+    if _pinned_checksum(address, nbytes) != checksum:
+        _release(fd, address, nbytes)
+        raise _CopyMismatch("the copy's bytes do not match the block's checksum")
+    return fd, address
+
+
+def _pinned_checksum(address: int, nbytes: int) -> int:
+    return block_checksum(memoryview((ctypes.c_char * nbytes).from_address(address)))
+
+
+def _release(fd: int, pinned: int, nbytes: int) -> None:
+    """Unmap a pinned copy's locked mapping (``pinned``, if not 0) and close the copy."""
+    if pinned:
+        _libc.munmap(pinned, nbytes)
+    os.close(fd)
+
+
 def _libc_error(call: str) -> OSError:
     err = ctypes.get_errno()
     return OSError(err, f"{call}: {os.strerror(err)}")
@@ -262,7 +300,7 @@ def _libc_error(call: str) -> OSError:
 def _copy_checksum(entry: _Entry) -> int:
     """The checksum of the bytes a large block's copy holds now."""
     if entry.pinned:
-        return block_checksum(memoryview((ctypes.c_char * entry.nbytes).from_address(entry.pinned)))
+        return _pinned_checksum(entry.pinned, entry.nbytes)
     with mmap.mmap(entry.fd, entry.nbytes, prot=mmap.PROT_READ) as mapped:
         return block_checksum(mapped)
 
@@ -282,6 +320,14 @@ def may_pin(nbytes: int) -> bool:
             if line.startswith("CapEff:"):
                 return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
     return False
+
+
+class _Making(NamedTuple):
+    """A pinned copy being made in a pool."""
+
+    job: Future[tuple[int, int]]  # (fd, address), as :func:`_pinned_copy` returns
+    nbytes: int
+    kept: asyncio.Future[None]  # done once the copy is kept (or given up)
 
 
 #: Large blocks whose first whole-block hit the tier remembers (ids only), to admit a
@@ -307,6 +353,8 @@ class MemoryTier:
         self._recheck_after = recheck_after
         self._max_copies = default_max_copies() if max_copies is None else max_copies
         self._seen: LRUCache[str, None] = LRUCache(SEEN_BLOCKS)
+        #: Pinned copies being made in a pool, by block id (:meth:`keep_copy`).
+        self._making: dict[str, _Making] = {}
         self._pin = capacity > 0 and may_pin(capacity)
         if capacity > 0 and not self._pin:
             log.info(
@@ -371,7 +419,7 @@ class MemoryTier:
         """Whether a large block of ``nbytes`` being hit whole should be copied here now:
         when it fits and this is its second hit since it was last remembered (the first
         is only remembered), or its copy here is due for a check (:meth:`keep_copy`)."""
-        if not self.fits(nbytes):
+        if not self.fits(nbytes) or block_id in self._making:
             return False
         if self._blocks.peek(block_id) is not None:
             return True
@@ -381,10 +429,25 @@ class MemoryTier:
         return False
 
     def keep_copy(
-        self, block_id: str, checksum: int, data: bytearray | memoryview, where: str
-    ) -> None:
+        self,
+        block_id: str,
+        checksum: int,
+        data: bytes | bytearray | memoryview,
+        where: str,
+        pool: Executor | None = None,
+        file: BlockFile | None = None,
+    ) -> asyncio.Future[None] | None:
         """Keep a copy of a large block's bytes just checked against ``checksum``, if
         they fit; a pinned copy goes in ``where``'s file system (the block's cache dir).
+
+        With ``pool``, a pinned copy is made there: a write to a disk's file system can
+        block (ext4 has no ``RWF_NOWAIT`` for it), and this runs on the event loop. It
+        is made from ``file`` (the checked file, which the caller keeps: the pool reads
+        a duplicate of it) if given, else from ``data`` (which must then not change: a
+        ``bytes``, or a buffer the caller does not reuse), and kept only if its own
+        bytes match ``checksum``. The returned future is done once it is kept (or given
+        up; :meth:`making` gives it too). Else, and for a sealed memfd, the copy is made
+        now, from ``data``.
 
         A copy already here for ``checksum`` (one due for a check, whose file was just
         checked) is kept and marked checked if its own bytes still match ``checksum``:
@@ -392,22 +455,67 @@ class MemoryTier:
         a hot set rechecked every minute would be written again every minute.
         """
         nbytes = len(data)
-        if not self.fits(nbytes):
-            return
+        if not self.fits(nbytes) or block_id in self._making:
+            return None
         now = time.monotonic()
         if (old := self._blocks.peek(block_id)) is not None:
             if old.fd >= 0 and old.checksum == checksum and _copy_checksum(old) == checksum:
                 self._blocks.renew(block_id, now)
-                return
+                return None
             self._blocks.pop(block_id)
-        while self._blocks.copies >= self._max_copies:
-            self._blocks.popitem()
+        if self._pin and pool is not None:
+            try:
+                source = os.dup(file.fd) if file is not None else bytes(data)
+            except OSError as exc:
+                log.warning("block %s not kept in memory: %s", block_id, exc)
+                return None
+            loop = asyncio.get_running_loop()
+            job = pool.submit(_pinned_copy_of, where, source, nbytes, checksum)
+            making = _Making(job, nbytes, loop.create_future())
+            self._making[block_id] = making
+            made = partial(self._made, block_id, checksum, now, making)
+            job.add_done_callback(lambda _: loop.call_soon_threadsafe(made))
+            return making.kept
         try:
             fd, pinned = self._copy(block_id, data, where)
         except OSError as exc:
             log.warning("block %s not kept in memory: %s", block_id, exc)
+            return None
+        self._put_copy(block_id, _Entry(checksum, now, nbytes, None, fd, pinned))
+        return None
+
+    def making(self, block_id: str) -> asyncio.Future[None] | None:
+        """A future done once the block's copy being made in a pool is kept (or given
+        up), if one is being made (shield it: it is shared)."""
+        making = self._making.get(block_id)
+        return None if making is None else making.kept
+
+    def _made(self, block_id: str, checksum: int, checked_at: float, making: _Making) -> None:
+        """Keep the pinned copy ``making`` made, unless the tier was closed meanwhile
+        (:meth:`close` has then closed it). If it could not be made, the block is not
+        kept this time, and copies are sealed memfds from now on."""
+        if self._making.get(block_id) is not making:
             return
-        self._blocks.put(block_id, _Entry(checksum, now, nbytes, None, fd, pinned))
+        del self._making[block_id]
+        try:
+            fd, pinned = making.job.result()
+        except _CopyMismatch as exc:
+            log.warning("block %s not kept in memory: %s", block_id, exc)
+        except OSError as exc:
+            self._no_more_pins(block_id, exc)
+        else:
+            entry = _Entry(checksum, checked_at, making.nbytes, None, fd, pinned)
+            self._put_copy(block_id, entry)
+        finally:
+            making.kept.set_result(None)
+
+    def _put_copy(self, block_id: str, entry: _Entry) -> None:
+        """Keep a large block's new copy, dropping the least recently used entries while
+        ``max_copies`` are kept."""
+        self._blocks.pop(block_id)
+        while self._blocks.copies >= self._max_copies:
+            self._blocks.popitem()
+        self._blocks.put(block_id, entry)
 
     def _copy(self, block_id: str, data: bytearray | memoryview, where: str) -> tuple[int, int]:
         """A new copy of ``data``: pinned in ``where`` if the tier pins, else (or if that
@@ -416,20 +524,31 @@ class MemoryTier:
             try:
                 return _pinned_copy(where, data)
             except OSError as exc:
-                self._pin = False
-                log.warning(
-                    "memory tier: block %s's copy cannot be pinned in %s (%s); copies of "
-                    "large blocks are sealed memfds from now on",
-                    block_id,
-                    where,
-                    exc,
-                )
+                self._no_more_pins(block_id, exc)
         return _sealed_copy(block_id, data), 0
+
+    def _no_more_pins(self, block_id: str, exc: OSError) -> None:
+        """A pinned copy could not be made: make sealed memfds from now on, and say so."""
+        if self._pin:
+            self._pin = False
+            log.warning(
+                "memory tier: block %s's copy cannot be pinned (%s); copies of large "
+                "blocks are sealed memfds from now on",
+                block_id,
+                exc,
+            )
 
     def drop(self, block_id: str) -> None:
         """Drop the block's entry, if any (its file failed a check)."""
         self._blocks.pop(block_id)
 
     def close(self) -> None:
-        """Drop every entry, closing every copy."""
+        """Drop every entry, closing every copy, those still being made included (this
+        waits for them)."""
+        making, self._making = self._making, {}
+        for job, nbytes, kept in making.values():
+            with contextlib.suppress(OSError, _CopyMismatch):
+                _release(*job.result(), nbytes)
+            if not kept.done():
+                kept.set_result(None)
         self._blocks.clear()

@@ -7,13 +7,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from cachenode import memtier
 from cachenode.memtier import MemoryTier, shmem_huge_pages
-from clientlib.blockfile import block_checksum
+from clientlib.blockfile import BlockFile, block_checksum
 
 MiB = 1024 * 1024
 
@@ -55,6 +56,53 @@ def test_a_large_blocks_copy_is_a_nameless_file_whose_pages_stay_in_memory(tmp_p
     assert tier.open("ab" * 16, 8) is None  # another version of the block: dropped
     assert _locked_bytes() == locked
     tier.close()
+
+
+async def test_a_pinned_copy_is_made_in_the_pool_and_kept_if_it_matches(tmp_path, caplog) -> None:
+    """With a pool, the copy (a write to a disk's file system, which can block) is made
+    there, from the checked file or from a copy of the bytes (the caller reuses its
+    buffer), and kept once made if its own bytes match the checksum; the block is not
+    admitted again meanwhile, and a copy still being made when the tier closes is closed
+    too."""
+    tier = MemoryTier(6 * MiB, recheck_after=60)
+    data = os.urandom(2 * MiB)
+    checksum = block_checksum(data)
+    (tmp_path / "block").write_bytes(data)
+    fds, locked = set(os.listdir("/proc/self/fd")), _locked_bytes()
+    with ThreadPoolExecutor(1) as pool:
+        buf = bytearray(data)
+        made = tier.keep_copy("ab" * 16, checksum, memoryview(buf), str(tmp_path), pool)
+        assert made is not None and tier.making("ab" * 16) is made
+        buf[:] = bytes(len(buf))  # the caller's buffer, reused
+        assert not tier.admits("ab" * 16, len(data))
+        await made
+        assert tier.making("ab" * 16) is None
+        copy = tier.open("ab" * 16, checksum)
+        assert copy is not None
+        try:
+            assert os.pread(copy.fd, len(data) + 1, 0) == data
+            assert os.readlink(f"/proc/self/fd/{copy.fd}").startswith(f"{tmp_path}/#")
+        finally:
+            copy.close()
+
+        file = BlockFile(os.open(tmp_path / "block", os.O_RDONLY), len(data))
+        with caplog.at_level(logging.WARNING, logger="cachenode.memtier"):
+            made = tier.keep_copy("cd" * 16, checksum + 1, data, str(tmp_path), pool, file)
+            assert made is not None
+            await made
+        assert tier.open("cd" * 16, checksum + 1) is None  # its bytes do not match
+        assert "do not match" in caplog.text and tier.pins
+        made = tier.keep_copy("cd" * 16, checksum, data, str(tmp_path), pool, file)
+        file.close()  # the caller's: the pool reads a duplicate
+        assert made is not None
+        await made
+        copy = tier.open("cd" * 16, checksum)
+        assert copy is not None and os.pread(copy.fd, len(data) + 1, 0) == data
+        copy.close()
+
+        assert tier.keep_copy("ef" * 16, checksum, data, str(tmp_path), pool)
+    tier.close()  # "ef"'s copy, made but not yet kept, is closed with the rest
+    assert set(os.listdir("/proc/self/fd")) == fds and _locked_bytes() == locked
 
 
 def test_where_no_copy_can_be_pinned_a_sealed_memfd_is_made_and_that_is_said_once(
