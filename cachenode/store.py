@@ -334,6 +334,8 @@ class BlockStore:
             return found
         if found.nbytes <= read_max:
             return await self._read(found, block_id)
+        if (making := self._memory.making(block_id)) is not None:
+            await asyncio.shield(making)
         if (kept := self._kept_copy(found)) is not None:
             return kept
         if part is None and self._memory.admits(block_id, found.nbytes):
@@ -397,6 +399,8 @@ class BlockStore:
         elif (kept := self._memory.open(block_id, checksum)) is not None:
             d.policy.touch(key)
             return kept
+        elif self._memory.making(block_id) is not None:
+            return None  # open_block waits for the copy being made
         if small:
             buf: bytearray | memoryview = bytearray(nbytes)
         else:
@@ -409,7 +413,7 @@ class BlockStore:
         d.policy.touch(key)
         if not small:
             if self._memory.admits(block_id, nbytes):
-                self._memory.keep_copy(block_id, checksum, buf)
+                self._memory.keep_copy(block_id, checksum, buf, d.root, self._pool(), opened)
             return opened
         opened.close()
         return self._memory.keep(block_id, checksum, buf)
@@ -454,7 +458,11 @@ class BlockStore:
             self._drop_bad(found, found.block_id, data)
             return None
         found.dir.policy.touch(found.key)
-        self._memory.keep_copy(found.block_id, found.checksum, data)
+        made = self._memory.keep_copy(
+            found.block_id, found.checksum, data, found.dir.root, self._pool()
+        )
+        if made is not None:
+            await asyncio.shield(made)
         return self._memory.open(found.block_id, found.checksum) or BlockBytes(data)
 
     def _kept_copy(self, found: _Found) -> BlockFile | None:
@@ -516,6 +524,7 @@ class BlockStore:
             return  # the file was replaced while we read; the new one is fine
         log.warning("block %s in cache dir %s not served: %s; dropped", block_id, d.root, bad)
         d.policy.remove(found.key)
+        self._memory.drop(block_id)  # a copy due for a check is not renewed
         if bad.inode is not None:
             try:
                 if os.stat(path).st_ino == bad.inode:

@@ -19,6 +19,7 @@ proxies in its config, and an endpoint the environment sends through a proxy.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import ssl
@@ -80,18 +81,11 @@ class Connections:
             idle = self._idle.get(where)
             conn = idle.pop() if idle else None
         if conn is not None:
-            try:
-                conn.request("GET", target, headers=headers)
-                return conn, conn.getresponse()
-            except (OSError, http.client.HTTPException):
-                conn.close()  # closed by the server while idle: once more on a new one
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                return conn, _ask(conn, target, headers)
+            # closed by the server while idle: once more on a new one
         conn = self._connect(split.scheme, split.hostname or "", split.port)
-        try:
-            conn.request("GET", target, headers=headers)
-            return conn, conn.getresponse()
-        except BaseException:
-            conn.close()
-            raise
+        return conn, _ask(conn, target, headers)
 
     def _connect(self, scheme: str, host: str, port: int | None) -> Connection:
         if scheme == "https":
@@ -160,3 +154,14 @@ class Body:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ask(conn: Connection, target: str, headers: Mapping[str, str]) -> http.client.HTTPResponse:
+    """Send a GET of ``target`` on ``conn`` and read its answer's head; ``conn`` is closed
+    if that fails."""
+    try:
+        conn.request("GET", target, headers=headers)
+        return conn.getresponse()
+    except BaseException:
+        conn.close()
+        raise

@@ -241,8 +241,9 @@ async def test_a_small_block_served_from_memory_is_still_checked(
 async def test_a_large_block_from_memory_is_read_from_its_file_and_checked_when_due(
     make_cluster, client_for, tmp_path
 ):
-    """A large block is copied into memory at its second whole-block hit and sent from
-    that verified copy, so a file corrupted after the check does not reach a client; once
+    """A large block is copied into memory at its second whole-block hit (the copy is
+    made in the store's pool; a hit meanwhile waits for it) and sent from that verified
+    copy, so a file corrupted after the check does not reach a client; once
     the copy has left the memory tier (LRU) or is older than --memory-recheck, the file
     is read and checked again, and dropped."""
     cluster = make_cluster(1, extra=["--memory-cache", "6MiB", "--memory-recheck", "1"])
@@ -270,7 +271,9 @@ async def test_a_large_block_from_memory_is_read_from_its_file_and_checked_when_
         corrupt(first, len(first_data))
         assert await get(session, first) == (200, first_data)  # the copy checked before
         assert await get(session, second) == (200, second_data)
-        assert await get(session, second) == (200, second_data)  # pushes the first out
+        assert await get(session, second) == (200, second_data)  # copied, in the pool
+        # From the copy (a hit waits for it while it is being made): the first is out.
+        assert await get(session, second) == (200, second_data)
         assert await get(session, first) == (404, b"404")  # checked again: dropped
         corrupt(second, len(second_data))
         assert await get(session, second) == (200, second_data)

@@ -7,6 +7,7 @@ import errno
 import mmap
 import os
 import random
+import re
 import resource
 import shutil
 import time
@@ -607,19 +608,25 @@ async def test_a_range_without_good_part_checksums_is_checked_whole(make_store, 
     assert await store.get(block_id) == data
 
 
-def memfd_copies() -> int:
-    """The memory tier's sealed copies open in this process."""
-    return sum(
-        os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:ringcache-")
+def tier_copies(where: Path) -> int:
+    """The memory tier's copies open in this process: sealed memfds, and pinned copies in
+    ``where`` (nameless files, which ``/proc`` shows as ``<dir>/#<inode> (deleted)``)."""
+    links = [
+        os.readlink(f"/proc/self/fd/{fd}")
         for fd in os.listdir("/proc/self/fd")
         if os.path.exists(f"/proc/self/fd/{fd}")
+    ]
+    return sum(
+        link.startswith("/memfd:ringcache-")
+        or re.fullmatch(rf"{re.escape(str(where))}/#\d+ \(deleted\)", link) is not None
+        for link in links
     )
 
 
 async def test_memory_tier_copies_hold_a_quarter_of_the_fd_limit_and_close_with_the_store(
-    make_store,
+    make_store, tmp_path
 ):
-    """Each large block kept in memory is an open memfd: a tier sized in bytes alone
+    """Each large block kept in memory is an open file: a tier sized in bytes alone
     could hold more of them than the node may open files (then accept() and every block
     file fail with EMFILE)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -634,12 +641,40 @@ async def test_memory_tier_copies_hold_a_quarter_of_the_fd_limit_and_close_with_
         for _ in range(2):  # a large block is copied into memory at its second hit
             got = await store.open_block(block_id)
             assert isinstance(got, BlockFile) and read_block_file(got) == data
-    assert 0 < memfd_copies() <= 200 // 4
+    assert 0 < tier_copies(tmp_path / "d0") <= 200 // 4
     last = list(blocks)[-1]
     got = await store.open_block(last)  # the newest copy is still served
     assert isinstance(got, BlockFile) and read_block_file(got) == blocks[last]
     store.close()
-    assert memfd_copies() == 0
+    assert tier_copies(tmp_path / "d0") == 0
+
+
+async def test_a_large_blocks_copy_in_memory_is_pinned_in_its_cache_dirs_file_system(
+    make_store, tmp_path
+):
+    """A large block admitted to the memory tier is served from a nameless file made in
+    the file system of the cache dir that holds the block (a tier of 6 MiB: its pages
+    can be locked under a default RLIMIT_MEMLOCK)."""
+    store = make_store(16 * MiB, 16 * MiB, memory_bytes=6 * MiB)
+    blocks = {new_id(): os.urandom(LARGE) for _ in range(8)}
+    for block_id, data in blocks.items():
+        assert await store.put(block_id, data)
+    where = {
+        block_id: str(tmp_path / d) for d in ("d0", "d1") for block_id in block_files(tmp_path / d)
+    }
+    assert set(where.values()) == {str(tmp_path / "d0"), str(tmp_path / "d1")}
+    for block_id, data in blocks.items():
+        for _ in range(2):  # copied into memory at the second hit
+            got = await store.open_block(block_id)
+            assert isinstance(got, BlockFile) and read_block_file(got) == data
+        copy = await store.open_block(block_id)
+        assert isinstance(copy, BlockFile)
+        try:
+            link = os.readlink(f"/proc/self/fd/{copy.fd}")
+            assert re.fullmatch(rf"{re.escape(where[block_id])}/#\d+ \(deleted\)", link)
+            assert read_block_file(copy._replace(fd=os.dup(copy.fd))) == data
+        finally:
+            copy.close()
 
 
 def _cached_pages(path: Path, nbytes: int) -> bool | None:
