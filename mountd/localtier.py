@@ -7,14 +7,17 @@ deleted and read again from the peers, never served; a random read takes only th
 that hold its bytes. Writes go to a temporary name and are renamed into place, so a
 crash leaves whole blocks or nothing. Whole blocks are read with ``O_DIRECT`` (a
 sequential reader: the mount's own page cache keeps what a stream read, and filling a
-second copy in the page cache was most of what a block cost here). A block a stream
-read is written with ``O_DIRECT`` too (``put(direct=True)``), for the same reason: the
-buffered write filled fresh page cache pages for a copy nobody reads soon, which cost
-a fresh mount's sequential read 850-6,640 us of CPU per MB on this project's VM (over
-2,000 in 7 of 22 rounds), against 860-1,270 direct (``mount.md``, session 6). A block
-pulled for random reads is written through the page cache: those reads come right
-back for other parts of it, and a direct write left them all to the disk (session 5:
-428 against 3,868 random 4 KiB reads a second). Eviction is LRU by bytes on disk,
+second copy in the page cache was most of what a block cost here). A fetched block is
+written with ``O_DIRECT`` too (``put(direct=True)``), from the buffer it was received
+into: a buffered write copies it into freshly allocated page cache pages, and on a VM
+that hands freed memory back to its host (virtio-balloon free page reporting, as on
+this project's VM) the CPU's first touch of such a page costs a fault on the host:
+up to 7,500 us of CPU per MiB written here, against under 60 direct
+(``loadtest/results/mount.md``, sessions 6 and 7). A block pulled for random reads is
+then read back into the page cache by the disk (``read_back``: ``POSIX_FADV_WILLNEED``,
+no CPU copy), because those reads come right back for its other parts; left to the
+disk, each first read of a part waited for it (session 5: 428 against 3,868 random
+4 KiB reads a second; session 7: 0.7 ms a read). Eviction is LRU by bytes on disk,
 with the index rebuilt from the directory (oldest access time first) at start;
 files of an earlier layout are removed then. With a ``reserve`` (the default tier's,
 :mod:`mountd.cachedir`), a write that would leave less than that share of the filesystem
@@ -275,11 +278,15 @@ class LocalTier:
         with self._lock:
             return block_id in self._index
 
-    def put(self, block_id: str, data: bytes, *, direct: bool = False) -> None:
+    def put(
+        self, block_id: str, data: bytes, *, direct: bool = False, read_back: bool = False
+    ) -> None:
         """Store a block (atomically); evicts the least recently used to make room.
         ``direct`` writes it past the page cache (``O_DIRECT``, from ``data`` itself when
-        it is a page-aligned buffer, as received blocks are): for a block read by a stream,
-        which nobody reads from the page cache soon (see the module docstring)."""
+        it is a page-aligned buffer, as received blocks are); ``read_back`` then has the
+        kernel read the stored file into the page cache in the background (the disk
+        fills the pages, the CPU copies nothing), for a block whose parts are read soon
+        (see the module docstring)."""
         if file_length(len(data)) > self.capacity:
             return
         if self._used(block_id) is not None:
@@ -298,6 +305,8 @@ class LocalTier:
         with self._lock:
             self._index[block_id] = entry
         self._delete_evicted()
+        if read_back:
+            _read_ahead(path)
 
     def _room_for(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more leave :attr:`reserve` of the filesystem free, after
@@ -329,3 +338,16 @@ class LocalTier:
             self._unmap.append(block_id)  # a mapping would keep its disk space
             with contextlib.suppress(OSError):
                 self._path(block_id, *entry).unlink()
+
+
+def _read_ahead(path: Path) -> None:
+    """Start reading the whole file into the page cache, without waiting for it. A hint:
+    a file gone meanwhile (evicted) is not an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)

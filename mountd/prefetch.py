@@ -52,8 +52,8 @@ BACKGROUND_PULLS = 2
 #: Blocks whose range reads are counted (least recently read forgotten first).
 COUNTED_BLOCKS = 4096
 #: Fetched blocks waiting to be written to the local disk tier, at most; a block fetched
-#: while that many wait is not stored. A stream's blocks are written with ``O_DIRECT``,
-#: at the disk's pace: on a disk slower than the links, the blocks waiting (each holding
+#: while that many wait is not stored. Fetched blocks are written with ``O_DIRECT``, at
+#: the disk's pace: on a disk slower than the links, the blocks waiting (each holding
 #: its buffer) would otherwise grow with the file.
 MAX_STORING = 16
 
@@ -85,9 +85,11 @@ class BlockFetcher:
     ) -> bytes:
         """Block ``index`` in blocks of ``bs`` (the size the caller cut the file with);
         ``keep=False`` for read-ahead, whose blocks the kernel's page cache keeps (see
-        :meth:`CacheClient.read_block`), not the client's memory tier. ``stream`` for a
-        block a sequential reader reads whole: a fetched one is stored in the disk tier
-        past the page cache (:meth:`LocalTier.put`)."""
+        :meth:`CacheClient.read_block`), not the client's memory tier. A fetched block is
+        written to the disk tier past the page cache (:meth:`LocalTier.put`); unless
+        ``stream`` (a block a sequential reader reads whole, which the kernel keeps in the
+        mount's own page cache), the disk then reads it back into the page cache, where
+        the random reads that pulled it come back for its other parts."""
         if self.tier is None:
             return await self._pull(info, index, bs, keep)
         loop = asyncio.get_running_loop()
@@ -101,12 +103,13 @@ class BlockFetcher:
                     self.client.remember(block_id, data)
                 return data
         data = await self._pull(info, index, bs, keep)
-        self._store(block_id, data, stream)
+        self._store(block_id, data, read_back=not stream)
         return data
 
-    def _store(self, block_id: str, data: bytes, direct: bool) -> None:
-        """Write a fetched block to the disk tier on its threads, unless
-        :data:`MAX_STORING` blocks already wait for them (the reader is never held up)."""
+    def _store(self, block_id: str, data: bytes, *, read_back: bool) -> None:
+        """Write a fetched block to the disk tier with ``O_DIRECT`` (and ``read_back``,
+        :meth:`LocalTier.put`) on its threads, unless :data:`MAX_STORING` blocks already
+        wait for them (the reader is never held up)."""
         assert self.tier is not None
         if self._storing >= MAX_STORING:
             log.debug(
@@ -116,7 +119,7 @@ class BlockFetcher:
         self._storing += 1
         loop = asyncio.get_running_loop()
         stored = loop.run_in_executor(
-            self._disk, partial(self.tier.put, block_id, data, direct=direct)
+            self._disk, partial(self.tier.put, block_id, data, direct=True, read_back=read_back)
         )
         stored.add_done_callback(self._stored)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import xxhash
 
 from clientlib.blockfile import PART_SIZE, block_checksum, block_filename, file_length
+from clientlib.launcher import wait_until
 from mountd.localtier import LocalTier
 
 MiB = 1024 * 1024
@@ -95,6 +96,26 @@ def test_a_block_a_stream_stored_is_written_past_the_page_cache(tmp_path: Path) 
     assert tier.get_part(block_id, 100, 70_000) == data[100:70_000]
     damage(tier, block_id, data, PART_SIZE + 1)
     assert tier.get(block_id) is None
+
+
+def test_a_block_pulled_for_random_reads_is_read_back_into_the_page_cache(
+    tmp_path: Path,
+) -> None:
+    """put(direct=True, read_back=True), for a block random reads pulled whole: written
+    past the page cache, then read back into it by the kernel (no CPU copy), so the
+    loop serves its parts from memory, each read checked by its parts as ever."""
+    tier = new_tier(tmp_path)
+    block_id, data = os.urandom(16).hex(), os.urandom(4 * MiB)
+    tier.put(block_id, data, direct=True, read_back=True)
+    # Its last part: the whole file is read back, not just the start.
+    last = (4 * MiB - PART_SIZE + 3, 4 * MiB)
+    wait_until(lambda: tier.get_part_cached(block_id, *last) is not None, 20, "read back")
+    assert tier.get_part_cached(block_id, *last) == data[last[0] :]
+    assert tier.get_part_cached(block_id, 100, 70_000) == data[100:70_000]
+    path = damage(tier, block_id, data, 2 * PART_SIZE + 1)
+    assert tier.get_part_cached(block_id, 2 * PART_SIZE, 2 * PART_SIZE + 10) is None
+    assert tier.get_part(block_id, 2 * PART_SIZE, 2 * PART_SIZE + 10) is None
+    assert not path.exists()
 
 
 def test_a_whole_read_checks_every_byte(tmp_path: Path) -> None:

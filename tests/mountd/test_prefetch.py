@@ -208,22 +208,24 @@ async def test_blocks_waiting_for_the_disk_tier_are_bounded(
     gate = threading.Event()
 
     class SlowTier(LocalTier):
-        def put(self, block_id: str, data: bytes, *, direct: bool = False) -> None:
+        def put(
+            self, block_id: str, data: bytes, *, direct: bool = False, read_back: bool = False
+        ) -> None:
             gate.wait(10)
-            super().put(block_id, data, direct=direct)
+            super().put(block_id, data, direct=direct, read_back=read_back)
 
     tier = SlowTier(tmp_path, 64 * 4096)
     tier.open()
     fetcher = BlockFetcher(None, tier)  # type: ignore[arg-type]  # storing needs no client
     ids = [f"{i:032x}" for i in range(5)]
     for block_id in ids[:4]:
-        fetcher._store(block_id, bytes(4096), True)
+        fetcher._store(block_id, bytes(4096), read_back=False)
     gate.set()
     for _ in range(500):
         if fetcher._storing == 0:
             break
         await asyncio.sleep(0.01)
     assert [tier.has(block_id) for block_id in ids[:4]] == [True, True, False, False]
-    fetcher._store(ids[4], bytes(4096), True)
+    fetcher._store(ids[4], bytes(4096), read_back=False)
     fetcher.close()  # waits for the tier's threads
     assert tier.has(ids[4])
