@@ -202,12 +202,14 @@ class BlockFetcher:
 
     async def fill(self, info: ObjectInfo, index: int, bs: int, data: bytes) -> None:
         """Push a just-written block (of a file cut into blocks of ``bs``) to its owners
-        (and the local tier)."""
+        (and the local tier, past the page cache as a fetched block: the kernel keeps
+        the writer's own copy in the mount's page cache, and a buffered write would copy
+        the block into fresh page cache pages, see :mod:`mountd.localtier`)."""
         await self.client.fill(info, index, data, bs)
         if self.tier is not None:
             block_id = self.client.block_id(info, index, bs)
             await asyncio.get_running_loop().run_in_executor(
-                self._disk, self.tier.put, block_id, data
+                self._disk, partial(self.tier.put, block_id, data, direct=True)
             )
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ the requests a sequential reader causes, which those cannot see from outside.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
@@ -229,3 +230,30 @@ async def test_blocks_waiting_for_the_disk_tier_are_bounded(
     fetcher._store(ids[4], bytes(4096), read_back=False)
     fetcher.close()  # waits for the tier's threads
     assert tier.has(ids[4])
+
+
+async def test_a_written_block_goes_to_the_disk_tier_past_the_page_cache(tmp_path: Path) -> None:
+    """fill: a block a writer just wrote is pushed to its owners and stored in the disk
+    tier with O_DIRECT, as a fetched one (its parts are not in the page cache, so the
+    loop's read declines them), and served from there, checked."""
+    size = 4 << 20  # a real block: O_DIRECT writes whole pages
+    info = ObjectInfo("s3://b/k", "s3://b", "k", size, "v1", 0.0)
+    pushed: list[tuple[int, int]] = []
+
+    class Client:
+        async def fill(self, info: ObjectInfo, index: int, data: bytes, bs: int) -> None:
+            pushed.append((index, len(data)))
+
+        def block_id(self, info: ObjectInfo, index: int, bs: int) -> str:
+            return f"{index:032x}"
+
+    tier = LocalTier(tmp_path, 4 * size)
+    tier.open()
+    fetcher = BlockFetcher(Client(), tier)  # type: ignore[arg-type]
+    data = os.urandom(size)
+    await fetcher.fill(info, 0, size, data)
+    fetcher.close()
+    assert pushed == [(0, size)]
+    block_id = f"{0:032x}"
+    assert tier.get_part_cached(block_id, 100, 70_000) is None
+    assert tier.get(block_id) == data
