@@ -553,12 +553,9 @@ class BlockStore:
         block share one write, which continues even if its callers are cancelled, so the
         index never misses a file it wrote.
         """
-        key = _key(block_id)
-        if len(data) > MAX_BLOCK_SIZE:
-            raise BadRequest(f"block {block_id} of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
-        if key not in self._puts and any(key in d.policy for d in self._up):
-            return True
-        return await self._puts.run(key, lambda: self._put(block_id, key, data, direct))
+        return await self._put_once(
+            block_id, len(data), lambda key: self._put(block_id, key, data, direct)
+        )
 
     async def put_received(
         self,
@@ -581,12 +578,22 @@ class BlockStore:
         with the received bytes in ``buf``. Errors of ``receive`` propagate, and nothing
         is stored; a failed ``write`` is handled as in :meth:`put` (the next dir).
         """
+        return await self._put_once(
+            block_id, len(buf), lambda key: self._put_received(block_id, key, buf, receive)
+        )
+
+    async def _put_once(
+        self, block_id: str, nbytes: int, store: Callable[[int], Awaitable[bool]]
+    ) -> bool:
+        """What every put does first: refuse a block larger than :data:`MAX_BLOCK_SIZE`,
+        answer True for one already stored, else run ``store(key)`` once for the block's
+        key, shared by concurrent puts of it (see :meth:`put`)."""
         key = _key(block_id)
-        if len(buf) > MAX_BLOCK_SIZE:
-            raise BadRequest(f"block {block_id} of {len(buf)} bytes exceeds {MAX_BLOCK_SIZE}")
+        if nbytes > MAX_BLOCK_SIZE:
+            raise BadRequest(f"block {block_id} of {nbytes} bytes exceeds {MAX_BLOCK_SIZE}")
         if key not in self._puts and any(key in d.policy for d in self._up):
             return True
-        return await self._puts.run(key, lambda: self._put_received(block_id, key, buf, receive))
+        return await self._puts.run(key, lambda: store(key))
 
     async def _put_received(
         self,
