@@ -164,14 +164,8 @@ class ReadThrough:
         data = None
         if self._handoff is not None:
             data = await self._handoff.fetch(block_id, ref.length)
-        if data is None and not send:
-            return await self._fetch_to_store(ref, block_id)
         if data is None:
-            async with self._shield.request(ref.length):
-                origin = await self._origins.get(ref.url)
-                data = await origin.read(
-                    ref.url, ref.offset, ref.length, ref.version, size=ref.size
-                )
+            return await self._fetch_to_store(ref, block_id, send)
         if len(data) != ref.length:
             raise OriginError(
                 f"origin returned {len(data)} bytes for block {block_id} of {ref.url}, "
@@ -181,30 +175,36 @@ class ReadThrough:
             log.warning("block %s of %s served without caching it", block_id, ref.url)
         return data
 
-    async def _fetch_to_store(self, ref: BlockRef, block_id: str) -> bytes | None:
+    async def _fetch_to_store(self, ref: BlockRef, block_id: str, send: bool) -> bytes | None:
         """The origin's bytes of the block received into a reused buffer and written from
-        it by the thread that received them (:meth:`BlockStore.put_received`); None once
-        stored, else a copy of the bytes.
+        it by the thread that received them (:meth:`BlockStore.put_received`); with
+        ``send`` or when it could not be stored a copy of the bytes, else None.
 
         The buffer is reused only after a fetch that ended normally: one that failed or
         was cancelled may leave a write in the store's pool still reading it.
         """
         buf = self._buffers.take(ref.length)
         view = memoryview(buf)[: ref.length]
+        received = False
 
         async def receive(write: Callable[[], OSError | None]) -> OSError | None:
+            nonlocal received
             async with self._shield.request(ref.length):
                 origin = await self._origins.get(ref.url)
-                return await origin.read_into_then(
+                failed = await origin.read_into_then(
                     ref.url, ref.offset, view, ref.version, write, size=ref.size
                 )
+            received = True
+            return failed
 
         stored = await self._store.put_received(block_id, view, receive)
-        data = None if stored else bytes(view)
+        data = bytes(view) if received and (send or not stored) else None
         view.release()
         self._buffers.give(buf)
         if not stored:
             log.warning("block %s of %s fetched without caching it", block_id, ref.url)
+        elif send and data is None:  # stored meanwhile by another put: not received here
+            data = await self._stored(block_id)
         return data
 
     async def fill(self, block_id: str, data: bytes) -> bool:

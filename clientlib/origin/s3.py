@@ -47,6 +47,7 @@ from clientlib.errors import (
 from clientlib.metrics import ORIGIN_BYTES, ORIGIN_REQUESTS
 from clientlib.origin.base import ObjectInfo, Origin, PosixAttrs, Progress, TooManyObjects
 from clientlib.origin.s3lean import Answer, LeanGet
+from clientlib.origin.s3recv import receive_into
 from clientlib.urls import join_url, split_url
 
 __all__ = ["S3Origin"]
@@ -256,13 +257,11 @@ class S3Origin(Origin):
                 raise OriginError(f"S3 sent {len(data)} bytes of {url}, not {len(buf)}")
             buf[:] = data
             return
-        done = 0
         try:
-            while done < len(buf) and (n := fp.readinto(buf[done:])):
-                done += n
+            done = receive_into(fp, got.sock, buf)
         except OSError as exc:
             got.body.close()
-            raise OriginError(f"S3 body of {url} failed after {done} bytes: {exc}") from None
+            raise OriginError(f"S3 body of {url} failed: {exc}") from None
         self._finish(url, got, done, len(buf))
 
     @staticmethod
