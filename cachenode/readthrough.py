@@ -59,6 +59,10 @@ class ReadThrough:
         #: A fetch's result: the block's bytes, or None when it was fetched only to be
         #: stored (:meth:`warm`) and is in the store.
         self._inflight: SingleFlight[str, bytes | None] = SingleFlight("origin fetch")
+        #: The bytes of a fetch for a client (:meth:`fetch`), set as soon as they are
+        #: received, before they are written to the store (about 12 ms a 4 MiB block on
+        #: a virtio disk: not worth a client's wait).
+        self._received: dict[str, asyncio.Future[bytes]] = {}
         self._buffers = BlockBuffers(IDLE_BUFFERS, DEFAULT_BLOCK_SIZE)
         self._shield = shield
         self._stats: cachetools.TTLCache[str, ObjectInfo] = cachetools.TTLCache(
@@ -135,9 +139,23 @@ class ReadThrough:
         return await self.fetch(ref, block_id), False
 
     async def fetch(self, ref: BlockRef, block_id: str) -> bytes:
-        """The miss path: one shared fetch (handoff, then origin) per block in flight."""
+        """The miss path: one shared fetch (handoff, then origin) per block in flight.
+
+        Its callers get the bytes as soon as they are received and checked
+        (:attr:`_received`), while the fetch goes on to write them to the store; it stays
+        in flight until then, so a miss of the block meanwhile joins it rather than
+        asking the origin again.
+        """
         BLOCK_MISSES.inc()
-        data = await self._inflight.run(block_id, lambda: self._fetch(ref, block_id, True))
+        if block_id not in self._inflight:
+            self._received[block_id] = asyncio.get_running_loop().create_future()
+        task = self._inflight.start(block_id, lambda: self._fetch(ref, block_id, True))
+        received = self._received.get(block_id)
+        if received is not None and not task.done():
+            await asyncio.wait([task, received], return_when=asyncio.FIRST_COMPLETED)
+        if received is not None and received.done():
+            return received.result()
+        data = await asyncio.shield(task)
         if data is None:  # joined a warm fetch, which stored the block
             data = await self._stored(block_id)
         if data is None:
@@ -161,11 +179,16 @@ class ReadThrough:
     async def _fetch(self, ref: BlockRef, block_id: str, send: bool) -> bytes | None:
         """Fetch and store the block; its bytes, or with ``send`` false None once it is
         stored (its bytes if it could not be)."""
-        data = None
-        if self._handoff is not None:
-            data = await self._handoff.fetch(block_id, ref.length)
-        if data is None:
-            return await self._fetch_to_store(ref, block_id, send)
+        received = self._received.get(block_id) if send else None
+        try:
+            data = None
+            if self._handoff is not None:
+                data = await self._handoff.fetch(block_id, ref.length)
+            if data is None:
+                return await self._fetch_to_store(ref, block_id, received)
+        finally:
+            if received is not None and self._received.get(block_id) is received:
+                del self._received[block_id]
         if len(data) != ref.length:
             raise OriginError(
                 f"origin returned {len(data)} bytes for block {block_id} of {ref.url}, "
@@ -175,38 +198,59 @@ class ReadThrough:
             log.warning("block %s of %s served without caching it", block_id, ref.url)
         return data
 
-    async def _fetch_to_store(self, ref: BlockRef, block_id: str, send: bool) -> bytes | None:
+    async def _fetch_to_store(
+        self, ref: BlockRef, block_id: str, received: asyncio.Future[bytes] | None
+    ) -> bytes | None:
         """The origin's bytes of the block received into a reused buffer and written from
-        it by the thread that received them (:meth:`BlockStore.put_received`); with
-        ``send`` or when it could not be stored a copy of the bytes, else None.
+        it by the thread that received them (:meth:`BlockStore.put_received`); a copy of
+        the bytes for a client's fetch (made by that thread before the write, and set
+        on ``received`` at once) or when the block could not be stored, else None.
 
         The buffer is reused only after a fetch that ended normally: one that failed or
         was cancelled may leave a write in the store's pool still reading it.
         """
         buf = self._buffers.take(ref.length)
         view = memoryview(buf)[: ref.length]
-        received = False
+        loop = asyncio.get_running_loop()
+        copied: list[bytes] = []
+        got = False
+
+        def send_then(write: Callable[[], OSError | None]) -> OSError | None:
+            """On the receiving thread: the client's copy first, then the write."""
+            data = bytes(view)
+            copied.append(data)
+            loop.call_soon_threadsafe(_resolve, received, data)
+            return write()
 
         async def receive(write: Callable[[], OSError | None]) -> OSError | None:
-            nonlocal received
+            nonlocal got
+            then = write if received is None else lambda: send_then(write)
             async with self._shield.request(ref.length):
                 origin = await self._origins.get(ref.url)
                 failed = await origin.read_into_then(
-                    ref.url, ref.offset, view, ref.version, write, size=ref.size
+                    ref.url, ref.offset, view, ref.version, then, size=ref.size
                 )
-            received = True
+            got = True
             return failed
 
         stored = await self._store.put_received(block_id, view, receive)
-        data = bytes(view) if received and (send or not stored) else None
+        data = copied[0] if copied else None
+        if data is None and got and not stored:
+            data = bytes(view)
         view.release()
         self._buffers.give(buf)
         if not stored:
             log.warning("block %s of %s fetched without caching it", block_id, ref.url)
-        elif send and data is None:  # stored meanwhile by another put: not received here
+        elif received is not None and data is None:  # stored by another put: not received
             data = await self._stored(block_id)
         return data
 
     async def fill(self, block_id: str, data: bytes) -> bool:
         """Store a block pushed by a client (fill-on-write); never blocks on the origin."""
         return await self._store.put(block_id, data)
+
+
+def _resolve(received: asyncio.Future[bytes], data: bytes) -> None:
+    """Hand a fetch's bytes to its callers (unless they all went away meanwhile)."""
+    if not received.done():
+        received.set_result(data)
