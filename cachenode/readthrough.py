@@ -6,11 +6,15 @@ bytes per second, so a burst of misses queues here instead of tripping the objec
 throttling. The fetch runs as its own task: a client that
 hangs up does not cancel the fetch the other waiters (and the cache) still want.
 
-A block fetched to be stored and not sent (:meth:`ReadThrough.warm`) is received into a
-reused page-aligned buffer and written from it with ``O_DIRECT``
-(:mod:`cachenode.blockbuffers`) by the thread that received it, in one job; nobody gets
-its bytes, and a lookup that joins such a fetch reads the block from the store once it
-is written.
+Every block fetched from the origin is received into a reused page-aligned buffer and
+written from it with ``O_DIRECT`` (:mod:`cachenode.blockbuffers`) by the thread that
+received it, in one job: no fresh memory and no page cache pages per block, which on a
+VM whose freed memory goes back to the host cost more CPU than receiving the bytes (the
+nodes' CPU per MB of a cold read fell by a quarter to a third, ``loadtest/results/
+mount.md``, eighth session). A block fetched for a client (:meth:`ReadThrough.fetch`)
+is copied out by that thread before the write, and the copy handed to the client at
+once; a block fetched only to be stored (:meth:`ReadThrough.warm`) is not copied, and a
+lookup that joins such a fetch reads the block from the store once it is written.
 """
 
 from __future__ import annotations
