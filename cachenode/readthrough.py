@@ -43,8 +43,11 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 10.0
 #: How long an object's stat is trusted when a fill is checked against the origin.
 STAT_TTL = 1.0
-#: Idle block buffers kept for warm fetches (:mod:`cachenode.blockbuffers`).
-IDLE_BUFFERS = 16
+#: Idle block buffers kept for fetches (:mod:`cachenode.blockbuffers`): resident memory
+#: (32 MiB of 4 MiB blocks) traded for fresh pages. 16 kept a node's memory 70 MiB above
+#: main's after a burst of client misses (``tests/cachenode/test_poisoning.py`` bounds
+#: it); 8 kept the warmup's speed and CPU (``loadtest/results/mount.md``, eighth session).
+IDLE_BUFFERS = 8
 
 
 class ReadThrough:
