@@ -25,6 +25,13 @@ import pyfuse3.asyncio
 __all__ = ["install", "release"]
 
 
+#: Turns of the event loop that may find the device readable with no worker waiting
+#: before its reader is removed. Between one worker taking a request and the next one
+#: waiting, the loop polls once, and the reader's next request is often there by then:
+#: removing the reader at once cost a registration a request again.
+IDLE_WAKEUPS = 2
+
+
 class _Device:
     """The reader of one FUSE device fd and the wait it serves (pyfuse3 lets one worker
     wait at a time: its read lock)."""
@@ -34,6 +41,7 @@ class _Device:
         self.fd = fd
         self.waiter: asyncio.Future[None] | None = None
         self.registered = False
+        self.idle = 0  # turns in a row that found the device readable and nobody waiting
 
     async def wait(self) -> None:
         waiter = self.waiter = self.loop.create_future()
@@ -47,15 +55,19 @@ class _Device:
 
     def _readable(self) -> None:
         waiter = self.waiter
-        if waiter is None or waiter.done():
-            self.unregister()
-        else:
+        if waiter is not None and not waiter.done():
+            self.idle = 0
             waiter.set_result(None)
+            return
+        self.idle += 1
+        if self.idle >= IDLE_WAKEUPS:
+            self.unregister()
 
     def unregister(self) -> None:
         if self.registered:
             self.loop.remove_reader(self.fd)
             self.registered = False
+        self.idle = 0
 
     def close(self) -> None:
         self.unregister()
