@@ -9,8 +9,9 @@ mount's CPU per read.
 
 :func:`install` replaces the wait with one that keeps the reader registered while a
 worker waits and for as long as requests keep coming; the reader is removed only when it
-finds the device readable and nobody waiting (a level-triggered poll would otherwise
-wake the loop on every turn until a worker is back), and added again by the next wait.
+finds the device readable with nobody waiting :data:`IDLE_WAKEUPS` turns in a row (a
+level-triggered poll would otherwise wake the loop on every turn until a worker is
+back), and added again by the next wait.
 It keeps pyfuse3's contract: a wait ends when the device is readable, and with
 ``ClosedResourceError`` when pyfuse3 announces that the device is about to be closed
 (``notify_closing``, from ``pyfuse3.terminate``).

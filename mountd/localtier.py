@@ -28,7 +28,8 @@ The methods are blocking (disk I/O) and thread-safe; mountd calls them on a smal
 thread pool so the FUSE loop never waits on the disk, except :meth:`LocalTier.get_part_cached`,
 which is the event loop's: it reads through a mapping of the block file (kept for the
 most recently read blocks), only parts whose pages are all in the page cache
-(``mincore``), and checks them against the trailer on every read, as the thread's reads do.
+(``mincore``), and checks them against the trailer on every read, as the thread's reads do
+(the trailer itself is read once a mapping: block files are never changed in place).
 """
 
 from __future__ import annotations

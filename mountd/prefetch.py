@@ -11,7 +11,8 @@ bytes it reads, asked of the block's owner as a byte range, not as the whole blo
 In a file that fits in the memory tier, a block that random reads come back to
 (``PULL_AFTER`` range reads over the network) is then pulled whole in the background
 into the memory tier (and the local disk tier), like JuiceFS's prefetch of a randomly
-read block, so the next reads of it cross no network.
+read block, so the next reads of it cross no network; once ``DENSE_AFTER`` blocks of a
+file were pulled so, its other blocks are pulled at their first range read.
 """
 
 from __future__ import annotations
