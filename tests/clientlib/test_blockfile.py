@@ -17,6 +17,7 @@ from clientlib.blockfile import (
     block_filename,
     file_length,
     open_cached,
+    open_if_cached,
     open_or_read,
     open_verified,
     parse_name,
@@ -206,6 +207,29 @@ def test_probes_of_a_block_out_of_the_page_cache_read_none_of_it(tmp_path):
     assert (
         read_part(path, len(data), (10, PART_SIZE + 10), nowait=True) == data[10 : PART_SIZE + 10]
     )
+
+
+def test_probes_open_only_a_block_whose_name_the_kernel_holds(tmp_path):
+    """The event loop's checks answer "not now" for a block file whose directory entry or
+    inode the kernel has forgotten (a plain open would wait for the disk to read them, on
+    the event loop), and do not look the name up themselves; a thread's open, which may
+    wait, brings it back."""
+    data = os.urandom(3 * PART_SIZE + 11)
+    path, checksum = written(tmp_path, data)
+    fd = open_if_cached(path)
+    assert fd is not None and os.pread(fd, 10, 0) == data[:10]
+    os.close(fd)
+    Path("/proc/sys/vm/drop_caches").write_text("2")  # dentries and inodes
+    assert open_if_cached(path) is None
+    assert open_cached(path, len(data), checksum, bytearray(len(data))) is None
+    assert read_part(path, len(data), (10, PART_SIZE + 10), nowait=True) is None
+    assert open_if_cached(path) is None  # still forgotten: nothing above read it back
+    assert read_part(path, len(data), (10, PART_SIZE + 10)) == data[10 : PART_SIZE + 10]
+    Path(path).read_bytes()
+    opened = open_cached(path, len(data), checksum, buf := bytearray(len(data)))
+    assert isinstance(opened, BlockFile) and buf == data
+    opened.close()
+    assert open_if_cached(str(tmp_path / "absent")) is None
 
 
 def test_open_or_read_sends_a_cached_block_from_its_file_and_reads_the_rest_past_the_cache(
