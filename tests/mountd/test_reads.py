@@ -159,9 +159,13 @@ def test_a_file_whose_random_reads_came_back_to_blocks_has_its_other_blocks_pull
         wait_until(
             lambda: node_metric(node, "ringcache_served_bytes_total") >= served + BS, 20, "pull"
         )
-        served = node_metric(node, "ringcache_served_bytes_total")
-        read(6, 1)  # served by the mount
-        assert node_metric(node, "ringcache_served_bytes_total") == served
+
+        def served_by_the_mount() -> bool:
+            served = node_metric(node, "ringcache_served_bytes_total")
+            read(6, 1)
+            return node_metric(node, "ringcache_served_bytes_total") == served
+
+        wait_until(served_by_the_mount, 20, "block 6 served by the mount")
     finally:
         os.close(fd)
 
