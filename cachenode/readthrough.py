@@ -6,11 +6,15 @@ bytes per second, so a burst of misses queues here instead of tripping the objec
 throttling. The fetch runs as its own task: a client that
 hangs up does not cancel the fetch the other waiters (and the cache) still want.
 
-A block fetched to be stored and not sent (:meth:`ReadThrough.warm`) is received into a
-reused page-aligned buffer and written from it with ``O_DIRECT``
-(:mod:`cachenode.blockbuffers`) by the thread that received it, in one job; nobody gets
-its bytes, and a lookup that joins such a fetch reads the block from the store once it
-is written.
+Every block fetched from the origin is received into a reused page-aligned buffer and
+written from it with ``O_DIRECT`` (:mod:`cachenode.blockbuffers`) by the thread that
+received it, in one job: no fresh memory and no page cache pages per block, which on a
+VM whose freed memory goes back to the host cost more CPU than receiving the bytes (the
+nodes' CPU per MB of a cold read fell by a quarter to a third, ``loadtest/results/
+mount.md``, eighth session). A block fetched for a client (:meth:`ReadThrough.fetch`)
+is copied out by that thread before the write, and the copy handed to the client at
+once; a block fetched only to be stored (:meth:`ReadThrough.warm`) is not copied, and a
+lookup that joins such a fetch reads the block from the store once it is written.
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 10.0
 #: How long an object's stat is trusted when a fill is checked against the origin.
 STAT_TTL = 1.0
-#: Idle block buffers kept for warm fetches (:mod:`cachenode.blockbuffers`).
-IDLE_BUFFERS = 16
+#: Idle block buffers kept for fetches (:mod:`cachenode.blockbuffers`): resident memory
+#: (32 MiB of 4 MiB blocks) traded for fresh pages. 16 kept a node's memory 70 MiB above
+#: main's after a burst of client misses (``tests/cachenode/test_poisoning.py`` bounds
+#: it); 8 kept the warmup's speed and CPU (``loadtest/results/mount.md``, eighth session).
+IDLE_BUFFERS = 8
 
 
 class ReadThrough:
@@ -59,6 +66,10 @@ class ReadThrough:
         #: A fetch's result: the block's bytes, or None when it was fetched only to be
         #: stored (:meth:`warm`) and is in the store.
         self._inflight: SingleFlight[str, bytes | None] = SingleFlight("origin fetch")
+        #: The bytes of a fetch for a client (:meth:`fetch`), set as soon as they are
+        #: received, before they are written to the store (about 12 ms a 4 MiB block on
+        #: a virtio disk: not worth a client's wait).
+        self._received: dict[str, asyncio.Future[bytes]] = {}
         self._buffers = BlockBuffers(IDLE_BUFFERS, DEFAULT_BLOCK_SIZE)
         self._shield = shield
         self._stats: cachetools.TTLCache[str, ObjectInfo] = cachetools.TTLCache(
@@ -135,9 +146,23 @@ class ReadThrough:
         return await self.fetch(ref, block_id), False
 
     async def fetch(self, ref: BlockRef, block_id: str) -> bytes:
-        """The miss path: one shared fetch (handoff, then origin) per block in flight."""
+        """The miss path: one shared fetch (handoff, then origin) per block in flight.
+
+        Its callers get the bytes as soon as they are received and checked
+        (:attr:`_received`), while the fetch goes on to write them to the store; it stays
+        in flight until then, so a miss of the block meanwhile joins it rather than
+        asking the origin again.
+        """
         BLOCK_MISSES.inc()
-        data = await self._inflight.run(block_id, lambda: self._fetch(ref, block_id, True))
+        if block_id not in self._inflight:
+            self._received[block_id] = asyncio.get_running_loop().create_future()
+        task = self._inflight.start(block_id, lambda: self._fetch(ref, block_id, True))
+        received = self._received.get(block_id)
+        if received is not None and not task.done():
+            await asyncio.wait([task, received], return_when=asyncio.FIRST_COMPLETED)
+        if received is not None and received.done():
+            return received.result()
+        data = await asyncio.shield(task)
         if data is None:  # joined a warm fetch, which stored the block
             data = await self._stored(block_id)
         if data is None:
@@ -161,17 +186,16 @@ class ReadThrough:
     async def _fetch(self, ref: BlockRef, block_id: str, send: bool) -> bytes | None:
         """Fetch and store the block; its bytes, or with ``send`` false None once it is
         stored (its bytes if it could not be)."""
-        data = None
-        if self._handoff is not None:
-            data = await self._handoff.fetch(block_id, ref.length)
-        if data is None and not send:
-            return await self._fetch_to_store(ref, block_id)
-        if data is None:
-            async with self._shield.request(ref.length):
-                origin = await self._origins.get(ref.url)
-                data = await origin.read(
-                    ref.url, ref.offset, ref.length, ref.version, size=ref.size
-                )
+        received = self._received.get(block_id) if send else None
+        try:
+            data = None
+            if self._handoff is not None:
+                data = await self._handoff.fetch(block_id, ref.length)
+            if data is None:
+                return await self._fetch_to_store(ref, block_id, received)
+        finally:
+            if received is not None and self._received.get(block_id) is received:
+                del self._received[block_id]
         if len(data) != ref.length:
             raise OriginError(
                 f"origin returned {len(data)} bytes for block {block_id} of {ref.url}, "
@@ -181,32 +205,59 @@ class ReadThrough:
             log.warning("block %s of %s served without caching it", block_id, ref.url)
         return data
 
-    async def _fetch_to_store(self, ref: BlockRef, block_id: str) -> bytes | None:
+    async def _fetch_to_store(
+        self, ref: BlockRef, block_id: str, received: asyncio.Future[bytes] | None
+    ) -> bytes | None:
         """The origin's bytes of the block received into a reused buffer and written from
-        it by the thread that received them (:meth:`BlockStore.put_received`); None once
-        stored, else a copy of the bytes.
+        it by the thread that received them (:meth:`BlockStore.put_received`); a copy of
+        the bytes for a client's fetch (made by that thread before the write, and set
+        on ``received`` at once) or when the block could not be stored, else None.
 
         The buffer is reused only after a fetch that ended normally: one that failed or
         was cancelled may leave a write in the store's pool still reading it.
         """
         buf = self._buffers.take(ref.length)
         view = memoryview(buf)[: ref.length]
+        loop = asyncio.get_running_loop()
+        copied: list[bytes] = []
+        got = False
+
+        def send_then(write: Callable[[], OSError | None]) -> OSError | None:
+            """On the receiving thread: the client's copy first, then the write."""
+            data = bytes(view)
+            copied.append(data)
+            loop.call_soon_threadsafe(_resolve, received, data)
+            return write()
 
         async def receive(write: Callable[[], OSError | None]) -> OSError | None:
+            nonlocal got
+            then = write if received is None else lambda: send_then(write)
             async with self._shield.request(ref.length):
                 origin = await self._origins.get(ref.url)
-                return await origin.read_into_then(
-                    ref.url, ref.offset, view, ref.version, write, size=ref.size
+                failed = await origin.read_into_then(
+                    ref.url, ref.offset, view, ref.version, then, size=ref.size
                 )
+            got = True
+            return failed
 
         stored = await self._store.put_received(block_id, view, receive)
-        data = None if stored else bytes(view)
+        data = copied[0] if copied else None
+        if data is None and got and not stored:
+            data = bytes(view)
         view.release()
         self._buffers.give(buf)
         if not stored:
             log.warning("block %s of %s fetched without caching it", block_id, ref.url)
+        elif received is not None and data is None:  # stored by another put: not received
+            data = await self._stored(block_id)
         return data
 
     async def fill(self, block_id: str, data: bytes) -> bool:
         """Store a block pushed by a client (fill-on-write); never blocks on the origin."""
         return await self._store.put(block_id, data)
+
+
+def _resolve(received: asyncio.Future[bytes], data: bytes) -> None:
+    """Hand a fetch's bytes to its callers (unless they all went away meanwhile)."""
+    if not received.done():
+        received.set_result(data)
