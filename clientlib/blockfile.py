@@ -537,17 +537,18 @@ def part_span(nbytes: int, start: int, stop: int) -> tuple[int, int, int, int] |
     )
 
 
-def range_in(file: memoryview, nbytes: int, start: int, stop: int) -> bytes | None:
+def range_in(file: memoryview, trailer: bytes, nbytes: int, start: int, stop: int) -> bytes | None:
     """Bytes ``[start, stop)`` of the block whose whole file (``nbytes`` of data, then its
-    trailer) is ``file`` (a mapping of it, say), if the parts holding them match the
-    trailer; else None, as :func:`read_part`. The bytes are copied out first and the
-    parts checked after, so a change to the file meanwhile fails the check."""
+    trailer) is ``file`` (a mapping of it, say), if the parts holding them match
+    ``trailer`` (the file's, read once by a caller that reads many ranges of it); else
+    None, as :func:`read_part`. The bytes are copied out first and the parts checked
+    after, so a change to the file meanwhile fails the check."""
     span = part_span(nbytes, start, stop)
     if span is None:
         return None
     begin, end, digests, digests_end = span
     piece = bytes(file[start:stop])
-    if not _parts_match(file[begin:end], bytes(file[digests:digests_end])):
+    if not _parts_match(file[begin:end], trailer[digests - nbytes : digests_end - nbytes]):
         return None
     return piece
 

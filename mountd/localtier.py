@@ -28,7 +28,8 @@ The methods are blocking (disk I/O) and thread-safe; mountd calls them on a smal
 thread pool so the FUSE loop never waits on the disk, except :meth:`LocalTier.get_part_cached`,
 which is the event loop's: it reads through a mapping of the block file (kept for the
 most recently read blocks), only parts whose pages are all in the page cache
-(``mincore``), and checks them against the trailer on every read, as the thread's reads do.
+(``mincore``), and checks them against the trailer on every read, as the thread's reads do
+(the trailer itself is read once a mapping: block files are never changed in place).
 """
 
 from __future__ import annotations
@@ -89,9 +90,11 @@ MAPPED_BLOCKS = 256
 
 class _Mapping:
     """A whole block file mapped read-only (private: never written), and its address for
-    ``mincore``. The mapping is taken for exactly the file's expected length."""
+    ``mincore``. The mapping is taken for exactly the file's expected length. Its
+    trailer (the parts' digests) is read once, at the first read through it: a block
+    file is never changed in place, and one ``mincore`` a read then covers the part alone."""
 
-    __slots__ = ("_mm", "addr", "entry", "view")
+    __slots__ = ("_mm", "addr", "entry", "trailer", "view")
 
     def __init__(self, path: str, entry: _Entry) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -107,6 +110,7 @@ class _Mapping:
         del handle
         self.entry = entry
         self.view = memoryview(self._mm)
+        self.trailer: bytes | None = None
 
     def resident(self, begin: int, end: int) -> bool:
         """Whether bytes ``[begin, end)`` are all in the page cache (touching them then
@@ -241,10 +245,14 @@ class LocalTier:
                 self._maps.popitem(last=False)[1].close()
         else:
             self._maps.move_to_end(block_id)
-        begin, end, digests, digests_end = span
-        if not (mapping.resident(begin, end) and mapping.resident(digests, digests_end)):
+        nbytes = entry[0]
+        if mapping.trailer is None:
+            if not mapping.resident(nbytes, file_length(nbytes)):
+                return None
+            mapping.trailer = bytes(mapping.view[nbytes:])
+        if not mapping.resident(span[0], span[1]):
             return None
-        piece = range_in(mapping.view, entry[0], start, stop)
+        piece = range_in(mapping.view, mapping.trailer, nbytes, start, stop)
         if piece is None:
             self._close_map(block_id)  # the thread's read will drop the file
         return piece

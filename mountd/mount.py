@@ -18,6 +18,7 @@ from clientlib.client import CacheClient
 from clientlib.errors import RingcacheError
 from clientlib.metrics import serve_metrics
 from clientlib.origin import Origins
+from mountd import fusewait
 from mountd.cachedir import RESERVE, claim, identity
 from mountd.config import AUTO, MountConfig
 from mountd.daemon import report
@@ -77,6 +78,7 @@ def _fuse_options(config: MountConfig) -> set[str]:
 
 async def _serve(config: MountConfig, report_fd: int | None) -> None:
     pyfuse3.asyncio.enable()
+    fusewait.install()
     loop = asyncio.get_running_loop()
     client = _client(config)
     await client.start()
@@ -128,6 +130,7 @@ async def _serve(config: MountConfig, report_fd: int | None) -> None:
             read_ahead.cancel()
         if mounted:
             await fs.flush_all()
+            fusewait.release()
             pyfuse3.close(unmount=True)
         await client.close()
         fetcher.close()

@@ -223,7 +223,7 @@ async def test_blocks_waiting_for_the_disk_tier_are_bounded(
         fetcher._store(block_id, bytes(4096), read_back=False)
     gate.set()
     for _ in range(500):
-        if fetcher._storing == 0:
+        if not fetcher._landing:
             break
         await asyncio.sleep(0.01)
     assert [tier.has(block_id) for block_id in ids[:4]] == [True, True, False, False]

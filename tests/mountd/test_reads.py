@@ -16,7 +16,7 @@ import pytest
 from clientlib import CacheClient
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.launcher import Node, wait_until
-from mountd.prefetch import PULL_AFTER
+from mountd.prefetch import DENSE_AFTER, PULL_AFTER
 from mountd.readahead import READ_AHEAD_KB
 from tests.conftest import Cluster, cachectl, node_metric, wait_ring
 
@@ -127,6 +127,47 @@ def test_a_block_random_reads_keep_coming_back_to_is_pulled_whole_once(
     finally:
         os.close(fd)
     assert node_metric(node, "ringcache_served_bytes_total") < served + BS + 8192
+
+
+def test_a_file_whose_random_reads_came_back_to_blocks_has_its_other_blocks_pulled_at_once(
+    make_cluster, mount, s3, bucket
+):
+    """Once random reads came back PULL_AFTER times to DENSE_AFTER blocks of a file, the
+    file is read densely: another block of it is pulled whole at its first range read."""
+    data = payload(8 * BS)
+    s3.put_object(Bucket=bucket, Key="d.bin", Body=data)
+    cluster = make_cluster(1)
+    m = mount(cluster, f"s3://{bucket}")
+    node = cluster.nodes[0]
+    fd = os.open(m.path / "d.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+        def read(block: int, k: int) -> None:
+            offset = block * BS + (k * 125 + 1) * 4096
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+
+        pulled = [1, 3, 5, 7][:DENSE_AFTER]
+        for k in range(PULL_AFTER):  # jumps between them: each pulled at its last
+            for block in pulled:
+                read(block, k)
+        want = len(pulled) * BS
+        wait_until(lambda: node_metric(node, "ringcache_served_bytes_total") >= want, 20, "pulls")
+        served = node_metric(node, "ringcache_served_bytes_total")
+        assert served < want + BS
+        read(6, 0)  # a block's first range read: pulled whole too
+        wait_until(
+            lambda: node_metric(node, "ringcache_served_bytes_total") >= served + BS, 20, "pull"
+        )
+
+        def served_by_the_mount() -> bool:
+            served = node_metric(node, "ringcache_served_bytes_total")
+            read(6, 1)
+            return node_metric(node, "ringcache_served_bytes_total") == served
+
+        wait_until(served_by_the_mount, 20, "block 6 served by the mount")
+    finally:
+        os.close(fd)
 
 
 def test_random_reads_of_a_file_larger_than_memory_pull_its_blocks_to_the_disk_tier(
