@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import threading
@@ -92,6 +93,12 @@ def test_small_random_reads_fetch_only_the_bytes_they_need(make_cluster, mount, 
     assert (m.path / "t.parquet").read_bytes() == data
 
 
+def _read_page(fd: int, data: bytes, block: int, k: int) -> None:
+    """Random read ``k`` of ``block``: a whole page, a different one for each ``k``."""
+    offset = block * BS + (k * 125 + 1) * 4096
+    assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+
+
 def test_a_block_random_reads_keep_coming_back_to_is_pulled_whole_once(
     make_cluster, mount, s3, bucket
 ):
@@ -105,10 +112,7 @@ def test_a_block_random_reads_keep_coming_back_to_is_pulled_whole_once(
     fd = os.open(m.path / "r.bin", os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-
-        def read(block: int, k: int) -> None:
-            offset = block * BS + (k * 125 + 1) * 4096  # whole pages
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        read = functools.partial(_read_page, fd, data)
 
         for k in range(PULL_AFTER - 1):  # jumps between blocks 1 and 3: ranges only
             read(1, k)
@@ -142,10 +146,7 @@ def test_a_file_whose_random_reads_came_back_to_blocks_has_its_other_blocks_pull
     fd = os.open(m.path / "d.bin", os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-
-        def read(block: int, k: int) -> None:
-            offset = block * BS + (k * 125 + 1) * 4096
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        read = functools.partial(_read_page, fd, data)
 
         pulled = [1, 3, 5, 7][:DENSE_AFTER]
         for k in range(PULL_AFTER):  # jumps between them: each pulled at its last
@@ -190,10 +191,7 @@ def test_random_reads_of_a_file_larger_than_memory_pull_its_blocks_to_the_disk_t
     fd = os.open(m.path / "big.bin", os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-
-        def read(block: int, k: int) -> None:
-            offset = block * BS + (k * 125 + 1) * 4096
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        read = functools.partial(_read_page, fd, data)
 
         for k in range(PULL_AFTER - 1):  # jumps between blocks 1 and 3: ranges only
             read(1, k)
