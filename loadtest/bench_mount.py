@@ -410,12 +410,21 @@ def cold_phase(args, work, cold_size, seaweed, nodes, mountd, rclone, s3fs):  # 
     port = int(seaweed.endpoint.rsplit(":", 1)[1])
     cold: dict[str, object] = {"mbps_per_conn": args.mbps_per_conn}
 
-    def origin(name: str) -> float:
+    def origin(name: str, labels: str = "") -> float:
         total = 0.0
         for n in nodes:
             with urllib.request.urlopen(n.url + "/metrics", timeout=5) as resp:
-                total += metric_sum(resp.read().decode(), name)
+                total += metric_sum(resp.read().decode(), name, labels)
         return total
+
+    def node_misses() -> dict[str, float]:
+        """The nodes' miss counters: answered misses and their seconds, origin GETs."""
+        return {
+            "misses": origin("ringcache_request_seconds_count", 'op="get_miss"'),
+            "miss_seconds": origin("ringcache_request_seconds_sum", 'op="get_miss"'),
+            "origin_gets": origin("ringcache_origin_requests_total", 'op="get"'),
+            "handoff_lookups": origin("ringcache_handoffs_total"),
+        }
 
     runtime = max(args.runtime, 20.0)
     with SlowOrigin(port, args.mbps_per_conn):
@@ -426,9 +435,16 @@ def cold_phase(args, work, cold_size, seaweed, nodes, mountd, rclone, s3fs):  # 
         ):
             m = start(f"{system}-cold")
             pids = [m.proc.pid, seaweed.process.pid]
+            groups = {system: [m.proc.pid], "seaweedfs": [seaweed.process.pid]}
             if system == "mountd":
                 pids += node_pids
-            cold[system] = measured(m.path / key, shape, cold_size, runtime, pids)
+                groups["nodes"] = node_pids
+                counters = node_misses()
+            before = {group: usage(members) for group, members in groups.items()}
+            cold[system] = r = measured(m.path / key, shape, cold_size, runtime, pids)
+            r["groups"] = per_mb(before, groups, r["bytes"])
+            if system == "mountd":
+                r["nodes"] = {k: v - counters[k] for k, v in node_misses().items()}
             m.close()
             print("cold", system, cold[system], flush=True)
         shared = [mountd(f"mountd-shared{i}") for i in range(args.mounts)]
@@ -459,6 +475,32 @@ def cold_phase(args, work, cold_size, seaweed, nodes, mountd, rclone, s3fs):  # 
         }
         print("cold n_mounts", cold["n_mounts"], flush=True)
     return cold
+
+
+def usage(pids: list[int]) -> tuple[float, int]:
+    """User + system CPU seconds and minor page faults of these processes so far."""
+    cpu, faults = 0, 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu += int(fields[11]) + int(fields[12])
+        faults += int(fields[7])
+    return cpu / CLK_TCK, faults
+
+
+def per_mb(
+    before: dict[str, tuple[float, int]], groups: dict[str, list[int]], nbytes: float
+) -> dict[str, dict[str, float]]:
+    """Each group's CPU us and minor faults per MB read since ``before``: where a cold
+    read's CPU goes (the mount, the nodes, the S3 server)."""
+    mb = max(nbytes / 1e6, 1e-9)
+    out = {}
+    for group, members in groups.items():
+        cpu, faults = usage(members)
+        out[group] = {
+            "cpu_us_per_mb": (cpu - before[group][0]) * 1e6 / mb,
+            "minflt_per_mb": (faults - before[group][1]) / mb,
+        }
+    return out
 
 
 def ratios(results: dict[str, object]) -> dict[str, float]:
@@ -493,6 +535,12 @@ def cell(r: dict[str, float], key: str, own: bool) -> str:
     return f"{r[key]:,.0f} ({cpu})"
 
 
+def group_cell(r: dict[str, object], group: str) -> str:
+    """A cold run's CPU per MB of one process group, and its minor faults per MB."""
+    g = r.get("groups", {}).get(group)  # type: ignore[attr-defined]
+    return f"{g['cpu_us_per_mb']:,.0f} ({g['minflt_per_mb']:,.0f})" if g else ""
+
+
 def report(results: dict[str, object]) -> str:
     """The run as markdown: warm figures per shape and system, cold figures, ratios."""
     warm: dict[str, dict[str, dict[str, float]]] = results["warm"]  # type: ignore[assignment]
@@ -523,11 +571,30 @@ def report(results: dict[str, object]) -> str:
     ]
     if cold:
         lines += ["## Cold (S3's bandwidth per connection on the S3 port: tc htb)", ""]
-        lines += ["| system | MB/s | CPU us per MB |", "|---|---:|---:|"]
+        lines += [
+            "| system | MB/s | CPU us per MB | the mount's own | nodes' | SeaweedFS's |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for system in ("mountd", "rclone", "s3fs"):
             r = cold.get(system)
             if isinstance(r, dict):
-                lines.append(f"| {system} | {r['mbps']:,.1f} | {r['cpu_us_per_mb']:,.0f} |")
+                lines.append(
+                    f"| {system} | {r['mbps']:,.1f} | {r['cpu_us_per_mb']:,.0f} | "
+                    + " | ".join(group_cell(r, g) for g in (system, "nodes", "seaweedfs"))
+                    + " |"
+                )
+        lines += [
+            "",
+            "Per process group: CPU us per MB read (minor page faults per MB in brackets).",
+        ]
+        nodes = cold.get("mountd", {}).get("nodes")  # type: ignore[union-attr]
+        if nodes and nodes["misses"]:
+            lines.append(
+                f"The nodes' misses: {nodes['misses']:.0f} answered, "
+                f"{nodes['miss_seconds'] / nodes['misses'] * 1e3:.0f} ms each on average, "
+                f"{nodes['origin_gets']:.0f} origin GETs, "
+                f"{nodes['handoff_lookups']:.0f} handoff lookups."
+            )
         lines += ["", f"N mounts reading one new object at once: `{cold.get('n_mounts')}`", ""]
     lines += ["## Ratios", "", "| target | ratio |", "|---|---:|"]
     for name, value in results["ratios"].items():  # type: ignore[attr-defined]
