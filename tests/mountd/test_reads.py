@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,6 +95,18 @@ def test_small_random_reads_fetch_only_the_bytes_they_need(make_cluster, mount, 
     assert (m.path / "t.parquet").read_bytes() == data
 
 
+@contextlib.contextmanager
+def _random_reads(path: Path, data: bytes) -> Iterator[Callable[[int, int], None]]:
+    """The file at ``path`` (holding ``data``) open for random reads (kernel read-ahead
+    off), as ``read(block, k)``: :func:`_read_page`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        yield functools.partial(_read_page, fd, data)
+    finally:
+        os.close(fd)
+
+
 def _read_page(fd: int, data: bytes, block: int, k: int) -> None:
     """Random read ``k`` of ``block``: a whole page, a different one for each ``k``."""
     offset = block * BS + (k * 125 + 1) * 4096
@@ -109,11 +123,7 @@ def test_a_block_random_reads_keep_coming_back_to_is_pulled_whole_once(
     cluster = make_cluster(1)
     m = mount(cluster, f"s3://{bucket}")
     node = cluster.nodes[0]
-    fd = os.open(m.path / "r.bin", os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        read = functools.partial(_read_page, fd, data)
-
+    with _random_reads(m.path / "r.bin", data) as read:
         for k in range(PULL_AFTER - 1):  # jumps between blocks 1 and 3: ranges only
             read(1, k)
             read(3, k)
@@ -128,8 +138,6 @@ def test_a_block_random_reads_keep_coming_back_to_is_pulled_whole_once(
             lambda: node_metric(node, "ringcache_served_bytes_total") >= served + BS, 20, "pull"
         )
         read(1, PULL_AFTER + 1)
-    finally:
-        os.close(fd)
     assert node_metric(node, "ringcache_served_bytes_total") < served + BS + 8192
 
 
@@ -143,11 +151,7 @@ def test_a_file_whose_random_reads_came_back_to_blocks_has_its_other_blocks_pull
     cluster = make_cluster(1)
     m = mount(cluster, f"s3://{bucket}")
     node = cluster.nodes[0]
-    fd = os.open(m.path / "d.bin", os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        read = functools.partial(_read_page, fd, data)
-
+    with _random_reads(m.path / "d.bin", data) as read:
         pulled = [1, 3, 5, 7][:DENSE_AFTER]
         for k in range(PULL_AFTER):  # jumps between them: each pulled at its last
             for block in pulled:
@@ -167,8 +171,6 @@ def test_a_file_whose_random_reads_came_back_to_blocks_has_its_other_blocks_pull
             return node_metric(node, "ringcache_served_bytes_total") == served
 
         wait_until(served_by_the_mount, 20, "block 6 served by the mount")
-    finally:
-        os.close(fd)
 
 
 def test_random_reads_of_a_file_larger_than_memory_pull_its_blocks_to_the_disk_tier(
@@ -188,11 +190,7 @@ def test_random_reads_of_a_file_larger_than_memory_pull_its_blocks_to_the_disk_t
     def blocks_on_disk() -> int:
         return sum(1 for p in tier.glob("*/*") if not p.name.endswith(".tmp"))
 
-    fd = os.open(m.path / "big.bin", os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        read = functools.partial(_read_page, fd, data)
-
+    with _random_reads(m.path / "big.bin", data) as read:
         for k in range(PULL_AFTER - 1):  # jumps between blocks 1 and 3: ranges only
             read(1, k)
             read(3, k)
@@ -206,8 +204,6 @@ def test_random_reads_of_a_file_larger_than_memory_pull_its_blocks_to_the_disk_t
             read(1, k)
             assert node_metric(node, "ringcache_served_bytes_total") == served
             read(5, k)
-    finally:
-        os.close(fd)
 
 
 def test_mounts_reading_one_cold_file_at_once_pull_it_from_the_origin_once(
