@@ -358,15 +358,9 @@ def read_part(
     and the reads use ``RWF_NOWAIT``, and None also means "not all in memory": an event
     loop can serve a cached range inline, without a hop to a thread.
     """
-    if nowait:
-        fd = open_if_cached(path)
-        if fd is None:
-            return None
-    else:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
+    fd = open_if_cached(path) if nowait else _open_or_none(path)
+    if fd is None:
+        return None
     try:
         piece = _read_parts(fd, nbytes, *part, nowait=nowait)
         return None if piece is None else bytes(piece)
@@ -451,6 +445,12 @@ def open_if_cached(path: str) -> int | None:
         if ctypes.get_errno() not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
             return None  # EAGAIN: not all in memory; or absent, or not readable
         _OPENAT2 = None  # an older kernel (or seccomp): plain opens from now on
+    return _open_or_none(path)
+
+
+def _open_or_none(path: str) -> int | None:
+    """``path`` opened for reading; None if it cannot be (absent, unreadable, a disk
+    error): a probe's callers take any of those as "not here"."""
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

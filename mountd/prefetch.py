@@ -128,7 +128,9 @@ class BlockFetcher:
         :meth:`LocalTier.put`) on its threads, unless :data:`MAX_STORING` blocks already
         wait for them (the reader is never held up)."""
         assert self.tier is not None
-        if len(self._landing) >= MAX_STORING or block_id in self._landing:
+        if block_id in self._landing:  # stored by the fetch that is writing it now
+            return
+        if len(self._landing) >= MAX_STORING:
             log.debug(
                 "block %s not stored in the local tier: %d blocks wait", block_id, MAX_STORING
             )
