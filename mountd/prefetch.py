@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -45,6 +45,10 @@ FIRST_WINDOW = 2
 #: order (14 MiB behind was seen with a 4 MiB window). Blocks that far back are kept,
 #: and a read there is no jump.
 LATE_BYTES = (READ_AHEAD_KB + 12 * 1024) * 1024
+#: Reads whose offsets are remembered to match the next ones against (a stream's read
+#: starts where an earlier one ended): more than the kernel has in flight for one file
+#: (its read-ahead window of up to 1 MiB reads and ``max_background`` more).
+RECENT_READS = 64
 #: Range reads of one block after which it is pulled whole in the background: one read
 #: (a Parquet footer) costs only its bytes; a block read again and again is worth having.
 PULL_AFTER = 3
@@ -301,6 +305,10 @@ class FileReader:
         self._first_window = min(FIRST_WINDOW, depth)
         self._window = self._first_window
         self._late = max(1, -(-LATE_BYTES // self._bs))
+        # Where the latest reads started and ended; the start of the file counts as an
+        # end, so a reader from there is a stream from its first read.
+        self._starts: deque[int] = deque(maxlen=RECENT_READS)
+        self._ends: deque[int] = deque([0], maxlen=RECENT_READS)
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         """``size`` bytes at ``offset`` (fewer at the end of the file).
@@ -312,7 +320,7 @@ class FileReader:
         if offset >= end:
             return b""
         first, last = offset // self._bs, (end - 1) // self._bs
-        self._follow(first, last)
+        self._follow(offset, end, first, last)
         if self._streak >= 2 and self._depth:
             self._prefetch(last + 1, min(last + 1 + self._window, self._nblocks))
         indexes = range(first, last + 1)
@@ -351,12 +359,22 @@ class FileReader:
         base = first * self._bs
         return out[offset - base : end - base]
 
-    def _follow(self, first: int, last: int) -> None:
+    def _follow(self, offset: int, end: int, first: int, last: int) -> None:
         """Track the stream: a read in the block being read, the one before it or the
-        next one continues it; a late one (up to ``late`` blocks behind) leaves it as it
-        is; anything else is a jump."""
+        next one moves it on, and counts towards making it one if it starts where an
+        earlier read ended (or ends where one started: the kernel's reads arrive in any
+        order); a late one (up to ``late`` blocks behind) leaves it as it is; anything
+        else is a jump.
+
+        Blocks alone were not enough: a random reader coming back to a block (and, in
+        between, to one a few blocks before it, a late read) was taken for a stream,
+        its reads for whole blocks and read-ahead of the blocks after them."""
+        adjacent = offset in self._ends or end in self._starts
+        self._starts.append(offset)
+        self._ends.append(end)
         if self._position - 1 <= first <= self._position + 1:
-            self._streak += 1
+            if adjacent:
+                self._streak += 1
             if last > self._position >= 0:
                 # Read-ahead opens up as the stream goes on, like the kernel's: at the
                 # start all ``depth`` blocks at once would share the links with the block

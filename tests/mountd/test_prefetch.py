@@ -147,6 +147,24 @@ async def test_reads_overtaken_by_reads_blocks_further_on_are_no_jump(
     reader.close()
 
 
+async def test_random_reads_coming_back_to_blocks_are_no_stream() -> None:
+    """A random reader going back and forth between two blocks a few apart (each read of
+    the earlier one a late read of the later one's "stream") reads ranges, never whole
+    blocks, and causes no read-ahead: its reads start where none ended."""
+    info = ObjectInfo("s3://b/k", "s3://b", "k", 64 * BS, "v1", 0.0)
+    fetcher = RecordingFetcher()
+    reader = FileReader(fetcher, info, depth=4)  # type: ignore[arg-type]
+    reader._late = 4  # LATE_BYTES is 4 real blocks: both blocks are within it
+    for k in range(BS // 2):
+        for index in (1, 3):
+            offset = index * BS + 2 * k + 1  # a different byte of the block each time
+            assert bytes(await reader.read(offset, 1)) == bytes([index])
+        await asyncio.sleep(0)
+    assert fetcher.asked == []
+    assert len(fetcher.parts) == BS
+    reader.close()
+
+
 async def test_reads_waiting_for_one_block_share_one_fetch() -> None:
     """The kernel sends a file's first reads at once; while the first waits for its
     block, the others of that block wait for the same fetch instead of starting one."""
