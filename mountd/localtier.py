@@ -50,6 +50,7 @@ from clientlib.blockfile import (
     block_checksum,
     block_filename,
     file_length,
+    open_if_cached,
     parse_name,
     part_span,
     range_in,
@@ -96,15 +97,12 @@ class _Mapping:
 
     __slots__ = ("_mm", "addr", "entry", "trailer", "view")
 
-    def __init__(self, path: str, entry: _Entry) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if os.fstat(fd).st_size != file_length(entry[0]):
-                raise ValueError(f"{path} is not {file_length(entry[0])} bytes")
-            # ACCESS_COPY: a writable (private) mapping, which ctypes can take the address of.
-            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-        finally:
-            os.close(fd)
+    def __init__(self, fd: int, entry: _Entry) -> None:
+        """Map the block file open as ``fd`` (the caller closes it)."""
+        if os.fstat(fd).st_size != file_length(entry[0]):
+            raise ValueError(f"not {file_length(entry[0])} bytes")
+        # ACCESS_COPY: a writable (private) mapping, which ctypes can take the address of.
+        self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
         handle = ctypes.c_char.from_buffer(self._mm)
         self.addr = ctypes.addressof(handle)
         del handle
@@ -236,10 +234,18 @@ class LocalTier:
         mapping = self._maps.get(block_id)
         if mapping is None or mapping.entry != entry:
             self._close_map(block_id)
+            # Opened only if that reads nothing from the disk: after a while (or a
+            # drop_caches) the kernel has forgotten a block file's name and inode, and a
+            # plain open on the event loop waited for them behind the disk's queue.
+            fd = open_if_cached(str(self._path(block_id, *entry)))
+            if fd is None:
+                return None  # the thread's read opens it (and judges the file)
             try:
-                mapping = _Mapping(str(self._path(block_id, *entry)), entry)
+                mapping = _Mapping(fd, entry)
             except (OSError, ValueError):
                 return None  # the thread's read judges the file
+            finally:
+                os.close(fd)
             self._maps[block_id] = mapping
             if len(self._maps) > MAPPED_BLOCKS:
                 self._maps.popitem(last=False)[1].close()

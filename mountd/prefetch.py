@@ -110,11 +110,19 @@ class BlockFetcher:
         written to the disk tier past the page cache (:meth:`LocalTier.put`); unless
         ``stream`` (a block a sequential reader reads whole, which the kernel keeps in the
         mount's own page cache), the disk then reads it back into the page cache, where
-        the random reads that pulled it come back for its other parts."""
+        the random reads that pulled it come back for its other parts. A block still
+        being written to the disk tier is answered from the bytes being written."""
         if self.tier is None:
             return await self._pull(info, index, bs, keep)
         loop = asyncio.get_running_loop()
         block_id = self.client.block_id(info, index, bs)
+        if (landing := self._landing.get(block_id)) is not None:
+            # Fetched a moment ago and not yet on the disk: neither there nor (fetched
+            # with keep=False) in the memory tier, and fetching it again would cost
+            # the links and the nodes' disks a second time.
+            if keep:
+                self.client.remember(block_id, landing)
+            return landing
         if self.client.has_local(block_id):
             return await self._pull(info, index, bs, keep)
         if self.tier.has(block_id):

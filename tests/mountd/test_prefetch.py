@@ -250,6 +250,53 @@ async def test_blocks_waiting_for_the_disk_tier_are_bounded(
     assert tier.has(ids[4])
 
 
+async def test_a_whole_block_being_written_to_the_disk_tier_is_not_fetched_again(
+    tmp_path: Path,
+) -> None:
+    """A block fetched and still on its way to the disk tier (its write waits for the
+    disk) is answered, whole, from the bytes being written, not asked of the cluster
+    again."""
+    gate = threading.Event()
+
+    class SlowTier(LocalTier):
+        def put(
+            self, block_id: str, data: bytes, *, direct: bool = False, read_back: bool = False
+        ) -> None:
+            gate.wait(10)
+            super().put(block_id, data, direct=direct, read_back=read_back)
+
+    class Client:
+        def __init__(self) -> None:
+            self.reads: list[int] = []
+
+        def block_id(self, info: ObjectInfo, index: int, bs: int) -> str:
+            return f"{index:032x}"
+
+        def has_local(self, block_id: str) -> bool:
+            return False
+
+        async def read_block(
+            self, info: ObjectInfo, index: int, *, keep: bool, block_size: int
+        ) -> bytes:
+            self.reads.append(index)
+            return bytes([index + 1]) * 4096
+
+    info = ObjectInfo("s3://b/k", "s3://b", "k", 2 * 4096, "v1", 0.0)
+    tier = SlowTier(tmp_path, 64 * 4096)
+    tier.open()
+    client = Client()
+    fetcher = BlockFetcher(client, tier)  # type: ignore[arg-type]
+    try:
+        assert await fetcher.get(info, 1, 4096, keep=False) == b"\x02" * 4096
+        assert fetcher._landing  # its write waits for the gate
+        assert await fetcher.get(info, 1, 4096, keep=False) == b"\x02" * 4096
+        assert client.reads == [1]
+    finally:
+        gate.set()
+        fetcher.close()
+    assert tier.has(f"{1:032x}")
+
+
 async def test_a_written_block_goes_to_the_disk_tier_past_the_page_cache(tmp_path: Path) -> None:
     """fill: a block a writer just wrote is pushed to its owners and stored in the disk
     tier with O_DIRECT, as a fetched one (its parts are not in the page cache, so the
