@@ -47,6 +47,7 @@ from clientlib.errors import (
 from clientlib.metrics import ORIGIN_BYTES, ORIGIN_REQUESTS
 from clientlib.origin.base import ObjectInfo, Origin, PosixAttrs, Progress, TooManyObjects
 from clientlib.origin.s3lean import Answer, LeanGet
+from clientlib.origin.s3recv import receive_into
 from clientlib.urls import join_url, split_url
 
 __all__ = ["S3Origin"]
@@ -216,9 +217,11 @@ class S3Origin(Origin):
         self, bucket: str, key: str, offset: int, length: int, etag: str, size: int | None
     ) -> bytes:
         url = f"s3://{bucket}/{key}"
-        # Not lean: with S3's bandwidth per connection (bench_mount's cold phase), client
-        # misses through the lean GET were slower (233-250 MB/s against 286-302) for a
-        # reason not found yet, although it costs less CPU per GET without that limit.
+        # Not lean: a client reading the origin itself. A node's misses no longer come
+        # here: they are received into reused buffers (read_into_then), lean, which in
+        # the eighth session's cold runs was as fast as this path and cost less CPU
+        # (loadtest/results/mount.md); an earlier session had found it slower (233-250
+        # MB/s against 286-302) with the bytes written through the page cache.
         got = self._get_object(bucket, key, offset, length, etag, size, lean=False)
         if not got.direct:
             with got.body:
@@ -256,13 +259,11 @@ class S3Origin(Origin):
                 raise OriginError(f"S3 sent {len(data)} bytes of {url}, not {len(buf)}")
             buf[:] = data
             return
-        done = 0
         try:
-            while done < len(buf) and (n := fp.readinto(buf[done:])):
-                done += n
+            done = receive_into(fp, got.sock, buf)
         except OSError as exc:
             got.body.close()
-            raise OriginError(f"S3 body of {url} failed after {done} bytes: {exc}") from None
+            raise OriginError(f"S3 body of {url} failed: {exc}") from None
         self._finish(url, got, done, len(buf))
 
     @staticmethod
