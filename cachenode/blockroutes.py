@@ -167,13 +167,14 @@ class BlockRoutes:
                 return False
             if span is not None and span.partial:
                 body = memoryview(body)[span.start : span.stop]
+            nbytes = len(body)
             await response.write(body)
             transport = request.transport
             if writer is None or transport is None or transport.is_closing():
                 raise ConnectionResetError("client gone before its miss was sent")
             await wait_flushed(transport, writer.drain)
         await response.write_eof()
-        SERVED_BYTES.labels("miss").inc(len(body))
+        SERVED_BYTES.labels("miss").inc(nbytes)
         return True
 
     async def _serve_miss(
