@@ -102,7 +102,9 @@ class BlockRoutes:
             if ref is not None:
                 return await self._serve_miss(request, ref, block_id, hot, started)
             if not self.readthrough.fetching(block_id):
-                return web.json_response(_NOT_CACHED, status=404)
+                return web.json_response(
+                    _NOT_CACHED, status=404, headers=self.readthrough.lookup_headers()
+                )
             return await self._serve_join(request, block_id)
         # The hit is counted here rather than by ReadThrough.cached, which reads the whole
         # block into memory: large hits are sent from the verified file instead.

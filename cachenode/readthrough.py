@@ -70,6 +70,14 @@ class ReadThrough:
         self._stats: cachetools.TTLCache[str, ObjectInfo] = cachetools.TTLCache(
             maxsize=4096, ttl=STAT_TTL
         )
+        if handoff is not None:
+            handoff.track_holdings(
+                lambda: bool(self._store.block_count or self._inflight or self._store.putting)
+            )
+
+    def lookup_headers(self) -> dict[str, str]:
+        """What this node's 404 to another node's lookup says (:mod:`cachenode.handoff`)."""
+        return {} if self._handoff is None else self._handoff.lookup_headers()
 
     async def cached(self, block_id: str) -> bytes | None:
         """The verified block if the store has it (a hit) or is fetching it, else ``None``."""

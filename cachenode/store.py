@@ -275,6 +275,11 @@ class BlockStore:
         """Blocks stored in the dirs that are up."""
         return sum(len(d.policy) for d in self._up)
 
+    @property
+    def putting(self) -> bool:
+        """Whether a block is being stored."""
+        return len(self._puts) > 0
+
     def __contains__(self, block_id: str) -> bool:
         """Whether the block is indexed; not a hit (does not change its eviction order)."""
         key = _key(block_id)
