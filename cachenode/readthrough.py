@@ -243,12 +243,14 @@ class ReadThrough:
         view = loan.lend(ref.length)
         received = False
 
-        async def receive(write: Callable[[], OSError | None]) -> OSError | None:
+        async def receive(
+            write: Callable[[], OSError | None], progress: Callable[[int], None]
+        ) -> OSError | None:
             nonlocal received
             async with self._shield.request(ref.length):
                 origin = await self._origins.get(ref.url)
                 failed = await origin.read_into_then(
-                    ref.url, ref.offset, view, ref.version, write, size=ref.size
+                    ref.url, ref.offset, view, ref.version, write, size=ref.size, progress=progress
                 )
             received = True
             return failed

@@ -239,7 +239,14 @@ class S3Origin(Origin):
         return data
 
     def _get_into_sync(
-        self, bucket: str, key: str, offset: int, buf: memoryview, etag: str, size: int | None
+        self,
+        bucket: str,
+        key: str,
+        offset: int,
+        buf: memoryview,
+        etag: str,
+        size: int | None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         """:meth:`_get_sync` received straight into ``buf``: ``recv`` into its pages, no
         bytes object in between.
@@ -260,7 +267,7 @@ class S3Origin(Origin):
             buf[:] = data
             return
         try:
-            done = receive_into(fp, got.sock, buf)
+            done = receive_into(fp, got.sock, buf, progress)
         except OSError as exc:
             got.body.close()
             raise OriginError(f"S3 body of {url} failed: {exc}") from None
@@ -302,14 +309,16 @@ class S3Origin(Origin):
         then: Callable[[], T],
         *,
         size: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> T:
-        """:meth:`read_into`, then ``then()`` on the thread that received the bytes."""
+        """:meth:`read_into`, then ``then()`` on the thread that received the bytes, which
+        calls ``progress`` too (see :meth:`Origin.read_into_then`)."""
         origin, key = split_url(url)
         ORIGIN_REQUESTS.labels("get").inc()
 
         def get_then() -> T:
             if buf:
-                self._get_into_sync(origin[5:], key, offset, buf, version, size)
+                self._get_into_sync(origin[5:], key, offset, buf, version, size, progress)
             return then()
 
         result: T = await self._call(get_then, url)

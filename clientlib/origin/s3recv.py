@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+from collections.abc import Callable
 
 __all__ = ["receive_into"]
 
@@ -32,10 +33,14 @@ SLACK = 64 * 1024
 
 
 def receive_into(
-    resp: http.client.HTTPResponse, sock: socket.socket | None, buf: memoryview
+    resp: http.client.HTTPResponse,
+    sock: socket.socket | None,
+    buf: memoryview,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Read ``resp``'s body into ``buf`` until it is full or the body ends; the bytes
-    read. ``sock`` is the connection's socket (None: read without a mark)."""
+    read. ``sock`` is the connection's socket (None: read without a mark); ``progress``
+    is called with the bytes read so far after each read but the last."""
     done, size = 0, len(buf)
     marked = False
     try:
@@ -54,6 +59,8 @@ def receive_into(
             if not got:
                 break
             done += got
+            if progress is not None and done < size:
+                progress(done)
     finally:
         if marked:
             with contextlib.suppress(OSError):

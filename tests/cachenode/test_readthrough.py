@@ -46,13 +46,13 @@ class Setup:
 
     def _patch(self, monkeypatch: pytest.MonkeyPatch) -> None:
         write = self.write
-        write_block = blockfile.write_block
+        finish = blockfile.StreamedBlockWrite.finish
 
-        def held(*args: Any, **kwargs: Any) -> None:
+        def held(streamed: blockfile.StreamedBlockWrite, final_path: str) -> None:
             assert write.wait(10)
-            write_block(*args, **kwargs)
+            finish(streamed, final_path)
 
-        monkeypatch.setattr(blockfile, "write_block", held)
+        monkeypatch.setattr(blockfile.StreamedBlockWrite, "finish", held)
         self._monkeypatch = monkeypatch
 
     async def start(self) -> None:
