@@ -14,6 +14,11 @@ Warm phase (SeaweedFS as it is):
   default local disk tier (``--local-cache auto``) EMPTY: a compute node that never read
   the file (the tier fills as the job reads);
 * ``mountd-off``: the same with ``--local-cache off`` (the nodes and memory alone);
+* ``mountd-apart``: as ``mountd``, but the nodes' block files are read back into the
+  page cache after each drop: on a cluster the nodes are other machines, whose page
+  caches a compute node's drop does not touch, and whose disks its local tier does not
+  share (here one virtual disk of ~1.1 GB/s serves the nodes' reads and the tier's
+  writes, and bounds ``mountd``'s sequential read);
 * ``mountd-local``: one mount whose default local disk tier is warm: it has read the
   file once;
 * ``rclone``, ``s3fs``: one mount each whose local disk cache has read the file once;
@@ -83,10 +88,31 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def fio(path: Path, rw: str, bs: str, jobs: int, size: int, runtime: float) -> dict[str, float]:
-    """One fio job shape on ``path`` (each of ``jobs`` reads its own 1/jobs of the file);
-    IOPS, MB/s and bytes read."""
+def read_back(dirs: list[Path]) -> None:
+    """Every file under ``dirs`` read into the page cache (buffered, contents dropped)."""
+    for top in dirs:
+        for path in top.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as fh:
+                    while fh.read(4 * MIB):
+                        pass
+
+
+def fio(
+    path: Path,
+    rw: str,
+    bs: str,
+    jobs: int,
+    size: int,
+    runtime: float,
+    kept: list[Path] | None = None,
+) -> dict[str, float]:
+    """One fio job shape on ``path`` (each of ``jobs`` reads its own 1/jobs of the file),
+    the page cache dropped first, except the files under ``kept`` (read back); IOPS,
+    MB/s and bytes read."""
     drop_caches()
+    if kept:
+        read_back(kept)
     share = size // jobs
     cmd = ["fio", "--name=bench", f"--filename={path}", f"--rw={rw}", f"--bs={bs}"]
     cmd += ["--ioengine=psync", "--readonly", "--invalidate=1", f"--numjobs={jobs}"]
@@ -104,18 +130,19 @@ def measured(
     runtime: float,
     pids: list[int],
     profile: Path | None = None,
+    kept: list[Path] | None = None,
 ) -> dict[str, float]:
-    """fio's figures and the CPU the serving processes spent per MB read; with
-    ``profile``, a ``py-spy record --native`` of the first two of ``pids`` (the mount
-    and one node) during the job, as ``<profile>-<pid>.txt`` (collapsed stacks; py-spy's
-    own CPU is not counted, but it slows the processes it samples: take figures from
-    runs without it)."""
+    """fio's figures (``kept``: see :func:`fio`) and the CPU the serving processes spent
+    per MB read; with ``profile``, a ``py-spy record --native`` of the first two of
+    ``pids`` (the mount and one node) during the job, as ``<profile>-<pid>.txt``
+    (collapsed stacks; py-spy's own CPU is not counted, but it slows the processes it
+    samples: take figures from runs without it)."""
     _, rw, bs, jobs = shape
     spies = (
         [py_spy(pid, runtime, Path(f"{profile}-{pid}.txt")) for pid in pids[:2]] if profile else []
     )
     before = [cpu_seconds([pid]) for pid in pids]
-    r = fio(path, rw, bs, jobs, size, runtime)
+    r = fio(path, rw, bs, jobs, size, runtime, kept)
     spent = [cpu_seconds([pid]) - b for pid, b in zip(pids, before, strict=True)]
     r["cpu_s"] = sum(spent)
     # The first process's own share (the mount, where the nodes are counted too).
@@ -348,7 +375,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
         prime = mountd("mountd-prime", "--local-cache", "off")
         read_all(prime.path / "data.bin")  # the nodes now hold every block
         prime.close()
-        for system, flags in (("mountd", ()), ("mountd-off", ("--local-cache", "off"))):
+        for system, flags, kept in (
+            ("mountd", (), None),
+            ("mountd-off", ("--local-cache", "off"), None),
+            ("mountd-apart", (), [n.cache_dir for n in nodes]),
+        ):
             if not wanted(system):
                 continue
             warm[system] = {}
@@ -363,6 +394,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
                     args.runtime,
                     [m.proc.pid, *node_pids],
                     profiled(system, shape),
+                    kept,
                 )
                 m.close()
                 shutil.rmtree(root, ignore_errors=True)
@@ -519,6 +551,13 @@ def ratios(results: dict[str, object]) -> dict[str, float]:
     put("rand_64k_1job mountd / noopfs (>= 0.25)", "mountd", "noopfs", "rand_64k_1job")
     put("seq_1m_1job mountd / rclone (>= 1.0)", "mountd", "rclone", "seq_1m_1job", "mbps")
     put("seq_1m_1job mountd / noopfs (>= 0.5)", "mountd", "noopfs", "seq_1m_1job", "mbps")
+    put(
+        "seq_1m_1job mountd-apart / noopfs (nodes' page cache kept)",
+        "mountd-apart",
+        "noopfs",
+        "seq_1m_1job",
+        "mbps",
+    )
     for ref in ("rclone", "s3fs"):
         if "mountd" in cold and ref in cold:
             out[f"cold seq_1m_1job mountd / {ref} (>= 2.0)"] = (
@@ -565,8 +604,10 @@ def report(results: dict[str, object]) -> str:
     ]
     lines += [
         "`mountd`: a fresh mount per job, its default local disk tier empty at the start;",
-        "`mountd-off`: the same with `--local-cache off`; `mountd-local`: one mount whose",
-        "default local disk tier has read the file once.",
+        "`mountd-off`: the same with `--local-cache off`; `mountd-apart`: as `mountd`, the",
+        "nodes' block files read back into the page cache after each drop (the nodes'",
+        "machines' caches and disks are not the compute node's); `mountd-local`: one mount",
+        "whose default local disk tier has read the file once.",
         "",
     ]
     if cold:
