@@ -161,7 +161,7 @@ class ReadThrough:
         loan = self._loans.get(block_id)
         task = self._inflight.get(block_id)
         if task is None:
-            loan = self._start(ref, block_id)
+            loan = self._start(ref, block_id, streamed=True)
             task = self._inflight.get(block_id)
             assert task is not None
         if loan is not None:
@@ -193,24 +193,26 @@ class ReadThrough:
         if task is not None:
             await asyncio.shield(task)
             return 0
-        self._start(ref, block_id)
+        self._start(ref, block_id, streamed=False)
         task = self._inflight.get(block_id)
         assert task is not None
         await asyncio.shield(task)
         return ref.length
 
-    def _start(self, ref: BlockRef, block_id: str) -> Loan:
+    def _start(self, ref: BlockRef, block_id: str, *, streamed: bool) -> Loan:
         """Start the fetch of a block nobody is fetching; its loan, held by the fetch.
+        With ``streamed`` the block is written as it arrives (see
+        :meth:`_fetch_to_store`).
 
         The loan is listed (:attr:`_loans`) from now until the fetch's last step, so that
         whoever finds it there can hold it before the fetch lets go of it.
         """
         loan = Loan(self._buffers)
         self._loans[block_id] = loan
-        self._inflight.start(block_id, lambda: self._fetch(ref, block_id, loan))
+        self._inflight.start(block_id, lambda: self._fetch(ref, block_id, loan, streamed))
         return loan
 
-    async def _fetch(self, ref: BlockRef, block_id: str, loan: Loan) -> None:
+    async def _fetch(self, ref: BlockRef, block_id: str, loan: Loan, streamed: bool) -> None:
         """Fetch and store the block, its bytes on ``loan`` (None if another put stored
         it meanwhile: then they are in the store)."""
         try:
@@ -218,7 +220,7 @@ class ReadThrough:
             if self._handoff is not None:
                 data = await self._handoff.fetch(block_id, ref.length)
             if data is None:
-                await self._fetch_to_store(ref, block_id, loan)
+                await self._fetch_to_store(ref, block_id, loan, streamed)
                 return
             if len(data) != ref.length:
                 raise OriginError(
@@ -236,9 +238,15 @@ class ReadThrough:
                 del self._loans[block_id]
             loan.release()
 
-    async def _fetch_to_store(self, ref: BlockRef, block_id: str, loan: Loan) -> None:
+    async def _fetch_to_store(
+        self, ref: BlockRef, block_id: str, loan: Loan, streamed: bool
+    ) -> None:
         """The origin's bytes of the block received into a reused buffer (``loan``'s) and
-        written from it by the thread that received them (:meth:`BlockStore.put_received`).
+        written from it by the thread that received them (:meth:`BlockStore.put_received`):
+        with ``streamed`` as they arrive (clients wait for the block: they then wait
+        after its last byte for the write of the last step only), else in one write
+        once all are there (a warmup: nobody waits for the one block, and one write
+        costs less than several).
         """
         view = loan.lend(ref.length)
         received = False
@@ -250,7 +258,13 @@ class ReadThrough:
             async with self._shield.request(ref.length):
                 origin = await self._origins.get(ref.url)
                 failed = await origin.read_into_then(
-                    ref.url, ref.offset, view, ref.version, write, size=ref.size, progress=progress
+                    ref.url,
+                    ref.offset,
+                    view,
+                    ref.version,
+                    write,
+                    size=ref.size,
+                    progress=progress if streamed else None,
                 )
             received = True
             return failed
