@@ -10,10 +10,11 @@ query values are checked before use, bodies are capped (:mod:`cachenode.bodies`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 
 from aiohttp import web
 
@@ -47,6 +48,12 @@ __all__ = ["BlockRoutes", "send_block_file"]
 log = logging.getLogger(__name__)
 
 _NOT_CACHED = {"error": "block not cached"}
+
+
+@contextlib.asynccontextmanager
+async def _resolved(data: Awaitable[bytes | None]) -> AsyncIterator[bytes | None]:
+    """``data`` as :meth:`BlockRoutes._stream_when_ready` takes a body: bytes it owns."""
+    yield await data
 
 
 def _span(request: web.Request, length: int) -> Span:
@@ -95,7 +102,9 @@ class BlockRoutes:
             if ref is not None:
                 return await self._serve_miss(request, ref, block_id, hot, started)
             if not self.readthrough.fetching(block_id):
-                return web.json_response(_NOT_CACHED, status=404)
+                return web.json_response(
+                    _NOT_CACHED, status=404, headers=self.readthrough.lookup_headers()
+                )
             return await self._serve_join(request, block_id)
         # The hit is counted here rather than by ReadThrough.cached, which reads the whole
         # block into memory: large hits are sent from the verified file instead.
@@ -137,29 +146,37 @@ class BlockRoutes:
         self,
         request: web.Request,
         response: web.StreamResponse,
-        data: Awaitable[bytes | None],
+        data: contextlib.AbstractAsyncContextManager[bytes | memoryview | None],
         span: Span | None = None,
     ) -> bool:
-        """Send the headers now and the body (its ``span``) once ``data`` resolves; abort
-        the connection if it resolves to None (the client sees a broken response, never a
-        short one)."""
-        await response.prepare(request)
+        """Send the headers now and the body (its ``span``) once ``data`` yields it; abort
+        the connection if it yields None (the client sees a broken response, never a
+        short one). The body is sent and flushed to the socket before ``data`` is left,
+        since what it yields may be a buffer that is reused then
+        (:meth:`ReadThrough.missed`)."""
+        writer = await response.prepare(request)
         slot: Slot | None = request.get("slot")
-        if slot is None:
-            body = await data
-        else:
-            # Waiting for the origin (or a peer) is not serving: hits may use the slot.
-            async with slot.paused():
-                body = await data
-        if body is None:
-            if request.transport is not None:
-                request.transport.abort()
-            return False
-        if span is not None and span.partial:
-            body = memoryview(body)[span.start : span.stop]
-        await response.write(body)
+        async with contextlib.AsyncExitStack() as stack:
+            if slot is None:
+                body = await stack.enter_async_context(data)
+            else:
+                # Waiting for the origin (or a peer) is not serving: hits may use the slot.
+                async with slot.paused():
+                    body = await stack.enter_async_context(data)
+            if body is None:
+                if request.transport is not None:
+                    request.transport.abort()
+                return False
+            if span is not None and span.partial:
+                body = memoryview(body)[span.start : span.stop]
+            nbytes = len(body)
+            await response.write(body)
+            transport = request.transport
+            if writer is None or transport is None or transport.is_closing():
+                raise ConnectionResetError("client gone before its miss was sent")
+            await wait_flushed(transport, writer.drain)
         await response.write_eof()
-        SERVED_BYTES.labels("miss").inc(len(body))
+        SERVED_BYTES.labels("miss").inc(nbytes)
         return True
 
     async def _serve_miss(
@@ -180,14 +197,17 @@ class BlockRoutes:
         response = web.StreamResponse(status=span.status, headers=headers)
         response.content_length = span.nbytes
 
-        async def fetch() -> bytes | None:
-            try:
-                return await self.readthrough.fetch(ref, block_id)
-            except RingcacheError as exc:
-                log.warning(
-                    "miss of block %s of %s failed after headers: %s", block_id, ref.url, exc
-                )
-                return None
+        @contextlib.asynccontextmanager
+        async def fetch() -> AsyncIterator[bytes | memoryview | None]:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    data = await stack.enter_async_context(self.readthrough.missed(ref, block_id))
+                except RingcacheError as exc:
+                    log.warning(
+                        "miss of block %s of %s failed after headers: %s", block_id, ref.url, exc
+                    )
+                    data = None
+                yield data
 
         if await self._stream_when_ready(request, response, fetch(), span):
             REQUEST_SECONDS.labels("get_miss").observe(time.perf_counter() - started)
@@ -220,7 +240,7 @@ class BlockRoutes:
         fetch is done; the connection is aborted if it fails. The length is not known
         before the body, so a ``Range`` is ignored here: the whole block comes back."""
         response = web.StreamResponse(headers={RESULT_HEADER: "miss"})
-        await self._stream_when_ready(request, response, self.readthrough.join(block_id))
+        await self._stream_when_ready(request, response, _resolved(self.readthrough.join(block_id)))
         return response
 
     async def put_block(self, request: web.Request) -> web.Response:

@@ -27,6 +27,21 @@ with 404, for every miss: about 15% of the nodes' CPU in a warmup
 age: when this node is not it, the block is a hot block's replica or a hedged read, and
 the primary has the block or is fetching it.
 
+Lookups that cannot help are skipped: a node that holds no block stored under an earlier
+ring says so in its 404 (:data:`STORED_UNDER_HEADER`: the fingerprint of the ring every
+block it holds was stored under, sent only while that is its current ring, and only if
+it held nothing when its ring last changed). Such a node owned, under the ring this node
+also sees, none of the blocks this node owns: nothing moved to this node from it. So
+once a node has said that for the ring this node sees, it is not asked again as a
+previous holder (the first three above) until the ring changes. Nodes that started
+together, before any block was read, ask each other once each, not on every miss. A
+scale-out or a drain still asks: the nodes that were there held blocks when the ring
+changed, so they say nothing. The current primary is asked as before (it owns the
+block under that ring). What such a 404 cannot promise is a block stored by a node
+that did not own it (a hedged read's second owner, a client's stale ring): that block
+comes from the origin, as it does outside the window. The header is a hint that only
+ever sends a miss to the origin, which a plain 404 does too: it needs no proof.
+
 On a secured cluster both sides prove they hold the cluster secret: the lookup is signed
 with it (for that node only), and the answer must carry the node's proof over the bytes
 sent (:data:`clientlib.auth.PROOF_HEADER`). Bytes without a valid proof are dropped, so a
@@ -41,8 +56,10 @@ import logging
 import math
 import ssl
 import time
+from collections.abc import Callable
 
 import aiohttp
+import xxhash
 
 from cachenode.metrics import HANDOFF_WINDOW, HANDOFFS
 from clientlib.auth import PROOF_HEADER, Credentials, body_digest
@@ -50,7 +67,7 @@ from clientlib.cluster import NodeInfo
 from clientlib.ring import Ring, RingWatcher
 from clientlib.tls import client_context
 
-__all__ = ["DEFAULT_WINDOW", "Handoff"]
+__all__ = ["DEFAULT_WINDOW", "STORED_UNDER_HEADER", "Handoff", "ring_key"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +77,15 @@ log = logging.getLogger(__name__)
 #: such a burst, and a warmup of a few hundred GiB at the ~1 GB/s a few nodes take in;
 #: blocks first read later come from the origin, as any miss does.
 DEFAULT_WINDOW = 600.0
+#: In a 404 to a lookup: the ring every block the node holds was stored under (see the
+#: module docstring).
+STORED_UNDER_HEADER = "X-Ringcache-Stored-Under"
+
+
+def ring_key(ring: Ring) -> str:
+    """A fingerprint of what places blocks on ``ring``: its nodes, weights and states."""
+    members = sorted(f"{n.id}/{n.weight!r}/{n.state}" for n in ring.nodes.values())
+    return xxhash.xxh3_64_hexdigest("\n".join(members).encode())
 
 
 class Handoff:
@@ -91,6 +117,27 @@ class Handoff:
         self._window_ends = -math.inf
         self._draining = False
         self._follower: asyncio.Task[None] | None = None
+        #: The fingerprint of the ring seen (:func:`ring_key`).
+        self._seen_key = ""
+        #: Whether this node holds or is storing any block (:meth:`track_holdings`).
+        self._holds_blocks: Callable[[], bool] = lambda: True
+        #: The ring every block held here was stored under (its key), if there is one.
+        self._stored_under: str | None = None
+        #: Nodes that said they hold no block stored under an earlier ring than the one
+        #: seen (:data:`STORED_UNDER_HEADER`): not asked as previous holders.
+        self._barren: set[str] = set()
+
+    def track_holdings(self, holds_blocks: Callable[[], bool]) -> None:
+        """Use ``holds_blocks`` (whether the node holds, or is storing, any block) for
+        what this node's 404s say (:meth:`lookup_headers`); until this is called they
+        say nothing."""
+        self._holds_blocks = holds_blocks
+
+    def lookup_headers(self) -> dict[str, str]:
+        """The headers of this node's 404 to a lookup (see the module docstring)."""
+        if self._stored_under is None or self._watcher.ring is not self._seen:
+            return {}
+        return {STORED_UNDER_HEADER: self._stored_under}
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -100,6 +147,7 @@ class Handoff:
         )
         await self._watcher.start()
         await self._derive()
+        self._stored_under = None if self._holds_blocks() else self._seen_key
         self._open_window("joined")
         HANDOFF_WINDOW.set_function(self.window_left)
         self._follower = asyncio.create_task(self._follow(), name="handoff-rings")
@@ -132,9 +180,14 @@ class Handoff:
                 Ring(current.nodes.values(), with_draining=True),
             )
         )
+        key = ring_key(current)
         if self._seen is not None:
             self._previous = self._seen
             self._open_window("ring changed")
+            clean = self._stored_under is not None and not self._holds_blocks()
+            self._stored_under = key if clean else None
+        self._barren.clear()
+        self._seen_key = key
         self._seen = current
         self._without_self = without_self
         self._with_draining = with_draining
@@ -162,12 +215,14 @@ class Handoff:
 
     def sources(self, block_id: str) -> list[NodeInfo]:
         """Distinct other live nodes that may hold ``block_id``, most likely first."""
-        alive = self._watcher.ring.nodes
+        current = self._watcher.ring
+        alive = current.nodes
         seen = {self._self_id}
         out: list[NodeInfo] = []
         for ring in self._rings():
             for node in ring.owners(block_id, 1):
-                if node.id not in seen and node.id in alive:
+                barren = ring is not current and node.id in self._barren
+                if node.id not in seen and node.id in alive and not barren:
                     seen.add(node.id)
                     out.append(node)
         return out
@@ -193,6 +248,8 @@ class Handoff:
                             HANDOFFS.labels("hit").inc()
                             log.debug("block %s handed off from node %s", block_id, node.id)
                             return data
+                    elif resp.headers.get(STORED_UNDER_HEADER) == self._seen_key:
+                        self._barren.add(node.id)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 log.info("handoff lookup of %s on node %s failed: %r", block_id, node.id, exc)
         HANDOFFS.labels("miss").inc()

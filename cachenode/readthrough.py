@@ -6,22 +6,26 @@ bytes per second, so a burst of misses queues here instead of tripping the objec
 throttling. The fetch runs as its own task: a client that
 hangs up does not cancel the fetch the other waiters (and the cache) still want.
 
-A block fetched to be stored and not sent (:meth:`ReadThrough.warm`) is received into a
-reused page-aligned buffer and written from it with ``O_DIRECT``
-(:mod:`cachenode.blockbuffers`) by the thread that received it, in one job; nobody gets
-its bytes, and a lookup that joins such a fetch reads the block from the store once it
-is written.
+Every origin fetch receives the block into a reused page-aligned buffer, and the thread
+that received it writes it from there with ``O_DIRECT`` (:mod:`cachenode.blockbuffers`,
+:meth:`BlockStore.put_received`), in one job. The misses waiting for the fetch are
+answered only once the block is stored (so a hit right after finds it, and a node
+killed after answering has it on disk), and are sent the bytes from that same buffer
+(:meth:`ReadThrough.missed`), which goes back to the pool once every send is flushed: no
+copy of the block is made for them. A warmup's fetch (:meth:`ReadThrough.warm`) is the
+same without a client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import cachetools
 
-from cachenode.blockbuffers import BlockBuffers
+from cachenode.blockbuffers import BlockBuffers, Loan
 from cachenode.handoff import Handoff
 from cachenode.metrics import BLOCK_HITS, BLOCK_MISSES
 from cachenode.shield import OriginShield
@@ -39,8 +43,10 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 10.0
 #: How long an object's stat is trusted when a fill is checked against the origin.
 STAT_TTL = 1.0
-#: Idle block buffers kept for warm fetches (:mod:`cachenode.blockbuffers`).
-IDLE_BUFFERS = 16
+#: Idle block buffers kept for fetches (:mod:`cachenode.blockbuffers`): resident memory
+#: (32 MiB of 4 MiB blocks) traded for fresh pages; ``tests/cachenode/test_poisoning.py``
+#: bounds a node's memory after a burst of misses.
+IDLE_BUFFERS = 8
 
 
 class ReadThrough:
@@ -56,14 +62,22 @@ class ReadThrough:
         self._store = store
         self._origins = origins
         self._handoff = handoff
-        #: A fetch's result: the block's bytes, or None when it was fetched only to be
-        #: stored (:meth:`warm`) and is in the store.
-        self._inflight: SingleFlight[str, bytes | None] = SingleFlight("origin fetch")
+        #: The fetches in flight, and the loan of each (its bytes, see :meth:`_start`).
+        self._inflight: SingleFlight[str, None] = SingleFlight("origin fetch")
+        self._loans: dict[str, Loan] = {}
         self._buffers = BlockBuffers(IDLE_BUFFERS, DEFAULT_BLOCK_SIZE)
         self._shield = shield
         self._stats: cachetools.TTLCache[str, ObjectInfo] = cachetools.TTLCache(
             maxsize=4096, ttl=STAT_TTL
         )
+        if handoff is not None:
+            handoff.track_holdings(
+                lambda: bool(self._store.block_count or self._inflight or self._store.putting)
+            )
+
+    def lookup_headers(self) -> dict[str, str]:
+        """What this node's 404 to another node's lookup says (:mod:`cachenode.handoff`)."""
+        return {} if self._handoff is None else self._handoff.lookup_headers()
 
     async def cached(self, block_id: str) -> bytes | None:
         """The verified block if the store has it (a hit) or is fetching it, else ``None``."""
@@ -89,11 +103,18 @@ class ReadThrough:
         if task is None:
             return None
         BLOCK_MISSES.inc()
+        loan = self._loans.get(block_id)
+        if loan is not None:
+            loan.hold()
         try:
-            data = await asyncio.wait_for(asyncio.shield(task), JOIN_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(task), JOIN_TIMEOUT)
+            data = None if loan is None else loan.data
+            return await self._stored(block_id) if data is None else bytes(data)
         except (RingcacheError, TimeoutError):
             return None
-        return await self._stored(block_id) if data is None else data
+        finally:
+            if loan is not None:
+                loan.release()
 
     async def _stored(self, block_id: str) -> bytes | None:
         """The block from the store, where a warm fetch just put it (no hit counted)."""
@@ -127,22 +148,40 @@ class ReadThrough:
                 f"not {ref.version} of {ref.size}"
             )
 
-    async def get(self, ref: BlockRef, block_id: str) -> tuple[bytes, bool]:
-        """Return ``(data, was_hit)`` for the block ``ref`` (whose id is ``block_id``)."""
-        data = await self.cached(block_id)
-        if data is not None:
-            return data, True
-        return await self.fetch(ref, block_id), False
+    @contextlib.asynccontextmanager
+    async def missed(self, ref: BlockRef, block_id: str) -> AsyncIterator[bytes | memoryview]:
+        """The miss path: one shared fetch (handoff, then origin) per block in flight; the
+        block's bytes once it is stored, valid until the ``async with`` ends (a view of
+        the fetch's buffer, which is reused after: send them, do not keep them).
 
-    async def fetch(self, ref: BlockRef, block_id: str) -> bytes:
-        """The miss path: one shared fetch (handoff, then origin) per block in flight."""
+        An error in the ``async with`` body (a send cut short) keeps the buffer from
+        being reused, since the transport may still hold a view of it.
+        """
         BLOCK_MISSES.inc()
-        data = await self._inflight.run(block_id, lambda: self._fetch(ref, block_id, True))
-        if data is None:  # joined a warm fetch, which stored the block
-            data = await self._stored(block_id)
-        if data is None:
-            raise OriginError(f"block {block_id} of {ref.url} was evicted as it was stored")
-        return data
+        loan = self._loans.get(block_id)
+        task = self._inflight.get(block_id)
+        if task is None:
+            loan = self._start(ref, block_id, streamed=True)
+            task = self._inflight.get(block_id)
+            assert task is not None
+        if loan is not None:
+            loan.hold()
+        try:
+            await asyncio.shield(task)
+            data = loan.data if loan is not None else None
+            if data is None:  # stored by a fetch that was not this one's
+                data = await self._stored(block_id)
+            if data is None:
+                raise OriginError(f"block {block_id} of {ref.url} was evicted as it was stored")
+            try:
+                yield data
+            except BaseException:
+                if loan is not None:
+                    loan.spoil()
+                raise
+        finally:
+            if loan is not None:
+                loan.release()
 
     async def warm(self, ref: BlockRef, block_id: str) -> int:
         """Make the block stored here without anyone getting its bytes (a warmup): the
@@ -150,62 +189,87 @@ class ReadThrough:
         if block_id in self._store:
             return 0
         task = self._inflight.get(block_id)
+        BLOCK_MISSES.inc()
         if task is not None:
-            BLOCK_MISSES.inc()
             await asyncio.shield(task)
             return 0
-        BLOCK_MISSES.inc()
-        await self._inflight.run(block_id, lambda: self._fetch(ref, block_id, False))
+        self._start(ref, block_id, streamed=False)
+        task = self._inflight.get(block_id)
+        assert task is not None
+        await asyncio.shield(task)
         return ref.length
 
-    async def _fetch(self, ref: BlockRef, block_id: str, send: bool) -> bytes | None:
-        """Fetch and store the block; its bytes, or with ``send`` false None once it is
-        stored (its bytes if it could not be)."""
-        data = None
-        if self._handoff is not None:
-            data = await self._handoff.fetch(block_id, ref.length)
-        if data is None and not send:
-            return await self._fetch_to_store(ref, block_id)
-        if data is None:
-            async with self._shield.request(ref.length):
-                origin = await self._origins.get(ref.url)
-                data = await origin.read(
-                    ref.url, ref.offset, ref.length, ref.version, size=ref.size
-                )
-        if len(data) != ref.length:
-            raise OriginError(
-                f"origin returned {len(data)} bytes for block {block_id} of {ref.url}, "
-                f"expected {ref.length}"
-            )
-        if not await self._store.put(block_id, data):
-            log.warning("block %s of %s served without caching it", block_id, ref.url)
-        return data
+    def _start(self, ref: BlockRef, block_id: str, *, streamed: bool) -> Loan:
+        """Start the fetch of a block nobody is fetching; its loan, held by the fetch.
+        With ``streamed`` the block is written as it arrives (see
+        :meth:`_fetch_to_store`).
 
-    async def _fetch_to_store(self, ref: BlockRef, block_id: str) -> bytes | None:
-        """The origin's bytes of the block received into a reused buffer and written from
-        it by the thread that received them (:meth:`BlockStore.put_received`); None once
-        stored, else a copy of the bytes.
-
-        The buffer is reused only after a fetch that ended normally: one that failed or
-        was cancelled may leave a write in the store's pool still reading it.
+        The loan is listed (:attr:`_loans`) from now until the fetch's last step, so that
+        whoever finds it there can hold it before the fetch lets go of it.
         """
-        buf = self._buffers.take(ref.length)
-        view = memoryview(buf)[: ref.length]
+        loan = Loan(self._buffers)
+        self._loans[block_id] = loan
+        self._inflight.start(block_id, lambda: self._fetch(ref, block_id, loan, streamed))
+        return loan
 
-        async def receive(write: Callable[[], OSError | None]) -> OSError | None:
+    async def _fetch(self, ref: BlockRef, block_id: str, loan: Loan, streamed: bool) -> None:
+        """Fetch and store the block, its bytes on ``loan`` (None if another put stored
+        it meanwhile: then they are in the store)."""
+        try:
+            data = None
+            if self._handoff is not None:
+                data = await self._handoff.fetch(block_id, ref.length)
+            if data is None:
+                await self._fetch_to_store(ref, block_id, loan, streamed)
+                return
+            # Handed off by another node (of the block's length, checked there).
+            if not await self._store.put(block_id, data):
+                log.warning("block %s of %s served without caching it", block_id, ref.url)
+            loan.data = data
+        except BaseException:
+            loan.spoil()  # a write of the store's pool may still read the buffer
+            raise
+        finally:
+            if self._loans.get(block_id) is loan:
+                del self._loans[block_id]
+            loan.release()
+
+    async def _fetch_to_store(
+        self, ref: BlockRef, block_id: str, loan: Loan, streamed: bool
+    ) -> None:
+        """The origin's bytes of the block received into a reused buffer (``loan``'s) and
+        written from it by the thread that received them (:meth:`BlockStore.put_received`):
+        with ``streamed`` as they arrive (clients wait for the block: they then wait
+        after its last byte for the write of the last step only), else in one write
+        once all are there (a warmup: nobody waits for the one block, and one write
+        costs less than several).
+        """
+        view = loan.lend(ref.length)
+        received = False
+
+        async def receive(
+            write: Callable[[], OSError | None], progress: Callable[[int], None]
+        ) -> OSError | None:
+            nonlocal received
             async with self._shield.request(ref.length):
                 origin = await self._origins.get(ref.url)
-                return await origin.read_into_then(
-                    ref.url, ref.offset, view, ref.version, write, size=ref.size
+                failed = await origin.read_into_then(
+                    ref.url,
+                    ref.offset,
+                    view,
+                    ref.version,
+                    write,
+                    size=ref.size,
+                    progress=progress if streamed else None,
                 )
+            received = True
+            return failed
 
         stored = await self._store.put_received(block_id, view, receive)
-        data = None if stored else bytes(view)
-        view.release()
-        self._buffers.give(buf)
+        if not received:  # stored by another put meanwhile: its bytes are in the store
+            loan.data = None
         if not stored:
             log.warning("block %s of %s fetched without caching it", block_id, ref.url)
-        return data
 
     async def fill(self, block_id: str, data: bytes) -> bool:
         """Store a block pushed by a client (fill-on-write); never blocks on the origin."""

@@ -71,6 +71,10 @@ __all__ = [
     "block_filename",
 ]
 
+#: What :meth:`BlockStore.put_received` calls to receive a block: ``receive(write,
+#: progress)``, see there.
+Receive = Callable[[Callable[[], OSError | None], Callable[[int], None]], Awaitable[OSError | None]]
+
 log = logging.getLogger(__name__)
 
 #: Blocks up to this size are read and verified on the event loop thread; larger blocks
@@ -274,6 +278,11 @@ class BlockStore:
     def block_count(self) -> int:
         """Blocks stored in the dirs that are up."""
         return sum(len(d.policy) for d in self._up)
+
+    @property
+    def putting(self) -> bool:
+        """Whether a block is being stored."""
+        return len(self._puts) > 0
 
     def __contains__(self, block_id: str) -> bool:
         """Whether the block is indexed; not a hit (does not change its eviction order)."""
@@ -561,17 +570,21 @@ class BlockStore:
         self,
         block_id: str,
         buf: memoryview,
-        receive: Callable[[Callable[[], OSError | None]], Awaitable[OSError | None]],
+        receive: Receive,
     ) -> bool:
         """Store a block that is yet to arrive in ``buf`` (page-aligned and writable, as
         :meth:`put` with ``direct`` takes it; its length is the block's): for a block
-        fetched only to be stored (a warmup).
+        fetched from the origin.
 
-        ``receive(write)`` fills ``buf`` and then calls the blocking ``write()`` on the
-        thread that received the bytes (:meth:`Origin.read_into_then`), which writes the
-        block file with ``O_DIRECT`` from ``buf``: one job on one thread per block, where
-        a fetch and then :meth:`put` cost a hop to the origin's thread, back, to the
-        store's pool and back. The room for it is made before ``receive`` starts.
+        ``receive(write, progress)`` fills ``buf``, calling ``progress(received)`` as the
+        bytes come (it writes them to the block's temporary file with ``O_DIRECT``,
+        :class:`~clientlib.blockfile.StreamedBlockWrite`), and then calls the blocking
+        ``write()`` on the thread that received the bytes
+        (:meth:`Origin.read_into_then`), which writes the rest and renames the file: one
+        job on one thread per block, where a fetch and then :meth:`put` cost a hop to
+        the origin's thread, back, to the store's pool and back, and the block is stored
+        a step's write after its last byte. The room for it is made before ``receive``
+        starts.
 
         True once stored (or already stored, or being stored by another put, whose end
         it waits for: then ``receive`` may not be called at all); False if it cannot be,
@@ -600,29 +613,42 @@ class BlockStore:
         block_id: str,
         key: int,
         buf: memoryview,
-        receive: Callable[[Callable[[], OSError | None]], Awaitable[OSError | None]],
+        receive: Receive,
     ) -> bool:
         await self._unlinked(key)
         nbytes = len(buf)
         room = next(self._rooms(block_id, nbytes), None)
         if room is None:
-            await receive(lambda: None)
+            await receive(lambda: None, lambda received: None)
             if not self._up:
                 log.error("block %s not stored: no cache dir is up", block_id)
             return False
         d, doomed = room
-        tmp = self._tmp_path(d, block_id)
         doomed_paths = [path for _, path in doomed]
         checksums: list[int] = []  # the block's, once ``write`` has deleted the victims
+        streamed = blockfile.StreamedBlockWrite(self._tmp_path(d, block_id), buf)
+        failures: list[OSError] = []  # of the writes while the block arrives
+
+        def progress(received: int) -> None:
+            if failures:
+                return
+            if not checksums:  # the victims go before the first byte is written
+                unlink_quietly(doomed_paths)
+                checksums.append(0)
+            try:
+                streamed.advance(received)
+            except OSError as exc:
+                failures.append(exc)
 
         def write() -> OSError | None:
             unlink_quietly(doomed_paths)
             checksum = block_checksum(buf)
-            checksums.append(checksum)
+            checksums[:] = [checksum]
+            if failures:
+                streamed.abort()
+                return failures[0]
             try:
-                blockfile.write_block(
-                    tmp, d.block_path(block_id, nbytes, checksum), buf, direct=True
-                )
+                streamed.finish(d.block_path(block_id, nbytes, checksum))
             except OSError as exc:
                 return exc
             return None
@@ -632,7 +658,13 @@ class BlockStore:
         self._track_unlinks([key for key, _ in doomed], unlinked)
         d.reserved += nbytes
         try:
-            failed = await receive(write)
+            failed = await receive(write, progress)
+        except asyncio.CancelledError:
+            raise  # the receiving thread runs on to ``write``, which ends the file itself
+        except BaseException:
+            # The receiving thread is done: remove what it wrote of the block.
+            await asyncio.get_running_loop().run_in_executor(self._pool(), streamed.abort)
+            raise
         finally:
             d.reserved -= nbytes
             if not checksums and doomed_paths:  # received nothing: make the room all the same

@@ -640,3 +640,86 @@ def write_block(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_path)
         raise
+
+
+#: Bytes :class:`StreamedBlockWrite` waits for before each ``O_DIRECT`` write while a
+#: block arrives: large writes, and about four of them a 4 MiB block.
+STREAM_STEP = 1024 * 1024
+
+
+class StreamedBlockWrite:
+    """:func:`write_block` of a buffer that is still being filled: its bytes go to the
+    disk with ``O_DIRECT`` as they arrive (:meth:`advance`, on the thread that receives
+    them), and once all are there and checked, the rest, the trailer and the rename
+    (:meth:`finish`). A block fetched from an origin at ~90 MB/s a connection then waits
+    after its last byte for the write of its last step only, not of all of it (about
+    12 ms a 4 MiB block on a virtio disk), and a client waits for the block to be
+    stored before it is answered.
+
+    Until :meth:`finish` nothing is at the final name; :meth:`abort` (or a failed
+    :meth:`finish`) removes the temporary file. Not thread-safe: one thread at a time.
+    """
+
+    def __init__(self, tmp_path: str, buf: memoryview) -> None:
+        self._tmp = tmp_path
+        self._buf = buf
+        self._fd = -1
+        self._direct = True
+        self._written = 0  # bytes at the start of the file, written with O_DIRECT
+
+    def advance(self, received: int) -> None:
+        """Write what is new in the first ``received`` bytes, once a step has come."""
+        end = received - received % DIRECT_ALIGN
+        if self._direct and end - self._written >= STREAM_STEP:
+            self._write_direct(end)
+
+    def finish(self, final_path: str) -> None:
+        """Write the rest and the trailer and rename the file to ``final_path``; on any
+        error no file is left and the error is raised."""
+        try:
+            nbytes = len(self._buf)
+            if self._direct:
+                self._write_direct(nbytes - nbytes % DIRECT_ALIGN)
+            fd = self._open()
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            if flags & os.O_DIRECT:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            os.lseek(fd, self._written, os.SEEK_SET)
+            _write_all(fd, self._buf[self._written :])
+            _write_all(fd, part_trailer(self._buf))
+            self._fd = -1
+            os.close(fd)
+            os.rename(self._tmp, final_path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Close and remove the temporary file, if there is one."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+
+    def _open(self) -> int:
+        if self._fd < 0:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                self._fd = os.open(self._tmp, flags | os.O_DIRECT, 0o644)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._fd = os.open(self._tmp, flags, 0o644)
+                self._direct = False
+        return self._fd
+
+    def _write_direct(self, end: int) -> None:
+        """``O_DIRECT`` writes up to ``end`` (aligned); a short write ends them (the rest
+        goes through the page cache, as in :func:`write_block`)."""
+        fd = self._open()
+        while self._direct and self._written < end:
+            n = os.pwrite(fd, self._buf[self._written : end], self._written)
+            self._written += n
+            if n == 0 or self._written % DIRECT_ALIGN:
+                self._direct = False

@@ -187,9 +187,12 @@ class Origin(abc.ABC):
         then: Callable[[], T],
         *,
         size: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> T:
         """:meth:`read_into`, then the blocking ``then()`` (not called if the read
-        fails); its result.
+        fails); its result. An origin that receives the bytes a part at a time may call
+        ``progress(received)`` on the receiving thread as they come (the bytes so far in
+        ``buf``, not checked yet); this default does not.
 
         For what a caller does next with the bytes on a thread anyway (a node writing the
         block to its disk): an origin that receives them on a worker thread (S3) calls

@@ -47,6 +47,7 @@ from clientlib.errors import (
 from clientlib.metrics import ORIGIN_BYTES, ORIGIN_REQUESTS
 from clientlib.origin.base import ObjectInfo, Origin, PosixAttrs, Progress, TooManyObjects
 from clientlib.origin.s3lean import Answer, LeanGet
+from clientlib.origin.s3recv import receive_into
 from clientlib.urls import join_url, split_url
 
 __all__ = ["S3Origin"]
@@ -216,9 +217,11 @@ class S3Origin(Origin):
         self, bucket: str, key: str, offset: int, length: int, etag: str, size: int | None
     ) -> bytes:
         url = f"s3://{bucket}/{key}"
-        # Not lean: with S3's bandwidth per connection (bench_mount's cold phase), client
-        # misses through the lean GET were slower (233-250 MB/s against 286-302) for a
-        # reason not found yet, although it costs less CPU per GET without that limit.
+        # Not lean: a client reading the origin itself. A node's misses no longer come
+        # here: they are received into reused buffers (read_into_then), lean, which in
+        # the eighth session's cold runs was as fast as this path and cost less CPU
+        # (loadtest/results/mount.md); an earlier session had found it slower (233-250
+        # MB/s against 286-302) with the bytes written through the page cache.
         got = self._get_object(bucket, key, offset, length, etag, size, lean=False)
         if not got.direct:
             with got.body:
@@ -236,7 +239,14 @@ class S3Origin(Origin):
         return data
 
     def _get_into_sync(
-        self, bucket: str, key: str, offset: int, buf: memoryview, etag: str, size: int | None
+        self,
+        bucket: str,
+        key: str,
+        offset: int,
+        buf: memoryview,
+        etag: str,
+        size: int | None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         """:meth:`_get_sync` received straight into ``buf``: ``recv`` into its pages, no
         bytes object in between.
@@ -256,13 +266,11 @@ class S3Origin(Origin):
                 raise OriginError(f"S3 sent {len(data)} bytes of {url}, not {len(buf)}")
             buf[:] = data
             return
-        done = 0
         try:
-            while done < len(buf) and (n := fp.readinto(buf[done:])):
-                done += n
+            done = receive_into(fp, got.sock, buf, progress)
         except OSError as exc:
             got.body.close()
-            raise OriginError(f"S3 body of {url} failed after {done} bytes: {exc}") from None
+            raise OriginError(f"S3 body of {url} failed: {exc}") from None
         self._finish(url, got, done, len(buf))
 
     @staticmethod
@@ -301,14 +309,16 @@ class S3Origin(Origin):
         then: Callable[[], T],
         *,
         size: int | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> T:
-        """:meth:`read_into`, then ``then()`` on the thread that received the bytes."""
+        """:meth:`read_into`, then ``then()`` on the thread that received the bytes, which
+        calls ``progress`` too (see :meth:`Origin.read_into_then`)."""
         origin, key = split_url(url)
         ORIGIN_REQUESTS.labels("get").inc()
 
         def get_then() -> T:
             if buf:
-                self._get_into_sync(origin[5:], key, offset, buf, version, size)
+                self._get_into_sync(origin[5:], key, offset, buf, version, size, progress)
             return then()
 
         result: T = await self._call(get_then, url)

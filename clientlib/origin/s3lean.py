@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -130,6 +131,7 @@ class LeanGet:
                 Body(conn, resp),
                 resp,
                 lambda: self._conns.give_back(url, conn),
+                conn.sock,
             )
         with self._asking_for(bucket, key):
             got = self._client.get_object(
@@ -209,7 +211,8 @@ class Answer:
 
     ``fp`` is the ``http.client`` response to read the body from (None when botocore
     wraps it in more), ``release`` what hands the connection back once the body is read
-    to its end, ``body`` what to close when it is not.
+    to its end, ``body`` what to close when it is not, ``sock`` the connection's socket
+    when it is this module's (:func:`clientlib.origin.s3recv.receive_into`).
     """
 
     content_length: str | int | None
@@ -217,6 +220,7 @@ class Answer:
     body: Any
     fp: http.client.HTTPResponse | None
     release: Callable[[], None] | None
+    sock: socket.socket | None = None
 
     @property
     def direct(self) -> bool:

@@ -47,6 +47,9 @@ class ReadThrough:
     def fetching(self, block_id: str) -> bool:
         return False
 
+    def lookup_headers(self) -> dict[str, str]:
+        return {}
+
 
 def routes(blocks: dict[str, bytes], verifier: Verifier | None = None) -> BlockRoutes:
     node = NodeContext("n1")

@@ -708,12 +708,15 @@ async def test_a_block_out_of_the_page_cache_is_read_past_it_once_then_through_i
 
 
 def _receiver(data: bytes, buf: memoryview, seen: list[str]):  # type: ignore[no-untyped-def]
-    """A ``receive`` for put_received that fills ``buf`` with ``data`` on a thread and
-    writes there, as an origin's read_into_then does."""
+    """A ``receive`` for put_received that fills ``buf`` with ``data`` on a thread a
+    MiB at a time, telling ``progress`` each time, and writes there, as an origin's
+    read_into_then does."""
 
-    async def receive(write):  # type: ignore[no-untyped-def]
+    async def receive(write, progress):  # type: ignore[no-untyped-def]
         def job():  # type: ignore[no-untyped-def]
-            buf[:] = data
+            for start in range(0, len(data), MiB):
+                buf[start : start + MiB] = data[start : start + MiB]
+                progress(min(start + MiB, len(data)))
             seen.append("received")
             return write()
 
@@ -749,8 +752,12 @@ async def test_put_received_that_fails_to_receive_stores_nothing_and_still_makes
     for block_id, data in old:
         assert await store.put(block_id, data)
 
-    async def broken(write):  # type: ignore[no-untyped-def]
-        raise ConnectionResetError("origin went away")
+    async def broken(write, progress):  # type: ignore[no-untyped-def]
+        def job():  # type: ignore[no-untyped-def]
+            progress(2 * MiB)  # half the block came, and was written
+            raise ConnectionResetError("origin went away")
+
+        await asyncio.to_thread(job)
 
     block_id = new_id()
     with pytest.raises(ConnectionResetError):
@@ -770,13 +777,22 @@ async def test_put_received_whose_write_fails_stores_the_bytes_in_another_dir(
     block_id, data = new_id(), os.urandom(4 * MiB)
     first = store.placement(block_id)[0]
     real_write = store_mod.blockfile.write_block
+    real_finish = store_mod.blockfile.StreamedBlockWrite.finish
 
     def failing(tmp, final, *args, **kwargs):  # type: ignore[no-untyped-def]
         if final.startswith(str(first)):
             raise OSError(errno.EIO, "I/O error")
         real_write(tmp, final, *args, **kwargs)
 
+    def failing_finish(self, final):  # type: ignore[no-untyped-def]
+        if final.startswith(str(first)):
+            self.abort()
+            raise OSError(errno.EIO, "I/O error")
+        real_finish(self, final)
+
+    # The disk fails both ways a block is written: as it arrives, and whole.
     monkeypatch.setattr(store_mod.blockfile, "write_block", failing)
+    monkeypatch.setattr(store_mod.blockfile.StreamedBlockWrite, "finish", failing_finish)
     buf = _aligned(len(data))
     assert await store.put_received(block_id, buf, _receiver(data, buf, []))
     other = next(p for p in (tmp_path / "d0", tmp_path / "d1") if p != first)

@@ -13,6 +13,7 @@ from clientlib.blockfile import (
     PART_SIZE,
     BadBlockFile,
     BlockFile,
+    StreamedBlockWrite,
     block_checksum,
     block_filename,
     file_length,
@@ -250,3 +251,29 @@ def test_open_or_read_sends_a_cached_block_from_its_file_and_reads_the_rest_past
         os.fsync(f.fileno())
     bad = open_or_read(path, len(data), checksum)
     assert isinstance(bad, BadBlockFile) and bad.reason == "checksum mismatch"
+
+
+def test_a_streamed_write_writes_as_the_bytes_come_and_ends_as_write_block(tmp_path: Path):
+    nbytes = 4 * 1024 * 1024 + 123  # an object's tail: not a multiple of the alignment
+    data = os.urandom(nbytes)
+    buf = memoryview(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE))
+    streamed = StreamedBlockWrite(str(tmp_path / "tmp"), buf)
+    buf[: 3 * 2**20] = data[: 3 * 2**20]
+    streamed.advance(2**20 + 5)
+    assert (tmp_path / "tmp").stat().st_size == 2**20  # written before the rest came
+    streamed.advance(3 * 2**20)
+    assert (tmp_path / "tmp").stat().st_size == 3 * 2**20
+    buf[3 * 2**20 :] = data[3 * 2**20 :]
+    streamed.finish(str(tmp_path / "final"))
+    write_block(str(tmp_path / "tmp2"), str(tmp_path / "whole"), data)
+    assert (tmp_path / "final").read_bytes() == (tmp_path / "whole").read_bytes()
+    assert not (tmp_path / "tmp").exists()
+
+
+def test_an_aborted_streamed_write_leaves_no_file(tmp_path: Path):
+    buf = memoryview(mmap.mmap(-1, 4 * 2**20, flags=mmap.MAP_PRIVATE))
+    streamed = StreamedBlockWrite(str(tmp_path / "tmp"), buf)
+    streamed.advance(2 * 2**20)
+    assert (tmp_path / "tmp").exists()
+    streamed.abort()
+    assert os.listdir(tmp_path) == []

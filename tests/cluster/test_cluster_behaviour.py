@@ -73,6 +73,11 @@ async def test_misses_ask_other_nodes_only_in_the_handoff_window_after_a_join(
     asks the block's previous owner (``cachenode/handoff.py``)."""
     cluster = make_cluster(0)
     steady = cluster.add(extra=["--handoff-window", "1"])
+    # A block stored before the other node joins: otherwise the steady node would say in
+    # its first 404 that it holds nothing from an earlier ring, and not be asked again.
+    s3.put_object(Bucket=bucket, Key="before", Body=b"x")
+    first = await client_for(cluster, nodes=1)
+    assert await first.read(f"s3://{bucket}/before") == b"x"
     joined = cluster.add()  # the default window: minutes
     # The steady node's window reopened when the other joined; wait for it to close.
     for _ in range(300):
