@@ -10,7 +10,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -131,11 +130,10 @@ async def test_directory_or_fifo_as_source_is_a_clean_404(make_cluster, tmp_path
             st = path.stat()
             # The version a caller can see of it, and any size: neither makes it an object.
             block = ref(path, version(path), max(st.st_size, 1))
-            started = time.monotonic()
+            # A FIFO opened blocking would hang the request into get()'s timeout (raises).
             status, body = await get(session, node, block)
             assert status == 404, (name, status, body[:200])
             assert b"regular file" in body
-            assert time.monotonic() - started < 5  # a FIFO was not opened blocking
         ok = root / "ok.bin"
         status, body = await get(session, node, ref(ok, version(ok), 2000))
         assert (status, body) == (200, b"ok" * 1000)

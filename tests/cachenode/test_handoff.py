@@ -8,17 +8,23 @@ import os
 from tests.conftest import node_metric
 
 
+def _one_block_objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    """40 one-block objects put in ``bucket``, by URL: a node of 2 or 3 owns none of
+    them with odds of at most 3 * (2/3)^40, 3e-7."""
+    objects = {}
+    for i in range(40):
+        objects[f"s3://{bucket}/{prefix}{i}"] = body = os.urandom(1000)
+        s3.put_object(Bucket=bucket, Key=f"{prefix}{i}", Body=body)
+    return objects
+
+
 async def test_nodes_started_together_stop_asking_each_other_after_one_lookup_each(
     make_cluster, client_for, s3, bucket
 ):
     """Nodes that joined before any block was read have nothing to hand each other: each
     asks another node at most once, then sends its misses straight to the origin."""
     cluster = make_cluster(3)
-    objects = {}
-    # 40 one-block objects: a node owns none of them with odds of 3 * (2/3)^40, 3e-7.
-    for i in range(40):
-        objects[f"s3://{bucket}/c{i}"] = body = os.urandom(1000)
-        s3.put_object(Bucket=bucket, Key=f"c{i}", Body=body)
+    objects = _one_block_objects(s3, bucket, "c")
     # No hedging: a hedged read makes a node that is not the block's owner ask the
     # owner whatever the window, which is not what this test is about.
     client = await client_for(cluster, hedge_delay=60)
@@ -41,10 +47,7 @@ async def test_a_node_that_held_blocks_when_the_ring_changed_is_still_asked(
     """After a scale-out the nodes that were there held blocks under the old ring: the
     new node keeps asking them, and gets every moved block from them."""
     cluster = make_cluster(2)
-    objects = {}
-    for i in range(40):
-        objects[f"s3://{bucket}/s{i}"] = body = os.urandom(1000)
-        s3.put_object(Bucket=bucket, Key=f"s{i}", Body=body)
+    objects = _one_block_objects(s3, bucket, "s")
     warm = await client_for(cluster, hedge_delay=60)
     for url, body in objects.items():
         assert await warm.read(url) == body

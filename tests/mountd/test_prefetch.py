@@ -46,6 +46,20 @@ class RecordingFetcher:
         return bytes([index]) * (stop - start)
 
 
+class _GatedTier(LocalTier):
+    """A disk tier whose writes wait for ``gate`` (a disk slower than the links)."""
+
+    def __init__(self, gate: threading.Event, path: Path, capacity: int) -> None:
+        super().__init__(path, capacity)
+        self._gate = gate
+
+    def put(
+        self, block_id: str, data: bytes, *, direct: bool = False, read_back: bool = False
+    ) -> None:
+        self._gate.wait(10)
+        super().put(block_id, data, direct=direct, read_back=read_back)
+
+
 async def test_read_ahead_opens_up_as_a_stream_goes_on_and_is_not_kept() -> None:
     blocks = 40
     info = ObjectInfo("s3://b/k", "s3://b", "k", blocks * BS, "v1", 0.0)
@@ -226,14 +240,7 @@ async def test_blocks_waiting_for_the_disk_tier_are_bounded(
     monkeypatch.setattr(prefetch, "MAX_STORING", 2)
     gate = threading.Event()
 
-    class SlowTier(LocalTier):
-        def put(
-            self, block_id: str, data: bytes, *, direct: bool = False, read_back: bool = False
-        ) -> None:
-            gate.wait(10)
-            super().put(block_id, data, direct=direct, read_back=read_back)
-
-    tier = SlowTier(tmp_path, 64 * 4096)
+    tier = _GatedTier(gate, tmp_path, 64 * 4096)
     tier.open()
     fetcher = BlockFetcher(None, tier)  # type: ignore[arg-type]  # storing needs no client
     ids = [f"{i:032x}" for i in range(5)]
@@ -258,13 +265,6 @@ async def test_a_whole_block_being_written_to_the_disk_tier_is_not_fetched_again
     again."""
     gate = threading.Event()
 
-    class SlowTier(LocalTier):
-        def put(
-            self, block_id: str, data: bytes, *, direct: bool = False, read_back: bool = False
-        ) -> None:
-            gate.wait(10)
-            super().put(block_id, data, direct=direct, read_back=read_back)
-
     class Client:
         def __init__(self) -> None:
             self.reads: list[int] = []
@@ -282,7 +282,7 @@ async def test_a_whole_block_being_written_to_the_disk_tier_is_not_fetched_again
             return bytes([index + 1]) * 4096
 
     info = ObjectInfo("s3://b/k", "s3://b", "k", 2 * 4096, "v1", 0.0)
-    tier = SlowTier(tmp_path, 64 * 4096)
+    tier = _GatedTier(gate, tmp_path, 64 * 4096)
     tier.open()
     client = Client()
     fetcher = BlockFetcher(client, tier)  # type: ignore[arg-type]
