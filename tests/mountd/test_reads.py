@@ -107,6 +107,22 @@ def _random_reads(path: Path, data: bytes) -> Iterator[Callable[[int, int], None
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _random_reader(  # type: ignore[no-untyped-def]
+    make_cluster, mount, s3, bucket: str, key: str, blocks: int, *mount_args: str
+) -> Iterator[tuple[Callable[[int, int], None], Callable[[], float]]]:
+    """A new object ``key`` of ``blocks`` blocks, read at random through a mount (with
+    ``mount_args``) over a one-node cluster: ``(read, served)``, ``read`` as
+    :func:`_random_reads` gives it and ``served()`` the bytes the node has sent."""
+    data = payload(blocks * BS)
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    cluster = make_cluster(1)
+    m = mount(cluster, f"s3://{bucket}", *mount_args)
+    served = functools.partial(node_metric, cluster.nodes[0], "ringcache_served_bytes_total")
+    with _random_reads(m.path / key, data) as read:
+        yield read, served
+
+
 def _read_page(fd: int, data: bytes, block: int, k: int) -> None:
     """Random read ``k`` of ``block``: a whole page, a different one for each ``k``."""
     offset = block * BS + (k * 125 + 1) * 4096
@@ -118,27 +134,20 @@ def test_a_block_random_reads_keep_coming_back_to_is_pulled_whole_once(
 ):
     """Random reads cost their bytes until a block has had PULL_AFTER of them; then the
     block is pulled whole, once, and later reads of it are served by the mount."""
-    data = payload(4 * BS)
-    s3.put_object(Bucket=bucket, Key="r.bin", Body=data)
-    cluster = make_cluster(1)
-    m = mount(cluster, f"s3://{bucket}")
-    node = cluster.nodes[0]
-    with _random_reads(m.path / "r.bin", data) as read:
+    with _random_reader(make_cluster, mount, s3, bucket, "r.bin", 4) as (read, served):
         for k in range(PULL_AFTER - 1):  # jumps between blocks 1 and 3: ranges only
             read(1, k)
             read(3, k)
-        assert node_metric(node, "ringcache_served_bytes_total") < BS
+        assert served() < BS
         read(1, PULL_AFTER - 1)  # block 1's last range read: it is pulled whole
-        wait_until(lambda: node_metric(node, "ringcache_served_bytes_total") >= BS, 20, "pull")
-        served = node_metric(node, "ringcache_served_bytes_total")
-        assert served < 2 * BS  # block 1 only
+        wait_until(lambda: served() >= BS, 20, "pull")
+        before = served()
+        assert before < 2 * BS  # block 1 only
         read(1, PULL_AFTER)
         read(3, PULL_AFTER)  # block 3's last range read pulls it too
-        wait_until(
-            lambda: node_metric(node, "ringcache_served_bytes_total") >= served + BS, 20, "pull"
-        )
+        wait_until(lambda: served() >= before + BS, 20, "pull")
         read(1, PULL_AFTER + 1)
-    assert node_metric(node, "ringcache_served_bytes_total") < served + BS + 8192
+        assert served() < before + BS + 8192
 
 
 def test_a_file_whose_random_reads_came_back_to_blocks_has_its_other_blocks_pulled_at_once(
@@ -146,34 +155,27 @@ def test_a_file_whose_random_reads_came_back_to_blocks_has_its_other_blocks_pull
 ):
     """Once random reads came back PULL_AFTER times to DENSE_AFTER blocks of a file, the
     file is read densely: another block of it is pulled whole at its first range read."""
-    data = payload(8 * BS)
-    s3.put_object(Bucket=bucket, Key="d.bin", Body=data)
-    cluster = make_cluster(1)
-    m = mount(cluster, f"s3://{bucket}")
-    node = cluster.nodes[0]
-    with _random_reads(m.path / "d.bin", data) as read:
+    with _random_reader(make_cluster, mount, s3, bucket, "d.bin", 8) as (read, served):
         pulled = [1, 3, 5, 7][:DENSE_AFTER]
         for k in range(PULL_AFTER):  # jumps between them: each pulled at its last
             for block in pulled:
                 read(block, k)
         want = len(pulled) * BS
-        wait_until(lambda: node_metric(node, "ringcache_served_bytes_total") >= want, 20, "pulls")
-        served = node_metric(node, "ringcache_served_bytes_total")
-        assert served < want + BS
+        wait_until(lambda: served() >= want, 20, "pulls")
+        before = served()
+        assert before < want + BS
         read(6, 0)  # a block's first range read: pulled whole too
-        wait_until(
-            lambda: node_metric(node, "ringcache_served_bytes_total") >= served + BS, 20, "pull"
-        )
+        wait_until(lambda: served() >= before + BS, 20, "pull")
 
         def served_by_the_mount() -> bool:
-            served = node_metric(node, "ringcache_served_bytes_total")
+            sent = served()
             read(6, 1)
-            return node_metric(node, "ringcache_served_bytes_total") == served
+            return served() == sent
 
         wait_until(served_by_the_mount, 20, "block 6 served by the mount")
-    # Blocks 1, 3 and 6 and the range reads before their pulls; no read-ahead: the
-    # reads were never a stream.
-    assert node_metric(node, "ringcache_served_bytes_total") < 3 * BS + 65536
+        # Blocks 1, 3 and 6 and the range reads before their pulls; no read-ahead: the
+        # reads were never a stream.
+        assert served() < 3 * BS + 65536
 
 
 def test_random_reads_of_a_file_larger_than_memory_pull_its_blocks_to_the_disk_tier(
@@ -181,31 +183,26 @@ def test_random_reads_of_a_file_larger_than_memory_pull_its_blocks_to_the_disk_t
 ):
     """A file larger than the memory tier but not the disk tier: a block random reads
     keep coming back to is pulled whole into the disk tier, and read from there after."""
-    data = payload(6 * BS)
-    s3.put_object(Bucket=bucket, Key="big.bin", Body=data)
-    cluster = make_cluster(1)
     tier = tmp_path / "tier"
-    m = mount(
-        cluster, f"s3://{bucket}", "--memory-cache", f"{BS}", "--local-cache", f"{tier}:64MiB"
-    )
-    node = cluster.nodes[0]
 
     def blocks_on_disk() -> int:
         return sum(1 for p in tier.glob("*/*") if not p.name.endswith(".tmp"))
 
-    with _random_reads(m.path / "big.bin", data) as read:
+    options = ("--memory-cache", f"{BS}", "--local-cache", f"{tier}:64MiB")
+    reader = _random_reader(make_cluster, mount, s3, bucket, "big.bin", 6, *options)
+    with reader as (read, served):
         for k in range(PULL_AFTER - 1):  # jumps between blocks 1 and 3: ranges only
             read(1, k)
             read(3, k)
         assert blocks_on_disk() == 0
         read(1, PULL_AFTER - 1)  # block 1's last range read: pulled whole, to the disk
         wait_until(lambda: blocks_on_disk() == 1, 20, "block 1 on the disk tier")
-        # From the disk tier: nothing more from the node. (A jump to block 5 between two
-        # reads of block 1, or they would be a stream, read whole with read-ahead.)
+        # From the disk tier: nothing more from the node (a jump to block 5 between two
+        # reads of block 1).
         for k in (PULL_AFTER, PULL_AFTER + 1):
-            served = node_metric(node, "ringcache_served_bytes_total")
+            sent = served()
             read(1, k)
-            assert node_metric(node, "ringcache_served_bytes_total") == served
+            assert served() == sent
             read(5, k)
 
 
