@@ -103,15 +103,28 @@ class ReadThrough:
         if task is None:
             return None
         BLOCK_MISSES.inc()
+        try:
+            async with self._outcome(block_id, task, JOIN_TIMEOUT) as (_, data):
+                return None if data is None else bytes(data)
+        except (RingcacheError, TimeoutError):
+            return None
+
+    @contextlib.asynccontextmanager
+    async def _outcome(
+        self, block_id: str, task: asyncio.Task[None], timeout: float | None = None
+    ) -> AsyncIterator[tuple[Loan | None, bytes | memoryview | None]]:
+        """Wait for the fetch ``task`` of ``block_id`` (at most ``timeout`` seconds), then
+        give its loan (if it has one) and the block's bytes: its loan's, held until the
+        ``async with`` ends, else the store's (another put stored the block), else None."""
         loan = self._loans.get(block_id)
         if loan is not None:
             loan.hold()
         try:
-            await asyncio.wait_for(asyncio.shield(task), JOIN_TIMEOUT)
-            data = None if loan is None else loan.data
-            return await self._stored(block_id) if data is None else bytes(data)
-        except (RingcacheError, TimeoutError):
-            return None
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+            data = loan.data if loan is not None else None
+            if data is None:  # stored by a fetch that was not this one's
+                data = await self._stored(block_id)
+            yield loan, data
         finally:
             if loan is not None:
                 loan.release()
@@ -158,19 +171,8 @@ class ReadThrough:
         being reused, since the transport may still hold a view of it.
         """
         BLOCK_MISSES.inc()
-        loan = self._loans.get(block_id)
-        task = self._inflight.get(block_id)
-        if task is None:
-            loan = self._start(ref, block_id, streamed=True)
-            task = self._inflight.get(block_id)
-            assert task is not None
-        if loan is not None:
-            loan.hold()
-        try:
-            await asyncio.shield(task)
-            data = loan.data if loan is not None else None
-            if data is None:  # stored by a fetch that was not this one's
-                data = await self._stored(block_id)
+        task = self._inflight.get(block_id) or self._start(ref, block_id, streamed=True)
+        async with self._outcome(block_id, task) as (loan, data):
             if data is None:
                 raise OriginError(f"block {block_id} of {ref.url} was evicted as it was stored")
             try:
@@ -179,9 +181,6 @@ class ReadThrough:
                 if loan is not None:
                     loan.spoil()
                 raise
-        finally:
-            if loan is not None:
-                loan.release()
 
     async def warm(self, ref: BlockRef, block_id: str) -> int:
         """Make the block stored here without anyone getting its bytes (a warmup): the
@@ -193,15 +192,12 @@ class ReadThrough:
         if task is not None:
             await asyncio.shield(task)
             return 0
-        self._start(ref, block_id, streamed=False)
-        task = self._inflight.get(block_id)
-        assert task is not None
-        await asyncio.shield(task)
+        await asyncio.shield(self._start(ref, block_id, streamed=False))
         return ref.length
 
-    def _start(self, ref: BlockRef, block_id: str, *, streamed: bool) -> Loan:
-        """Start the fetch of a block nobody is fetching; its loan, held by the fetch.
-        With ``streamed`` the block is written as it arrives (see
+    def _start(self, ref: BlockRef, block_id: str, *, streamed: bool) -> asyncio.Task[None]:
+        """Start the fetch of a block nobody is fetching (its task), with a loan held by
+        the fetch. With ``streamed`` the block is written as it arrives (see
         :meth:`_fetch_to_store`).
 
         The loan is listed (:attr:`_loans`) from now until the fetch's last step, so that
@@ -209,8 +205,7 @@ class ReadThrough:
         """
         loan = Loan(self._buffers)
         self._loans[block_id] = loan
-        self._inflight.start(block_id, lambda: self._fetch(ref, block_id, loan, streamed))
-        return loan
+        return self._inflight.start(block_id, lambda: self._fetch(ref, block_id, loan, streamed))
 
     async def _fetch(self, ref: BlockRef, block_id: str, loan: Loan, streamed: bool) -> None:
         """Fetch and store the block, its bytes on ``loan`` (None if another put stored
