@@ -9,11 +9,16 @@ What it promises (``docs/security.md``, "What a node serves"):
 
 - A block enters only as the bytes of a whole-block check against the index's checksum,
   made by the store when it read the file; a large one only at its second whole-block
-  hit among the last :data:`SEEN_BLOCKS` large blocks hit (:meth:`MemoryTier.admits`).
-  A stream through a file larger than the tier hits each block once, and copying each
-  into a new copy that nobody asks for again cost the node more than sending it:
-  whole-block reads of such a stream took 1,555-1,779 us of the machine's CPU per MB
-  without the copy against 2,412-2,570 with it.
+  hit while its first is still remembered, and the tier remembers the first hits of
+  only as many bytes of large blocks as it holds (:meth:`MemoryTier.admits`). A stream
+  through a file larger than the tier hits each block once, and copying each into a new
+  copy that nobody asks for again cost the node more than sending it: whole-block reads
+  of such a stream took 1,555-1,779 us of the machine's CPU per MB without the copy
+  against 2,412-2,570 with it. The same holds for a file larger than the tier read
+  again and again (every job of a backtest streaming the same years of bars): a block
+  read again only after more than the tier's size of other blocks would have left an
+  LRU tier before its next hit, so its copy would be made on every pass and never
+  served. Blocks read again sooner than that (a hot set that fits) are admitted.
 - A small block (one the store reads inline) is kept as a ``bytes`` object, which
   nothing can change. Neither it nor a large block's copy is hashed again while it is
   served from here. (Hashing a 64 KiB block on every hit was 2% of a hot node's samples
@@ -330,11 +335,6 @@ class _Making(NamedTuple):
     kept: asyncio.Future[None]  # done once the copy is kept (or given up)
 
 
-#: Large blocks whose first whole-block hit the tier remembers (ids only), to admit a
-#: block at its second: a few times the copies a tier of the default size holds.
-SEEN_BLOCKS = 1024
-
-
 class MemoryTier:
     """Verified copies of blocks, at most ``capacity`` bytes of them (LRU) and at most
     ``max_copies`` copies of large ones (default :func:`default_max_copies`), each served
@@ -352,7 +352,8 @@ class MemoryTier:
         self._blocks = _Entries(max(capacity, 1))
         self._recheck_after = recheck_after
         self._max_copies = default_max_copies() if max_copies is None else max_copies
-        self._seen: LRUCache[str, None] = LRUCache(SEEN_BLOCKS)
+        # First whole-block hits of large blocks: id -> size, sizes up to the capacity.
+        self._seen: LRUCache[str, int] = LRUCache(max(capacity, 1), getsizeof=int)
         #: Pinned copies being made in a pool, by block id (:meth:`keep_copy`).
         self._making: dict[str, _Making] = {}
         self._pin = capacity > 0 and may_pin(capacity)
@@ -417,15 +418,20 @@ class MemoryTier:
 
     def admits(self, block_id: str, nbytes: int) -> bool:
         """Whether a large block of ``nbytes`` being hit whole should be copied here now:
-        when it fits and this is its second hit since it was last remembered (the first
-        is only remembered), or its copy here is due for a check (:meth:`keep_copy`)."""
+        when it fits and this is its second hit while its first is remembered, or its
+        copy here is due for a check (:meth:`keep_copy`).
+
+        A first hit is only remembered, and forgotten once first hits of the tier's
+        capacity in other large blocks came after it: a block read again only after
+        more than the tier holds (a scan of a file larger than the tier, repeated) would
+        be evicted before its next hit, its copy made on every pass and never served."""
         if not self.fits(nbytes) or block_id in self._making:
             return False
         if self._blocks.peek(block_id) is not None:
             return True
-        if self._seen.pop(block_id, False) is None:
+        if self._seen.pop(block_id, None) is not None:
             return True
-        self._seen[block_id] = None
+        self._seen[block_id] = nbytes
         return False
 
     def keep_copy(

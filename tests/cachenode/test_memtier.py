@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from cachenode import memtier
 from cachenode.memtier import MemoryTier, shmem_huge_pages
 from clientlib.blockfile import BlockFile, block_checksum
 
@@ -209,9 +208,22 @@ def test_a_large_block_is_admitted_at_its_second_hit() -> None:
     assert tier.admits("ab" * 16, 4 * MiB)
     assert not tier.admits("ab" * 16, 4 * MiB)  # forgotten once admitted: copied now
     assert not tier.admits("ef" * 16, 64 * MiB) and not tier.admits("ef" * 16, 64 * MiB)
-    for n in range(memtier.SEEN_BLOCKS):  # "cd" is pushed out of what is remembered
+    for n in range(64 // 4):  # the tier's size in other first hits: "cd" is forgotten
         tier.admits(f"{n:032x}", 4 * MiB)
     assert not tier.admits("cd" * 16, 4 * MiB)
+    tier.close()
+
+
+def test_a_file_read_again_and_again_is_admitted_only_if_the_tier_can_hold_it() -> None:
+    """Every job of a backtest streams the same file. One of 12 blocks of 4 MiB fits a
+    64 MiB tier: its second pass is admitted. One of 24 does not: a block would leave
+    the tier before the next pass hit it, so its copy would be made on every pass and
+    never served; no pass is admitted."""
+    tier = MemoryTier(64 * MiB, recheck_after=60)
+    small = [f"{n:032x}" for n in range(12)]
+    assert [sum(tier.admits(b, 4 * MiB) for b in small) for _ in range(2)] == [0, 12]
+    large = [f"{n:032x}" for n in range(100, 124)]
+    assert [sum(tier.admits(b, 4 * MiB) for b in large) for _ in range(4)] == [0, 0, 0, 0]
     tier.close()
 
 
