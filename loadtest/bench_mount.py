@@ -27,13 +27,16 @@ Warm phase (SeaweedFS as it is):
 Cold phase (S3's bandwidth per connection, ``--mbps-per-conn``, put in the kernel with
 an htb class per connection on the S3 port, so it costs no Python CPU; this kernel has
 no netem, so S3's time to first byte is not modelled): a sequential read of a never-read
-object by ``mountd``, ``rclone`` and ``s3fs``, then N fresh mounts reading one new
-object at once, with the origin's bytes and GETs counted by the nodes. The qdiscs are
-removed however the run ends.
+object by ``mountd``, ``rclone`` and ``s3fs``; the origin's own ceiling (16 plain
+GETs at once through the same shaping); then N fresh mounts reading one new object at
+once, with the origin's bytes and GETs counted by the nodes. The qdiscs are removed
+however the run ends.
 
 CPU per byte is the CPU time of the processes that serve the reads (mountd and the
 three nodes; rclone; s3fs; noopfs; plus SeaweedFS in the cold phase) over the bytes fio
-read.
+read. Beside it, how busy the machine's cores and its disk were during the job: every
+process here shares 2 cores and one virtual disk, and a figure bound by neither is
+bound by waiting (a pipeline's depth, an origin's pace).
 
 Usage: ``python -m loadtest.bench_mount [--size-mib 1024] [--runtime 5]``; writes
 ``loadtest/results/mount.json`` and ``loadtest/results/mount.md``.
@@ -88,6 +91,28 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def busy_cores() -> tuple[float, float]:
+    """The machine's busy and total CPU seconds so far, all cores (``/proc/stat``): idle
+    and iowait are not busy. Their ratio over a job says whether the job had the cores
+    to itself or was bound by them (every process here shares one 2-core machine)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])  # user..steal; guest time is already in user
+    return (total - fields[3] - fields[4]) / CLK_TCK, total / CLK_TCK
+
+
+def disk_ticks() -> tuple[float, float]:
+    """Milliseconds the busiest whole disk has spent doing I/O so far (``/proc/diskstats``
+    io_ticks), and the wall clock in ms: over a job, how busy the disk was (every
+    process here, SeaweedFS's volume, the nodes' cache dirs, the mount's local tier,
+    shares one virtual disk)."""
+    ticks = 0
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        if Path(f"/sys/block/{fields[2]}/device").exists():  # a disk, not a partition
+            ticks = max(ticks, int(fields[12]))
+    return ticks, time.monotonic() * 1e3
+
+
 def read_back(dirs: list[Path]) -> None:
     """Every file under ``dirs`` read into the page cache (buffered, contents dropped)."""
     for top in dirs:
@@ -105,14 +130,9 @@ def fio(
     jobs: int,
     size: int,
     runtime: float,
-    kept: list[Path] | None = None,
 ) -> dict[str, float]:
-    """One fio job shape on ``path`` (each of ``jobs`` reads its own 1/jobs of the file),
-    the page cache dropped first, except the files under ``kept`` (read back); IOPS,
-    MB/s and bytes read."""
-    drop_caches()
-    if kept:
-        read_back(kept)
+    """One fio job shape on ``path`` (each of ``jobs`` reads its own 1/jobs of the file):
+    IOPS, MB/s and bytes read."""
     share = size // jobs
     cmd = ["fio", "--name=bench", f"--filename={path}", f"--rw={rw}", f"--bs={bs}"]
     cmd += ["--ioengine=psync", "--readonly", "--invalidate=1", f"--numjobs={jobs}"]
@@ -132,19 +152,30 @@ def measured(
     profile: Path | None = None,
     kept: list[Path] | None = None,
 ) -> dict[str, float]:
-    """fio's figures (``kept``: see :func:`fio`) and the CPU the serving processes spent
-    per MB read; with ``profile``, a ``py-spy record --native`` of the first two of
-    ``pids`` (the mount and one node) during the job, as ``<profile>-<pid>.txt``
-    (collapsed stacks; py-spy's own CPU is not counted, but it slows the processes it
-    samples: take figures from runs without it)."""
+    """fio's figures, the page cache dropped first except the files under ``kept`` (read
+    back); the CPU the serving processes spent per MB read; how busy the machine's cores
+    and its disk were during the job; with ``profile``, a ``py-spy record --native`` of
+    the first two of ``pids`` (the mount and one node) during the job, as
+    ``<profile>-<pid>.txt`` (collapsed stacks; py-spy's own CPU is not counted, but it
+    slows the processes it samples: take figures from runs without it)."""
     _, rw, bs, jobs = shape
+    drop_caches()
+    if kept:
+        read_back(kept)
     spies = (
         [py_spy(pid, runtime, Path(f"{profile}-{pid}.txt")) for pid in pids[:2]] if profile else []
     )
     before = [cpu_seconds([pid]) for pid in pids]
-    r = fio(path, rw, bs, jobs, size, runtime, kept)
+    busy_before, total_before = busy_cores()
+    disk_before, wall_before = disk_ticks()
+    r = fio(path, rw, bs, jobs, size, runtime)
     spent = [cpu_seconds([pid]) - b for pid, b in zip(pids, before, strict=True)]
+    busy_after, total_after = busy_cores()
+    disk_after, wall_after = disk_ticks()
+    r["disk_busy"] = (disk_after - disk_before) / max(wall_after - wall_before, 1e-9)
     r["cpu_s"] = sum(spent)
+    # How busy the whole machine was, as a share of all its cores (1.0: saturated).
+    r["machine_busy"] = (busy_after - busy_before) / max(total_after - total_before, 1e-9)
     # The first process's own share (the mount, where the nodes are counted too).
     r["cpu_us_per_mb_first"] = spent[0] * 1e6 / max(r["bytes"] / 1e6, 1e-9)
     for spy in spies:
@@ -303,7 +334,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     s3.upload_file(str(source), BUCKET, "data.bin", Config=config)
     with source.open("r+b") as fh:
         fh.truncate(cold_size)
-    for key in ("cold-mountd.bin", "cold-rclone.bin", "cold-s3fs.bin", "shared.bin"):
+    cold_keys = ("cold-mountd.bin", "cold-rclone.bin", "cold-s3fs.bin", "cold-origin.bin")
+    for key in (*cold_keys, "shared.bin"):
         s3.upload_file(str(source), BUCKET, key, Config=config)
     source.unlink()
     print(f"data ready in {work}", flush=True)
@@ -479,6 +511,8 @@ def cold_phase(args, work, cold_size, seaweed, nodes, mountd, rclone, s3fs):  # 
                 r["nodes"] = {k: v - counters[k] for k, v in node_misses().items()}
             m.close()
             print("cold", system, cold[system], flush=True)
+        cold["origin"] = origin_ceiling(seaweed, "cold-origin.bin", cold_size)
+        print("cold origin", cold["origin"], flush=True)
         shared = [mountd(f"mountd-shared{i}") for i in range(args.mounts)]
         bytes_before = origin("ringcache_origin_bytes_total")
         gets_before = origin("ringcache_origin_requests_total")
@@ -507,6 +541,38 @@ def cold_phase(args, work, cold_size, seaweed, nodes, mountd, rclone, s3fs):  # 
         }
         print("cold n_mounts", cold["n_mounts"], flush=True)
     return cold
+
+
+#: Plain GETs in flight in :func:`origin_ceiling`: more than any system here keeps.
+CEILING_GETS = 16
+
+
+def origin_ceiling(seaweed, key: str, size: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """What the shaped origin itself gives: :data:`CEILING_GETS` threads GETting the
+    object's 4 MiB ranges with boto3 (bytes discarded), page cache dropped first: the
+    most any system reading it here could get, with nothing to write, check or pass on."""
+    client = seaweed.client(CEILING_GETS)
+
+    def get(offset: int) -> int:
+        end = min(offset + 4 * MIB, size) - 1
+        answer = client.get_object(Bucket=BUCKET, Key=key, Range=f"bytes={offset}-{end}")
+        return len(answer["Body"].read())
+
+    drop_caches()
+    busy_before, total_before = busy_cores()
+    disk_before, wall_before = disk_ticks()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CEILING_GETS) as pool:
+        done = sum(pool.map(get, range(0, size, 4 * MIB)))
+    elapsed = time.perf_counter() - started
+    busy_after, total_after = busy_cores()
+    disk_after, wall_after = disk_ticks()
+    return {
+        "mbps": done / elapsed / 1e6,
+        "gets": CEILING_GETS,
+        "machine_busy": (busy_after - busy_before) / max(total_after - total_before, 1e-9),
+        "disk_busy": (disk_after - disk_before) / max(wall_after - wall_before, 1e-9),
+    }
 
 
 def usage(pids: list[int]) -> tuple[float, int]:
@@ -563,6 +629,11 @@ def ratios(results: dict[str, object]) -> dict[str, float]:
             out[f"cold seq_1m_1job mountd / {ref} (>= 2.0)"] = (
                 cold["mountd"]["mbps"] / cold[ref]["mbps"]
             )
+    for system in ("mountd", "s3fs"):
+        if system in cold and "origin" in cold:
+            out[f"cold seq_1m_1job {system} / the origin's ceiling"] = (
+                cold[system]["mbps"] / cold["origin"]["mbps"]
+            )
     return out
 
 
@@ -571,6 +642,8 @@ def cell(r: dict[str, float], key: str, own: bool) -> str:
     cpu = f"{r['cpu_us_per_mb']:,.0f}"
     if own and "cpu_us_per_mb_first" in r:
         cpu += f"; {r['cpu_us_per_mb_first']:,.0f}"
+    if "machine_busy" in r:
+        cpu += f"; {r['machine_busy']:.0%}, disk {r['disk_busy']:.0%}"
     return f"{r[key]:,.0f} ({cpu})"
 
 
@@ -600,7 +673,9 @@ def report(results: dict[str, object]) -> str:
         )
     lines += [
         "",
-        "In brackets: CPU us per MB read of the serving processes (of mountd's: mountd's own).",
+        "In brackets: CPU us per MB read of the serving processes (of mountd's: mountd's own),",
+        "then how busy the whole machine's cores were (100%: the job was bound by them) and",
+        "its disk (share of the time it had I/O in flight).",
     ]
     lines += [
         "`mountd`: a fresh mount per job, its default local disk tier empty at the start;",
@@ -613,8 +688,9 @@ def report(results: dict[str, object]) -> str:
     if cold:
         lines += ["## Cold (S3's bandwidth per connection on the S3 port: tc htb)", ""]
         lines += [
-            "| system | MB/s | CPU us per MB | the mount's own | nodes' | SeaweedFS's |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| system | MB/s | CPU us per MB | the mount's own | nodes' | SeaweedFS's "
+            "| cores busy | disk busy |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for system in ("mountd", "rclone", "s3fs"):
             r = cold.get(system)
@@ -622,11 +698,18 @@ def report(results: dict[str, object]) -> str:
                 lines.append(
                     f"| {system} | {r['mbps']:,.1f} | {r['cpu_us_per_mb']:,.0f} | "
                     + " | ".join(group_cell(r, g) for g in (system, "nodes", "seaweedfs"))
-                    + " |"
+                    + f" | {r['machine_busy']:.0%} | {r['disk_busy']:.0%} |"
                 )
+        if isinstance(ceiling := cold.get("origin"), dict):
+            lines.append(
+                f"| the origin's ceiling: {ceiling['gets']} plain GETs | {ceiling['mbps']:,.1f} "
+                f"| | | | | {ceiling['machine_busy']:.0%} | {ceiling['disk_busy']:.0%} |"
+            )
         lines += [
             "",
             "Per process group: CPU us per MB read (minor page faults per MB in brackets).",
+            "The origin's ceiling: boto3 threads GETting a cold object's 4 MiB ranges through",
+            "the same shaping, bytes discarded: the most any reader could get here.",
         ]
         nodes = cold.get("mountd", {}).get("nodes")  # type: ignore[union-attr]
         if nodes and nodes["misses"]:

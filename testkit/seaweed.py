@@ -30,15 +30,20 @@ class Seaweed:
     process: Process
     endpoint: str
 
-    def client(self):  # type: ignore[no-untyped-def]
-        """A boto3 S3 client for this server (any key is accepted)."""
+    def client(self, connections: int = 10):  # type: ignore[no-untyped-def]
+        """A boto3 S3 client for this server (any key is accepted), with a pool of
+        ``connections`` (botocore's default: 10)."""
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id="seaweed",
             aws_secret_access_key="seaweed",
             region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 2},
+                max_pool_connections=connections,
+            ),
         )
 
     def stop(self) -> None:
