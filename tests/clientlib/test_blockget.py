@@ -81,16 +81,23 @@ async def raw_server(handler) -> tuple[asyncio.AbstractServer, str]:  # type: ig
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
-async def refused(handler, error: type[Exception], read_timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    """A GET from a raw server answering with ``handler`` raises ``error``."""
+@contextlib.asynccontextmanager
+async def raw_node(handler, read_timeout: float = 5.0):  # type: ignore[no-untyped-def]
+    """A client and the URL of a raw server answering with ``handler``; both closed."""
     server, url = await raw_server(handler)
     wire = BlockGetClient(1.0, read_timeout, 30.0)
     try:
-        with pytest.raises(error):
-            await wire.get(url, "/v1/blocks/a", {})
+        yield wire, url
     finally:
         wire.close()
         server.close()
+
+
+async def refused(handler, error: type[Exception], read_timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """A GET from a raw server answering with ``handler`` raises ``error``."""
+    async with raw_node(handler, read_timeout) as (wire, url):
+        with pytest.raises(error):
+            await wire.get(url, "/v1/blocks/a", {})
 
 
 @on_both_loops
@@ -129,16 +136,11 @@ async def test_a_body_received_in_pieces_into_reused_memory_is_exact() -> None:
             await asyncio.sleep(0.001)
         writer.close()
 
-    server, url = await raw_server(in_pieces)
-    wire = BlockGetClient(1.0, 5.0, 30.0)
-    try:
+    async with raw_node(in_pieces) as (wire, url):
         reply = await wire.get(url, "/v1/blocks/a", {})
         assert reply.body == body
         # Page-aligned, as blockget promises (an O_DIRECT write needs no copy of it).
         assert ctypes.addressof(ctypes.c_char.from_buffer(reply.body)) % 4096 == 0
-    finally:
-        wire.close()
-        server.close()
 
 
 @on_both_loops
@@ -185,14 +187,11 @@ async def test_a_kept_connection_the_node_closed_is_replaced() -> None:
         await writer.drain()
         writer.close()  # no Connection: close header: the client thinks it is kept
 
-    server, url = await raw_server(one_answer_per_connection)
-    wire = BlockGetClient(1.0, 5.0, 30.0)
-    for _ in range(3):
-        assert bytes((await wire.get(url, "/v1/blocks/a", {})).body) == b"hello"
-        await asyncio.sleep(0.05)
+    async with raw_node(one_answer_per_connection) as (wire, url):
+        for _ in range(3):
+            assert bytes((await wire.get(url, "/v1/blocks/a", {})).body) == b"hello"
+            await asyncio.sleep(0.05)
     assert accepted == 3
-    wire.close()
-    server.close()
 
 
 @on_both_loops
@@ -221,11 +220,8 @@ async def test_a_silent_node_times_out_and_a_slow_one_does_not() -> None:
             await writer.drain()
 
     await refused(silent, TimeoutError, read_timeout=0.25)
-    server, url = await raw_server(trickle)
-    wire = BlockGetClient(1.0, 0.25, 30.0)
-    assert bytes((await wire.get(url, "/v1/blocks/a", {})).body) == b"slowly"
-    wire.close()
-    server.close()
+    async with raw_node(trickle, 0.25) as (wire, url):
+        assert bytes((await wire.get(url, "/v1/blocks/a", {})).body) == b"slowly"
 
 
 def _paced(*bodies: bytes, piece: int, pause: float):  # type: ignore[no-untyped-def]
@@ -260,9 +256,7 @@ async def test_a_block_wakes_the_loop_once_a_step_has_come_not_per_segment() -> 
         update(self, nbytes)
 
     block, small = os.urandom(4 * 1024 * 1024), os.urandom(1000)
-    server, url = await raw_server(_paced(block, small, piece=64 * 1024, pause=0.002))
-    wire = BlockGetClient(1.0, 5.0, 30.0)
-    try:
+    async with raw_node(_paced(block, small, piece=64 * 1024, pause=0.002)) as (wire, url):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(_Connection, "buffer_updated", counted)
             assert (await wire.get(url, "/v1/blocks/a", {})).body == block
@@ -270,9 +264,6 @@ async def test_a_block_wakes_the_loop_once_a_step_has_come_not_per_segment() -> 
         # memory runs short (seen: 960 KiB), so up to twice as many.
         assert len(wakes) <= 2 * (len(block) // BODY_WAKE) + 2, wakes
         assert (await wire.get(url, "/v1/blocks/b", {})).body == small
-    finally:
-        wire.close()
-        server.close()
 
 
 @on_both_loops
@@ -280,13 +271,8 @@ async def test_a_node_slower_than_a_step_a_timeout_is_slow_not_stuck() -> None:
     """100 KiB every 0.05 s of a 1.5 MiB block: the socket holds less than a step for
     longer than the 0.25 s read timeout, and the bytes it holds count as arrived."""
     block = os.urandom(1536 * 1024)
-    server, url = await raw_server(_paced(block, piece=100 * 1024, pause=0.05))
-    wire = BlockGetClient(1.0, 0.25, 30.0)
-    try:
+    async with raw_node(_paced(block, piece=100 * 1024, pause=0.05), 0.25) as (wire, url):
         assert (await wire.get(url, "/v1/blocks/a", {})).body == block
-    finally:
-        wire.close()
-        server.close()
 
 
 @on_both_loops
