@@ -40,10 +40,11 @@ _FIRST_HEAD_BUFFER = 16 * 1024
 #: Idle connections kept per node; more are closed when they come back.
 MAX_IDLE_PER_PEER = 32
 #: Bytes of a body the socket holds before it wakes the loop (``SO_RCVLOWAT``). With
-#: 1 MiB, mountd and the nodes spent 1,425 us of CPU per MB of a sequential read against
-#: 1,686-1,695 without, 256 KiB saved half as much (``loadtest/results/mount.md``, tenth
-#: session). A node sending slower than a step a read timeout is still seen to be
-#: sending: the watchdog counts the bytes the socket holds (:meth:`_Connection.progress`).
+#: 1 MiB, mountd and the nodes spent 1,425 us of CPU per MB of a sequential read (tier
+#: off, the nodes' files in their page cache) against 1,686-1,695 without, and 256 KiB
+#: saved half as much (``loadtest/results/mount.md``, tenth session). A node sending
+#: less than a step per read timeout is still seen to be sending: the watchdog counts
+#: the bytes the socket holds (:meth:`_Connection.progress`).
 BODY_WAKE = 1024 * 1024
 
 
@@ -98,7 +99,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def progress(self) -> int:
         """:attr:`received` and the bytes of the answer the socket holds and has not yet
-        handed over (``SIOCINQ``): what tells a slow node from a stuck one."""
+        handed over (``FIONREAD``): what tells a slow node from a stuck one."""
         if self._sock is None or self._wake == 1:
             return self.received
         queued = array.array("i", [0])
@@ -135,7 +136,10 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
         except OSError:
-            self._sock = None  # woken for every segment, as without it
+            # Woken for every segment from here on, as without it; and not kept, in
+            # case the socket's wake is left above 1 for the next answer's head.
+            self._sock = None
+            self.keep_alive = False
             return
         self._wake = nbytes
 
