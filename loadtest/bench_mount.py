@@ -36,7 +36,11 @@ CPU per byte is the CPU time of the processes that serve the reads (mountd and t
 three nodes; rclone; s3fs; noopfs; plus SeaweedFS in the cold phase) over the bytes fio
 read. Beside it, how busy the machine's cores and its disk were during the job: every
 process here shares 2 cores and one virtual disk, and a figure bound by neither is
-bound by waiting (a pipeline's depth, an origin's pace).
+bound by waiting (a pipeline's depth, an origin's pace). With ``--apart`` the two
+sides run on CPUs of their own (``taskset``): fio and every mount (the compute node)
+on the first half, the nodes, etcd and SeaweedFS (other machines on a cluster) on the
+other, so the nodes' work no longer takes the reader's CPU, and each reference gets the
+same half as mountd.
 
 Usage: ``python -m loadtest.bench_mount [--size-mib 1024] [--runtime 5]``; writes
 ``loadtest/results/mount.json`` and ``loadtest/results/mount.md``.
@@ -75,6 +79,22 @@ SHAPES = [
     ("rand_64k_4jobs", "randread", "64k", 4),
 ]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: With ``--apart``: the CPU of each side, "compute" (fio and every mount) and "remote"
+#: (the cache nodes, etcd and SeaweedFS).
+CPUS: dict[str, str] = {}
+
+
+def pin(pid: int, side: str) -> None:
+    """Every thread of ``pid`` (and those it makes later) on ``side``'s CPU, with
+    ``--apart``."""
+    if side in CPUS:
+        cmd = ["taskset", "--all-tasks", "--cpu-list", "--pid", CPUS[side], str(pid)]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+
+def on_compute_cpu() -> list[str]:
+    """The prefix that runs a command on the compute side's CPU, with ``--apart``."""
+    return ["taskset", "--cpu-list", CPUS["compute"]] if "compute" in CPUS else []
 
 
 def drop_caches() -> None:
@@ -134,7 +154,8 @@ def fio(
     """One fio job shape on ``path`` (each of ``jobs`` reads its own 1/jobs of the file):
     IOPS, MB/s and bytes read."""
     share = size // jobs
-    cmd = ["fio", "--name=bench", f"--filename={path}", f"--rw={rw}", f"--bs={bs}"]
+    cmd = [*on_compute_cpu(), "fio", "--name=bench", f"--filename={path}", f"--rw={rw}"]
+    cmd += [f"--bs={bs}"]
     cmd += ["--ioengine=psync", "--readonly", "--invalidate=1", f"--numjobs={jobs}"]
     cmd += [f"--size={share}", f"--offset_increment={share}", f"--runtime={runtime}"]
     cmd += ["--group_reporting", "--output-format=json"]
@@ -207,6 +228,7 @@ class Mounted:
                 self.close()
                 raise RuntimeError(f"{name} did not mount:\n{self.proc.log_tail()}")
             time.sleep(0.05)
+        pin(self.proc.pid, "compute")
 
     def close(self) -> None:
         if os.path.ismount(self.path):
@@ -277,10 +299,23 @@ def main() -> None:
         action="store_true",
         help="py-spy record the serving processes during each warm job, to results/OUT-prof/",
     )
+    parser.add_argument(
+        "--apart",
+        action="store_true",
+        help="fio and the mounts on the first half of the CPUs, the nodes, etcd and "
+        "SeaweedFS on the other half: machines apart, as far as CPU goes",
+    )
     parser.add_argument("--out", default="mount", help="results/OUT.json and OUT.md")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_mount: run as root (drop_caches, FUSE mounts, tc)")
+    if args.apart:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            sys.exit("bench_mount: --apart needs at least 2 CPUs")
+        half = len(cpus) // 2
+        CPUS["compute"] = ",".join(map(str, cpus[:half]))
+        CPUS["remote"] = ",".join(map(str, cpus[half:]))
     work = Path(tempfile.mkdtemp(prefix="bench-mount-"))
     try:
         with ProcessGroup():
@@ -305,12 +340,13 @@ def run(args: argparse.Namespace, work: Path) -> None:
     shapes = [s for s in SHAPES if not args.shapes or s[0] in args.shapes.split(",")]
     results: dict[str, object] = {
         "args": vars(args),
-        "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()},
+        "machine": {"cpus": os.cpu_count(), "load": os.getloadavg(), "pinned": dict(CPUS)},
         "warm": {},
         "cold": {},
     }
     mounts: list[Mounted] = []
     seaweed = start_seaweed(work / "seaweed")
+    pin(seaweed.process.pid, "remote")
     s3 = seaweed.client()
     s3.create_bucket(Bucket=BUCKET)
     # The nodes, the mounts and s3fs read the origin with these.
@@ -325,6 +361,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     env["RINGCACHE_LOCAL_CACHE_ROOT"] = str(work / "tiers")
     etcd = start_etcd(work / "etcd")
     nodes = [start_node(etcd.url, "bench", work / f"node{i}", size="8GiB") for i in range(3)]
+    for remote in (etcd.pid, *(n.pid for n in nodes)):
+        pin(remote, "remote")
     node_pids = [n.pid for n in nodes]
     source = work / "data.bin"
     with source.open("wb") as fh:
