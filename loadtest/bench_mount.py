@@ -42,7 +42,7 @@ on the first half, the nodes, etcd and SeaweedFS (other machines on a cluster) o
 other, so the nodes' work no longer takes the reader's CPU, and each reference gets the
 same half as mountd.
 
-Usage: ``python -m loadtest.bench_mount [--size-mib 1024] [--runtime 5]``; writes
+Usage: ``python -m loadtest.bench_mount [--size-mib 1024] [--runtime 5] [--apart]``; writes
 ``loadtest/results/mount.json`` and ``loadtest/results/mount.md``.
 """
 
