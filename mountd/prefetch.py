@@ -111,7 +111,13 @@ class BlockFetcher:
         ``stream`` (a block a sequential reader reads whole, which the kernel keeps in the
         mount's own page cache), the disk then reads it back into the page cache, where
         the random reads that pulled it come back for its other parts. A block still
-        being written to the disk tier is answered from the bytes being written."""
+        being written to the disk tier is answered from the bytes being written.
+
+        A stream's block is stored only if its file fits in the disk tier: a file larger
+        than the tier, read through again and again (every job of a backtest), would
+        evict itself ahead of the next pass in an LRU tier, never be read from there,
+        and push out the blocks random readers come back to, at a disk write per block
+        (as the nodes' memory tier, :meth:`cachenode.memtier.MemoryTier.admits`)."""
         if self.tier is None:
             return await self._pull(info, index, bs, keep)
         loop = asyncio.get_running_loop()
@@ -132,7 +138,8 @@ class BlockFetcher:
                     self.client.remember(block_id, data)
                 return data
         data = await self._pull(info, index, bs, keep)
-        self._store(block_id, data, read_back=not stream)
+        if not stream or info.size <= self.tier.capacity:
+            self._store(block_id, data, read_back=not stream)
         return data
 
     def _store(self, block_id: str, data: bytes, *, read_back: bool) -> None:

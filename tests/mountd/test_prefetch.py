@@ -297,6 +297,40 @@ async def test_a_whole_block_being_written_to_the_disk_tier_is_not_fetched_again
     assert tier.has(f"{1:032x}")
 
 
+async def test_a_stream_through_a_file_larger_than_the_disk_tier_is_not_stored(
+    tmp_path: Path,
+) -> None:
+    """A stream's blocks go to the disk tier when their file fits in it; a file larger
+    than the tier would only evict itself ahead of its next pass. Random reads' blocks
+    of that file (not a stream's) are still stored."""
+
+    class Client:
+        def block_id(self, info: ObjectInfo, index: int, bs: int) -> str:
+            return f"{info.size:016x}{index:016x}"
+
+        def has_local(self, block_id: str) -> bool:
+            return False
+
+        async def read_block(
+            self, info: ObjectInfo, index: int, *, keep: bool, block_size: int
+        ) -> bytes:
+            return bytes([index + 1]) * 4096
+
+    tier = LocalTier(tmp_path, 4 * 4096 + 1024)  # room for four blocks and their trailers
+    tier.open()
+    client = Client()
+    fetcher = BlockFetcher(client, tier)  # type: ignore[arg-type]
+    fits = ObjectInfo("s3://b/small", "s3://b", "small", 4 * 4096, "v1", 0.0)
+    larger = ObjectInfo("s3://b/large", "s3://b", "large", 8 * 4096, "v1", 0.0)
+    for info in (fits, larger):
+        assert await fetcher.get(info, 0, 4096, keep=False, stream=True) == b"\x01" * 4096
+    assert await fetcher.get(larger, 1, 4096, stream=False) == b"\x02" * 4096
+    fetcher.close()  # waits for the tier's threads
+    ids = [client.block_id(fits, 0, 4096), client.block_id(larger, 0, 4096)]
+    assert [tier.has(block_id) for block_id in ids] == [True, False]
+    assert tier.has(client.block_id(larger, 1, 4096))
+
+
 async def test_a_written_block_goes_to_the_disk_tier_past_the_page_cache(tmp_path: Path) -> None:
     """fill: a block a writer just wrote is pushed to its owners and stored in the disk
     tier with O_DIRECT, as a fetched one (its parts are not in the page cache, so the
