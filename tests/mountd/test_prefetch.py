@@ -231,6 +231,26 @@ async def test_an_open_file_fetches_blocks_of_the_size_it_was_cut_with() -> None
     assert fetcher.sizes == {BS}
 
 
+class _PagesClient:
+    """Stands in for CacheClient under BlockFetcher: block ``i`` of any file is 4096 bytes
+    of value ``i + 1``; its id names the file's size and the index."""
+
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+
+    def block_id(self, info: ObjectInfo, index: int, bs: int) -> str:
+        return f"{info.size:016x}{index:016x}"
+
+    def has_local(self, block_id: str) -> bool:
+        return False
+
+    async def read_block(
+        self, info: ObjectInfo, index: int, *, keep: bool, block_size: int
+    ) -> bytes:
+        self.reads.append(index)
+        return bytes([index + 1]) * 4096
+
+
 async def test_blocks_waiting_for_the_disk_tier_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -264,27 +284,10 @@ async def test_a_whole_block_being_written_to_the_disk_tier_is_not_fetched_again
     disk) is answered, whole, from the bytes being written, not asked of the cluster
     again."""
     gate = threading.Event()
-
-    class Client:
-        def __init__(self) -> None:
-            self.reads: list[int] = []
-
-        def block_id(self, info: ObjectInfo, index: int, bs: int) -> str:
-            return f"{index:032x}"
-
-        def has_local(self, block_id: str) -> bool:
-            return False
-
-        async def read_block(
-            self, info: ObjectInfo, index: int, *, keep: bool, block_size: int
-        ) -> bytes:
-            self.reads.append(index)
-            return bytes([index + 1]) * 4096
-
     info = ObjectInfo("s3://b/k", "s3://b", "k", 2 * 4096, "v1", 0.0)
     tier = _GatedTier(gate, tmp_path, 64 * 4096)
     tier.open()
-    client = Client()
+    client = _PagesClient()
     fetcher = BlockFetcher(client, tier)  # type: ignore[arg-type]
     try:
         assert await fetcher.get(info, 1, 4096, keep=False) == b"\x02" * 4096
@@ -294,7 +297,7 @@ async def test_a_whole_block_being_written_to_the_disk_tier_is_not_fetched_again
     finally:
         gate.set()
         fetcher.close()
-    assert tier.has(f"{1:032x}")
+    assert tier.has(client.block_id(info, 1, 4096))
 
 
 async def test_a_stream_through_a_file_larger_than_the_disk_tier_is_not_stored(
@@ -303,22 +306,9 @@ async def test_a_stream_through_a_file_larger_than_the_disk_tier_is_not_stored(
     """A stream's blocks go to the disk tier when their file fits in it; a file larger
     than the tier would only evict itself ahead of its next pass. Random reads' blocks
     of that file (not a stream's) are still stored."""
-
-    class Client:
-        def block_id(self, info: ObjectInfo, index: int, bs: int) -> str:
-            return f"{info.size:016x}{index:016x}"
-
-        def has_local(self, block_id: str) -> bool:
-            return False
-
-        async def read_block(
-            self, info: ObjectInfo, index: int, *, keep: bool, block_size: int
-        ) -> bytes:
-            return bytes([index + 1]) * 4096
-
     tier = LocalTier(tmp_path, 4 * 4096 + 1024)  # room for four blocks and their trailers
     tier.open()
-    client = Client()
+    client = _PagesClient()
     fetcher = BlockFetcher(client, tier)  # type: ignore[arg-type]
     fits = ObjectInfo("s3://b/small", "s3://b", "small", 4 * 4096, "v1", 0.0)
     larger = ObjectInfo("s3://b/large", "s3://b", "large", 8 * 4096, "v1", 0.0)
