@@ -133,6 +133,18 @@ def disk_ticks() -> tuple[float, float]:
     return ticks, time.monotonic() * 1e3
 
 
+def machine_now() -> tuple[float, ...]:
+    """The machine's counters so far: :func:`busy_cores` and :func:`disk_ticks`."""
+    return (*busy_cores(), *disk_ticks())
+
+
+def machine_since(before: tuple[float, ...]) -> dict[str, float]:
+    """How busy the machine's cores (a share of all of them; 1.0: saturated) and its
+    disk were since :func:`machine_now` gave ``before``."""
+    busy, total, ticks, wall = (a - b for a, b in zip(machine_now(), before, strict=True))
+    return {"machine_busy": busy / max(total, 1e-9), "disk_busy": ticks / max(wall, 1e-9)}
+
+
 def read_back(dirs: list[Path]) -> None:
     """Every file under ``dirs`` read into the page cache (buffered, contents dropped)."""
     for top in dirs:
@@ -187,16 +199,11 @@ def measured(
         [py_spy(pid, runtime, Path(f"{profile}-{pid}.txt")) for pid in pids[:2]] if profile else []
     )
     before = [cpu_seconds([pid]) for pid in pids]
-    busy_before, total_before = busy_cores()
-    disk_before, wall_before = disk_ticks()
+    machine = machine_now()
     r = fio(path, rw, bs, jobs, size, runtime)
     spent = [cpu_seconds([pid]) - b for pid, b in zip(pids, before, strict=True)]
-    busy_after, total_after = busy_cores()
-    disk_after, wall_after = disk_ticks()
-    r["disk_busy"] = (disk_after - disk_before) / max(wall_after - wall_before, 1e-9)
+    r.update(machine_since(machine))
     r["cpu_s"] = sum(spent)
-    # How busy the whole machine was, as a share of all its cores (1.0: saturated).
-    r["machine_busy"] = (busy_after - busy_before) / max(total_after - total_before, 1e-9)
     # The first process's own share (the mount, where the nodes are counted too).
     r["cpu_us_per_mb_first"] = spent[0] * 1e6 / max(r["bytes"] / 1e6, 1e-9)
     for spy in spies:
@@ -597,20 +604,12 @@ def origin_ceiling(seaweed, key: str, size: int) -> dict[str, float]:  # type: i
         return len(answer["Body"].read())
 
     drop_caches()
-    busy_before, total_before = busy_cores()
-    disk_before, wall_before = disk_ticks()
+    machine = machine_now()
     started = time.perf_counter()
     with ThreadPoolExecutor(CEILING_GETS) as pool:
         done = sum(pool.map(get, range(0, size, 4 * MIB)))
     elapsed = time.perf_counter() - started
-    busy_after, total_after = busy_cores()
-    disk_after, wall_after = disk_ticks()
-    return {
-        "mbps": done / elapsed / 1e6,
-        "gets": CEILING_GETS,
-        "machine_busy": (busy_after - busy_before) / max(total_after - total_before, 1e-9),
-        "disk_busy": (disk_after - disk_before) / max(wall_after - wall_before, 1e-9),
-    }
+    return {"mbps": done / elapsed / 1e6, "gets": CEILING_GETS, **machine_since(machine)}
 
 
 def usage(pids: list[int]) -> tuple[float, int]:

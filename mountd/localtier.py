@@ -138,6 +138,11 @@ class LocalTier:
         self._maps: OrderedDict[str, _Mapping] = OrderedDict()  # the event loop's only
         self._unmap: deque[str] = deque()  # blocks evicted or dropped by any thread
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether a file of ``nbytes`` fits here whole: what is worth keeping of one
+        read again (an LRU tier smaller than the file evicts it ahead of its next pass)."""
+        return nbytes <= self.capacity
+
     @property
     def used(self) -> int:
         """Bytes of the block files indexed here."""

@@ -138,7 +138,7 @@ class BlockFetcher:
                     self.client.remember(block_id, data)
                 return data
         data = await self._pull(info, index, bs, keep)
-        if not stream or info.size <= self.tier.capacity:
+        if not stream or self.tier.fits(info.size):
             self._store(block_id, data, read_back=not stream)
         return data
 
@@ -203,7 +203,7 @@ class BlockFetcher:
         whole-block read and check each time."""
         if info.size <= self.client.memory_bytes:
             keep = True
-        elif self.tier is not None and info.size <= self.tier.capacity:
+        elif self.tier is not None and self.tier.fits(info.size):
             keep = False
         else:
             return

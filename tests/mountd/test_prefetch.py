@@ -304,8 +304,8 @@ async def test_a_stream_through_a_file_larger_than_the_disk_tier_is_not_stored(
     tmp_path: Path,
 ) -> None:
     """A stream's blocks go to the disk tier when their file fits in it; a file larger
-    than the tier would only evict itself ahead of its next pass. Random reads' blocks
-    of that file (not a stream's) are still stored."""
+    than the tier would only evict itself ahead of its next pass. A block of that file
+    read whole outside a stream is still stored."""
     tier = LocalTier(tmp_path, 4 * 4096 + 1024)  # room for four blocks and their trailers
     tier.open()
     client = _PagesClient()
