@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from clientlib import CacheClient
+from clientlib.blockfile import parse_name
 from clientlib.blocks import DEFAULT_BLOCK_SIZE as BS
 from clientlib.launcher import Node, wait_until
 from mountd.prefetch import DENSE_AFTER, PULL_AFTER
@@ -301,6 +302,32 @@ def test_local_disk_tier_serves_blocks_after_the_nodes_are_gone(
     assert (second.path / "bars" / "2024.bin").read_bytes() == obj
     # Nothing asked of the client, not even its memory: all from the disk tier.
     assert second.metric("ringcache_client_block_reads_total") == 0
+
+
+def _tier_blocks(root: Path) -> int:
+    """Block files in a local disk tier's directory."""
+    return sum(parse_name(os.fsencode(path.name)) is not None for path in root.glob("*/*"))
+
+
+def test_a_file_larger_than_the_disk_tier_read_through_is_not_kept_there(
+    make_cluster, mount, s3, bucket, obj, tmp_path
+):
+    """A sequential read of a file larger than ``--local-cache`` leaves none of its
+    blocks there (read again, it would have evicted itself ahead of the pass in the LRU
+    tier); a file that fits is kept whole."""
+    large = payload(5 * BS)
+    s3.put_object(Bucket=bucket, Key="bars/all.bin", Body=large)
+    cluster = make_cluster(1)
+    tier = tmp_path / "tier"
+    options = ("--local-cache", f"{tier}:16MiB")
+    first = mount(cluster, f"s3://{bucket}", *options)
+    assert (first.path / "bars" / "all.bin").read_bytes() == large
+    first.unmount()  # after the tier's writes
+    assert _tier_blocks(tier) == 0
+    second = mount(cluster, f"s3://{bucket}", *options)
+    assert (second.path / "bars" / "2024.bin").read_bytes() == obj
+    second.unmount()
+    assert _tier_blocks(tier) == 4
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may raise a bdi's read-ahead")
