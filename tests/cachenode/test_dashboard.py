@@ -35,7 +35,7 @@ from clientlib.etcd import connect
 from clientlib.gateways import GatewayInfo, gateway_key
 from clientlib.launcher import Gateway, local_get, start_gateway
 from testkit import metric_sum
-from tests.conftest import node_metric
+from tests.conftest import Cluster, node_metric
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "loadtest" / "results" / "dashboard.png"
@@ -133,6 +133,29 @@ def pct(num: float, den: float) -> str:
     return f"{100 * num / den:.1f}%"
 
 
+def figures(cluster: Cluster) -> tuple[float, float, float, float]:
+    """The cluster's block hits, misses, and bytes served as hits and as misses."""
+    return (
+        cluster.metric("ringcache_block_hits_total"),
+        cluster.metric("ringcache_block_misses_total"),
+        cluster.metric("ringcache_served_bytes_total", 'result="hit"'),
+        cluster.metric("ringcache_served_bytes_total", 'result="miss"'),
+    )
+
+
+async def settled(cluster: Cluster) -> tuple[float, float, float, float]:
+    """:func:`figures` once two reads half a second apart agree (a hedged miss still
+    sending its bytes counts them when it ends)."""
+    previous = figures(cluster)
+    for _ in range(40):
+        await asyncio.sleep(0.5)
+        now = figures(cluster)
+        if now == previous:
+            return now
+        previous = now
+    raise AssertionError(f"the cluster's figures never settled: {previous}")
+
+
 def check_gateway_row(dom: Element, gateway_id: str, gateway: Gateway) -> None:
     """The gateway's row holds the counters its own /metrics reports, and no other row is
     there (the hostile record is skipped)."""
@@ -171,10 +194,16 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
     s3.put_object(Bucket=bucket, Key="big", Body=big)
     s3.put_object(Bucket=bucket, Key="small", Body=small)
     for _ in range(2):  # 3 misses, then 3 hits
-        # One owner per block: no hedged second request, so every count is exact.
-        client = await client_for(cluster, owners_to_try=1)
+        # One owner per block and no origin read within a minute: no hedged second
+        # request, so every count is exact.
+        client = await client_for(cluster, owners_to_try=1, hedge_delay=60)
         assert await client.read(f"s3://{bucket}/big") == big
     assert await client.read(f"s3://{bucket}/small") == small  # 1 miss
+    # By count 3 of 7 requests hit; by bytes half of the big file's did.
+    assert figures(cluster) == (3, 4, len(big), len(big) + len(small))
+    assert sum(node_metric(n, "ringcache_cache_used_bytes") for n in cluster.nodes) == (
+        len(big) + len(small)
+    )
     # A real gateway (it registers its --metrics-listen under gateways/<id>): a GET
     # through it (a hit on a node), and a GET of a missing key (an error). Unsigned
     # requests (--allow-anonymous), sent from this event loop: no client threads.
@@ -190,13 +219,11 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
             assert (resp.status, await resp.read()) == (200, small)
         async with http.get(f"{gateway.endpoint}/{bucket}/missing") as resp:
             assert resp.status == 404 and b"NoSuchKey" in await resp.read()
-    # By count 4 of 8 requests hit; by bytes half of them did.
-    hits = cluster.metric("ringcache_block_hits_total")
-    misses = cluster.metric("ringcache_block_misses_total")
-    hit_bytes = cluster.metric("ringcache_served_bytes_total", 'result="hit"')
-    miss_bytes = cluster.metric("ringcache_served_bytes_total", 'result="miss"')
-    assert (hits, misses) == (4, 4)
-    assert (hit_bytes, miss_bytes) == (len(big) + len(small), len(big) + len(small))
+    # Mostly one more hit (4 of 8). The gateway's client hedges as every client does: on
+    # a loaded machine its GET may also go to the other node (a miss there), so the page
+    # is checked against the figures the nodes report once they stop changing.
+    hits, misses, hit_bytes, miss_bytes = await settled(cluster)
+    assert hits >= 3 and misses >= 4 and hit_bytes >= len(big) and miss_bytes >= len(big)
 
     # A node record whose id is HTML (etcd is not trusted to hold clean ids): clients and
     # nodes refuse such a record (clientlib.cluster.NodeInfo.from_json), so it is not
@@ -230,11 +257,12 @@ async def test_dashboard_shows_the_clusters_figures_in_a_real_browser(
 
     assert "live" in dom.by_id("status").attrs["class"], dom.by_id("status").text
     assert dom.by_id("cluster").text == cluster.name
-    assert dom.by_id("hit-ratio").text == pct(hits, hits + misses) == "50.0%"
-    assert float(dom.by_id("hit-ratio").attrs["data-value"]) == pytest.approx(4 / 8)
+    assert dom.by_id("hit-ratio").text == pct(hits, hits + misses)
+    assert float(dom.by_id("hit-ratio").attrs["data-value"]) == pytest.approx(
+        hits / (hits + misses)
+    )
     assert dom.by_id("byte-hit-ratio").text == pct(hit_bytes, hit_bytes + miss_bytes)
     used = sum(node_metric(n, "ringcache_cache_used_bytes") for n in cluster.nodes)
-    assert used == len(big) + len(small)
     assert int(dom.by_id("used").attrs["data-value"]) == used
     assert dom.by_id("used").text == "8.00 MiB"
 

@@ -55,11 +55,14 @@ async def test_first_read_misses_and_fills_second_reads_hit_without_origin_reque
 ):
     url, data = obj
     cluster = make_cluster(3)
-    first = await client_for(cluster)
+    # No hedge within a minute: a miss slowed past the default second on a loaded
+    # machine would send its block to a second owner too, a second miss.
+    first = await client_for(cluster, hedge_delay=60)
     assert await first.read(url) == data
     assert cluster.metric("ringcache_block_misses_total") == 4
     assert cluster.metric("ringcache_origin_requests_total", 'op="get"') == 4
-    second = await client_for(cluster)  # a fresh client: its memory tier is empty
+    # A fresh client: its memory tier is empty.
+    second = await client_for(cluster, hedge_delay=60)
     assert await second.read(url) == data
     assert cluster.metric("ringcache_block_hits_total") == 4
     assert cluster.metric("ringcache_origin_requests_total", 'op="get"') == 4
