@@ -72,6 +72,9 @@ COUNTED_BLOCKS = 4096
 #: the disk's pace: on a disk slower than the links, the blocks waiting (each holding
 #: its buffer) would otherwise grow with the file.
 MAX_STORING = 16
+#: Threads of the local disk tier: its writes, and the reads of parts that are not in
+#: the page cache.
+TIER_THREADS = 4
 
 
 class BlockFetcher:
@@ -87,7 +90,9 @@ class BlockFetcher:
         self.tier = tier
         self.download = download
         self._pulls: SingleFlight[str, bytes] = SingleFlight("block pull")
-        self._disk = ThreadPoolExecutor(4, thread_name_prefix="local-tier") if tier else None
+        self._disk = (
+            ThreadPoolExecutor(TIER_THREADS, thread_name_prefix="local-tier") if tier else None
+        )
         self._range_reads: LRUCache[str, int] = LRUCache(COUNTED_BLOCKS)
         # Files (by version) and how many of their blocks were pulled for PULL_AFTER reads.
         self._dense: LRUCache[tuple[str, str], int] = LRUCache(COUNTED_BLOCKS)
@@ -175,9 +180,13 @@ class BlockFetcher:
             return await self.client.read_part(info, index, start, stop, bs)
         if (landing := self._landing.get(block_id)) is not None:
             return landing[start:stop]
-        if self.tier is not None:
+        if self.tier is not None and self.tier.has(block_id):
             # In the page cache: read on the loop, which costs less than the hop to a
-            # thread and back; otherwise the disk read waits on a thread.
+            # thread and back; otherwise the disk read waits on a thread. A block the
+            # tier does not hold skips both: while a fresh mount pulls a file's blocks,
+            # those threads are writing them, and a range read that queued behind them
+            # only to learn the block is not there did up to a third fewer reads in
+            # a fresh mount's first seconds (loadtest/results/mount.md, eleventh session).
             part = self.tier.get_part_cached(block_id, start, stop)
             if part is None:
                 loop = asyncio.get_running_loop()

@@ -244,11 +244,18 @@ class _PagesClient:
     def has_local(self, block_id: str) -> bool:
         return False
 
+    memory_bytes = 0  # no memory tier: random reads pull into the disk tier alone
+
     async def read_block(
         self, info: ObjectInfo, index: int, *, keep: bool, block_size: int
     ) -> bytes:
         self.reads.append(index)
         return bytes([index + 1]) * 4096
+
+    async def read_part(
+        self, info: ObjectInfo, index: int, start: int, stop: int, bs: int
+    ) -> bytes:
+        return bytes([index + 1]) * (stop - start)
 
 
 async def test_blocks_waiting_for_the_disk_tier_are_bounded(
@@ -298,6 +305,29 @@ async def test_a_whole_block_being_written_to_the_disk_tier_is_not_fetched_again
         gate.set()
         fetcher.close()
     assert tier.has(client.block_id(info, 1, 4096))
+
+
+async def test_a_range_read_of_a_block_not_in_the_disk_tier_does_not_wait_for_its_threads(
+    tmp_path: Path,
+) -> None:
+    """While the disk tier's threads are all busy (writing the blocks a fresh mount pulls),
+    a random read of a block the tier does not hold goes to the cluster at once instead
+    of queueing for a thread only to find the block absent."""
+    gate = threading.Event()
+    info = ObjectInfo("s3://b/k", "s3://b", "k", 4 * 4096, "v1", 0.0)
+    tier = LocalTier(tmp_path, 64 * 4096)
+    tier.open()
+    fetcher = BlockFetcher(_PagesClient(), tier)  # type: ignore[arg-type]
+    assert fetcher._disk is not None
+    busy = [fetcher._disk.submit(gate.wait, 30) for _ in range(prefetch.TIER_THREADS)]
+    try:
+        got = await asyncio.wait_for(fetcher.get_part(info, 2, 4096, 100, 200), 5)
+        assert got == b"\x03" * 100
+    finally:
+        gate.set()
+        for job in busy:
+            job.result()
+        fetcher.close()
 
 
 async def test_a_stream_through_a_file_larger_than_the_disk_tier_is_not_stored(
