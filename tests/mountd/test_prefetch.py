@@ -235,6 +235,8 @@ class _PagesClient:
     """Stands in for CacheClient under BlockFetcher: block ``i`` of any file is 4096 bytes
     of value ``i + 1``; its id names the file's size and the index."""
 
+    memory_bytes = 0  # no memory tier: random reads pull into the disk tier alone
+
     def __init__(self) -> None:
         self.reads: list[int] = []
 
@@ -243,8 +245,6 @@ class _PagesClient:
 
     def has_local(self, block_id: str) -> bool:
         return False
-
-    memory_bytes = 0  # no memory tier: random reads pull into the disk tier alone
 
     async def read_block(
         self, info: ObjectInfo, index: int, *, keep: bool, block_size: int
