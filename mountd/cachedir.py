@@ -208,6 +208,8 @@ def _remove_stale(root: Path, keep: str) -> None:
             for sub in os.scandir(path):
                 if sub.is_dir(follow_symlinks=False):
                     shutil.rmtree(sub.path, ignore_errors=True)
+                elif sub.name != LOCK_NAME:  # the tier's own files (its streams file)
+                    os.unlink(sub.path)
             os.unlink(path / LOCK_NAME)
             os.rmdir(path)
             log.info(

@@ -22,7 +22,9 @@ with the index rebuilt from the directory (oldest access time first) at start;
 files of an earlier layout are removed then. With a ``reserve`` (the default tier's,
 :mod:`mountd.cachedir`), a write that would leave less than that share of the filesystem
 free evicts this tier's least recently used blocks first, or is skipped: the tier never
-fills the disk others use.
+fills the disk others use. The tier remembers which file versions streams went through
+(the :data:`STREAMS_NAME` file): a stream stores its blocks only from the second stream
+through a file on (:meth:`mountd.prefetch.BlockFetcher.stores_stream`).
 
 The methods are blocking (disk I/O) and thread-safe; mountd calls them on a small
 thread pool so the FUSE loop never waits on the disk, except :meth:`LocalTier.get_part_cached`,
@@ -36,9 +38,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import logging
 import mmap
 import os
+import re
 import threading
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -82,8 +86,17 @@ class _Index(LRUCache[str, _Entry]):
         return item
 
 
+#: A line of the streams file: the digest of a file's URL and version.
+_STREAM_KEY = re.compile(r"[0-9a-f]{32}")
+
 _mincore = ctypes.CDLL(None, use_errno=True).mincore
 _mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+#: The file in a tier's directory that names the file versions streams went through
+#: (:meth:`LocalTier.streamed_before`), one key a line.
+STREAMS_NAME = "streams"
+#: File versions whose streams are remembered, at most: the most recently streamed.
+STREAMS_KEPT = 4096
+
 #: Block files kept mapped for the event loop's reads: a mapping whose pages are already
 #: mapped costs no page faults the next time.
 MAPPED_BLOCKS = 256
@@ -137,6 +150,8 @@ class LocalTier:
         self._short = False  # the last write was skipped for want of free space
         self._maps: OrderedDict[str, _Mapping] = OrderedDict()  # the event loop's only
         self._unmap: deque[str] = deque()  # blocks evicted or dropped by any thread
+        self._streams: OrderedDict[str, None] = OrderedDict()  # see streamed_before
+        self._stream_lines = 0  # lines in the streams file
 
     def fits(self, nbytes: int) -> bool:
         """Whether a file of ``nbytes`` fits here whole: what is worth keeping of one
@@ -177,6 +192,7 @@ class LocalTier:
                 if file_length(entry[0]) <= self._index.maxsize:
                     self._index[block_id] = entry
         self._delete_evicted()
+        self._load_streams()
         log.info(
             "local tier %s: %d blocks, %d of %d bytes",
             self.root,
@@ -184,6 +200,58 @@ class LocalTier:
             self.used,
             self.capacity,
         )
+
+    def streamed_before(self, url: str, version: str) -> bool:
+        """Whether a stream went through this version of a file here before, by this
+        mount or by an earlier one with this directory (the key is kept in the
+        :data:`STREAMS_NAME` file); records this one. Blocking (a write to that file)."""
+        key = hashlib.blake2b(f"{url}\0{version}".encode(), digest_size=16).hexdigest()
+        with self._lock:
+            if key in self._streams:
+                self._streams.move_to_end(key)
+                return True
+            self._streams[key] = None
+            if len(self._streams) > STREAMS_KEPT:
+                self._streams.popitem(last=False)
+            self._stream_lines += 1
+            keys = list(self._streams) if self._stream_lines > 2 * STREAMS_KEPT else None
+            if keys is not None:
+                self._stream_lines = len(keys)
+        try:
+            if keys is None:
+                with open(self.root / STREAMS_NAME, "a") as fh:
+                    fh.write(key + "\n")
+            else:
+                self._write_streams(keys)
+        except OSError as exc:  # the next stream through it is taken for a first one
+            log.warning("local tier %s: cannot record a stream: %s", self.root, exc)
+        return False
+
+    def _load_streams(self) -> None:
+        """Read the streams file; rewrite it with the newest :data:`STREAMS_KEPT` keys
+        if it holds more (or anything that is not a key)."""
+        try:
+            lines = (self.root / STREAMS_NAME).read_text().splitlines()
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("local tier %s: streams file not read: %s", self.root, exc)
+            lines = []
+        keys = [line for line in lines if _STREAM_KEY.fullmatch(line)]
+        with self._lock:
+            self._streams = OrderedDict.fromkeys(keys[-STREAMS_KEPT:])
+            self._stream_lines = len(self._streams)
+        if len(self._streams) != len(lines):
+            try:
+                self._write_streams(list(self._streams))
+            except OSError as exc:
+                log.warning("local tier %s: streams file not rewritten: %s", self.root, exc)
+
+    def _write_streams(self, keys: list[str]) -> None:
+        """Replace the streams file with ``keys`` (written aside, then renamed)."""
+        tmp = self.root / f"{STREAMS_NAME}.{threading.get_ident()}.new"
+        tmp.write_text("".join(key + "\n" for key in keys))
+        os.replace(tmp, self.root / STREAMS_NAME)
 
     def _path(self, block_id: str, nbytes: int, checksum: int) -> Path:
         return self.root / block_id[:2] / block_filename(block_id, nbytes, checksum)

@@ -2,7 +2,8 @@
 
 :class:`BlockFetcher` is where a block comes from: the local disk tier if there is one,
 then :class:`CacheClient` (its memory tier, the block's owners, the origin), keeping
-what it fetched on the local disk, and charging ``--download-limit`` for every block that
+what it fetched on the local disk (a stream's blocks from the second stream through the
+file on, :meth:`BlockFetcher.stores_stream`), and charging ``--download-limit`` for every block that
 is not already on this machine. :class:`FileReader` serves the kernel's reads of one
 open file version: a reader that keeps going forward gets up to the next ``depth``
 blocks fetched in parallel ahead of it (a window that doubles with each block read),
@@ -107,22 +108,26 @@ class BlockFetcher:
         return self.client.block_size
 
     async def get(
-        self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True, stream: bool = False
+        self,
+        info: ObjectInfo,
+        index: int,
+        bs: int,
+        *,
+        keep: bool = True,
+        stream: asyncio.Future[bool] | None = None,
     ) -> bytes:
         """Block ``index`` in blocks of ``bs`` (the size the caller cut the file with);
         ``keep=False`` for read-ahead, whose blocks the kernel's page cache keeps (see
-        :meth:`CacheClient.read_block`), not the client's memory tier. A fetched block is
-        written to the disk tier past the page cache (:meth:`LocalTier.put`); unless
-        ``stream`` (a block a sequential reader reads whole, which the kernel keeps in the
-        mount's own page cache), the disk then reads it back into the page cache, where
-        the random reads that pulled it come back for its other parts. A block still
-        being written to the disk tier is answered from the bytes being written.
+        :meth:`CacheClient.read_block`), not the client's memory tier. A block pulled for
+        random reads is written to the disk tier past the page cache
+        (:meth:`LocalTier.put`), and the disk then reads it back into the page cache,
+        where the random reads that pulled it come back for its other parts. A block
+        still being written to the disk tier is answered from the bytes being written.
 
-        A stream's block is stored only if its file fits in the disk tier: a file larger
-        than the tier, read through again and again (every job of a backtest), would
-        evict itself ahead of the next pass in an LRU tier, never be read from there,
-        and push out the blocks random readers come back to, at a disk write per block
-        (as the nodes' memory tier, :meth:`cachenode.memtier.MemoryTier.admits`)."""
+        ``stream`` is given for a block a sequential reader reads whole (which the
+        kernel keeps in the mount's own page cache): a future saying whether that
+        stream's blocks are stored (:meth:`stores_stream`); they are, if so, with no
+        read-back."""
         if self.tier is None:
             return await self._pull(info, index, bs, keep)
         loop = asyncio.get_running_loop()
@@ -135,7 +140,11 @@ class BlockFetcher:
                 self.client.remember(block_id, landing)
             return landing
         if self.client.has_local(block_id):
-            return await self._pull(info, index, bs, keep)
+            data = await self._pull(info, index, bs, keep)
+            # In memory (the first block a stream read, say), but on no disk yet.
+            if stream is not None and not self.tier.has(block_id) and await stream:
+                self._store(block_id, data, read_back=False)
+            return data
         if self.tier.has(block_id):
             data = await loop.run_in_executor(self._disk, self.tier.get, block_id)
             if data is not None:
@@ -143,9 +152,29 @@ class BlockFetcher:
                     self.client.remember(block_id, data)
                 return data
         data = await self._pull(info, index, bs, keep)
-        if not stream or self.tier.fits(info.size):
-            self._store(block_id, data, read_back=not stream)
+        if stream is None:
+            self._store(block_id, data, read_back=True)
+        elif await stream:
+            self._store(block_id, data, read_back=False)
         return data
+
+    async def stores_stream(self, info: ObjectInfo) -> bool:
+        """Whether a stream through ``info`` starting now stores the blocks it fetches in
+        the disk tier: only if the file fits there whole, and only from the second
+        stream through that version of it on (:meth:`LocalTier.streamed_before`, which
+        remembers streams across mounts of the tier).
+
+        A file larger than the tier, read through again and again (every job of a
+        backtest), would evict itself ahead of the next pass in an LRU tier, never be
+        read from there, and push out the blocks random readers come back to (as the
+        nodes' memory tier, :meth:`cachenode.memtier.MemoryTier.admits`). And storing
+        the first stream through a file cost the mount two fifths more CPU per MB read,
+        the write on this project's VM and the hashing, for a copy that only a second
+        read needs, and most files are read once, where the kernel's page cache keeps
+        them for a while anyway (``loadtest/results/mount.md``, twelfth session)."""
+        if self.tier is None or not self.tier.fits(info.size):
+            return False
+        return await asyncio.to_thread(self.tier.streamed_before, info.url, info.version)
 
     def _store(self, block_id: str, data: bytes, *, read_back: bool) -> None:
         """Write a fetched block to the disk tier with ``O_DIRECT`` (and ``read_back``,
@@ -322,6 +351,7 @@ class FileReader:
         self._bs = fetcher.block_size
         self._depth = depth
         self._nblocks = (info.size + self._bs - 1) // self._bs
+        self._stores: asyncio.Future[bool] | None = None  # see _stream
         self._asked: dict[int, asyncio.Task[bytes]] = {}  # blocks reads asked for
         self._ahead: dict[int, asyncio.Task[bytes]] = {}  # read-ahead nobody asked for yet
         self._position = -1  # the block being read: the furthest a stream has reached
@@ -425,10 +455,17 @@ class FileReader:
         for index in range(start, stop):
             if index not in self._ahead and index not in self._asked:
                 task = asyncio.create_task(
-                    self._fetcher.get(self.info, index, self._bs, keep=False, stream=True)
+                    self._fetcher.get(self.info, index, self._bs, keep=False, stream=self._stream())
                 )
                 task.add_done_callback(_consume)
                 self._ahead[index] = task
+
+    def _stream(self) -> asyncio.Future[bool]:
+        """Whether this reader's stream stores its blocks in the disk tier, asked of the
+        fetcher at its first whole block (a reader that only reads parts is no stream)."""
+        if self._stores is None:
+            self._stores = asyncio.ensure_future(self._fetcher.stores_stream(self.info))
+        return self._stores
 
     def _holds(self, index: int) -> bool:
         """Whether block ``index`` is here or on its way."""
@@ -440,7 +477,7 @@ class FileReader:
             task = self._ahead.pop(index, None)
             if task is None:
                 task = asyncio.create_task(
-                    self._fetcher.get(self.info, index, self._bs, stream=True)
+                    self._fetcher.get(self.info, index, self._bs, stream=self._stream())
                 )
                 task.add_done_callback(_consume)
             self._asked[index] = task
@@ -451,7 +488,7 @@ class FileReader:
             # through every tier, before the read fails.
             if self._asked.get(index) is task:
                 del self._asked[index]
-            data = await self._fetcher.get(self.info, index, self._bs, stream=True)
+            data = await self._fetcher.get(self.info, index, self._bs, stream=self._stream())
         for done in [i for i, t in self._asked.items() if t.done() and not self._near(i, 0)]:
             del self._asked[done]
         return data

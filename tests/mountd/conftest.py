@@ -7,6 +7,7 @@ cachenode processes) and is unmounted at teardown, with SIGTERM and, if that fai
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -111,3 +112,15 @@ def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
     )
+
+
+def read_twice(path: Path) -> bytes:
+    """``path`` read through twice, the second time past the kernel's page cache (its
+    pages dropped first, so every read reaches the mount): two streams through the file,
+    after which a mount's disk tier holds its blocks (a first stream stores none)."""
+    first = path.read_bytes()
+    with path.open("rb") as fh:
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        second = fh.read()
+    assert second == first
+    return second

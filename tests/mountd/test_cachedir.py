@@ -21,6 +21,7 @@ from mountd.cachedir import (
     filesystem_type,
     identity,
 )
+from mountd.localtier import STREAMS_NAME
 
 NOBODY = 65534
 
@@ -122,6 +123,7 @@ def test_directories_no_mount_took_for_a_month_are_removed_unless_held(tmp_path:
     assert old and held and recent
     (old.path / "ab").mkdir()
     (old.path / "ab" / "block").write_bytes(b"x" * 4096)
+    (old.path / STREAMS_NAME).write_text("0" * 32 + "\n")  # the tier's own file
     old.release()
     recent.release()
     month_ago = time.time() - STALE_SECONDS - 60

@@ -15,6 +15,7 @@ from clientlib.launcher import wait_until
 from mountd.cachedir import claim
 from mountd.localtier import LocalTier
 from tests.conftest import make_token
+from tests.mountd.conftest import read_twice
 
 SIZE = 2 * BS + 4321
 
@@ -38,14 +39,14 @@ def test_a_mount_keeps_blocks_in_a_private_directory_of_its_own_by_default(
     cluster = make_cluster(1)
     root = tmp_path / "local"
     first = mount(cluster, f"s3://{bucket}", "--local-cache-root", str(root))
-    assert (first.path / "a.bin").read_bytes() == data
+    assert read_twice(first.path / "a.bin") == data
     (ident,) = tiers(root)
     assert stat.S_IMODE((root / ident).stat().st_mode) == 0o700
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     wait_until(lambda: tiers(root) == {ident: 3}, 10, "3 blocks in the tier")  # written behind
     # A second mount of the same source while the first runs: a directory of its own.
     second = mount(cluster, f"s3://{bucket}", "--local-cache-root", str(root))
-    assert (second.path / "a.bin").read_bytes() == data
+    assert read_twice(second.path / "a.bin") == data
     wait_until(lambda: tiers(root) == {ident: 3, f"{ident}.2": 3}, 10, "a second tier")
     first.unmount()
     second.unmount()
@@ -63,21 +64,27 @@ def test_a_mount_keeps_blocks_in_a_private_directory_of_its_own_by_default(
     assert third.metric("ringcache_client_block_reads_total", 'source="origin"') == 0
 
 
-def test_blocks_a_stream_read_are_stored_past_the_page_cache(
+def test_blocks_a_stream_read_are_stored_past_the_page_cache_from_the_second_stream_on(
     make_cluster, mount, s3, bucket, tmp_path
 ):
-    """A file read from start to end: its whole blocks go to the tier with O_DIRECT (the
-    kernel keeps the reader's pages in the mount's page cache; a second copy there only
-    cost CPU), so none of their parts is in the page cache afterwards; they are served,
-    checked, to the next mount."""
+    """A file read from start to end stores nothing the first time (most files are read
+    once, and the page cache keeps them a while); read through again by the next mount
+    of the tier, its whole blocks go to the tier with O_DIRECT (the kernel keeps the
+    reader's pages in the mount's page cache; a second copy there only cost CPU), so
+    none of their parts is in the page cache afterwards; they are served, checked."""
     data = os.urandom(SIZE)
     s3.put_object(Bucket=bucket, Key="a.bin", Body=data)
+    cluster = make_cluster(1)
     root = tmp_path / "local"
-    first = mount(make_cluster(1), f"s3://{bucket}", "--local-cache-root", str(root))
+    first = mount(cluster, f"s3://{bucket}", "--local-cache-root", str(root))
     assert (first.path / "a.bin").read_bytes() == data
+    first.unmount()  # after the tier's writes, had there been any
     (ident,) = tiers(root)
+    assert tiers(root) == {ident: 0}
+    second = mount(cluster, f"s3://{bucket}", "--local-cache-root", str(root))
+    assert (second.path / "a.bin").read_bytes() == data
     wait_until(lambda: tiers(root) == {ident: 3}, 10, "3 blocks in the tier")
-    first.unmount()
+    second.unmount()
     tier = LocalTier(root / ident, 4 * BS)
     tier.open()
     whole = [
@@ -114,9 +121,10 @@ def test_a_mount_with_another_token_never_reads_what_another_token_kept(
     root = tmp_path / "local"
     flags = ("--local-cache-root", str(root))
     m = mount(cluster, f"s3://{bucket}", "--token-file", str(wide), *flags)
-    assert (m.path / "in" / "a.bin").read_bytes() == data
+    assert read_twice(m.path / "in" / "a.bin") == data
     m.unmount()
     (kept,) = tiers(root)
+    assert tiers(root)[kept] == 3
     other = mount(cluster, f"s3://{bucket}", "--token-file", str(narrow), *flags)
     assert (other.path / "in" / "a.bin").read_bytes() == data
     # Its own directory, and every block from the node, none from the other's.

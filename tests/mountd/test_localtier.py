@@ -10,7 +10,8 @@ import xxhash
 
 from clientlib.blockfile import PART_SIZE, block_checksum, block_filename, file_length
 from clientlib.launcher import wait_until
-from mountd.localtier import LocalTier
+from mountd import localtier
+from mountd.localtier import STREAMS_NAME, LocalTier
 
 MiB = 1024 * 1024
 
@@ -208,3 +209,42 @@ def test_the_loops_mapped_reads_check_every_read_and_let_go_of_evicted_files(
     tier.get_part_cached(other, 0, 10)  # the loop's next read lets go of it
     assert str(path) not in Path("/proc/self/maps").read_text()
     tier.close()
+
+
+def test_a_stream_through_a_file_version_is_remembered_across_opens(tmp_path: Path) -> None:
+    """The first stream through a version of a file is recorded, the next ones are told
+    so, in this tier and in a tier opened later on the same directory (a new mount);
+    another version of the file is a first stream again."""
+    tier = new_tier(tmp_path)
+    assert tier.streamed_before("s3://b/k", "v1") is False
+    assert tier.streamed_before("s3://b/k", "v1") is True
+    assert tier.streamed_before("s3://b/k", "v2") is False
+    tier.close()
+    again = new_tier(tmp_path)
+    assert again.streamed_before("s3://b/k", "v1") is True
+    assert again.streamed_before("s3://b/other", "v1") is False
+    again.close()
+
+
+def test_the_streams_remembered_are_bounded_and_a_damaged_record_is_dropped(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """At most STREAMS_KEPT file versions are remembered, the most recent; the file is
+    compacted as it grows, and lines that are not keys are dropped when it is read."""
+    monkeypatch.setattr(localtier, "STREAMS_KEPT", 4)
+    tier = new_tier(tmp_path)
+    for i in range(20):
+        assert tier.streamed_before(f"s3://b/{i}", "v1") is False
+    lines = (tmp_path / STREAMS_NAME).read_text().splitlines()
+    assert len(lines) <= 2 * 4 + 1
+    tier.close()
+    with (tmp_path / STREAMS_NAME).open("a") as fh:
+        fh.write("not a key\n")
+    again = new_tier(tmp_path)
+    assert len((tmp_path / STREAMS_NAME).read_text().splitlines()) == 4
+    assert [again.streamed_before(f"s3://b/{i}", "v1") for i in (19, 16, 15)] == [
+        True,
+        True,
+        False,
+    ]
+    again.close()

@@ -30,15 +30,26 @@ class RecordingFetcher:
         self.asked: list[tuple[int, bool]] = []  # whole blocks: (index, keep)
         self.parts: list[tuple[int, int, int]] = []  # byte ranges: (index, start, stop)
         self.sizes: set[int] = set()  # block sizes asked with
-        self.streamed: list[bool] = []  # whole blocks: asked as a stream's (stream=True)
+        self.streamed: list[bool] = []  # whole blocks: asked as a stream's (stream given)
+        self.streams = 0  # stores_stream calls: one a stream
 
     async def get(
-        self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True, stream: bool = False
+        self,
+        info: ObjectInfo,
+        index: int,
+        bs: int,
+        *,
+        keep: bool = True,
+        stream: asyncio.Future[bool] | None = None,
     ) -> bytes:
         self.asked.append((index, keep))
-        self.streamed.append(stream)
+        self.streamed.append(stream is not None)
         self.sizes.add(bs)
         return bytes([index]) * BS
+
+    async def stores_stream(self, info: ObjectInfo) -> bool:
+        self.streams += 1
+        return False
 
     async def get_part(self, info: ObjectInfo, index: int, bs: int, start: int, stop: int) -> bytes:
         self.parts.append((index, start, stop))
@@ -79,9 +90,11 @@ async def test_read_ahead_opens_up_as_a_stream_goes_on_and_is_not_kept() -> None
     assert sorted(i for i, _ in fetcher.asked) == list(range(20))
     assert fetcher.asked[0] == (0, True)
     assert all(not keep for _, keep in fetcher.asked[1:])
-    # Every block a stream reads whole is asked as a stream's: a fetched one goes to the
-    # disk tier past the page cache, where the kernel keeps the reader's copy.
+    # Every block a stream reads whole is asked as a stream's (stored, if at all, past
+    # the page cache, where the kernel keeps the reader's copy), and whether the stream
+    # stores its blocks is asked once.
     assert all(fetcher.streamed)
+    assert fetcher.streams == 1
     reader.close()
 
 
@@ -187,7 +200,13 @@ async def test_reads_waiting_for_one_block_share_one_fetch() -> None:
 
     class GatedFetcher(RecordingFetcher):
         async def get(
-            self, info: ObjectInfo, index: int, bs: int, *, keep: bool = True, stream: bool = False
+            self,
+            info: ObjectInfo,
+            index: int,
+            bs: int,
+            *,
+            keep: bool = True,
+            stream: asyncio.Future[bool] | None = None,
         ) -> bytes:
             self.asked.append((index, keep))
             await gate.wait()
@@ -330,25 +349,40 @@ async def test_a_range_read_of_a_block_not_in_the_disk_tier_does_not_wait_for_it
         fetcher.close()
 
 
-async def test_a_stream_through_a_file_larger_than_the_disk_tier_is_not_stored(
+async def test_a_stream_stores_its_blocks_from_the_second_stream_through_a_file_that_fits(
     tmp_path: Path,
 ) -> None:
-    """A stream's blocks go to the disk tier when their file fits in it; a file larger
-    than the tier would only evict itself ahead of its next pass. A block of that file
-    read whole outside a stream is still stored."""
+    """The first stream through a file stores nothing in the disk tier; the next one,
+    in this mount or a later one on the same tier, stores what it fetches. A file larger
+    than the tier is never stored by a stream (it would only evict itself ahead of its
+    next pass); a block of it read whole outside a stream is still stored."""
     tier = LocalTier(tmp_path, 4 * 4096 + 1024)  # room for four blocks and their trailers
     tier.open()
     client = _PagesClient()
     fetcher = BlockFetcher(client, tier)  # type: ignore[arg-type]
     fits = ObjectInfo("s3://b/small", "s3://b", "small", 4 * 4096, "v1", 0.0)
     larger = ObjectInfo("s3://b/large", "s3://b", "large", 8 * 4096, "v1", 0.0)
-    for info in (fits, larger):
-        assert await fetcher.get(info, 0, 4096, keep=False, stream=True) == b"\x01" * 4096
-    assert await fetcher.get(larger, 1, 4096, stream=False) == b"\x02" * 4096
+
+    async def stream(fetcher: BlockFetcher, info: ObjectInfo, index: int) -> None:
+        """Block ``index`` read whole by a new stream through ``info``."""
+        stores = asyncio.ensure_future(fetcher.stores_stream(info))
+        got = await fetcher.get(info, index, 4096, keep=False, stream=stores)
+        assert got == bytes([index + 1]) * 4096
+
+    for info in (fits, larger, larger):
+        await stream(fetcher, info, 0)
+    assert await fetcher.get(larger, 1, 4096) == b"\x02" * 4096
     fetcher.close()  # waits for the tier's threads
-    ids = [client.block_id(fits, 0, 4096), client.block_id(larger, 0, 4096)]
-    assert [tier.has(block_id) for block_id in ids] == [True, False]
+    assert not tier.has(client.block_id(fits, 0, 4096))
+    assert not tier.has(client.block_id(larger, 0, 4096))
     assert tier.has(client.block_id(larger, 1, 4096))
+    # A later mount of the tier: its first stream through the file is the second one.
+    later = LocalTier(tmp_path, 4 * 4096 + 1024)
+    later.open()
+    fetcher = BlockFetcher(client, later)  # type: ignore[arg-type]
+    await stream(fetcher, fits, 1)
+    fetcher.close()
+    assert later.has(client.block_id(fits, 1, 4096))
 
 
 async def test_a_written_block_goes_to_the_disk_tier_past_the_page_cache(tmp_path: Path) -> None:
