@@ -23,8 +23,8 @@ files of an earlier layout are removed then. With a ``reserve`` (the default tie
 :mod:`mountd.cachedir`), a write that would leave less than that share of the filesystem
 free evicts this tier's least recently used blocks first, or is skipped: the tier never
 fills the disk others use. The tier remembers which file versions streams went through
-(the :data:`STREAMS_NAME` file): a stream stores its blocks only from the second stream
-through a file on (:meth:`mountd.prefetch.BlockFetcher.stores_stream`).
+(the :data:`STREAMS_NAME` file): a stream stores its blocks only if an earlier one
+through the same file has ended (:meth:`mountd.prefetch.BlockFetcher.stores_stream`).
 
 The methods are blocking (disk I/O) and thread-safe; mountd calls them on a small
 thread pool so the FUSE loop never waits on the disk, except :meth:`LocalTier.get_part_cached`,
@@ -89,6 +89,12 @@ class _Index(LRUCache[str, _Entry]):
 #: A line of the streams file: the digest of a file's URL and version.
 _STREAM_KEY = re.compile(r"[0-9a-f]{32}")
 
+
+def _stream_key(url: str, version: str) -> str:
+    """A file version's line in the streams file."""
+    return hashlib.blake2b(f"{url}\0{version}".encode(), digest_size=16).hexdigest()
+
+
 _mincore = ctypes.CDLL(None, use_errno=True).mincore
 _mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
 #: The file in a tier's directory that names the file versions streams went through
@@ -152,6 +158,7 @@ class LocalTier:
         self._unmap: deque[str] = deque()  # blocks evicted or dropped by any thread
         self._streams: OrderedDict[str, None] = OrderedDict()  # see streamed_before
         self._stream_lines = 0  # lines in the streams file
+        self._unsaved: list[str] = []  # streams recorded, not yet in the file
 
     def fits(self, nbytes: int) -> bool:
         """Whether a file of ``nbytes`` fits here whole: what is worth keeping of one
@@ -201,31 +208,48 @@ class LocalTier:
             self.capacity,
         )
 
-    def streamed_before(self, url: str, version: str) -> bool:
-        """Whether a stream went through this version of a file here before, by this
-        mount or by an earlier one with this directory (the key is kept in the
-        :data:`STREAMS_NAME` file); records this one. Blocking (a write to that file)."""
-        key = hashlib.blake2b(f"{url}\0{version}".encode(), digest_size=16).hexdigest()
+    def streamed(self, url: str, version: str) -> bool:
+        """Whether a stream through this version of a file ended here before, in this
+        mount or in an earlier one with this directory (:meth:`record_stream`). Never
+        blocks: the event loop's."""
+        with self._lock:
+            return _stream_key(url, version) in self._streams
+
+    def record_stream(self, url: str, version: str) -> bool:
+        """Remember that a stream through this version of a file ended (the most recent
+        :data:`STREAMS_KEPT` are); True if it is new here, and :meth:`save_streams`
+        should then run. Never blocks: the event loop's."""
+        key = _stream_key(url, version)
         with self._lock:
             if key in self._streams:
                 self._streams.move_to_end(key)
-                return True
+                return False
             self._streams[key] = None
             if len(self._streams) > STREAMS_KEPT:
                 self._streams.popitem(last=False)
-            self._stream_lines += 1
+            self._unsaved.append(key)
+        return True
+
+    def save_streams(self) -> None:
+        """Append the streams recorded since the last save to the :data:`STREAMS_NAME`
+        file, or rewrite it with those remembered once it has twice as many lines.
+        Blocking; a failure is logged (those streams are forgotten at the next start)."""
+        with self._lock:
+            unsaved, self._unsaved = self._unsaved, []
+            self._stream_lines += len(unsaved)
             keys = list(self._streams) if self._stream_lines > 2 * STREAMS_KEPT else None
             if keys is not None:
                 self._stream_lines = len(keys)
+        if not unsaved:
+            return
         try:
             if keys is None:
                 with open(self.root / STREAMS_NAME, "a") as fh:
-                    fh.write(key + "\n")
+                    fh.write("".join(key + "\n" for key in unsaved))
             else:
                 self._write_streams(keys)
-        except OSError as exc:  # the next stream through it is taken for a first one
-            log.warning("local tier %s: cannot record a stream: %s", self.root, exc)
-        return False
+        except OSError as exc:
+            log.warning("local tier %s: cannot save the streams: %s", self.root, exc)
 
     def _load_streams(self) -> None:
         """Read the streams file; rewrite it with the newest :data:`STREAMS_KEPT` keys

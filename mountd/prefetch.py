@@ -2,13 +2,14 @@
 
 :class:`BlockFetcher` is where a block comes from: the local disk tier if there is one,
 then :class:`CacheClient` (its memory tier, the block's owners, the origin), keeping
-what it fetched on the local disk (a stream's blocks from the second stream through the
-file on, :meth:`BlockFetcher.stores_stream`), and charging ``--download-limit`` for every block that
-is not already on this machine. :class:`FileReader` serves the kernel's reads of one
-open file version: a reader that keeps going forward gets up to the next ``depth``
-blocks fetched in parallel ahead of it (a window that doubles with each block read),
-while a random reader (a Parquet footer, a seek into an index) is answered with the
-bytes it reads, asked of the block's owner as a byte range, not as the whole block.
+what it fetched on the local disk (a stream's blocks only once an earlier stream through
+the file has ended, :meth:`BlockFetcher.stores_stream`), and charging
+``--download-limit`` for every block that is not already on this machine.
+:class:`FileReader` serves the kernel's reads of one open file version: a reader that
+keeps going forward gets up to the next ``depth`` blocks fetched in parallel ahead of
+it (a window that doubles with each block read), while a random reader (a Parquet
+footer, a seek into an index) is answered with the bytes it reads, asked of the block's
+owner as a byte range, not as the whole block.
 In a file that fits in the memory tier, a block that random reads come back to
 (``PULL_AFTER`` range reads over the network) is then pulled whole in the background
 into the memory tier (and the local disk tier), like JuiceFS's prefetch of a randomly
@@ -114,7 +115,8 @@ class BlockFetcher:
         bs: int,
         *,
         keep: bool = True,
-        stream: asyncio.Future[bool] | None = None,
+        stream: bool = False,
+        store: bool = True,
     ) -> bytes:
         """Block ``index`` in blocks of ``bs`` (the size the caller cut the file with);
         ``keep=False`` for read-ahead, whose blocks the kernel's page cache keeps (see
@@ -124,10 +126,9 @@ class BlockFetcher:
         where the random reads that pulled it come back for its other parts. A block
         still being written to the disk tier is answered from the bytes being written.
 
-        ``stream`` is given for a block a sequential reader reads whole (which the
-        kernel keeps in the mount's own page cache): a future saying whether that
-        stream's blocks are stored (:meth:`stores_stream`); they are, if so, with no
-        read-back."""
+        ``stream`` for a block a sequential reader reads whole (which the kernel keeps
+        in the mount's own page cache): stored with no read-back, and only if ``store``
+        (:meth:`stores_stream`)."""
         if self.tier is None:
             return await self._pull(info, index, bs, keep)
         loop = asyncio.get_running_loop()
@@ -142,7 +143,7 @@ class BlockFetcher:
         if self.client.has_local(block_id):
             data = await self._pull(info, index, bs, keep)
             # In memory (the first block a stream read, say), but on no disk yet.
-            if stream is not None and not self.tier.has(block_id) and await stream:
+            if stream and store and not self.tier.has(block_id):
                 self._store(block_id, data, read_back=False)
             return data
         if self.tier.has(block_id):
@@ -152,29 +153,35 @@ class BlockFetcher:
                     self.client.remember(block_id, data)
                 return data
         data = await self._pull(info, index, bs, keep)
-        if stream is None:
-            self._store(block_id, data, read_back=True)
-        elif await stream:
-            self._store(block_id, data, read_back=False)
+        if store:
+            self._store(block_id, data, read_back=not stream)
         return data
 
-    async def stores_stream(self, info: ObjectInfo) -> bool:
+    def stores_stream(self, info: ObjectInfo) -> bool:
         """Whether a stream through ``info`` starting now stores the blocks it fetches in
-        the disk tier: only if the file fits there whole, and only from the second
-        stream through that version of it on (:meth:`LocalTier.streamed_before`, which
-        remembers streams across mounts of the tier).
+        the disk tier: only if the file fits there whole, and an earlier stream through
+        that version of it has ended (:meth:`streamed`; remembered across mounts of the
+        tier, :meth:`LocalTier.streamed`). Streams through a file at once (the jobs of
+        a ``numjobs`` run, each reading its share) are all first ones.
 
         A file larger than the tier, read through again and again (every job of a
         backtest), would evict itself ahead of the next pass in an LRU tier, never be
         read from there, and push out the blocks random readers come back to (as the
         nodes' memory tier, :meth:`cachenode.memtier.MemoryTier.admits`). And storing
-        the first stream through a file cost the mount two fifths more CPU per MB read,
-        the write on this project's VM and the hashing, for a copy that only a second
-        read needs, and most files are read once, where the kernel's page cache keeps
-        them for a while anyway (``loadtest/results/mount.md``, twelfth session)."""
-        if self.tier is None or not self.tier.fits(info.size):
-            return False
-        return await asyncio.to_thread(self.tier.streamed_before, info.url, info.version)
+        the first stream through a file cost the mount two fifths of its CPU per MB
+        read (the writes on this project's VM, the hashing) and up to two fifths of its
+        sequential throughput, for a copy that only a later read needs; most files are
+        read once, and the kernel's page cache keeps them for a while anyway
+        (``loadtest/results/mount.md``, twelfth session)."""
+        tier = self.tier
+        return tier is not None and tier.fits(info.size) and tier.streamed(info.url, info.version)
+
+    def streamed(self, info: ObjectInfo) -> None:
+        """A stream through ``info`` has ended: the next ones store their blocks
+        (:meth:`stores_stream`); the tier's record is saved on a thread."""
+        tier = self.tier
+        if tier is not None and tier.fits(info.size) and tier.record_stream(info.url, info.version):
+            asyncio.get_running_loop().run_in_executor(None, tier.save_streams)
 
     def _store(self, block_id: str, data: bytes, *, read_back: bool) -> None:
         """Write a fetched block to the disk tier with ``O_DIRECT`` (and ``read_back``,
@@ -351,7 +358,7 @@ class FileReader:
         self._bs = fetcher.block_size
         self._depth = depth
         self._nblocks = (info.size + self._bs - 1) // self._bs
-        self._stores: asyncio.Future[bool] | None = None  # see _stream
+        self._stores: bool | None = None  # see _storing
         self._asked: dict[int, asyncio.Task[bytes]] = {}  # blocks reads asked for
         self._ahead: dict[int, asyncio.Task[bytes]] = {}  # read-ahead nobody asked for yet
         self._position = -1  # the block being read: the furthest a stream has reached
@@ -455,16 +462,18 @@ class FileReader:
         for index in range(start, stop):
             if index not in self._ahead and index not in self._asked:
                 task = asyncio.create_task(
-                    self._fetcher.get(self.info, index, self._bs, keep=False, stream=self._stream())
+                    self._fetcher.get(
+                        self.info, index, self._bs, keep=False, stream=True, store=self._storing()
+                    )
                 )
                 task.add_done_callback(_consume)
                 self._ahead[index] = task
 
-    def _stream(self) -> asyncio.Future[bool]:
+    def _storing(self) -> bool:
         """Whether this reader's stream stores its blocks in the disk tier, asked of the
         fetcher at its first whole block (a reader that only reads parts is no stream)."""
         if self._stores is None:
-            self._stores = asyncio.ensure_future(self._fetcher.stores_stream(self.info))
+            self._stores = self._fetcher.stores_stream(self.info)
         return self._stores
 
     def _holds(self, index: int) -> bool:
@@ -477,7 +486,9 @@ class FileReader:
             task = self._ahead.pop(index, None)
             if task is None:
                 task = asyncio.create_task(
-                    self._fetcher.get(self.info, index, self._bs, stream=self._stream())
+                    self._fetcher.get(
+                        self.info, index, self._bs, stream=True, store=self._storing()
+                    )
                 )
                 task.add_done_callback(_consume)
             self._asked[index] = task
@@ -488,12 +499,16 @@ class FileReader:
             # through every tier, before the read fails.
             if self._asked.get(index) is task:
                 del self._asked[index]
-            data = await self._fetcher.get(self.info, index, self._bs, stream=self._stream())
+            data = await self._fetcher.get(
+                self.info, index, self._bs, stream=True, store=self._storing()
+            )
         for done in [i for i, t in self._asked.items() if t.done() and not self._near(i, 0)]:
             del self._asked[done]
         return data
 
     def close(self) -> None:
+        if self._stores is not None:
+            self._fetcher.streamed(self.info)
         for task in self._ahead.values():
             task.cancel()
         self._ahead.clear()

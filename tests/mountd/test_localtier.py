@@ -212,17 +212,20 @@ def test_the_loops_mapped_reads_check_every_read_and_let_go_of_evicted_files(
 
 
 def test_a_stream_through_a_file_version_is_remembered_across_opens(tmp_path: Path) -> None:
-    """The first stream through a version of a file is recorded, the next ones are told
-    so, in this tier and in a tier opened later on the same directory (a new mount);
-    another version of the file is a first stream again."""
+    """A stream recorded through a version of a file is remembered, in this tier and, once
+    saved, in a tier opened later on the same directory (a new mount); another version of
+    the file is not."""
     tier = new_tier(tmp_path)
-    assert tier.streamed_before("s3://b/k", "v1") is False
-    assert tier.streamed_before("s3://b/k", "v1") is True
-    assert tier.streamed_before("s3://b/k", "v2") is False
+    assert not tier.streamed("s3://b/k", "v1")
+    assert tier.record_stream("s3://b/k", "v1") is True
+    assert tier.record_stream("s3://b/k", "v1") is False  # known: nothing to save
+    assert tier.streamed("s3://b/k", "v1")
+    assert not tier.streamed("s3://b/k", "v2")
+    tier.save_streams()
     tier.close()
     again = new_tier(tmp_path)
-    assert again.streamed_before("s3://b/k", "v1") is True
-    assert again.streamed_before("s3://b/other", "v1") is False
+    assert again.streamed("s3://b/k", "v1")
+    assert not again.streamed("s3://b/other", "v1")
     again.close()
 
 
@@ -234,7 +237,8 @@ def test_the_streams_remembered_are_bounded_and_a_damaged_record_is_dropped(
     monkeypatch.setattr(localtier, "STREAMS_KEPT", 4)
     tier = new_tier(tmp_path)
     for i in range(20):
-        assert tier.streamed_before(f"s3://b/{i}", "v1") is False
+        assert tier.record_stream(f"s3://b/{i}", "v1")
+        tier.save_streams()
     lines = (tmp_path / STREAMS_NAME).read_text().splitlines()
     assert len(lines) <= 2 * 4 + 1
     tier.close()
@@ -242,9 +246,5 @@ def test_the_streams_remembered_are_bounded_and_a_damaged_record_is_dropped(
         fh.write("not a key\n")
     again = new_tier(tmp_path)
     assert len((tmp_path / STREAMS_NAME).read_text().splitlines()) == 4
-    assert [again.streamed_before(f"s3://b/{i}", "v1") for i in (19, 16, 15)] == [
-        True,
-        True,
-        False,
-    ]
+    assert [again.streamed(f"s3://b/{i}", "v1") for i in (19, 16, 15)] == [True, True, False]
     again.close()

@@ -30,8 +30,9 @@ class RecordingFetcher:
         self.asked: list[tuple[int, bool]] = []  # whole blocks: (index, keep)
         self.parts: list[tuple[int, int, int]] = []  # byte ranges: (index, start, stop)
         self.sizes: set[int] = set()  # block sizes asked with
-        self.streamed: list[bool] = []  # whole blocks: asked as a stream's (stream given)
+        self.as_stream: list[bool] = []  # whole blocks: asked as a stream's (stream=True)
         self.streams = 0  # stores_stream calls: one a stream
+        self.ended = 0  # streamed calls: a stream's end
 
     async def get(
         self,
@@ -40,16 +41,20 @@ class RecordingFetcher:
         bs: int,
         *,
         keep: bool = True,
-        stream: asyncio.Future[bool] | None = None,
+        stream: bool = False,
+        store: bool = True,
     ) -> bytes:
         self.asked.append((index, keep))
-        self.streamed.append(stream is not None)
+        self.as_stream.append(stream)
         self.sizes.add(bs)
         return bytes([index]) * BS
 
-    async def stores_stream(self, info: ObjectInfo) -> bool:
+    def stores_stream(self, info: ObjectInfo) -> bool:
         self.streams += 1
         return False
+
+    def streamed(self, info: ObjectInfo) -> None:
+        self.ended += 1
 
     async def get_part(self, info: ObjectInfo, index: int, bs: int, start: int, stop: int) -> bytes:
         self.parts.append((index, start, stop))
@@ -92,10 +97,12 @@ async def test_read_ahead_opens_up_as_a_stream_goes_on_and_is_not_kept() -> None
     assert all(not keep for _, keep in fetcher.asked[1:])
     # Every block a stream reads whole is asked as a stream's (stored, if at all, past
     # the page cache, where the kernel keeps the reader's copy), and whether the stream
-    # stores its blocks is asked once.
-    assert all(fetcher.streamed)
+    # stores its blocks is asked once; its end is told at close.
+    assert all(fetcher.as_stream)
     assert fetcher.streams == 1
+    assert fetcher.ended == 0
     reader.close()
+    assert fetcher.ended == 1
 
 
 async def test_read_ahead_never_exceeds_a_depth_below_the_first_window() -> None:
@@ -206,7 +213,8 @@ async def test_reads_waiting_for_one_block_share_one_fetch() -> None:
             bs: int,
             *,
             keep: bool = True,
-            stream: asyncio.Future[bool] | None = None,
+            stream: bool = False,
+            store: bool = True,
         ) -> bytes:
             self.asked.append((index, keep))
             await gate.wait()
@@ -255,6 +263,7 @@ class _PagesClient:
     of value ``i + 1``; its id names the file's size and the index."""
 
     memory_bytes = 0  # no memory tier: random reads pull into the disk tier alone
+    block_size = 4096
 
     def __init__(self) -> None:
         self.reads: list[int] = []
@@ -349,13 +358,14 @@ async def test_a_range_read_of_a_block_not_in_the_disk_tier_does_not_wait_for_it
         fetcher.close()
 
 
-async def test_a_stream_stores_its_blocks_from_the_second_stream_through_a_file_that_fits(
+async def test_a_stream_stores_its_blocks_once_an_earlier_one_through_the_file_ended(
     tmp_path: Path,
 ) -> None:
-    """The first stream through a file stores nothing in the disk tier; the next one,
-    in this mount or a later one on the same tier, stores what it fetches. A file larger
-    than the tier is never stored by a stream (it would only evict itself ahead of its
-    next pass); a block of it read whole outside a stream is still stored."""
+    """A stream through a file stores nothing in the disk tier, nor do streams through it
+    running at the same time; once one has ended, the next ones store what they fetch,
+    in this mount or a later one on the same tier. A file larger than the tier is never
+    stored by a stream (it would only evict itself ahead of its next pass); a block of it
+    read whole outside a stream is still stored."""
     tier = LocalTier(tmp_path, 4 * 4096 + 1024)  # room for four blocks and their trailers
     tier.open()
     client = _PagesClient()
@@ -363,26 +373,36 @@ async def test_a_stream_stores_its_blocks_from_the_second_stream_through_a_file_
     fits = ObjectInfo("s3://b/small", "s3://b", "small", 4 * 4096, "v1", 0.0)
     larger = ObjectInfo("s3://b/large", "s3://b", "large", 8 * 4096, "v1", 0.0)
 
-    async def stream(fetcher: BlockFetcher, info: ObjectInfo, index: int) -> None:
-        """Block ``index`` read whole by a new stream through ``info``."""
-        stores = asyncio.ensure_future(fetcher.stores_stream(info))
-        got = await fetcher.get(info, index, 4096, keep=False, stream=stores)
-        assert got == bytes([index + 1]) * 4096
+    async def read(reader: FileReader, index: int) -> None:
+        """Block ``index`` read whole, as the start of a stream, by ``reader``."""
+        got = await reader.read(index * 4096, 4096)
+        assert bytes(got) == bytes([index + 1]) * 4096
 
-    for info in (fits, larger, larger):
-        await stream(fetcher, info, 0)
-    assert await fetcher.get(larger, 1, 4096) == b"\x02" * 4096
+    def stored(info: ObjectInfo, index: int) -> bool:
+        return tier.has(client.block_id(info, index, 4096))
+
+    first, alongside = (FileReader(fetcher, fits, depth=0) for _ in range(2))
+    await read(first, 0)
+    await read(alongside, 0)
+    alongside.close()
+    first.close()
+    for _ in range(2):  # larger: ended twice, still a first stream each time
+        reader = FileReader(fetcher, larger, depth=0)
+        await read(reader, 0)
+        reader.close()
+    assert await fetcher.get(larger, 1, 4096) == b"\x02" * 4096  # no stream: stored
+    await asyncio.sleep(0.5)  # the streams file is written on a thread
     fetcher.close()  # waits for the tier's threads
-    assert not tier.has(client.block_id(fits, 0, 4096))
-    assert not tier.has(client.block_id(larger, 0, 4096))
-    assert tier.has(client.block_id(larger, 1, 4096))
-    # A later mount of the tier: its first stream through the file is the second one.
-    later = LocalTier(tmp_path, 4 * 4096 + 1024)
-    later.open()
-    fetcher = BlockFetcher(client, later)  # type: ignore[arg-type]
-    await stream(fetcher, fits, 1)
+    assert [stored(fits, 0), stored(larger, 0), stored(larger, 1)] == [False, False, True]
+    # A later mount of the tier: the stream that ended is remembered.
+    tier = LocalTier(tmp_path, 4 * 4096 + 1024)
+    tier.open()
+    fetcher = BlockFetcher(client, tier)  # type: ignore[arg-type]
+    reader = FileReader(fetcher, fits, depth=0)
+    await read(reader, 0)
+    reader.close()
     fetcher.close()
-    assert later.has(client.block_id(fits, 1, 4096))
+    assert tier.has(client.block_id(fits, 0, 4096))
 
 
 async def test_a_written_block_goes_to_the_disk_tier_past_the_page_cache(tmp_path: Path) -> None:
