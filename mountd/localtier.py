@@ -86,6 +86,11 @@ class _Index(LRUCache[str, _Entry]):
         return item
 
 
+#: The file in a tier's directory that names the file versions streams went through
+#: (:meth:`LocalTier.record_stream`), one key a line.
+STREAMS_NAME = "streams"
+#: File versions whose streams are remembered, at most: the most recently streamed.
+STREAMS_KEPT = 4096
 #: A line of the streams file: the digest of a file's URL and version.
 _STREAM_KEY = re.compile(r"[0-9a-f]{32}")
 
@@ -97,12 +102,6 @@ def _stream_key(url: str, version: str) -> str:
 
 _mincore = ctypes.CDLL(None, use_errno=True).mincore
 _mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
-#: The file in a tier's directory that names the file versions streams went through
-#: (:meth:`LocalTier.streamed_before`), one key a line.
-STREAMS_NAME = "streams"
-#: File versions whose streams are remembered, at most: the most recently streamed.
-STREAMS_KEPT = 4096
-
 #: Block files kept mapped for the event loop's reads: a mapping whose pages are already
 #: mapped costs no page faults the next time.
 MAPPED_BLOCKS = 256
@@ -156,7 +155,7 @@ class LocalTier:
         self._short = False  # the last write was skipped for want of free space
         self._maps: OrderedDict[str, _Mapping] = OrderedDict()  # the event loop's only
         self._unmap: deque[str] = deque()  # blocks evicted or dropped by any thread
-        self._streams: OrderedDict[str, None] = OrderedDict()  # see streamed_before
+        self._streams: OrderedDict[str, None] = OrderedDict()  # see record_stream
         self._stream_lines = 0  # lines in the streams file
         self._unsaved: list[str] = []  # streams recorded, not yet in the file
 
