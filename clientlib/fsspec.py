@@ -102,6 +102,8 @@ class RingcacheFileSystem(_ReadOnly, ChainedFileSystem):
 
     A secured etcd takes the daemons' settings as options: ``etcd_ca``, ``etcd_cert``,
     ``etcd_key``, ``etcd_user`` and ``etcd_password_file`` (or ``$RINGCACHE_ETCD_PASSWORD``).
+    ``hedge_delay`` is mountd's ``--hedge-delay``: how long a block's owner may take before
+    its next owner is asked too, then the origin.
     """
 
     protocol = "ringcache"
@@ -116,6 +118,7 @@ class RingcacheFileSystem(_ReadOnly, ChainedFileSystem):
         etcd_key: str | None = None,
         etcd_user: str | None = None,
         etcd_password_file: str | None = None,
+        hedge_delay: float = 1.0,
         target_protocol: str | None = None,
         target_options: dict[str, Any] | None = None,
         fo: str | None = None,
@@ -135,7 +138,7 @@ class RingcacheFileSystem(_ReadOnly, ChainedFileSystem):
                     "etcd_password_file": etcd_password_file,
                 }
             )
-        self.client = CacheClient(etcd, cluster, token_file=token_file)
+        self.client = CacheClient(etcd, cluster, token_file=token_file, hedge_delay=hedge_delay)
         sync(self._loop, self.client.start)
 
     def _origin_call(self, coro: Any) -> Any:

@@ -62,6 +62,7 @@ class MountConfig:
     max_rewrite_bytes: int
     op_timeout: float
     peer_timeout: float
+    hedge_delay: float
     uid: int
     gid: int
     umask: int
@@ -226,6 +227,14 @@ SETTINGS = SettingsTable(
             "longest wait for a cache node's answer before the next owner or the origin is "
             "asked; a cold block includes the node's own origin fetch",
             default=15.0,
+            metavar="SECONDS",
+        ),
+        Setting(
+            "hedge_delay",
+            Number(float, 0.05, 600.0),
+            "how long a block's owner may take before its next owner is asked too, and, "
+            "once every owner has had that long, the origin",
+            default=1.0,
             metavar="SECONDS",
         ),
         Setting(

@@ -56,6 +56,7 @@ def _client(config: MountConfig) -> CacheClient:
         # seconds: giving up early would fetch the block twice from the origin.
         peer_read_timeout=config.peer_timeout,
         peer_timeout=2 * config.peer_timeout,
+        hedge_delay=config.hedge_delay,
         origins=Origins(max_inflight=64),
         token_file=str(config.token_file) if config.token_file else None,
         ca_file=str(config.ca) if config.ca else None,

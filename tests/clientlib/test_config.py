@@ -16,6 +16,7 @@ from clientlib.config import SettingsTable
 from clientlib.errors import ConfigError
 from mountd.config import SETTINGS as MOUNT_SETTINGS
 from mountd.config import load_config as load_mount_config
+from mountd.mount import _client as mount_client
 
 TABLES = [NODE_SETTINGS, MOUNT_SETTINGS, CACHECTL_SETTINGS]
 
@@ -63,6 +64,16 @@ def test_defaults_come_from_the_table(tmp_path: Path) -> None:
     mount = load_mount_config(["s3://bucket", str(tmp_path), "--etcd", "http://127.0.0.1:1"])
     assert (mount.uid, mount.gid, mount.umask) == (os.getuid(), os.getgid(), 0o022)
     assert mount.read_only is False and mount.download_limit == 0
+
+
+def test_the_mounts_hedge_delay_reaches_its_client(tmp_path: Path) -> None:
+    """``--hedge-delay``: how long a block's owner may take before the next one (then the
+    origin) is asked too; tests that count hits exactly set it high."""
+    args = ["s3://bucket", str(tmp_path), "--etcd", "http://127.0.0.1:1"]
+    assert mount_client(load_mount_config(args))._hedge_delay == 1.0
+    assert mount_client(load_mount_config([*args, "--hedge-delay", "60"]))._hedge_delay == 60.0
+    with pytest.raises(ConfigError, match=re.escape("--hedge-delay: 0.0 is outside")):
+        load_mount_config([*args, "--hedge-delay", "0"])
 
 
 def test_list_and_switch_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

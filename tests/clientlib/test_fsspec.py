@@ -30,7 +30,9 @@ async def test_pandas_reads_parquet_via_ringcache_chain_and_hits_the_second_time
     buf = io.BytesIO()
     df.to_parquet(buf)
     s3.put_object(Bucket=bucket, Key="bars/x.parquet", Body=buf.getvalue())
-    options = {"ringcache": {"etcd": cluster.etcd.url, "cluster": cluster.name}}
+    # No hedging: a hit slower than 1 s on a loaded machine would be asked of the other
+    # node too, a miss there and an origin GET, and the counts below would not be exact.
+    options = {"ringcache": {"etcd": cluster.etcd.url, "cluster": cluster.name, "hedge_delay": 60}}
     url = f"ringcache::s3://{bucket}/bars/x.parquet"
 
     def read() -> pd.DataFrame:
