@@ -28,6 +28,13 @@ Warm phase (SeaweedFS as it is):
 * ``rclone``, ``s3fs``: one mount each whose local disk cache has read the file once;
 * ``noopfs``: the ceiling.
 
+The nodes' state carries from job to job: a node reads a block that is not in its page
+cache with ``O_DIRECT`` and the next whole read of it through the page cache
+(``cachenode.store.BlockStore.open_block``), and each job's drop of the page caches makes
+every other sequential pass through the same nodes pay that buffered read without the
+hits it is for. Compare figures of jobs in the same position (``mountd`` is always the
+first after the prime; ``loadtest/results/mount.md``, twelfth session).
+
 Cold phase (S3's bandwidth per connection, ``--mbps-per-conn``, put in the kernel with
 an htb class per connection on the S3 port, so it costs no Python CPU; this kernel has
 no netem, so S3's time to first byte is not modelled): a sequential read of a never-read
