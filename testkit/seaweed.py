@@ -47,7 +47,11 @@ class Seaweed:
         )
 
     def stop(self) -> None:
+        """Stop the server, and remove the unix socket its S3 gateway leaves in /tmp
+        (``-s3.localSocket``; a path in the work dir could pass the 108-byte limit)."""
         self.process.stop()
+        port = self.endpoint.rsplit(":", 1)[1]
+        Path(f"/tmp/seaweedfs-s3-{port}.sock").unlink(missing_ok=True)
 
 
 def _weed() -> str:
