@@ -9,6 +9,7 @@ holds afterwards, in s3fs's format, so s3fs sees the same tree.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -91,6 +92,12 @@ def mounts(
         for cluster in clusters:
             cluster.stop()
         weed.stop()
+        # The empty mount points; rmdir, not rmtree, which would go into a mount that
+        # failed to stop and delete what it holds.
+        with contextlib.suppress(OSError):
+            for point in top.iterdir():
+                point.rmdir()
+            top.rmdir()
 
 
 @pytest.fixture(params=["seaweed", "moto"])
