@@ -321,6 +321,7 @@ class BlockFetcher:
         if self._disk is not None:
             self._disk.shutdown(wait=True)
         if self.tier is not None:
+            self.tier.save_streams()  # those ended since the last save on a thread
             self.tier.close()
 
 

@@ -382,8 +382,7 @@ async def test_a_stream_stores_its_blocks_once_an_earlier_one_through_the_file_e
         await read(reader, 0)
         reader.close()
     assert await fetcher.get(larger, 1, 4096) == b"\x02" * 4096  # no stream: stored
-    await asyncio.sleep(0.5)  # the streams file is written on a thread
-    fetcher.close()  # waits for the tier's threads
+    fetcher.close()  # waits for the tier's threads, saves the streams that ended
     assert [stored(fits, 0), stored(larger, 0), stored(larger, 1)] == [False, False, True]
     # A later mount of the tier: the stream that ended is remembered.
     tier = LocalTier(tmp_path, 4 * 4096 + 1024)
