@@ -173,15 +173,21 @@ class BlockFetcher:
         sequential throughput, for a copy that only a later read needs; most files are
         read once, and the kernel's page cache keeps them for a while anyway
         (``loadtest/results/mount.md``, twelfth session)."""
-        tier = self.tier
-        return tier is not None and tier.fits(info.size) and tier.streamed(info.url, info.version)
+        tier = self._tier_holding(info)
+        return tier is not None and tier.streamed(info.url, info.version)
 
     def streamed(self, info: ObjectInfo) -> None:
         """A stream through ``info`` has ended: the next ones store their blocks
         (:meth:`stores_stream`); the tier's record is saved on a thread."""
-        tier = self.tier
-        if tier is not None and tier.fits(info.size) and tier.record_stream(info.url, info.version):
+        tier = self._tier_holding(info)
+        if tier is not None and tier.record_stream(info.url, info.version):
             asyncio.get_running_loop().run_in_executor(None, tier.save_streams)
+
+    def _tier_holding(self, info: ObjectInfo) -> LocalTier | None:
+        """The disk tier if ``info``'s file fits in it whole: what is worth keeping of a
+        file read again (see :meth:`stores_stream`)."""
+        tier = self.tier
+        return tier if tier is not None and tier.fits(info.size) else None
 
     def _store(self, block_id: str, data: bytes, *, read_back: bool) -> None:
         """Write a fetched block to the disk tier with ``O_DIRECT`` (and ``read_back``,
@@ -248,7 +254,7 @@ class BlockFetcher:
         whole-block read and check each time."""
         if info.size <= self.client.memory_bytes:
             keep = True
-        elif self.tier is not None and self.tier.fits(info.size):
+        elif self._tier_holding(info) is not None:
             keep = False
         else:
             return
